@@ -1,0 +1,1 @@
+"""pytest_specdec: benchmark suites of speculative decoding as regression-gated pytest cases."""

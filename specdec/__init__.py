@@ -1,0 +1,24 @@
+"""specdec: lossless speculative decoding for Hugging Face causal language models."""
+
+from specdec.config import AcceptanceConfig, AdaptiveKConfig, GenerationConfig, Policy, SpeculationConfig
+from specdec.engine import GenerationResult, SpeculativeEngine
+from specdec.errors import SpecdecError
+from specdec.loading import LoadedModel, load_model
+from specdec.metrics import RunMetrics, StepMetrics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AcceptanceConfig",
+    "AdaptiveKConfig",
+    "GenerationConfig",
+    "GenerationResult",
+    "LoadedModel",
+    "Policy",
+    "RunMetrics",
+    "SpecdecError",
+    "SpeculationConfig",
+    "SpeculativeEngine",
+    "StepMetrics",
+    "load_model",
+]

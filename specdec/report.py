@@ -1,0 +1,66 @@
+"""The one place that turns results into text: tables, JSON and CSV (plots live in `specdec.plots`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tabulate import tabulate
+
+from specdec.metrics import RunMetrics
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A cell: floats rounded, None as '-', bytes-like counts left to the caller."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], digits: int = 3) -> str:
+    return tabulate([[fmt(v, digits) for v in row] for row in rows], headers=list(headers), tablefmt="simple")
+
+
+def metrics_table(metrics: RunMetrics) -> str:
+    """The run metrics that matter to a reader, one per line."""
+    mib = 1024 * 1024
+    peak = metrics.peak_device_memory_bytes
+    rows = [
+        ("target", metrics.target),
+        ("draft", metrics.draft or "(none: autoregressive)"),
+        ("device / dtype", f"{metrics.device} / {metrics.dtype}"),
+        ("decoder path / verifier", f"{metrics.decoder_path} / {metrics.verifier_backend}"),
+        ("policy, K", f"{metrics.policy}, " + ("adaptive" if metrics.adaptive_k else str(metrics.k))),
+        ("new tokens", metrics.new_tokens),
+        ("acceptance rate", metrics.acceptance_rate),
+        ("tokens per target forward", metrics.mean_tokens_per_forward),
+        ("tokens/s", metrics.tokens_per_second),
+        ("time to first token (s)", metrics.time_to_first_token_s),
+        ("target / draft forwards", f"{metrics.target_forwards} / {metrics.draft_forwards}"),
+        ("peak memory (MiB)", (peak if peak is not None else metrics.peak_rss_bytes) / mib),
+    ]
+    return tabulate([(k, fmt(v)) for k, v in rows], tablefmt="plain")
+
+
+def to_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, default=str)
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of dicts as CSV; the header is the union of keys in first-seen order."""
+    fields: dict[str, None] = {}
+    for row in rows:
+        fields.update(dict.fromkeys(row))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

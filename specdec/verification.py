@@ -1,0 +1,168 @@
+"""Deciding which drafted tokens to keep, given the target's scores of all of them from one forward.
+
+Notation (Leviathan et al. 2023, "Fast Inference from Transformers via Speculative Decoding"; Chen et al. 2023,
+"Accelerating Large Language Model Decoding with Speculative Sampling"): the drafter proposes ``K`` tokens
+``d_1..d_K`` with probabilities ``q_i``; one target forward over ``[last, d_1..d_K]`` gives ``K + 1`` target
+distributions ``p_1..p_{K+1}``.
+
+- **accepted** tokens: the longest prefix ``d_1..d_n`` that the policy keeps;
+- **recovered** token: after a rejection at ``n + 1``, a token drawn from the target's side of the difference:
+  ``argmax p_{n+1}`` when greedy, else a sample of ``norm(max(0, p_{n+1} - q_{n+1}))``;
+- **bonus** token: when all ``K`` are accepted, the target's own choice from ``p_{K+1}``.
+
+So every step emits ``n + 1`` tokens. The *acceptance rate* counts accepted drafted tokens only, never the bonus.
+
+Batches: rows advance together, so a step keeps ``n = min_b n_b`` tokens. A row whose own run of acceptances is
+longer emits its accepted ``d_{n+1}`` as the step's last token; the others emit their recovered token. Stopping a
+row's run early at a point chosen independently of that row keeps every emitted token exact, so this stays lossless.
+
+This module holds pure tensor functions (the references for the GPU kernels) and the thin :class:`Verifier` that
+chooses among them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from specdec.config import AcceptanceConfig, GenerationConfig, Policy
+from specdec.sampling import logits_to_probs, sample
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome of one verification, all on the device (the engine reads them with a single sync)."""
+
+    num_accepted: torch.Tensor  # []: drafted tokens every row keeps this step (min over rows)
+    row_accepted: torch.Tensor  # [B]: each row's own longest accepted prefix (>= num_accepted)
+    next_tokens: torch.Tensor  # [B]: the token at position num_accepted (recovered, bonus or an accepted draft)
+
+
+def accepted_prefix_length(accepted: torch.Tensor) -> torch.Tensor:
+    """Length of the leading run of True per row. accepted: [B, K] bool -> [B] int64."""
+    return accepted.long().cumprod(dim=-1).sum(dim=-1)
+
+
+def _at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values[b, index] for every row b. values: [B, N, ...], index: [] -> [B, ...]."""
+    return values[torch.arange(values.shape[0], device=values.device), index]
+
+
+def _finish(
+    draft_tokens: torch.Tensor, row_accepted: torch.Tensor, own_choice_at_n: torch.Tensor, n: torch.Tensor
+) -> Verdict:
+    """Rows that accepted beyond ``n`` emit their drafted token there; the rest emit ``own_choice_at_n``."""
+    padded = torch.nn.functional.pad(draft_tokens, (0, 1))  # [B, K + 1]
+    next_tokens = torch.where(row_accepted > n, _at(padded, n), own_choice_at_n)
+    return Verdict(num_accepted=n, row_accepted=row_accepted, next_tokens=next_tokens)
+
+
+def greedy_verify(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> Verdict:
+    """Exact-match verification at temperature 0.
+
+    draft_tokens: [B, K] int64; target_logits: [B, K + 1, V].
+    """
+    target_choice = target_logits.argmax(dim=-1)  # [B, K + 1]
+    num_drafted = draft_tokens.shape[1]
+    row_accepted = accepted_prefix_length(draft_tokens == target_choice[:, :num_drafted])  # [B]
+    n = row_accepted.min()
+    return _finish(draft_tokens, row_accepted, _at(target_choice, n), n)
+
+
+def speculative_sample_verify(
+    draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    target_probs: torch.Tensor,
+    generator: torch.Generator | None,
+) -> Verdict:
+    """Lossless speculative sampling: accept ``d_i`` with probability ``min(1, p_i(d_i) / q_i(d_i))``, then draw the
+    recovered token from ``norm(max(0, p - q))`` (or the bonus token from ``p_{K+1}``).
+
+    draft_tokens: [B, K]; draft_probs: [B, K, V] or None for a drafter that proposes deterministically (then ``q`` is
+    one-hot on the drafted token); target_probs: [B, K + 1, V].
+    """
+    batch, num_drafted = draft_tokens.shape
+    if draft_probs is None:  # a deterministic proposal: q = one-hot(d)
+        draft_probs = torch.zeros_like(target_probs[:, :num_drafted])
+        draft_probs.scatter_(-1, draft_tokens.unsqueeze(-1), 1.0)
+    p_drafted = target_probs[:, :num_drafted].gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, K]
+    q_drafted = draft_probs.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, K]
+    uniform = torch.rand(
+        (batch, num_drafted), generator=generator, device=target_probs.device, dtype=target_probs.dtype
+    )
+    row_accepted = accepted_prefix_length(uniform * q_drafted <= p_drafted)  # u <= p/q, without dividing
+    n = row_accepted.min()
+
+    p_n = _at(target_probs, n)  # [B, V]
+    q_n = _at(torch.nn.functional.pad(draft_probs, (0, 0, 0, 1)), n)  # [B, V]; zeros at n == K (bonus)
+    residual = (p_n - q_n).clamp_min(0.0)
+    mass = residual.sum(dim=-1, keepdim=True)
+    residual = torch.where(mass > 0, residual / mass.clamp_min(torch.finfo(mass.dtype).tiny), p_n)
+    return _finish(draft_tokens, row_accepted, sample(residual, generator), n)
+
+
+def lossy_accepted(
+    draft_tokens: torch.Tensor, target_probs: torch.Tensor, acceptance: AcceptanceConfig
+) -> torch.Tensor:
+    """Which drafted tokens a lossy policy keeps. draft_tokens: [B, K]; target_probs: [B, K + 1, V] -> [B, K] bool.
+
+    The target's most likely token is always kept, so at temperature 0 these policies accept a superset of greedy.
+    """
+    num_drafted = draft_tokens.shape[1]
+    probs = target_probs[:, :num_drafted]  # [B, K, V]
+    p_drafted = probs.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, K]
+    is_best = draft_tokens == probs.argmax(dim=-1)
+    policy = acceptance.policy
+    if policy is Policy.LOSSY_THRESHOLD:
+        keep = p_drafted >= acceptance.threshold
+    elif policy is Policy.LOSSY_TOPK:
+        top = torch.topk(probs, min(acceptance.topk_agreement, probs.shape[-1]), dim=-1).indices  # [B, K, k]
+        keep = (top == draft_tokens.unsqueeze(-1)).any(dim=-1)
+    elif policy is Policy.LOSSY_TYPICAL:
+        entropy = -(probs * probs.clamp_min(1e-30).log()).sum(dim=-1)  # [B, K]
+        floor = torch.minimum(
+            torch.full_like(entropy, acceptance.typical_epsilon),
+            acceptance.typical_delta * torch.exp(-entropy),
+        )
+        keep = p_drafted > floor
+    else:
+        raise ValueError(f"{policy} is not a lossy policy")
+    return keep | is_best
+
+
+class Verifier:
+    """Chooses the verification function for a policy and sampling setting; ``backend`` names what runs."""
+
+    backend = "torch"
+
+    def __init__(self, acceptance: AcceptanceConfig, generation: GenerationConfig) -> None:
+        self.acceptance = acceptance
+        self.generation = generation
+
+    def target_probs(self, target_logits: torch.Tensor) -> torch.Tensor:
+        """The distribution the policy compares drafts with: the sampling distribution, or softmax at T=0."""
+        if self.generation.greedy:
+            return torch.softmax(target_logits.float(), dim=-1)
+        return logits_to_probs(target_logits, self.generation)
+
+    def verify(
+        self,
+        draft_tokens: torch.Tensor,
+        draft_probs: torch.Tensor | None,
+        target_logits: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> Verdict:
+        """draft_tokens: [B, K]; draft_probs: [B, K, V] or None; target_logits: [B, K + 1, V]."""
+        if self.acceptance.policy.is_lossless:
+            if self.generation.greedy:
+                return greedy_verify(draft_tokens, target_logits)
+            return speculative_sample_verify(draft_tokens, draft_probs, self.target_probs(target_logits), generator)
+        target_probs = self.target_probs(target_logits)
+        row_accepted = accepted_prefix_length(lossy_accepted(draft_tokens, target_probs, self.acceptance))
+        n = row_accepted.min()
+        if self.generation.greedy:
+            own_choice = _at(target_logits, n).argmax(dim=-1)
+        else:
+            own_choice = sample(_at(target_probs, n), generator)
+        return _finish(draft_tokens, row_accepted, own_choice, n)
