@@ -16,7 +16,11 @@ from specdec.loading import LoadedModel
 
 
 class Decoder(Protocol):
-    """A model plus KV cache. ``forward`` appends its tokens at ``cache_length``; ``rollback`` forgets a suffix."""
+    """A model plus KV cache for one batch of left-padded sequences.
+
+    ``forward`` appends its tokens at ``cache_length`` (their positions follow from that and the row's padding);
+    ``rollback`` forgets a suffix in O(1).
+    """
 
     name: str
     path: str  # which implementation runs: "generic" (transformers' own modules) or a fast path's name
@@ -28,21 +32,16 @@ class Decoder(Protocol):
     @property
     def cache_length(self) -> int: ...
 
-    def prepare(self, batch_size: int, max_length: int) -> None:
-        """Make the cache ready for a new batch of sequences of up to ``max_length`` tokens, and empty it."""
+    def prepare(self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int) -> None:
+        """Get ready for a new batch and empty the cache.
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        last_only: bool = False,
-    ) -> torch.Tensor:
-        """Score ``input_ids`` [B, S] at positions ``position_ids`` [B, S] and append them to the cache.
-
-        attention_mask: [B, max_length] with 0 on padding, or None when no row is padded.
-        Returns logits [B, S, vocab_size] (float32), or [B, 1, vocab_size] with ``last_only``.
+        pad_lengths: [B] left padding per row; attention_mask: [B, max_length] (0 on padding) or None if no row is
+        padded; max_length: the longest sequence (prompt + new tokens) this batch will reach.
         """
+
+    def forward(self, input_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """Score ``input_ids`` [B, S], appended at ``cache_length``. Returns float32 logits [B, S, vocab_size],
+        or [B, 1, vocab_size] for the last position only with ``last_only``."""
         ...
 
     def rollback(self, length: int) -> None:
@@ -62,33 +61,35 @@ class HFDecoder:
         self.vocab_size = vocab_size or loaded.vocab_size
         self.forwards = 0
         self.cache: KVCache | None = None
+        self.pad_lengths = torch.zeros(1, dtype=torch.long)
+        self.attention_mask: torch.Tensor | None = None
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
 
     @property
     def cache_length(self) -> int:
         return self.cache.length if self.cache is not None else 0
 
-    def prepare(self, batch_size: int, max_length: int) -> None:
+    def prepare(self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int) -> None:
+        batch_size = pad_lengths.shape[0]
         if self.cache is None or not self.cache.fits(batch_size, max_length):
             self.cache = None  # release the old tensors before allocating new ones
             self.cache = KVCache(self.model, batch_size, max_length)
         self.cache.reset()
+        self.pad_lengths = pad_lengths
+        self.attention_mask = attention_mask
         self.forwards = 0
 
     @torch.inference_mode()
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        position_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        last_only: bool = False,
-    ) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         assert self.cache is not None, "prepare() must be called before forward()"
+        start = self.cache.length
+        columns = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
+        position_ids = (columns[None, :] - self.pad_lengths[:, None]).clamp_min(0)  # [B, S]
         extra = {"logits_to_keep": 1} if last_only and self._takes_logits_to_keep else {}
         output = self.model(
             input_ids=input_ids,
             position_ids=position_ids,
-            attention_mask=attention_mask,
+            attention_mask=self.attention_mask,
             past_key_values=self.cache.hf_cache,
             use_cache=True,
             **extra,

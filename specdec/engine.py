@@ -157,13 +157,8 @@ class SpeculativeEngine:
 
         # Prefill: the target reads the prompt and chooses the first token.
         prompt_length = batch.prompt_length
-        self.target.prepare(batch.batch_size, batch.max_length)
-        logits = self.target.forward(
-            batch.tokens[:, :prompt_length],
-            batch.positions(0, prompt_length),
-            batch.attention_mask,
-            last_only=True,
-        )
+        self.target.prepare(batch.pad_lengths, batch.attention_mask, batch.max_length)
+        logits = self.target.forward(batch.tokens[:, :prompt_length], last_only=True)
         batch.tokens[:, prompt_length] = next_token(logits[:, -1], generation, generator)
         batch.length = prompt_length + 1
         first_is_eos = torch.isin(batch.tokens[:, prompt_length], eos).tolist()  # the prefill's one sync
@@ -189,9 +184,7 @@ class SpeculativeEngine:
 
             length = batch.length
             verify_ids = torch.cat([batch.tokens[:, length - 1 : length], draft_tokens], dim=1)  # [B, K + 1]
-            target_logits = self.target.forward(
-                verify_ids, batch.positions(length - 1, length + k), batch.attention_mask
-            )  # [B, K + 1, V]
+            target_logits = self.target.forward(verify_ids)  # [B, K + 1, V]
             verdict = verifier.verify(draft_tokens, draft_probs, target_logits, generator)
             batch.tokens[:, length : length + k] = draft_tokens
             next_column = (length + verdict.num_accepted).reshape(1, 1).expand(batch.batch_size, 1)

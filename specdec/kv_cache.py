@@ -77,4 +77,5 @@ class KVCache:
 
     def tensors(self) -> list[torch.Tensor]:
         """The key and value tensors of every layer (allocated on the first forward)."""
-        return [t for layer in self._layers if layer.is_initialized for t in (layer.keys, layer.values) if t is not None]
+        pairs = [(layer.keys, layer.values) for layer in self._layers if layer.is_initialized]
+        return [t for pair in pairs for t in pair if t is not None]

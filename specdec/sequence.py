@@ -52,8 +52,3 @@ class SequenceBatch:
     @property
     def new_tokens(self) -> int:
         return self.length - self.prompt_length
-
-    def positions(self, start: int, end: int) -> torch.Tensor:
-        """Position ids of buffer columns [start, end) per row: [B, end - start] (padding clamped to 0)."""
-        columns = torch.arange(start, end, device=self.tokens.device)
-        return (columns[None, :] - self.pad_lengths[:, None]).clamp_min(0)

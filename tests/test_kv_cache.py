@@ -17,9 +17,9 @@ def storage(cache: KVCache) -> list[int]:
 def test_rollback_allocates_nothing_and_keeps_the_tensors_in_place():
     model = make_model("llama", seed=0)
     decoder = HFDecoder(loaded(model, "t"))
-    decoder.prepare(batch_size=1, max_length=64)
+    decoder.prepare(torch.zeros(1, dtype=torch.long), None, max_length=64)
     ids = torch.randint(3, 300, (1, 40))
-    decoder.forward(ids[:, :30], torch.arange(30)[None], None)
+    decoder.forward(ids[:, :30])
     assert decoder.cache is not None
     before = storage(decoder.cache)
     snapshot = [t.clone() for t in decoder.cache.tensors()]
@@ -35,7 +35,7 @@ def test_rollback_allocates_nothing_and_keeps_the_tensors_in_place():
     assert decoder.cache_length == 12
 
     # the next forward overwrites from position 12 and sees exactly the first 12 tokens
-    logits = decoder.forward(ids[:, 12:14], torch.arange(12, 14)[None], None)
+    logits = decoder.forward(ids[:, 12:14])
     expected = model(ids[:, :14]).logits[:, 12:14]
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
     assert storage(decoder.cache) == before
@@ -61,8 +61,8 @@ def test_generation_with_rejections_reuses_the_same_cache_tensors():
 
 def test_rollback_beyond_the_cache_is_refused():
     decoder = HFDecoder(loaded(make_model("llama", seed=0), "t"))
-    decoder.prepare(batch_size=1, max_length=16)
-    decoder.forward(torch.tensor([[5, 6, 7]]), torch.arange(3)[None], None)
+    decoder.prepare(torch.zeros(1, dtype=torch.long), None, max_length=16)
+    decoder.forward(torch.tensor([[5, 6, 7]]))
     try:
         decoder.rollback(4)
     except ValueError as error:

@@ -28,18 +28,15 @@ class ModelDrafter:
         return self.decoder.forwards
 
     def start(self, batch: SequenceBatch) -> None:
-        self.decoder.prepare(batch.batch_size, batch.max_length)
+        self.decoder.prepare(batch.pad_lengths, batch.attention_mask, batch.max_length)
         end = batch.length - 1  # all but the last prompt token, which the first proposal feeds
         if end > 0:
-            self.decoder.forward(batch.tokens[:, :end], batch.positions(0, end), batch.attention_mask, last_only=True)
+            self.decoder.forward(batch.tokens[:, :end], last_only=True)
 
     def propose(
         self, batch: SequenceBatch, k: int, generation: GenerationConfig, generator: torch.Generator | None
     ) -> DraftProposal:
-        start, end = self.decoder.cache_length, batch.length
-        logits = self.decoder.forward(
-            batch.tokens[:, start:end], batch.positions(start, end), batch.attention_mask, last_only=True
-        )  # [B, 1, V]
+        logits = self.decoder.forward(batch.tokens[:, self.decoder.cache_length : batch.length], last_only=True)
         tokens: list[torch.Tensor] = []
         probs: list[torch.Tensor] = []
         for i in range(k):
@@ -51,13 +48,7 @@ class ModelDrafter:
                 probs.append(q)
             tokens.append(token)
             if i + 1 < k:
-                position = end + i
-                logits = self.decoder.forward(
-                    token[:, None],
-                    batch.positions(position, position + 1),
-                    batch.attention_mask,
-                    last_only=True,
-                )
+                logits = self.decoder.forward(token[:, None], last_only=True)  # [B, 1, V]
         return DraftProposal(
             tokens=torch.stack(tokens, dim=1),  # [B, K]
             probs=torch.stack(probs, dim=1) if probs else None,  # [B, K, V]
