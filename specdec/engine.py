@@ -16,7 +16,7 @@ from typing import Any, cast
 import torch
 
 from specdec.config import GenerationConfig, SpeculationConfig
-from specdec.decoder import Decoder, HFDecoder
+from specdec.decoder import Decoder, make_decoder
 from specdec.device import (
     dtype_name,
     peak_device_memory_bytes,
@@ -27,6 +27,7 @@ from specdec.device import (
 from specdec.drafters import Drafter, ModelDrafter
 from specdec.errors import ConfigError, IncompatibleModelsError
 from specdec.k_control import make_controller
+from specdec.kernels import kernels_for
 from specdec.loading import LoadedModel, shared_vocab_size
 from specdec.metrics import RunMetrics, StepClock, StepMetrics, StepRecord
 from specdec.sampling import next_token
@@ -62,7 +63,8 @@ class GenerationResult:
 class SpeculativeEngine:
     """Generates with ``target``, speculating with ``draft`` (a model or any :class:`Drafter`), or alone."""
 
-    def __init__(self, target: LoadedModel, draft: LoadedModel | Drafter | None = None) -> None:
+    def __init__(self, target: LoadedModel, draft: LoadedModel | Drafter | None = None, decoder: str = "auto") -> None:
+        """``decoder``: ``auto`` (the fast path on CUDA where the architecture has one), ``fast`` or ``generic``."""
         self.target_model = target
         vocab_size = target.vocab_size
         drafter: Drafter | None
@@ -72,10 +74,11 @@ class SpeculativeEngine:
                     f"target {target.name!r} is on {target.device} but draft {draft.name!r} is on {draft.device}"
                 )
             vocab_size = shared_vocab_size(target, draft)
-            drafter = ModelDrafter(HFDecoder(draft, vocab_size))
+            drafter = ModelDrafter(make_decoder(draft, vocab_size, decoder))
         else:
             drafter = draft
-        self.target: Decoder = HFDecoder(target, vocab_size)
+        self.target: Decoder = make_decoder(target, vocab_size, decoder)
+        self.kernels = kernels_for(target.device)
         self.drafter = drafter
         self.device = target.device
         self.eos_ids = _eos_ids(target)
@@ -143,7 +146,7 @@ class SpeculativeEngine:
         self._check_length(max(len(r) for r in rows), generation)
         seed_everything(generation.seed)
         generator = make_generator(generation.seed, self.device)
-        verifier = Verifier(speculation.acceptance, generation)
+        verifier = Verifier(speculation.acceptance, generation, self.kernels)
         controller = make_controller(speculation)
         batch = SequenceBatch.from_prompts(rows, generation.max_new_tokens, self._pad_id(), self.device)
         eos = torch.tensor(self.eos_ids if generation.stop_at_eos else [], dtype=torch.long, device=self.device)

@@ -22,7 +22,9 @@ chooses among them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -75,31 +77,52 @@ def speculative_sample_verify(
     draft_probs: torch.Tensor | None,
     target_probs: torch.Tensor,
     generator: torch.Generator | None,
+    from_noise: Callable[..., Verdict] | None = None,
 ) -> Verdict:
     """Lossless speculative sampling: accept ``d_i`` with probability ``min(1, p_i(d_i) / q_i(d_i))``, then draw the
     recovered token from ``norm(max(0, p - q))`` (or the bonus token from ``p_{K+1}``).
 
     draft_tokens: [B, K]; draft_probs: [B, K, V] or None for a drafter that proposes deterministically (then ``q`` is
-    one-hot on the drafted token); target_probs: [B, K + 1, V].
+    one-hot on the drafted token); target_probs: [B, K + 1, V]. The random draws are made here, from ``generator``;
+    ``from_noise`` (default: :func:`speculative_sample_from_noise`, or a kernel computing the same) does the rest.
     """
     batch, num_drafted = draft_tokens.shape
     if draft_probs is None:  # a deterministic proposal: q = one-hot(d)
         draft_probs = torch.zeros_like(target_probs[:, :num_drafted])
         draft_probs.scatter_(-1, draft_tokens.unsqueeze(-1), 1.0)
-    p_drafted = target_probs[:, :num_drafted].gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, K]
-    q_drafted = draft_probs.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, K]
-    uniform = torch.rand(
-        (batch, num_drafted), generator=generator, device=target_probs.device, dtype=target_probs.dtype
+    device = target_probs.device
+    uniforms = torch.rand((batch, num_drafted), generator=generator, device=device, dtype=torch.float32)
+    exponentials = torch.empty((batch, target_probs.shape[-1]), device=device, dtype=torch.float32)
+    exponentials.exponential_(generator=generator)
+    return (from_noise or speculative_sample_from_noise)(
+        draft_tokens, draft_probs, target_probs, uniforms, exponentials
     )
-    row_accepted = accepted_prefix_length(uniform * q_drafted <= p_drafted)  # u <= p/q, without dividing
+
+
+def speculative_sample_from_noise(
+    draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor,
+    target_probs: torch.Tensor,
+    uniforms: torch.Tensor,
+    exponentials: torch.Tensor,
+) -> Verdict:
+    """Speculative sampling given its random draws (the reference of the Triton kernel).
+
+    uniforms: [B, K] in [0, 1): ``d_i`` is accepted when ``u_i * q_i(d_i) <= p_i(d_i)``. exponentials: [B, V] of
+    Exp(1): the recovered token is ``argmax_v r(v) / E(v)`` for the residual ``r = max(0, p_n - q_n)`` (an exponential
+    race, which draws ``v`` with probability ``r(v) / sum(r)``); ``p_n`` replaces ``r`` when ``r`` is all zero.
+    """
+    p_drafted = target_probs[:, : draft_tokens.shape[1]].gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, K]
+    q_drafted = draft_probs.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, K]
+    row_accepted = accepted_prefix_length(uniforms * q_drafted <= p_drafted)  # u <= p/q, without dividing
     n = row_accepted.min()
 
     p_n = _at(target_probs, n)  # [B, V]
     q_n = _at(torch.nn.functional.pad(draft_probs, (0, 0, 0, 1)), n)  # [B, V]; zeros at n == K (bonus)
     residual = (p_n - q_n).clamp_min(0.0)
-    mass = residual.sum(dim=-1, keepdim=True)
-    residual = torch.where(mass > 0, residual / mass.clamp_min(torch.finfo(mass.dtype).tiny), p_n)
-    return _finish(draft_tokens, row_accepted, sample(residual, generator), n)
+    has_mass = residual.sum(dim=-1, keepdim=True) > 0
+    race = torch.where(has_mass, residual, p_n) / exponentials  # [B, V]
+    return _finish(draft_tokens, row_accepted, race.argmax(dim=-1), n)
 
 
 def lossy_accepted(
@@ -132,13 +155,17 @@ def lossy_accepted(
 
 
 class Verifier:
-    """Chooses the verification function for a policy and sampling setting; ``backend`` names what runs."""
+    """Chooses the verification function for a policy and sampling setting, from a kernel set.
 
-    backend = "torch"
+    ``kernels`` provides ``greedy_verify`` and ``speculative_sample_from_noise`` (the reference functions of this
+    module, or Triton kernels computing the same); ``backend`` names the set that ran.
+    """
 
-    def __init__(self, acceptance: AcceptanceConfig, generation: GenerationConfig) -> None:
+    def __init__(self, acceptance: AcceptanceConfig, generation: GenerationConfig, kernels: Any = None) -> None:
         self.acceptance = acceptance
         self.generation = generation
+        self.kernels = kernels
+        self.backend = kernels.name if kernels is not None else "torch"
 
     def target_probs(self, target_logits: torch.Tensor) -> torch.Tensor:
         """The distribution the policy compares drafts with: the sampling distribution, or softmax at T=0."""
@@ -156,8 +183,12 @@ class Verifier:
         """draft_tokens: [B, K]; draft_probs: [B, K, V] or None; target_logits: [B, K + 1, V]."""
         if self.acceptance.policy.is_lossless:
             if self.generation.greedy:
-                return greedy_verify(draft_tokens, target_logits)
-            return speculative_sample_verify(draft_tokens, draft_probs, self.target_probs(target_logits), generator)
+                greedy = self.kernels.greedy_verify if self.kernels is not None else greedy_verify
+                return greedy(draft_tokens, target_logits)
+            from_noise = self.kernels.speculative_sample_from_noise if self.kernels is not None else None
+            return speculative_sample_verify(
+                draft_tokens, draft_probs, self.target_probs(target_logits), generator, from_noise
+            )
         target_probs = self.target_probs(target_logits)
         row_accepted = accepted_prefix_length(lossy_accepted(draft_tokens, target_probs, self.acceptance))
         n = row_accepted.min()

@@ -37,11 +37,11 @@ def chi_square_pvalue(samples: torch.Tensor, probs: torch.Tensor) -> float:
 right_sampler = verification.speculative_sample_verify
 
 
-def wrong_sampler(draft_tokens, draft_probs, target_probs, generator):
+def wrong_sampler(draft_tokens, draft_probs, target_probs, generator, from_noise=None):
     """A plausible bug: after a rejection, resample from the target's p instead of the residual max(0, p - q)."""
     batch, k = draft_tokens.shape
     if k == 0:
-        return right_sampler(draft_tokens, draft_probs, target_probs, generator)
+        return right_sampler(draft_tokens, draft_probs, target_probs, generator, from_noise)
     p_drafted = target_probs[:, :k].gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)
     q_drafted = draft_probs.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)
     uniform = torch.rand((batch, k), generator=generator)

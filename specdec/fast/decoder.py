@@ -1,0 +1,112 @@
+"""The fast decoder: a lean model forward over its own static KV cache, replayed from CUDA graphs.
+
+Each forward shape (number of new tokens S, all logits or the last only) is captured once in a CUDA graph, the
+first time it runs, and replayed after that: the draft's one-token step and the target's (K + 1)-token verification
+become one launch each. The cache length lives on the device (the graphs read it) and on the host (the engine
+reads it); a rollback sets both, copying nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specdec.fast.llama import FastLlama, unsupported_reason
+from specdec.kernels import Kernels, kernels_for
+from specdec.loading import LoadedModel
+
+GRAPH_MAX_TOKENS = 16  # forwards of more new tokens (prefill) run eagerly
+
+
+class FastDecoder:
+    path = "fast-llama"
+
+    def __init__(self, loaded: LoadedModel, vocab_size: int | None = None, use_graphs: bool | None = None) -> None:
+        reason = unsupported_reason(loaded.model)
+        if reason is not None:
+            raise ValueError(f"no fast path for {loaded.name!r}: {reason}")
+        self.name = loaded.name
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.vocab_size = vocab_size or loaded.vocab_size
+        self.kernels: Kernels = kernels_for(loaded.device)
+        self.model = FastLlama(loaded.model, self.kernels)
+        self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
+        self.forwards = 0
+        self._length = 0
+        self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._device_length = torch.zeros((), dtype=torch.long, device=self.device)
+        self._steps = torch.arange(GRAPH_MAX_TOKENS, device=self.device)
+        self._pad_lengths = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._key_valid = torch.zeros(0, dtype=torch.bool, device=self.device)
+        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def cache_length(self) -> int:
+        return self._length
+
+    def prepare(self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int) -> None:
+        batch = pad_lengths.shape[0]
+        cache = self._cache
+        if cache is None or cache[0].shape[1] != batch or cache[0].shape[3] < max_length:
+            self._cache = None
+            self._graphs.clear()  # graphs hold the old buffers' addresses
+            capacity = max(max_length, 2 * cache[0].shape[3] if cache is not None else 0)
+            self._cache = self.model.new_cache(batch, capacity)
+            self._pad_lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
+            self._key_valid = torch.ones((batch, capacity), dtype=torch.bool, device=self.device)
+            self.model.rotary_tables(capacity)
+        assert self._cache is not None
+        capacity = self._cache[0].shape[3]
+        self._pad_lengths.copy_(pad_lengths)
+        if attention_mask is None:
+            self._key_valid.fill_(True)
+        else:
+            self._key_valid.zero_()
+            self._key_valid[:, : attention_mask.shape[1]].copy_(attention_mask.bool())
+        self._key_valid[:, max_length:capacity] = True
+        self.rollback(0)
+        self.forwards = 0
+
+    def _forward(self, input_ids: torch.Tensor, last_only: bool) -> torch.Tensor:
+        """The whole forward as device work only (so that it can be captured): logits [B, S or 1, vocab]."""
+        assert self._cache is not None, "prepare() must be called before forward()"
+        seq = input_ids.shape[1]
+        steps = self._steps[:seq] if seq <= GRAPH_MAX_TOKENS else torch.arange(seq, device=self.device)
+        columns = self._device_length + steps  # [S]
+        positions = (columns[None, :] - self._pad_lengths[:, None]).clamp_min(0)  # [B, S]
+        logits = self.model.forward(input_ids, columns, positions, self._key_valid, self._cache, last_only)
+        self._device_length.add_(seq)
+        return logits[..., : self.vocab_size].float()
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        seq = input_ids.shape[1]
+        key = (seq, last_only)
+        if not self.use_graphs or seq > GRAPH_MAX_TOKENS:
+            logits = self._forward(input_ids, last_only)
+        elif key in self._graphs:
+            graph, static_input, static_output = self._graphs[key]
+            static_input.copy_(input_ids)
+            graph.replay()
+            logits = static_output
+        else:
+            logits = self._forward(input_ids, last_only)  # runs for real, and warms up (Triton compiles)
+            self._capture(key, input_ids)
+        self._length += seq
+        self.forwards += 1
+        return logits
+
+    def _capture(self, key: tuple[int, bool], input_ids: torch.Tensor) -> None:
+        """Record the forward of this shape. Capturing executes nothing, so no state changes here."""
+        static_input = input_ids.clone()
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_output = self._forward(static_input, key[1])
+        self._graphs[key] = (graph, static_input, static_output)
+
+    def rollback(self, length: int) -> None:
+        if not 0 <= length <= self._length:
+            raise ValueError(f"cannot roll back to {length}: the cache holds {self._length} positions")
+        self._device_length.fill_(length)
+        self._length = length

@@ -1,0 +1,156 @@
+"""A lean Llama-family forward (Llama, Mistral, Qwen2 shapes) over a static KV cache, for the fast path.
+
+It reads the weights of a loaded ``transformers`` model (q/k/v and gate/up projections are concatenated once into
+fused matrices; everything else is shared, not copied) and computes the same function with a handful of fused
+kernels per layer, so that a whole forward can be captured in a CUDA graph. Shapes: B batch, S new tokens,
+T = B * S, D hidden, H / Hkv query / key-value heads, Dh head size, M cache length, V vocabulary, L layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+
+from specdec.kernels import Kernels
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inverse frequencies that do not depend on length
+
+
+def unsupported_reason(model: PreTrainedModel, max_length: int | None = None) -> str | None:
+    """Why the fast path cannot run this model (None if it can)."""
+    config = model.config
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type {config.model_type!r} has no fast path (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} is not silu"
+    if getattr(config, "mlp_bias", False):
+        return "MLP biases are not supported"
+    rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
+    if rope_type not in STATIC_ROPE_TYPES:
+        return f"rope type {rope_type!r} changes with the sequence length"
+    window = getattr(config, "sliding_window", None)
+    uses_window = window is not None and getattr(config, "use_sliding_window", True)
+    if uses_window and max_length is not None and window < max_length:
+        return f"sliding window {window} is shorter than the {max_length} tokens needed"
+    return None
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    input_norm: torch.Tensor  # [D]
+    qkv: torch.Tensor  # [(H + 2 Hkv) * Dh, D]
+    qkv_bias: torch.Tensor | None  # [(H + 2 Hkv) * Dh]
+    o: torch.Tensor  # [D, H * Dh]
+    o_bias: torch.Tensor | None  # [D]
+    post_norm: torch.Tensor  # [D]
+    gate_up: torch.Tensor  # [2 I, D]
+    down: torch.Tensor  # [D, I]
+
+
+def _cat_bias(*linears: torch.nn.Linear) -> torch.Tensor | None:
+    biases = [linear.bias for linear in linears]
+    if all(b is None for b in biases):
+        return None
+    return torch.cat([b if b is not None else torch.zeros(lin.out_features, dtype=lin.weight.dtype,
+                                                           device=lin.weight.device)
+                      for b, lin in zip(biases, linears, strict=True)])  # fmt: skip
+
+
+class FastLlama:
+    """The Llama forward with fused kernels. ``forward`` writes the new tokens' keys and values into the cache."""
+
+    def __init__(self, model: PreTrainedModel, kernels: Kernels) -> None:
+        config = model.config
+        self.kernels = kernels
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        self.eps = config.rms_norm_eps
+        self.scale = self.head_dim**-0.5
+        self.dtype = model.dtype
+        self.device = model.device
+        decoder = model.model
+        self.embed = decoder.embed_tokens.weight  # [V, D]
+        self.final_norm = decoder.norm.weight
+        self.lm_head = model.lm_head.weight  # [V, D] (may be the embedding itself)
+        self.layers = []
+        with torch.no_grad():
+            for layer in decoder.layers:
+                attention, mlp = layer.self_attn, layer.mlp
+                self.layers.append(
+                    LayerWeights(
+                        input_norm=layer.input_layernorm.weight,
+                        qkv=torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]),
+                        qkv_bias=_cat_bias(attention.q_proj, attention.k_proj, attention.v_proj),
+                        o=attention.o_proj.weight,
+                        o_bias=attention.o_proj.bias,
+                        post_norm=layer.post_attention_layernorm.weight,
+                        gate_up=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+                        down=mlp.down_proj.weight,
+                    )
+                )
+        rotary = decoder.rotary_emb
+        self.inv_freq = rotary.inv_freq.float()  # [Dh / 2]
+        self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
+        self.cos_table = torch.empty(0)
+        self.sin_table = torch.empty(0)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def rotary_tables(self, length: int) -> None:
+        """cos and sin for positions [0, length): [length, Dh], computed as transformers does, in the model dtype."""
+        if self.cos_table.shape[0] >= length:
+            return
+        positions = torch.arange(length, device=self.device, dtype=torch.float32)
+        freqs = positions[:, None] * self.inv_freq[None, :]  # [P, Dh / 2]
+        angles = torch.cat([freqs, freqs], dim=-1)  # [P, Dh]
+        self.cos_table = (angles.cos() * self.attention_scaling).to(self.dtype)
+        self.sin_table = (angles.sin() * self.attention_scaling).to(self.dtype)
+
+    def new_cache(self, batch_size: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of every layer: two [L, B, Hkv, M, Dh] tensors."""
+        shape = (self.num_layers, batch_size, self.num_kv_heads, max_length, self.head_dim)
+        return (
+            torch.zeros(shape, dtype=self.dtype, device=self.device),
+            torch.zeros(shape, dtype=self.dtype, device=self.device),
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        columns: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        last_only: bool,
+    ) -> torch.Tensor:
+        """input_ids: [B, S]; columns: [S] cache columns of the new tokens; positions: [B, S] rotary positions;
+        key_valid: [B, M] bool. Returns logits [B, S, V] (or [B, 1, V] with ``last_only``) in the model dtype."""
+        k = self.kernels
+        batch, seq = input_ids.shape
+        cache_k, cache_v = cache
+        hidden = F.embedding(input_ids, self.embed).view(batch * seq, -1)  # [T, D]
+        residual = hidden
+        normed = k.rms_norm(hidden, self.layers[0].input_norm, self.eps)
+        for index, layer in enumerate(self.layers):
+            qkv = F.linear(normed, layer.qkv, layer.qkv_bias)  # [T, (H + 2 Hkv) Dh]
+            q = k.rope_and_store(
+                qkv.view(batch, seq, -1), positions, self.cos_table, self.sin_table,
+                cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
+            )  # [B, S, H, Dh]  # fmt: skip
+            attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale)
+            out = F.linear(attended.reshape(batch * seq, -1), layer.o, layer.o_bias)  # [T, D]
+            normed, residual = k.add_rms_norm(out, residual, layer.post_norm, self.eps)
+            mlp = F.linear(k.silu_mul(F.linear(normed, layer.gate_up)), layer.down)  # [T, D]
+            next_norm = self.layers[index + 1].input_norm if index + 1 < self.num_layers else self.final_norm
+            normed, residual = k.add_rms_norm(mlp, residual, next_norm, self.eps)
+        normed = normed.view(batch, seq, -1)
+        if last_only:
+            normed = normed[:, -1:]
+        return F.linear(normed, self.lm_head)  # [B, S or 1, V]

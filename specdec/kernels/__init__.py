@@ -1,0 +1,89 @@
+"""The kernel registry: Triton on CUDA, the PyTorch references elsewhere.
+
+Every fast-path operation and the verification functions come from one :class:`Kernels` set, so that the metrics
+can say which ran (``Kernels.name``). ``SPECDEC_KERNELS=torch`` forces the references (for comparisons); on a CPU,
+``TRITON_INTERPRET=1`` with Triton installed runs the Triton kernels in Triton's interpreter (for development).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+
+from specdec import verification
+from specdec.kernels import reference
+
+ENV_KERNELS = "SPECDEC_KERNELS"  # "auto" (default), "torch" or "triton"
+
+
+@dataclass(frozen=True)
+class Kernels:
+    name: str  # "triton" or "torch"
+    rms_norm: Callable[..., torch.Tensor]
+    add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    silu_mul: Callable[..., torch.Tensor]
+    rope_and_store: Callable[..., torch.Tensor]
+    decode_attention: Callable[..., torch.Tensor]
+    greedy_verify: Callable[..., verification.Verdict]
+    speculative_sample_from_noise: Callable[..., verification.Verdict]
+
+
+TORCH_KERNELS = Kernels(
+    name="torch",
+    rms_norm=reference.rms_norm,
+    add_rms_norm=reference.add_rms_norm,
+    silu_mul=reference.silu_mul,
+    rope_and_store=reference.rope_and_store,
+    decode_attention=reference.decode_attention,
+    greedy_verify=verification.greedy_verify,
+    speculative_sample_from_noise=verification.speculative_sample_from_noise,
+)
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    if not triton_available():
+        return False
+    return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
+
+
+@cache
+def load_triton_kernels() -> Kernels:
+    from specdec.kernels import triton_kernels as tk
+
+    def decode_attention(q, cache_k, cache_v, columns, key_valid, scale):  # type: ignore[no-untyped-def]
+        group = q.shape[2] // cache_k.shape[1]
+        if group * q.shape[1] > tk.MAX_ATTENTION_ROWS:  # a long block of queries (prefill): not a decode step
+            return reference.decode_attention(q, cache_k, cache_v, columns, key_valid, scale)
+        return tk.decode_attention(q, cache_k, cache_v, columns, key_valid, scale)
+
+    return Kernels(
+        name="triton",
+        rms_norm=tk.rms_norm,
+        add_rms_norm=tk.add_rms_norm,
+        silu_mul=tk.silu_mul,
+        rope_and_store=tk.rope_and_store,
+        decode_attention=decode_attention,
+        greedy_verify=tk.greedy_verify,
+        speculative_sample_from_noise=tk.speculative_sample_from_noise,
+    )
+
+
+def kernels_for(device: torch.device) -> Kernels:
+    """Triton where it runs (unless ``SPECDEC_KERNELS=torch``), else the PyTorch references."""
+    choice = os.environ.get(ENV_KERNELS, "auto")
+    if choice == "torch":
+        return TORCH_KERNELS
+    if choice == "triton" or triton_runs_on(device):
+        if not triton_runs_on(device):
+            raise RuntimeError(f"{ENV_KERNELS}=triton, but Triton cannot run on {device} here")
+        return load_triton_kernels()
+    return TORCH_KERNELS

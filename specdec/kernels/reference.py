@@ -1,0 +1,97 @@
+"""Plain-PyTorch references of the fast path's fused operations.
+
+They define what each Triton kernel computes (the kernels are tested against them on fresh random inputs), and
+they are what runs wherever Triton does not (CPU, MPS). Shapes: ``T`` tokens (= B * S), ``D`` hidden size, ``H``
+query heads, ``Hkv`` key/value heads, ``Dh`` head size, ``M`` cache length, ``V`` vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x: [T, D], weight: [D] -> [T, D]. Normalised in float32, rounded to x's dtype, then scaled by weight
+    (the order transformers' Llama uses)."""
+    normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """residual + x, and its RMS norm. x, residual: [T, D] -> (normed [T, D], new residual [T, D])."""
+    total = residual + x
+    return rms_norm(total, weight, eps), total
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up: [T, 2I] (gate then up) -> silu(gate) * up: [T, I]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return torch.nn.functional.silu(gate) * up
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, S, heads, Dh]; cos, sin: [B, S, 1, Dh]. Rotary embedding, 'rotate half' convention."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def rope_and_store(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos_table: torch.Tensor,
+    sin_table: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    columns: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+) -> torch.Tensor:
+    """Rotate q and k, write k and v into the cache at ``columns``, return rotated q.
+
+    qkv: [B, S, (H + 2 Hkv) * Dh]; positions: [B, S] rotary positions; cos_table, sin_table: [P, Dh];
+    cache_k, cache_v: [B, Hkv, M, Dh]; columns: [S] cache columns. Returns q: [B, S, H, Dh].
+    """
+    batch, seq, _ = qkv.shape
+    head_dim = cos_table.shape[-1]
+    q, k, v = qkv.view(batch, seq, num_heads + 2 * num_kv_heads, head_dim).split(
+        [num_heads, num_kv_heads, num_kv_heads], dim=2
+    )
+    cos = cos_table[positions].unsqueeze(2)  # [B, S, 1, Dh]
+    sin = sin_table[positions].unsqueeze(2)
+    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    cache_k.index_copy_(2, columns, k.transpose(1, 2))
+    cache_v.index_copy_(2, columns, v.transpose(1, 2))
+    return q
+
+
+def decode_attention(
+    q: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    columns: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of S new queries over the cache (grouped-query).
+
+    q: [B, S, H, Dh]; cache_k, cache_v: [B, Hkv, M, Dh]; columns: [S] the queries' own cache columns (query s sees
+    keys j <= columns[s]); key_valid: [B, M] bool (False on left padding) or None. A query always sees its own key,
+    so that a padding position (which sees no valid key) stays finite. Returns [B, S, H, Dh].
+    """
+    num_heads = q.shape[2]
+    num_kv_heads, max_length = cache_k.shape[1], cache_k.shape[2]
+    group = num_heads // num_kv_heads
+    keys = cache_k.repeat_interleave(group, dim=1)  # [B, H, M, Dh]
+    values = cache_v.repeat_interleave(group, dim=1)
+    scores = torch.matmul(q.transpose(1, 2), keys.transpose(2, 3)).float() * scale  # [B, H, S, M]
+    key_columns = torch.arange(max_length, device=q.device)[None, :]
+    visible = (key_columns <= columns[:, None])[None, None]  # [1, 1, S, M]
+    if key_valid is not None:
+        own = (key_columns == columns[:, None])[None, None]
+        visible = visible & (key_valid[:, None, None, :] | own)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(q.dtype)
+    return torch.matmul(probs, values).transpose(1, 2)  # [B, S, H, Dh]

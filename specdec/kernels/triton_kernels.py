@@ -1,0 +1,421 @@
+"""Triton kernels of the fast path. Each one computes what its namesake in ``reference.py`` computes.
+
+Importing this module needs ``triton``; the registry in ``specdec.kernels`` imports it only where it can run (CUDA,
+or the Triton interpreter when ``TRITON_INTERPRET=1``). Shapes are as in ``reference.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from specdec.verification import Verdict
+
+
+def _warps(block: int) -> int:
+    return max(1, min(16, block // 256))
+
+
+# ------------------------------------------------------------------------------------------------- normalisation
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr, width, eps,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    offsets = tl.arange(0, BLOCK)
+    inside = offsets < width
+    x = tl.load(x_ptr + row * width + offsets, mask=inside, other=0.0)
+    if HAS_RESIDUAL:
+        residual = tl.load(residual_ptr + row * width + offsets, mask=inside, other=0.0)
+        x = (x.to(tl.float32) + residual.to(tl.float32)).to(x.dtype)  # rounded like an add in x's dtype
+        tl.store(residual_out_ptr + row * width + offsets, x, mask=inside)
+    xf = x.to(tl.float32)
+    inverse_rms = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / width + eps)
+    normed = (xf * inverse_rms).to(x.dtype)
+    weight = tl.load(weight_ptr + offsets, mask=inside, other=0.0)
+    tl.store(out_ptr + row * width + offsets, (weight.to(tl.float32) * normed.to(tl.float32)).to(x.dtype), mask=inside)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    out = torch.empty_like(x)
+    block = triton.next_power_of_2(x.shape[-1])
+    _rms_norm_kernel[(x.shape[0],)](x, x, weight, out, out, x.shape[-1], eps, False, block, num_warps=_warps(block))
+    return out
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty_like(x)
+    residual_out = torch.empty_like(x)
+    block = triton.next_power_of_2(x.shape[-1])
+    _rms_norm_kernel[(x.shape[0],)](
+        x, residual, weight, out, residual_out, x.shape[-1], eps, True, block, num_warps=_warps(block)
+    )
+    return out, residual_out
+
+
+# ---------------------------------------------------------------------------------------------------- MLP
+@triton.jit
+def _silu_mul_kernel(gate_up_ptr, out_ptr, width, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offsets = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    inside = offsets < width
+    gate = tl.load(gate_up_ptr + row * 2 * width + offsets, mask=inside, other=0.0).to(tl.float32)
+    up = tl.load(gate_up_ptr + row * 2 * width + width + offsets, mask=inside, other=0.0).to(tl.float32)
+    out = gate / (1.0 + tl.exp(-gate)) * up
+    tl.store(out_ptr + row * width + offsets, out.to(out_ptr.dtype.element_ty), mask=inside)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    rows, width = gate_up.shape[0], gate_up.shape[1] // 2
+    out = torch.empty((rows, width), dtype=gate_up.dtype, device=gate_up.device)
+    block = 1024
+    _silu_mul_kernel[(rows, triton.cdiv(width, block))](gate_up, out, width, block, num_warps=4)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ rotary + KV write
+@triton.jit
+def _rope_and_store_kernel(
+    qkv_ptr, positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, q_out_ptr,
+    seq_len, num_heads, num_kv_heads, max_length,
+    HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    token = tl.program_id(0)  # b * S + s
+    head = tl.program_id(1)  # [0, H): q heads; [H, H + Hkv): k heads; [H + Hkv, H + 2 Hkv): v heads
+    batch_row = token // seq_len
+    s = token % seq_len
+    half = HEAD_DIM // 2
+    first = tl.arange(0, HEAD_DIM // 2)
+    base = qkv_ptr + (token * (num_heads + 2 * num_kv_heads) + head) * HEAD_DIM
+    x1 = tl.load(base + first).to(tl.float32)
+    x2 = tl.load(base + half + first).to(tl.float32)
+    column = tl.load(columns_ptr + s)
+    if head < num_heads + num_kv_heads:
+        position = tl.load(positions_ptr + token)
+        cos1 = tl.load(cos_ptr + position * HEAD_DIM + first).to(tl.float32)
+        cos2 = tl.load(cos_ptr + position * HEAD_DIM + half + first).to(tl.float32)
+        sin1 = tl.load(sin_ptr + position * HEAD_DIM + first).to(tl.float32)
+        sin2 = tl.load(sin_ptr + position * HEAD_DIM + half + first).to(tl.float32)
+        y1 = x1 * cos1 - x2 * sin1
+        y2 = x2 * cos2 + x1 * sin2
+        if head < num_heads:
+            out = q_out_ptr + (token * num_heads + head) * HEAD_DIM
+        else:
+            kv_head = head - num_heads
+            out = cache_k_ptr + ((batch_row * num_kv_heads + kv_head) * max_length + column) * HEAD_DIM
+    else:
+        y1, y2 = x1, x2
+        kv_head = head - num_heads - num_kv_heads
+        out = cache_v_ptr + ((batch_row * num_kv_heads + kv_head) * max_length + column) * HEAD_DIM
+    tl.store(out + first, y1.to(q_out_ptr.dtype.element_ty))
+    tl.store(out + half + first, y2.to(q_out_ptr.dtype.element_ty))
+
+
+def rope_and_store(
+    qkv: torch.Tensor,
+    positions: torch.Tensor,
+    cos_table: torch.Tensor,
+    sin_table: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    columns: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+) -> torch.Tensor:
+    batch, seq, _ = qkv.shape
+    head_dim = cos_table.shape[-1]
+    q = torch.empty((batch, seq, num_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
+    grid = (batch * seq, num_heads + 2 * num_kv_heads)
+    _rope_and_store_kernel[grid](
+        qkv, positions, cos_table, sin_table, cache_k, cache_v, columns, q,
+        seq, num_heads, num_kv_heads, cache_k.shape[2], head_dim, num_warps=1,
+    )  # fmt: skip
+    return q
+
+
+# ------------------------------------------------------------------------------------------------ attention
+@triton.jit
+def _decode_attention_kernel(
+    q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, out_ptr, scale,
+    seq_len, num_heads, num_kv_heads, max_length,
+    GROUP: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """One program per (batch row, kv head): its GROUP query heads x S queries are the rows of one tile."""
+    program = tl.program_id(0)
+    batch_row = program // num_kv_heads
+    kv_head = program % num_kv_heads
+    rows = tl.arange(0, BLOCK_R)
+    group_index = rows // seq_len
+    s = rows % seq_len
+    row_ok = rows < GROUP * seq_len
+    head = kv_head * GROUP + group_index
+    dims = tl.arange(0, HEAD_DIM)
+    q_rows = ((batch_row * seq_len + s) * num_heads + head) * HEAD_DIM
+    q = tl.load(q_ptr + q_rows[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)  # [R, Dh]
+    own_column = tl.load(columns_ptr + s, mask=row_ok, other=0)  # [R]
+    last_column = tl.load(columns_ptr + seq_len - 1)
+    kv_base = (batch_row * num_kv_heads + kv_head) * max_length * HEAD_DIM
+
+    running_max = tl.full((BLOCK_R,), float("-inf"), tl.float32)
+    running_sum = tl.zeros((BLOCK_R,), tl.float32)
+    acc = tl.zeros((BLOCK_R, HEAD_DIM), tl.float32)
+    start = 0
+    while start <= last_column:  # a while loop: its bound is data on the device (CUDA graphs replay it)
+        keys_at = start + tl.arange(0, BLOCK_N)
+        key_ok = keys_at <= last_column
+        k = tl.load(k_ptr + kv_base + keys_at[:, None] * HEAD_DIM + dims[None, :], mask=key_ok[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [R, N]
+        visible = keys_at[None, :] <= own_column[:, None]
+        if HAS_VALID:
+            valid = tl.load(valid_ptr + batch_row * max_length + keys_at, mask=key_ok, other=0) != 0
+            visible = visible & (valid[None, :] | (keys_at[None, :] == own_column[:, None]))
+        scores = tl.where(visible, scores, float("-inf"))
+        new_max = tl.maximum(running_max, tl.max(scores, axis=1))
+        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+        correction = tl.exp(running_max - safe_max)
+        p = tl.exp(scores - safe_max[:, None])
+        running_sum = running_sum * correction + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + kv_base + keys_at[:, None] * HEAD_DIM + dims[None, :], mask=key_ok[:, None], other=0.0)
+        acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        running_max = new_max
+        start += BLOCK_N
+    out = acc / running_sum[:, None]
+    tl.store(out_ptr + q_rows[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+MAX_ATTENTION_ROWS = 128  # GROUP * S per program; longer query blocks (prefill) use the reference
+
+
+def decode_attention(
+    q: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    columns: torch.Tensor,
+    key_valid: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor:
+    batch, seq, num_heads, head_dim = q.shape
+    num_kv_heads, max_length = cache_k.shape[1], cache_k.shape[2]
+    group = num_heads // num_kv_heads
+    out = torch.empty_like(q)
+    block_r = max(16, triton.next_power_of_2(group * seq))
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    _decode_attention_kernel[(batch * num_kv_heads,)](
+        q, cache_k, cache_v, columns, key_valid if key_valid is not None else columns, out, scale,
+        seq, num_heads, num_kv_heads, max_length,
+        group, key_valid is not None, block_r, 64, head_dim, precision, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ verification
+@triton.jit
+def _argmax_partials_kernel(
+    logits_ptr, values_ptr, indices_ptr, vocab, chunk, SPLITS: tl.constexpr, BLOCK: tl.constexpr
+):
+    """Program (row, split): the largest logit of row in [split * chunk, (split + 1) * chunk), first index on ties."""
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    best_value = float("-inf")
+    best_index = 0
+    begin = split * chunk
+    end = tl.minimum(begin + chunk, vocab)
+    start = begin
+    while start < end:
+        offsets = start + tl.arange(0, BLOCK)
+        inside = offsets < end
+        values = tl.load(logits_ptr + row * vocab + offsets, mask=inside, other=float("-inf")).to(tl.float32)
+        block_best = tl.max(values, axis=0)
+        block_index = tl.min(tl.where(values == block_best, offsets, 2147483647), axis=0)
+        take = block_best > best_value
+        best_index = tl.where(take, block_index, best_index)
+        best_value = tl.where(take, block_best, best_value)
+        start += BLOCK
+    tl.store(values_ptr + row * SPLITS + split, best_value)
+    tl.store(indices_ptr + row * SPLITS + split, best_index)
+
+
+@triton.jit
+def _greedy_finish_kernel(
+    values_ptr, indices_ptr, draft_ptr, num_accepted_ptr, row_accepted_ptr, next_ptr, batch, num_drafted,
+    SPLITS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    b3 = tl.arange(0, BLOCK_B)[:, None, None]
+    i3 = tl.arange(0, BLOCK_K)[None, :, None]
+    s3 = tl.arange(0, SPLITS)[None, None, :]
+    ok3 = (b3 < batch) & (i3 <= num_drafted)
+    at = (b3 * (num_drafted + 1) + i3) * SPLITS + s3
+    values = tl.load(values_ptr + at, mask=ok3, other=float("-inf"))
+    indices = tl.load(indices_ptr + at, mask=ok3, other=2147483647)
+    best = tl.max(values, axis=2)
+    choice = tl.min(tl.where(values == best[:, :, None], indices, 2147483647), axis=2)  # [B, K + 1]
+    b2 = tl.arange(0, BLOCK_B)[:, None]
+    i2 = tl.arange(0, BLOCK_K)[None, :]
+    drafted = tl.load(draft_ptr + b2 * num_drafted + i2, mask=(b2 < batch) & (i2 < num_drafted), other=-1)
+    mismatch = ((drafted != choice) | (i2 >= num_drafted)).to(tl.int32)
+    row_accepted = tl.sum((tl.cumsum(mismatch, axis=1) == 0).to(tl.int32), axis=1)  # [B]
+    rows = tl.arange(0, BLOCK_B)
+    n = tl.min(tl.where(rows < batch, row_accepted, 2147483647), axis=0)
+    next_tokens = tl.sum(tl.where(i2 == n, choice, 0), axis=1)
+    tl.store(num_accepted_ptr, n.to(tl.int64))
+    tl.store(row_accepted_ptr + rows, row_accepted.to(tl.int64), mask=rows < batch)
+    tl.store(next_ptr + rows, next_tokens.to(tl.int64), mask=rows < batch)
+
+
+def _argmax_partials(logits: torch.Tensor, splits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, vocab = logits.shape
+    values = torch.empty((rows, splits), dtype=torch.float32, device=logits.device)
+    indices = torch.empty((rows, splits), dtype=torch.int32, device=logits.device)
+    chunk = triton.cdiv(vocab, splits)
+    _argmax_partials_kernel[(rows, splits)](logits, values, indices, vocab, chunk, splits, 2048, num_warps=8)
+    return values, indices
+
+
+def greedy_verify(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> Verdict:
+    """Fused greedy verification: argmax over V at K + 1 positions, longest matching prefix, next token."""
+    batch, num_drafted = draft_tokens.shape
+    vocab = target_logits.shape[-1]
+    splits = 8 if vocab >= 16384 else 1
+    values, indices = _argmax_partials(target_logits.reshape(-1, vocab).contiguous(), splits)
+    device = target_logits.device
+    num_accepted = torch.empty((), dtype=torch.long, device=device)
+    row_accepted = torch.empty(batch, dtype=torch.long, device=device)
+    next_tokens = torch.empty(batch, dtype=torch.long, device=device)
+    _greedy_finish_kernel[(1,)](
+        values, indices, draft_tokens.contiguous(), num_accepted, row_accepted, next_tokens, batch, num_drafted,
+        splits, triton.next_power_of_2(batch), triton.next_power_of_2(num_drafted + 1),
+    )  # fmt: skip
+    return Verdict(num_accepted=num_accepted, row_accepted=row_accepted, next_tokens=next_tokens)
+
+
+@triton.jit
+def _accept_kernel(
+    target_ptr, draft_probs_ptr, draft_ptr, uniforms_ptr, num_accepted_ptr, row_accepted_ptr, batch, num_drafted,
+    vocab, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Speculative sampling's accept test u * q(d) <= p(d) at every drafted position, and the accepted prefixes."""
+    b2 = tl.arange(0, BLOCK_B)[:, None]
+    i2 = tl.arange(0, BLOCK_K)[None, :]
+    ok = (b2 < batch) & (i2 < num_drafted)
+    drafted = tl.load(draft_ptr + b2 * num_drafted + i2, mask=ok, other=0)
+    p = tl.load(target_ptr + (b2 * (num_drafted + 1) + i2) * vocab + drafted, mask=ok, other=0.0)
+    q = tl.load(draft_probs_ptr + (b2 * num_drafted + i2) * vocab + drafted, mask=ok, other=1.0)
+    u = tl.load(uniforms_ptr + b2 * num_drafted + i2, mask=ok, other=2.0)
+    rejected = ((u * q > p) | (i2 >= num_drafted)).to(tl.int32)
+    row_accepted = tl.sum((tl.cumsum(rejected, axis=1) == 0).to(tl.int32), axis=1)
+    rows = tl.arange(0, BLOCK_B)
+    n = tl.min(tl.where(rows < batch, row_accepted, 2147483647), axis=0)
+    tl.store(num_accepted_ptr, n.to(tl.int64))
+    tl.store(row_accepted_ptr + rows, row_accepted.to(tl.int64), mask=rows < batch)
+
+
+@triton.jit
+def _residual_partials_kernel(
+    target_ptr, draft_probs_ptr, exponentials_ptr, num_accepted_ptr, residual_best_ptr, residual_index_ptr,
+    residual_mass_ptr, target_best_ptr, target_index_ptr, num_drafted, vocab, chunk,
+    SPLITS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Program (row, split): over its vocabulary chunk at position n, the best max(0, p - q) / E and p / E
+    (exponential race: argmax r / E samples r's normalised distribution), and the chunk's residual mass."""
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    n = tl.load(num_accepted_ptr)
+    has_draft = n < num_drafted
+    begin = split * chunk
+    best_r = -1.0
+    index_r = 0
+    best_p = -1.0
+    index_p = 0
+    mass = 0.0
+    end = tl.minimum(begin + chunk, vocab)
+    start = begin
+    while start < end:
+        offsets = start + tl.arange(0, BLOCK)
+        inside = offsets < end
+        p = tl.load(target_ptr + (row * (num_drafted + 1) + n) * vocab + offsets, mask=inside, other=0.0)
+        q = tl.load(draft_probs_ptr + (row * num_drafted + n) * vocab + offsets, mask=inside & has_draft, other=0.0)
+        e = tl.load(exponentials_ptr + row * vocab + offsets, mask=inside, other=1.0)
+        r = tl.maximum(p - q, 0.0)
+        mass += tl.sum(r, axis=0)
+        score_r = tl.where(inside, tl.math.div_rn(r, e), -1.0)
+        score_p = tl.where(inside, tl.math.div_rn(p, e), -1.0)
+        block_r = tl.max(score_r, axis=0)
+        block_p = tl.max(score_p, axis=0)
+        at_r = tl.min(tl.where(score_r == block_r, offsets, 2147483647), axis=0)
+        at_p = tl.min(tl.where(score_p == block_p, offsets, 2147483647), axis=0)
+        index_r = tl.where(block_r > best_r, at_r, index_r)
+        best_r = tl.maximum(block_r, best_r)
+        index_p = tl.where(block_p > best_p, at_p, index_p)
+        best_p = tl.maximum(block_p, best_p)
+        start += BLOCK
+    at = row * SPLITS + split
+    tl.store(residual_best_ptr + at, best_r)
+    tl.store(residual_index_ptr + at, index_r)
+    tl.store(residual_mass_ptr + at, mass)
+    tl.store(target_best_ptr + at, best_p)
+    tl.store(target_index_ptr + at, index_p)
+
+
+@triton.jit
+def _sample_finish_kernel(
+    residual_best_ptr, residual_index_ptr, residual_mass_ptr, target_best_ptr, target_index_ptr, draft_ptr,
+    num_accepted_ptr, row_accepted_ptr, next_ptr, num_drafted, SPLITS: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)
+    splits = tl.arange(0, SPLITS)
+    at = row * SPLITS + splits
+    best_r = tl.load(residual_best_ptr + at)
+    best_p = tl.load(target_best_ptr + at)
+    top_r = tl.max(best_r, axis=0)
+    top_p = tl.max(best_p, axis=0)
+    token_r = tl.min(tl.where(best_r == top_r, tl.load(residual_index_ptr + at), 2147483647), axis=0)
+    token_p = tl.min(tl.where(best_p == top_p, tl.load(target_index_ptr + at), 2147483647), axis=0)
+    mass = tl.sum(tl.load(residual_mass_ptr + at), axis=0)
+    token = tl.where(mass > 0, token_r, token_p)
+    n = tl.load(num_accepted_ptr)
+    keeps_draft = tl.load(row_accepted_ptr + row) > n
+    drafted = tl.load(draft_ptr + row * num_drafted + n, mask=keeps_draft, other=0)
+    tl.store(next_ptr + row, tl.where(keeps_draft, drafted, token.to(tl.int64)))
+
+
+def speculative_sample_from_noise(
+    draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor,
+    target_probs: torch.Tensor,
+    uniforms: torch.Tensor,
+    exponentials: torch.Tensor,
+) -> Verdict:
+    batch, num_drafted = draft_tokens.shape
+    vocab = target_probs.shape[-1]
+    device = target_probs.device
+    draft_tokens = draft_tokens.contiguous()
+    target_probs = target_probs.contiguous()
+    draft_probs = draft_probs.contiguous()
+    num_accepted = torch.empty((), dtype=torch.long, device=device)
+    row_accepted = torch.empty(batch, dtype=torch.long, device=device)
+    next_tokens = torch.empty(batch, dtype=torch.long, device=device)
+    _accept_kernel[(1,)](
+        target_probs, draft_probs, draft_tokens, uniforms.contiguous(), num_accepted, row_accepted, batch,
+        num_drafted, vocab, triton.next_power_of_2(batch), triton.next_power_of_2(max(num_drafted, 1)),
+    )  # fmt: skip
+    splits = 8 if vocab >= 16384 else 1
+    partial = {
+        name: torch.empty((batch, splits), dtype=dtype, device=device)
+        for name, dtype in (("rb", torch.float32), ("ri", torch.int32), ("m", torch.float32),
+                            ("pb", torch.float32), ("pi", torch.int32))
+    }  # fmt: skip
+    _residual_partials_kernel[(batch, splits)](
+        target_probs, draft_probs, exponentials.contiguous(), num_accepted, partial["rb"], partial["ri"],
+        partial["m"], partial["pb"], partial["pi"], num_drafted, vocab, triton.cdiv(vocab, splits), splits, 2048,
+        num_warps=8,
+    )  # fmt: skip
+    _sample_finish_kernel[(batch,)](
+        partial["rb"], partial["ri"], partial["m"], partial["pb"], partial["pi"], draft_tokens, num_accepted,
+        row_accepted, next_tokens, num_drafted, splits,
+    )  # fmt: skip
+    return Verdict(num_accepted=num_accepted, row_accepted=row_accepted, next_tokens=next_tokens)

@@ -1,0 +1,77 @@
+"""The fast Llama-family path computes what transformers computes, and keeps speculative output exact.
+
+On a CPU it runs the PyTorch reference kernels (or the Triton kernels in Triton's interpreter when
+TRITON_INTERPRET=1); on CUDA the Triton kernels and CUDA graphs (see also scripts/gpu_check.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import loaded, make_model
+
+from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
+from specdec.decoder import HFDecoder, make_decoder
+from specdec.errors import UnsupportedModelError
+from specdec.fast.decoder import FastDecoder
+
+FAST_FAMILIES = ("llama", "qwen2")
+PROMPTS = [[5, 17, 99, 240, 31, 8], [250, 4, 4, 61, 9, 13, 200, 77, 120, 3, 45]]
+
+
+def reference(model, prompt: list[int], max_new: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False)
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("family", FAST_FAMILIES)
+def test_fast_forward_matches_transformers_with_padding_and_rollback(family):
+    model = make_model(family, seed=3)
+    fast, generic = FastDecoder(loaded(model, "m")), HFDecoder(loaded(model, "m"))
+    pads = torch.tensor([0, 3])
+    mask = (torch.arange(20)[None, :] >= pads[:, None]).long()
+    ids = torch.randint(3, 300, (2, 12))
+    for decoder in (fast, generic):
+        decoder.prepare(pads, mask, 20)
+    prefill = [d.forward(ids[:, :8], last_only=True) for d in (fast, generic)]
+    torch.testing.assert_close(prefill[0], prefill[1], rtol=1e-4, atol=1e-4)
+    steps = [d.forward(ids[:, 8:12]) for d in (fast, generic)]  # a 4-token verification-like forward
+    torch.testing.assert_close(steps[0], steps[1], rtol=1e-4, atol=1e-4)
+    for decoder in (fast, generic):
+        decoder.rollback(9)
+    again = [d.forward(ids[:, 9:11]) for d in (fast, generic)]
+    torch.testing.assert_close(again[0], again[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(again[0], steps[0][:, 1:3], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAST_FAMILIES)
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_fast_path_speculation_equals_generate(family, k):
+    target = make_model(family, seed=4)
+    engine = SpeculativeEngine(loaded(target, "t"), loaded(make_model("llama", seed=5, layers=1), "d"), "fast")
+    assert engine.target.path == "fast-llama"
+    for prompt in PROMPTS:
+        result = engine.generate(prompt, GenerationConfig(max_new_tokens=20), SpeculationConfig(k=k))
+        assert result.token_ids[0] == reference(target, prompt, 20)
+        assert result.metrics.decoder_path == "fast-llama"
+    same = SpeculativeEngine(loaded(target, "t"), loaded(target, "same"), "fast")
+    result = same.generate(PROMPTS[0], GenerationConfig(max_new_tokens=20), SpeculationConfig(k=k))
+    assert result.token_ids[0] == reference(target, PROMPTS[0], 20)
+
+
+def test_fast_path_batch_with_padding_equals_each_rows_greedy_output():
+    target = make_model("llama", seed=6)
+    engine = SpeculativeEngine(loaded(target, "t"), loaded(make_model("llama", seed=7, layers=1), "d"), "fast")
+    result = engine.generate(PROMPTS, GenerationConfig(max_new_tokens=16), SpeculationConfig(k=3))
+    for prompt, got in zip(PROMPTS, result.token_ids, strict=True):
+        assert got == reference(target, prompt, 16)
+
+
+def test_architectures_without_a_fast_path_say_so_or_fall_back():
+    gpt2 = loaded(make_model("gpt2", seed=1), "gpt2-tiny")
+    with pytest.raises(UnsupportedModelError, match="model type 'gpt2' has no fast path"):
+        make_decoder(gpt2, choice="fast")
+    assert make_decoder(gpt2, choice="auto").path == "generic"
+    llama_on_cpu = loaded(make_model("llama", seed=1), "llama-tiny")
+    assert make_decoder(llama_on_cpu, choice="auto").path == "generic"  # fast path is the default on CUDA only

@@ -1,0 +1,143 @@
+"""Every Triton kernel against its PyTorch reference, on fresh random inputs.
+
+Runs on CUDA; on a CPU it runs only in Triton's interpreter (``TRITON_INTERPRET=1`` with triton installed) and is
+skipped otherwise, as in CI.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from specdec import verification
+from specdec.kernels import reference, triton_runs_on
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(
+    not triton_runs_on(DEVICE), reason="Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)"
+)
+DTYPES = [torch.float32, torch.bfloat16] if DEVICE.type == "cuda" else [torch.float32]
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture(scope="module")
+def tk():
+    from specdec.kernels import triton_kernels  # the module
+
+    return triton_kernels
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not torch.isnan(out).any()
+    return float((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+
+
+def rand(*shape: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator, device=DEVICE).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", [64, 1000, 2048])
+def test_rms_norm_and_fused_residual_add(tk, dtype, width):
+    g = torch.Generator(DEVICE).manual_seed(width)
+    x, residual = rand(5, width, dtype=dtype, generator=g), rand(5, width, dtype=dtype, generator=g)
+    weight = rand(width, dtype=dtype, generator=g)
+    assert relative_error(tk.rms_norm(x, weight, 1e-5), reference.rms_norm(x, weight, 1e-5)) < TOLERANCE[dtype]
+    out, total = tk.add_rms_norm(x, residual, weight, 1e-6)
+    ref_out, ref_total = reference.add_rms_norm(x, residual, weight, 1e-6)
+    assert torch.equal(total, ref_total)
+    assert relative_error(out, ref_out) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_silu_mul(tk, dtype):
+    g = torch.Generator(DEVICE).manual_seed(1)
+    gate_up = rand(3, 2 * 1500, dtype=dtype, generator=g)
+    assert relative_error(tk.silu_mul(gate_up), reference.silu_mul(gate_up)) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "kv_heads", "seq"), [(4, 2, 1), (4, 4, 3), (8, 2, 5)])
+def test_rope_and_store_writes_the_same_cache_and_queries(tk, dtype, heads, kv_heads, seq):
+    g = torch.Generator(DEVICE).manual_seed(heads * 10 + seq)
+    batch, head_dim, max_length = 2, 32, 24
+    qkv = rand(batch, seq, (heads + 2 * kv_heads) * head_dim, dtype=dtype, generator=g)
+    angles = torch.rand(64, head_dim // 2, generator=g, device=DEVICE) * 6.0
+    cos = torch.cat([angles.cos(), angles.cos()], -1).to(dtype)
+    sin = torch.cat([angles.sin(), angles.sin()], -1).to(dtype)
+    columns = torch.arange(7, 7 + seq, device=DEVICE)
+    positions = torch.stack([columns, columns - 3])  # the second row has 3 tokens of left padding
+    caches = [rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g) for _ in range(2)]
+    ours = [c.clone() for c in caches]
+    q_ref = reference.rope_and_store(qkv, positions, cos, sin, *caches, columns, heads, kv_heads)
+    q = tk.rope_and_store(qkv, positions, cos, sin, *ours, columns, heads, kv_heads)
+    assert relative_error(q, q_ref) < TOLERANCE[dtype]
+    for mine, theirs in zip(ours, caches, strict=True):
+        assert relative_error(mine, theirs) < TOLERANCE[dtype]
+        untouched = torch.ones(max_length, dtype=torch.bool, device=DEVICE)
+        untouched[columns] = False
+        assert torch.equal(mine[:, :, untouched], theirs[:, :, untouched])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "kv_heads", "seq", "padded"), [(4, 2, 1, False), (8, 2, 5, True), (4, 4, 9, True)])
+def test_decode_attention(tk, dtype, heads, kv_heads, seq, padded):
+    g = torch.Generator(DEVICE).manual_seed(heads + seq)
+    batch, head_dim, max_length = 2, 64, 150
+    q = rand(batch, seq, heads, head_dim, dtype=dtype, generator=g)
+    cache_k = rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g)
+    cache_v = rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g)
+    columns = torch.arange(130 - seq, 130, device=DEVICE)  # keys beyond 129 hold junk that must stay unseen
+    key_valid = None
+    if padded:
+        key_valid = torch.ones(batch, max_length, dtype=torch.bool, device=DEVICE)
+        key_valid[1, :17] = False
+    out = tk.decode_attention(q, cache_k, cache_v, columns, key_valid, head_dim**-0.5)
+    ref = reference.decode_attention(q, cache_k, cache_v, columns, key_valid, head_dim**-0.5)
+    assert relative_error(out, ref) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("vocab", [50, 40000])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_greedy_verify_matches_the_reference(tk, vocab, batch):
+    g = torch.Generator(DEVICE).manual_seed(vocab + batch)
+    for k in (0, 1, 4):
+        logits = torch.randn(batch, k + 1, vocab, generator=g, device=DEVICE)
+        choice = logits.argmax(-1)
+        drafts = choice[:, :k].clone()
+        if k:  # break some rows' runs at random places
+            breaks = torch.randint(0, k + 1, (batch,), generator=g, device=DEVICE)
+            for row in range(batch):
+                if breaks[row] < k:
+                    drafts[row, breaks[row]] = (drafts[row, breaks[row]] + 1) % vocab
+        ours = tk.greedy_verify(drafts, logits)
+        ref = verification.greedy_verify(drafts, logits)
+        assert int(ours.num_accepted) == int(ref.num_accepted)
+        assert torch.equal(ours.row_accepted, ref.row_accepted)
+        assert torch.equal(ours.next_tokens, ref.next_tokens)
+
+
+def test_greedy_verify_takes_the_first_of_tied_maxima(tk):
+    logits = torch.zeros(1, 2, 40000, device=DEVICE)
+    logits[0, :, 123] = 1.0
+    logits[0, :, 30000] = 1.0
+    verdict = tk.greedy_verify(torch.tensor([[123]], device=DEVICE), logits)
+    assert int(verdict.num_accepted) == 1 and verdict.next_tokens.tolist() == [123]
+
+
+@pytest.mark.parametrize("vocab", [50, 40000])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_speculative_sampling_matches_the_reference_given_the_same_noise(tk, vocab, batch):
+    g = torch.Generator(DEVICE).manual_seed(vocab * batch)
+    for k in (1, 3):
+        target = torch.softmax(2 * torch.randn(batch, k + 1, vocab, generator=g, device=DEVICE), -1)
+        draft_probs = torch.softmax(2 * torch.randn(batch, k, vocab, generator=g, device=DEVICE), -1)
+        drafts = torch.multinomial(draft_probs.reshape(-1, vocab), 1, generator=g).reshape(batch, k)
+        for _ in range(5):
+            uniforms = torch.rand(batch, k, generator=g, device=DEVICE)
+            exponentials = torch.empty(batch, vocab, device=DEVICE).exponential_(generator=g)
+            args = (drafts, draft_probs, target, uniforms, exponentials)
+            ours, ref = tk.speculative_sample_from_noise(*args), verification.speculative_sample_from_noise(*args)
+            assert int(ours.num_accepted) == int(ref.num_accepted)
+            assert torch.equal(ours.row_accepted, ref.row_accepted)
+            assert torch.equal(ours.next_tokens, ref.next_tokens)
