@@ -7,6 +7,7 @@ through its own forward with a preallocated :class:`~specdec.kv_cache.KVCache`.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -45,8 +46,25 @@ class Decoder(Protocol):
         or [B, 1, vocab_size] for the last position only with ``last_only``."""
         ...
 
+    def greedy_chain(self, input_ids: torch.Tensor, k: int) -> torch.Tensor:
+        """Greedy drafting: read ``input_ids`` [B, S], then ``k - 1`` more tokens, each the argmax after the last.
+        Returns the ``k`` argmax tokens [B, k]; the cache grows by ``S + k - 1``."""
+        ...
+
     def rollback(self, length: int) -> None:
         """Drop cached positions ``>= length`` in O(1)."""
+
+
+def greedy_chain_loop(
+    forward: Callable[[torch.Tensor, bool], torch.Tensor], input_ids: torch.Tensor, k: int
+) -> torch.Tensor:
+    """:meth:`Decoder.greedy_chain` as a loop over ``forward(input_ids, last_only)``. Returns [B, k]."""
+    token = forward(input_ids, True)[:, -1].argmax(dim=-1)  # [B]
+    tokens = [token]
+    for _ in range(k - 1):
+        token = forward(token[:, None], True)[:, -1].argmax(dim=-1)
+        tokens.append(token)
+    return torch.stack(tokens, dim=1)
 
 
 class HFDecoder:
@@ -101,6 +119,9 @@ class HFDecoder:
         if last_only:
             logits = logits[:, -1:]
         return logits[..., : self.vocab_size].float()
+
+    def greedy_chain(self, input_ids: torch.Tensor, k: int) -> torch.Tensor:
+        return greedy_chain_loop(self.forward, input_ids, k)
 
     def rollback(self, length: int) -> None:
         assert self.cache is not None

@@ -36,6 +36,8 @@ from specdec.sequence import SequenceBatch
 from specdec.verification import Verifier
 
 Prompts = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
+EOS_CHECK_EVERY = 16  # without drafts, an accelerator's EOS flags are read every this many steps (output is cut at EOS)
+EOS_NOT_FOUND = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -152,7 +154,6 @@ class SpeculativeEngine:
         eos = torch.tensor(self.eos_ids if generation.stop_at_eos else [], dtype=torch.long, device=self.device)
         clock = StepClock(self.device)
         records: list[StepRecord] = []
-        row_ends: list[int | None] = [None] * batch.batch_size  # new tokens of a row once it produced EOS
 
         reset_peak_memory(self.device)
         synchronize(self.device)
@@ -166,12 +167,12 @@ class SpeculativeEngine:
         batch.length = prompt_length + 1
         first_is_eos = torch.isin(batch.tokens[:, prompt_length], eos).tolist()  # the prefill's one sync
         time_to_first_token = time.perf_counter() - started
-        for row, is_eos in enumerate(first_is_eos):
-            if is_eos:
-                row_ends[row] = 1
+        row_ends: list[int | None] = [1 if is_eos else None for is_eos in first_is_eos]  # new tokens up to EOS
         if self.drafter is not None:
             self.drafter.start(batch)
 
+        pending_eos: list[tuple[int, torch.Tensor]] = []  # (step's first new column, [B] EOS offsets) to read
+        eos_check_every = 1 if self.device.type == "cpu" else EOS_CHECK_EVERY  # a CPU has no transfer to save
         while batch.new_tokens < generation.max_new_tokens and any(end is None for end in row_ends):
             requested_k = controller.next_k() if self.drafter is not None else 0
             k = min(requested_k, generation.max_new_tokens - batch.new_tokens - 1)
@@ -186,17 +187,25 @@ class SpeculativeEngine:
             drafted_mark = clock.mark()
 
             length = batch.length
-            verify_ids = torch.cat([batch.tokens[:, length - 1 : length], draft_tokens], dim=1)  # [B, K + 1]
+            verify_ids = batch.tokens[:, length - 1 : length]  # [B, 1]: the last committed token ...
+            if k > 0:
+                verify_ids = torch.cat([verify_ids, draft_tokens], dim=1)  # ... and the drafts: [B, K + 1]
+                batch.tokens[:, length : length + k] = draft_tokens
             target_logits = self.target.forward(verify_ids)  # [B, K + 1, V]
             verdict = verifier.verify(draft_tokens, draft_probs, target_logits, generator)
-            batch.tokens[:, length : length + k] = draft_tokens
             next_column = (length + verdict.num_accepted).reshape(1, 1).expand(batch.batch_size, 1)
             batch.tokens.scatter_(1, next_column, verdict.next_tokens[:, None])
-            eos_offsets = _first_eos_offsets(batch.tokens[:, length : length + k + 1], eos, verdict.num_accepted)
+            if eos.numel() > 0:
+                window = batch.tokens[:, length : length + k + 1]
+                pending_eos.append((length, _first_eos_offsets(window, eos, verdict.num_accepted)))
             verified_mark = clock.mark()
 
-            host = torch.cat([verdict.num_accepted.reshape(1), eos_offsets]).tolist()  # the step's one sync
-            accepted = int(host[0])
+            # Nothing drafted: one token, known without asking the device. Otherwise the step's one host sync
+            # reads the number accepted (and any EOS offsets waiting to be read with it).
+            last_step = batch.new_tokens + k + 1 >= generation.max_new_tokens
+            accepted = 0
+            if k > 0 or len(pending_eos) >= eos_check_every or last_step:
+                accepted = self._sync(verdict.num_accepted if k > 0 else None, pending_eos, row_ends, prompt_length)
             batch.length = length + accepted + 1
             self.target.rollback(batch.length - 1)
             if self.drafter is not None:
@@ -205,9 +214,8 @@ class SpeculativeEngine:
             record.accepted = accepted
             record.marks = (start_mark, drafted_mark, verified_mark)
             records.append(record)
-            for row, offset in enumerate(host[1:]):
-                if row_ends[row] is None and offset <= accepted:
-                    row_ends[row] = length - prompt_length + int(offset) + 1
+        if pending_eos:
+            self._sync(None, pending_eos, row_ends, prompt_length)
 
         clock.finish()
         synchronize(self.device)
@@ -232,6 +240,27 @@ class SpeculativeEngine:
         return GenerationResult(
             token_ids=token_ids, texts=[self.decode(ids) for ids in token_ids], metrics=metrics, steps=steps
         )
+
+    @staticmethod
+    def _sync(
+        num_accepted: torch.Tensor | None,
+        pending_eos: list[tuple[int, torch.Tensor]],
+        row_ends: list[int | None],
+        prompt_length: int,
+    ) -> int:
+        """One device-to-host transfer: the number accepted (0 if None) and the pending EOS offsets, which mark
+        finished rows in ``row_ends`` (new tokens up to and including EOS) and are then cleared."""
+        parts = [num_accepted.reshape(1)] if num_accepted is not None else []
+        host = torch.cat(parts + [offsets for _, offsets in pending_eos]).tolist() if parts or pending_eos else []
+        accepted = int(host[0]) if num_accepted is not None else 0
+        values = host[1:] if num_accepted is not None else host
+        for index, (column, _) in enumerate(pending_eos):
+            window = len(values) // len(pending_eos)
+            for row, offset in enumerate(values[index * window : (index + 1) * window]):
+                if row_ends[row] is None and offset < EOS_NOT_FOUND:
+                    row_ends[row] = column - prompt_length + int(offset) + 1
+        pending_eos.clear()
+        return accepted
 
     def _metrics(
         self,
@@ -280,14 +309,13 @@ class SpeculativeEngine:
 
 
 def _first_eos_offsets(window: torch.Tensor, eos: torch.Tensor, num_accepted: torch.Tensor) -> torch.Tensor:
-    """Offset of the first EOS among the committed tokens of a step's window, else K + 1.
+    """Offset of the first EOS among the committed tokens of a step's window, else ``EOS_NOT_FOUND``.
 
     window: [B, K + 1] (the step's tokens; only [:, :num_accepted + 1] are committed) -> [B] int64.
     """
-    width = window.shape[1]
-    offsets = torch.arange(width, device=window.device).expand_as(window)
+    offsets = torch.arange(window.shape[1], device=window.device).expand_as(window)
     hit = torch.isin(window, eos) & (offsets <= num_accepted)
-    return torch.where(hit, offsets, width).min(dim=1).values
+    return torch.where(hit, offsets, EOS_NOT_FOUND).min(dim=1).values
 
 
 def _eos_ids(loaded: LoadedModel) -> list[int]:

@@ -58,6 +58,7 @@ class KVCache:
         """Record that a forward wrote ``num_tokens`` more positions (the layers moved their own pointers)."""
         self._length += num_tokens
 
+    @torch.inference_mode()
     def rollback(self, length: int) -> None:
         """Forget every position from ``length`` on. O(1): moves the pointers, copies and allocates nothing."""
         if not 0 <= length <= self._length:

@@ -36,22 +36,22 @@ class ModelDrafter:
     def propose(
         self, batch: SequenceBatch, k: int, generation: GenerationConfig, generator: torch.Generator | None
     ) -> DraftProposal:
-        logits = self.decoder.forward(batch.tokens[:, self.decoder.cache_length : batch.length], last_only=True)
+        unread = batch.tokens[:, self.decoder.cache_length : batch.length]  # [B, 1 or 2] committed, not yet read
+        if generation.greedy:
+            return DraftProposal(tokens=self.decoder.greedy_chain(unread, k), probs=None)
+        logits = self.decoder.forward(unread, last_only=True)  # [B, 1, V]
         tokens: list[torch.Tensor] = []
         probs: list[torch.Tensor] = []
         for i in range(k):
-            if generation.greedy:
-                token = logits[:, -1].argmax(dim=-1)  # [B]
-            else:
-                q = logits_to_probs(logits[:, -1], generation)  # [B, V]
-                token = sample(q, generator)
-                probs.append(q)
+            q = logits_to_probs(logits[:, -1], generation)  # [B, V]
+            token = sample(q, generator)
+            probs.append(q)
             tokens.append(token)
             if i + 1 < k:
                 logits = self.decoder.forward(token[:, None], last_only=True)  # [B, 1, V]
         return DraftProposal(
             tokens=torch.stack(tokens, dim=1),  # [B, K]
-            probs=torch.stack(probs, dim=1) if probs else None,  # [B, K, V]
+            probs=torch.stack(probs, dim=1),  # [B, K, V]
         )
 
     def observe(self, batch: SequenceBatch, num_accepted: int) -> None:

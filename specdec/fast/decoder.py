@@ -8,8 +8,11 @@ reads it); a rollback sets both, copying nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from specdec.decoder import greedy_chain_loop
 from specdec.fast.llama import FastLlama, unsupported_reason
 from specdec.kernels import Kernels, kernels_for
 from specdec.loading import LoadedModel
@@ -38,7 +41,7 @@ class FastDecoder:
         self._steps = torch.arange(GRAPH_MAX_TOKENS, device=self.device)
         self._pad_lengths = torch.zeros(0, dtype=torch.long, device=self.device)
         self._key_valid = torch.zeros(0, dtype=torch.bool, device=self.device)
-        self._graphs: dict[tuple[int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._graphs: dict[tuple[object, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def cache_length(self) -> int:
@@ -81,32 +84,45 @@ class FastDecoder:
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
         seq = input_ids.shape[1]
-        key = (seq, last_only)
-        if not self.use_graphs or seq > GRAPH_MAX_TOKENS:
-            logits = self._forward(input_ids, last_only)
-        elif key in self._graphs:
-            graph, static_input, static_output = self._graphs[key]
-            static_input.copy_(input_ids)
-            graph.replay()
-            logits = static_output
-        else:
-            logits = self._forward(input_ids, last_only)  # runs for real, and warms up (Triton compiles)
-            self._capture(key, input_ids)
+        logits = self._graphed((seq, last_only), input_ids, lambda ids: self._forward(ids, last_only))
         self._length += seq
         self.forwards += 1
         return logits
 
-    def _capture(self, key: tuple[int, bool], input_ids: torch.Tensor) -> None:
-        """Record the forward of this shape. Capturing executes nothing, so no state changes here."""
+    @torch.inference_mode()
+    def greedy_chain(self, input_ids: torch.Tensor, k: int) -> torch.Tensor:
+        """The whole greedy draft of ``k`` tokens as one graph: forwards and argmaxes never wait for the host."""
+        seq = input_ids.shape[1]
+        tokens = self._graphed(("chain", seq, k), input_ids, lambda ids: greedy_chain_loop(self._forward, ids, k))
+        self._length += seq + k - 1
+        self.forwards += k
+        return tokens
+
+    def _graphed(
+        self, key: tuple[object, ...], input_ids: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """``run(input_ids)`` from a CUDA graph captured for ``key`` (captured at the first call, which runs for
+        real and warms up: Triton compiles, cuBLAS picks its kernels). Its output is valid until the next call."""
+        if not self.use_graphs or input_ids.shape[1] > GRAPH_MAX_TOKENS:
+            return run(input_ids)
+        entry = self._graphs.get(key)
+        if entry is not None:
+            graph, static_input, static_output = entry
+            static_input.copy_(input_ids)
+            graph.replay()
+            return static_output
+        output = run(input_ids)
         static_input = input_ids.clone()
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_output = self._forward(static_input, key[1])
+        with torch.cuda.graph(graph):  # capturing executes nothing, so no state changes here
+            static_output = run(static_input)
         self._graphs[key] = (graph, static_input, static_output)
+        return output
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self._length:
             raise ValueError(f"cannot roll back to {length}: the cache holds {self._length} positions")
-        self._device_length.fill_(length)
+        if length != self._length:
+            self._device_length.fill_(length)
         self._length = length

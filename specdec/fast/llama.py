@@ -34,7 +34,7 @@ def unsupported_reason(model: PreTrainedModel, max_length: int | None = None) ->
         return f"rope type {rope_type!r} changes with the sequence length"
     window = getattr(config, "sliding_window", None)
     uses_window = window is not None and getattr(config, "use_sliding_window", True)
-    if uses_window and max_length is not None and window < max_length:
+    if uses_window and window is not None and max_length is not None and window < max_length:
         return f"sliding window {window} is shorter than the {max_length} tokens needed"
     return None
 

@@ -59,7 +59,7 @@ def triton_runs_on(device: torch.device) -> bool:
 def load_triton_kernels() -> Kernels:
     from specdec.kernels import triton_kernels as tk
 
-    def decode_attention(q, cache_k, cache_v, columns, key_valid, scale):  # type: ignore[no-untyped-def]
+    def decode_attention(q, cache_k, cache_v, columns, key_valid, scale):
         group = q.shape[2] // cache_k.shape[1]
         if group * q.shape[1] > tk.MAX_ATTENTION_ROWS:  # a long block of queries (prefill): not a decode step
             return reference.decode_attention(q, cache_k, cache_v, columns, key_valid, scale)

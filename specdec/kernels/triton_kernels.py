@@ -188,6 +188,95 @@ def _decode_attention_kernel(
     tl.store(out_ptr + q_rows[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
+@triton.jit
+def _attention_split_kernel(
+    q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, max_ptr, sum_ptr, acc_ptr, scale,
+    seq_len, num_heads, num_kv_heads, max_length, num_splits,
+    GROUP: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Program (batch row * kv head, split): the split's BLOCK_N keys against the group's GROUP x S queries.
+    Writes the block's running max, sum of exponentials and unnormalised output (flash-decoding partials)."""
+    program = tl.program_id(0)
+    split = tl.program_id(1)
+    batch_row = program // num_kv_heads
+    kv_head = program % num_kv_heads
+    rows = tl.arange(0, BLOCK_R)
+    group_index = rows // seq_len
+    s = rows % seq_len
+    row_ok = rows < GROUP * seq_len
+    head = kv_head * GROUP + group_index
+    dims = tl.arange(0, HEAD_DIM)
+    partial = (program * num_splits + split) * BLOCK_R + rows  # [R]
+    last_column = tl.load(columns_ptr + seq_len - 1)
+    keys_at = split * BLOCK_N + tl.arange(0, BLOCK_N)
+    if split * BLOCK_N > last_column:  # nothing visible in this block
+        tl.store(max_ptr + partial, tl.full((BLOCK_R,), float("-inf"), tl.float32))
+        tl.store(sum_ptr + partial, tl.zeros((BLOCK_R,), tl.float32))
+        tl.store(acc_ptr + partial[:, None] * HEAD_DIM + dims[None, :], tl.zeros((BLOCK_R, HEAD_DIM), tl.float32))
+    else:
+        q_rows = ((batch_row * seq_len + s) * num_heads + head) * HEAD_DIM
+        q = tl.load(q_ptr + q_rows[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)  # [R, Dh]
+        own_column = tl.load(columns_ptr + s, mask=row_ok, other=0)  # [R]
+        kv_base = (batch_row * num_kv_heads + kv_head) * max_length * HEAD_DIM
+        key_ok = keys_at <= last_column
+        k = tl.load(k_ptr + kv_base + keys_at[:, None] * HEAD_DIM + dims[None, :], mask=key_ok[:, None], other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [R, N]
+        visible = keys_at[None, :] <= own_column[:, None]
+        if HAS_VALID:
+            valid = tl.load(valid_ptr + batch_row * max_length + keys_at, mask=key_ok, other=0) != 0
+            visible = visible & (valid[None, :] | (keys_at[None, :] == own_column[:, None]))
+        scores = tl.where(visible, scores, float("-inf"))
+        block_max = tl.max(scores, axis=1)
+        safe_max = tl.where(block_max == float("-inf"), 0.0, block_max)
+        p = tl.exp(scores - safe_max[:, None])
+        v = tl.load(v_ptr + kv_base + keys_at[:, None] * HEAD_DIM + dims[None, :], mask=key_ok[:, None], other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)  # [R, Dh]
+        tl.store(max_ptr + partial, block_max)
+        tl.store(sum_ptr + partial, tl.sum(p, axis=1))
+        tl.store(acc_ptr + partial[:, None] * HEAD_DIM + dims[None, :], acc)
+
+
+@triton.jit
+def _attention_combine_kernel(
+    max_ptr, sum_ptr, acc_ptr, out_ptr, seq_len, num_heads, num_kv_heads, num_splits,
+    GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """Program (batch row * kv head): merge the splits' partials into the normalised output rows."""
+    program = tl.program_id(0)
+    batch_row = program // num_kv_heads
+    kv_head = program % num_kv_heads
+    rows = tl.arange(0, BLOCK_R)
+    dims = tl.arange(0, HEAD_DIM)
+    running_max = tl.full((BLOCK_R,), float("-inf"), tl.float32)
+    running_sum = tl.zeros((BLOCK_R,), tl.float32)
+    acc = tl.zeros((BLOCK_R, HEAD_DIM), tl.float32)
+    split = 0
+    while split < num_splits:
+        partial = (program * num_splits + split) * BLOCK_R + rows
+        block_max = tl.load(max_ptr + partial)
+        new_max = tl.maximum(running_max, block_max)
+        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+        old_scale = tl.exp(running_max - safe_max)
+        block_scale = tl.exp(block_max - safe_max)
+        running_sum = running_sum * old_scale + tl.load(sum_ptr + partial) * block_scale
+        block_acc = tl.load(acc_ptr + partial[:, None] * HEAD_DIM + dims[None, :])
+        acc = acc * old_scale[:, None] + block_acc * block_scale[:, None]
+        running_max = new_max
+        split += 1
+    out = acc / running_sum[:, None]
+    group_index = rows // seq_len
+    s = rows % seq_len
+    head = kv_head * GROUP + group_index
+    q_rows = ((batch_row * seq_len + s) * num_heads + head) * HEAD_DIM
+    row_ok = rows < GROUP * seq_len
+    tl.store(out_ptr + q_rows[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+ATTENTION_BLOCK_N = 64  # keys per program of the split kernel
+ATTENTION_SPLIT = True  # split the keys across programs (flash decoding) rather than loop in one program
+
+
 MAX_ATTENTION_ROWS = 128  # GROUP * S per program; longer query blocks (prefill) use the reference
 
 
@@ -205,10 +294,26 @@ def decode_attention(
     out = torch.empty_like(q)
     block_r = max(16, triton.next_power_of_2(group * seq))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    valid = key_valid if key_valid is not None else columns
+    if ATTENTION_SPLIT:
+        splits = triton.cdiv(max_length, ATTENTION_BLOCK_N)  # fixed by the cache size, so graphs can replay it
+        programs = batch * num_kv_heads
+        maxima = torch.empty((programs, splits, block_r), dtype=torch.float32, device=q.device)
+        sums = torch.empty_like(maxima)
+        partial = torch.empty((programs, splits, block_r, head_dim), dtype=torch.float32, device=q.device)
+        _attention_split_kernel[(programs, splits)](
+            q, cache_k, cache_v, columns, valid, maxima, sums, partial, scale,
+            seq, num_heads, num_kv_heads, max_length, splits,
+            group, key_valid is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision, num_warps=4,
+        )  # fmt: skip
+        _attention_combine_kernel[(programs,)](
+            maxima, sums, partial, out, seq, num_heads, num_kv_heads, splits, group, block_r, head_dim, num_warps=4
+        )
+        return out
     _decode_attention_kernel[(batch * num_kv_heads,)](
-        q, cache_k, cache_v, columns, key_valid if key_valid is not None else columns, out, scale,
+        q, cache_k, cache_v, columns, valid, out, scale,
         seq, num_heads, num_kv_heads, max_length,
-        group, key_valid is not None, block_r, 64, head_dim, precision, num_warps=4,
+        group, key_valid is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision, num_warps=4,
     )  # fmt: skip
     return out
 

@@ -1,0 +1,187 @@
+"""The GPU speed report: bandwidth floor, the engine against Hugging Face, and speculative speedups.
+
+    python -m specdec.benchmarks.gpu --out results/gpu [--sections ar,spec,exact]
+
+Prints a table per section and writes ``gpu_report.json`` under ``--out``. Batch 1, bfloat16, a 128-token prompt
+and 256 new tokens unless told otherwise. Synthetic models come from the zoo (random weights of real shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from specdec import report
+from specdec.benchmarks.timing import copy_bandwidth, hf_generate, time_call, time_engine, weight_bytes
+from specdec.config import GenerationConfig, SpeculationConfig
+from specdec.engine import SpeculativeEngine
+from specdec.loading import LoadedModel, load_model
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def prompt_ids(vocab: int, length: int, seed: int = 0) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(10, vocab, (length,), generator=generator).tolist()
+
+
+def analytic_speedup(acceptance: float, k: int, draft_step_s: float, verify_s: float, ar_token_s: float) -> float:
+    """Expected speedup if each drafted token is accepted independently with probability ``acceptance``:
+    tokens per step (1 - a^(K+1)) / (1 - a), at a step cost of one draft phase plus one verification."""
+    tokens = k + 1.0 if acceptance >= 1.0 else (1.0 - acceptance ** (k + 1)) / (1.0 - acceptance)
+    return tokens * ar_token_s / (draft_step_s + verify_s)
+
+
+def autoregressive_section(name: str, max_new: int, prompt_length: int, floor_bw: float, hf: bool) -> dict[str, Any]:
+    log(f"autoregressive: loading {name}")
+    target = load_model(name, device="cuda", dtype="bfloat16")
+    vocab = target.vocab_size
+    prompt = prompt_ids(vocab, prompt_length)
+    generation = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False)
+    bytes_read = weight_bytes(target.model)
+    floor = floor_bw / bytes_read  # tokens/s if a forward only read the weights once at the measured bandwidth
+    engine = SpeculativeEngine(target)
+    timed = time_engine(engine, prompt, generation)
+    assert timed.result is not None
+    row: dict[str, Any] = {
+        "model": name,
+        "weights_gb": bytes_read / 1e9,
+        "floor_tokens_per_s": floor,
+        "engine_tokens_per_s": timed.tokens_per_second,
+        "engine_fraction_of_floor": timed.tokens_per_second / floor,
+        "decoder_path": timed.result.metrics.decoder_path,
+    }
+    log(f"  engine {timed.tokens_per_second:.1f} tok/s ({row['engine_fraction_of_floor']:.0%} of floor {floor:.0f})")
+    if hf:
+        hf_timed = time_call(hf_generate(target.model, prompt, max_new), target.device, repeats=1)
+        row["hf_generate_tokens_per_s"] = hf_timed.tokens_per_second
+        row["engine_over_hf"] = timed.tokens_per_second / hf_timed.tokens_per_second
+        log(f"  HF generate {hf_timed.tokens_per_second:.1f} tok/s; engine/HF = {row['engine_over_hf']:.1f}x")
+    del engine, target
+    torch.cuda.empty_cache()
+    return row
+
+
+def speculative_rows(
+    target: LoadedModel, draft: LoadedModel, ks: list[int], max_new: int, prompt_length: int, hf_k: int | None
+) -> list[dict[str, Any]]:
+    prompt = prompt_ids(target.vocab_size, prompt_length)
+    generation = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False)
+    ar = time_engine(SpeculativeEngine(target), prompt, generation)
+    assert ar.result is not None
+    ar_token_s = 1.0 / ar.tokens_per_second
+    spec_engine = SpeculativeEngine(target, draft)
+    rows = []
+    for k in ks:
+        timed = time_engine(spec_engine, prompt, generation, SpeculationConfig(k=k))
+        assert timed.result is not None
+        steps = timed.result.steps
+        metrics = timed.result.metrics
+        draft_step_s = sum(s.draft_ms for s in steps) / len(steps) / 1000.0
+        verify_s = sum(s.verify_ms for s in steps) / len(steps) / 1000.0
+        acceptance = metrics.acceptance_rate or 0.0
+        predicted = analytic_speedup(acceptance, k, draft_step_s, verify_s, ar_token_s)
+        speedup = timed.tokens_per_second / ar.tokens_per_second
+        row = {
+            "target": target.name,
+            "draft": draft.name,
+            "k": k,
+            "acceptance": acceptance,
+            "tokens_per_forward": metrics.mean_tokens_per_forward,
+            "ar_tokens_per_s": ar.tokens_per_second,
+            "spec_tokens_per_s": timed.tokens_per_second,
+            "speedup": speedup,
+            "draft_ms_per_step": draft_step_s * 1000,
+            "verify_ms": verify_s * 1000,
+            "ar_ms_per_token": ar_token_s * 1000,
+            "analytic_speedup": predicted,
+            "fraction_of_analytic": speedup / predicted,
+        }
+        if hf_k == k:
+            hf_timed = time_call(hf_generate(target.model, prompt, max_new, draft.model, k), target.device, repeats=1)
+            row["hf_assisted_tokens_per_s"] = hf_timed.tokens_per_second
+            row["spec_over_hf_assisted"] = timed.tokens_per_second / hf_timed.tokens_per_second
+        log(
+            f"  K={k} acceptance {acceptance:.2f} spec {timed.tokens_per_second:.1f} tok/s speedup {speedup:.2f}x "
+            f"(analytic {predicted:.2f}x)"
+            + (f", HF assisted {row['hf_assisted_tokens_per_s']:.1f}" if hf_k == k else "")
+        )
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("results/gpu"))
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--prompt-length", type=int, default=128)
+    parser.add_argument("--ar-models", default="zoo:synthetic/llama-3.2-1b,zoo:synthetic/llama-3.1-8b")
+    parser.add_argument(
+        "--pairs",
+        default=",".join(
+            f"zoo:synthetic/{target}@mix={mix}+zoo:synthetic/llama-3-draft-116m@mix={mix}"
+            for target, mixes in (("llama-3.1-8b", (0.45, 0.5, 0.55)), ("llama-3.2-1b", (0.4, 0.5, 0.6)))
+            for mix in mixes
+        ),
+        help="TARGET+DRAFT pairs, comma-separated, speculated at every --ks (HF assisted at --hf-k)",
+    )
+    parser.add_argument("--ks", default="2,4,6")
+    parser.add_argument("--hf-k", type=int, default=4)
+    parser.add_argument("--no-hf", action="store_true")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu benchmark: no CUDA GPU here", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda")
+    out: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "gpu": torch.cuda.get_device_name(device),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "settings": vars(args) | {"out": str(args.out)},
+    }
+    bandwidth = copy_bandwidth(device)
+    out["copy_bandwidth_tb_per_s"] = bandwidth / 1e12
+    log(f"device-to-device copy: {bandwidth / 1e12:.2f} TB/s (read + write)")
+
+    out["autoregressive"] = [
+        autoregressive_section(name, args.max_new_tokens, args.prompt_length, bandwidth, not args.no_hf)
+        for name in filter(None, args.ar_models.split(","))
+    ]
+    print(report.table([list(r.values()) for r in out["autoregressive"]], list(out["autoregressive"][0].keys())))
+
+    out["speculative"] = []
+    ks = [int(k) for k in args.ks.split(",")]
+    for pair in filter(None, args.pairs.split(",")):
+        target_name, draft_name = pair.split("+")
+        log(f"speculative: {target_name} + {draft_name}")
+        target = load_model(target_name, device="cuda", dtype="bfloat16")
+        draft = load_model(draft_name, device="cuda", dtype="bfloat16")
+        out["speculative"] += speculative_rows(
+            target, draft, ks, args.max_new_tokens, args.prompt_length, None if args.no_hf else args.hf_k
+        )
+        del target, draft
+        torch.cuda.empty_cache()
+    if out["speculative"]:
+        keys = ["target", "draft", "k", "acceptance", "spec_tokens_per_s", "speedup", "analytic_speedup",
+                "fraction_of_analytic", "spec_over_hf_assisted"]  # fmt: skip
+        print(report.table([[r.get(k) for k in keys] for r in out["speculative"]], keys))
+    (args.out / "gpu_report.json").write_text(json.dumps(out, indent=2))
+    log(f"wrote {args.out / 'gpu_report.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

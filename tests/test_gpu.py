@@ -1,0 +1,138 @@
+"""CUDA checks of the fast path: CUDA graphs, Triton kernels and exactness. Skipped without a CUDA GPU.
+
+Run on the device with `bash scripts/gpu_check.sh` (which also runs the GPU benchmark).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import loaded, make_model
+
+from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
+from specdec.decoder import HFDecoder
+from specdec.fast.decoder import FastDecoder
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+CUDA = torch.device("cuda")
+PROMPTS = [[5, 17, 99, 240, 31, 8], [250, 4, 4, 61, 9, 13, 200, 77, 120, 3, 45], [42, 7]]
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def on_cuda(model, name, dtype=torch.float32):
+    model = model.to(CUDA, dtype)
+    lm = loaded(model, name)
+    return type(lm)(name=name, model=model, tokenizer=None, device=CUDA, dtype=dtype, source="local")
+
+
+def autoregressive(target, prompt, max_new, dtype=torch.float32):
+    engine = SpeculativeEngine(target)
+    return engine.generate(prompt, GenerationConfig(max_new_tokens=max_new)).token_ids[0]
+
+
+def test_graph_replay_equals_eager_and_generic():
+    model = on_cuda(make_model("llama", seed=1, layers=3), "m")
+    graphed, eager, generic = FastDecoder(model), FastDecoder(model, use_graphs=False), HFDecoder(model)
+    ids = torch.randint(3, 300, (1, 40), device=CUDA)
+    outputs = []
+    for decoder in (graphed, eager, generic):
+        decoder.prepare(torch.zeros(1, dtype=torch.long, device=CUDA), None, 64)
+        decoder.forward(ids[:, :20])
+        steps = [decoder.forward(ids[:, i : i + 3]).clone() for i in (20, 23, 26)]  # capture, then replay
+        decoder.rollback(24)
+        steps.append(decoder.forward(ids[:, 24:27]).clone())
+        outputs.append(torch.stack(steps))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs[0], outputs[2], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", range(1, 9))
+def test_float32_speculative_equals_autoregressive_on_cuda(k):
+    target = on_cuda(make_model("llama", seed=2, layers=3), "t")
+    draft = on_cuda(make_model("qwen2", seed=3, layers=1), "d")
+    engine = SpeculativeEngine(target, draft)
+    assert engine.target.path == "fast-llama" and engine.kernels.name == "triton"
+    for prompt in PROMPTS:
+        want = autoregressive(target, prompt, 40)
+        got = engine.generate(prompt, GenerationConfig(max_new_tokens=40), SpeculationConfig(k=k))
+        assert got.token_ids[0] == want
+        assert got.metrics.verifier_backend == "triton"
+    batch = engine.generate(PROMPTS, GenerationConfig(max_new_tokens=24), SpeculationConfig(k=k))
+    for prompt, row in zip(PROMPTS, batch.token_ids, strict=True):
+        assert row == autoregressive(target, prompt, 24)
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+
+
+def test_bfloat16_agreement_is_measured_and_its_differences_are_numerical(capsys):
+    """In bf16, speculative and autoregressive outputs may part where the target's top two logits (nearly) tie;
+    the same pair and prompts agree exactly in float32."""
+    base_target, base_draft = make_model("llama", seed=4, layers=4), make_model("llama", seed=5, layers=1)
+    prompts = [torch.randint(3, 300, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (8, 16, 32)]
+    report = []
+    for dtype in (torch.float32, torch.bfloat16):
+        target, draft = on_cuda(base_target, "t", dtype), on_cuda(base_draft, "d", dtype)
+        engine = SpeculativeEngine(target, draft)
+        for prompt in prompts:
+            want = autoregressive(target, prompt, 64)
+            got = engine.generate(prompt, GenerationConfig(max_new_tokens=64), SpeculationConfig(k=4)).token_ids[0]
+            where = first_divergence(want, got)
+            if dtype == torch.float32:
+                assert where is None
+                continue
+            gap = None
+            if where is not None:  # the target's margin between its top two choices at that step, in bf16
+                context = torch.tensor([prompt + want[:where]], device=CUDA)
+                top2 = target.model(context).logits[0, -1].float().topk(2).values
+                gap = float(top2[0] - top2[1])
+                assert gap <= 0.25, f"a divergence at {where} where the target was not near a tie (gap {gap})"
+            report.append((len(prompt), where, gap))
+    with capsys.disabled():
+        print("\nbf16 first divergence (prompt length, position or None, top-2 logit gap):", report)
+
+
+def test_float32_speculative_equals_autoregressive_on_the_zoo_pair():
+    from specdec import load_model
+    from specdec.zoo.prompts import load_prompts
+
+    target = load_model("zoo:tiny-code-target", device="cuda", dtype="float32")
+    draft = load_model("zoo:tiny-code-draft", device="cuda", dtype="float32")
+    engine, baseline = SpeculativeEngine(target, draft), SpeculativeEngine(target)
+    accepted = drafted = 0
+    for prompt in load_prompts()[:12]:
+        want = baseline.generate(prompt, GenerationConfig(max_new_tokens=48)).token_ids
+        got = engine.generate(prompt, GenerationConfig(max_new_tokens=48), SpeculationConfig(k=4))
+        assert got.token_ids == want
+        accepted, drafted = accepted + got.metrics.accepted_tokens, drafted + got.metrics.drafted_tokens
+    assert accepted / drafted > 0.5
+
+
+def test_greedy_chain_graph_equals_a_loop_of_forwards():
+    model = on_cuda(make_model("llama", seed=9, layers=2), "m")
+    graphed, eager = FastDecoder(model), FastDecoder(model, use_graphs=False)
+    ids = torch.randint(3, 300, (2, 30), device=CUDA)
+    chains = []
+    for decoder in (graphed, eager):
+        decoder.prepare(torch.zeros(2, dtype=torch.long, device=CUDA), None, 64)
+        decoder.forward(ids[:, :20])
+        first = decoder.greedy_chain(ids[:, 20:22], 4).clone()  # captured
+        decoder.rollback(21)
+        second = decoder.greedy_chain(ids[:, 21:22], 4).clone()
+        decoder.rollback(22)
+        third = decoder.greedy_chain(ids[:, 22:23], 4).clone()  # replayed (the (1, 4) chain exists now)
+        assert decoder.cache_length == 22 + 4
+        chains.append((first, second, third))
+    for ours, reference in zip(*chains, strict=True):
+        assert torch.equal(ours, reference)
