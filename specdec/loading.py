@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as transformers_logging
 
 from specdec.device import resolve_device, resolve_dtype
 from specdec.errors import IncompatibleModelsError, ModelLoadError
@@ -101,6 +102,7 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str | torc
     """
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
+    transformers_logging.disable_progress_bar()  # progress belongs to the caller's reporter, not to stderr
     if name.startswith(ZOO_PREFIX):
         from specdec import zoo  # imported on demand: synthetic builders pull in more of transformers
 

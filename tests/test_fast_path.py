@@ -73,5 +73,6 @@ def test_architectures_without_a_fast_path_say_so_or_fall_back():
     with pytest.raises(UnsupportedModelError, match="model type 'gpt2' has no fast path"):
         make_decoder(gpt2, choice="fast")
     assert make_decoder(gpt2, choice="auto").path == "generic"
-    llama_on_cpu = loaded(make_model("llama", seed=1), "llama-tiny")
-    assert make_decoder(llama_on_cpu, choice="auto").path == "generic"  # fast path is the default on CUDA only
+    llama = loaded(make_model("llama", seed=1), "llama-tiny")
+    assert make_decoder(llama, choice="auto").path == "fast-llama"
+    assert make_decoder(llama, choice="generic").path == "generic"
