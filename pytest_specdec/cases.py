@@ -1,0 +1,188 @@
+"""Suite entries expanded into cases: one per combination, with short stable ids, plus the autoregressive case each
+speculative case is measured against.
+
+Ids read ``GROUP[K,DEVICE,DTYPE,bs=B(,t=T)(,POLICY)(,n=N)]``:
+
+- ``k=4`` (fixed K), ``k=auto`` (adaptive K) or ``ar`` (the autoregressive case: the target alone);
+- ``t=T`` only for sampled cases (temperature > 0), the policy only when it is not ``lossless``, ``n=N`` only when the
+  group sweeps ``max_new_tokens``.
+
+The autoregressive case of a speculative case shares its group, device, dtype, batch size, temperature and length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, replace
+
+from pytest_specdec.errors import SuiteError
+from pytest_specdec.gating import Tolerances
+from pytest_specdec.prompts import PromptSet
+from pytest_specdec.suite import SHORT_DTYPES, CaseGroup, PolicyChoice, Suite
+from specdec.config import GenerationConfig, SpeculationConfig
+
+AUTOREGRESSIVE = "ar"
+
+
+@dataclass(frozen=True)
+class Case:
+    suite: str
+    group: str
+    id: str  # "tiny-code[k=4,cpu,fp32,bs=1]"
+    line: int | None  # of the group in the suite file
+    target: str
+    draft: str | None  # None: the autoregressive case
+    device: str
+    dtype: str  # "float32", "float16", "bfloat16"
+    batch_size: int
+    generation: GenerationConfig
+    speculation: SpeculationConfig | None  # None: the autoregressive case
+    policy: str  # the policy label ("none" for the autoregressive case)
+    threads: int | None  # torch intra-op CPU threads while it runs (None: as they are)
+    prompts: PromptSet
+    rounds: int
+    warmup_rounds: int
+    markers: tuple[str, ...]
+    tolerances: Tolerances
+    baseline_id: str | None  # the autoregressive case this one's speedup is measured against
+
+    @property
+    def is_autoregressive(self) -> bool:
+        return self.speculation is None
+
+    @property
+    def k_label(self) -> str:
+        if self.speculation is None:
+            return AUTOREGRESSIVE
+        return "auto" if self.speculation.adaptive is not None else str(self.speculation.k)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Unique over a session: (suite, case id)."""
+        return (self.suite, self.id)
+
+    @property
+    def models(self) -> tuple[tuple[str, str, str], ...]:
+        """(name, device, dtype) of each model the case loads."""
+        names = (self.target,) if self.draft is None else (self.target, self.draft)
+        return tuple((name, self.device, self.dtype) for name in names)
+
+    def digest(self) -> str:
+        """A short hash of everything that defines what the case computes (not rounds, markers or tolerances)."""
+        definition = {
+            "target": self.target if not self.target.startswith("/") else self.target.rsplit("/", 1)[-1],
+            "draft": self.draft if not (self.draft or "").startswith("/") else (self.draft or "").rsplit("/", 1)[-1],
+            "device": self.device,
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+            "generation": [self.generation.max_new_tokens, self.generation.temperature, self.generation.top_k],
+            "sampling": [self.generation.top_p, self.generation.seed, self.generation.stop_at_eos],
+            "k": [self.k_label, self.speculation.k if self.speculation is not None else 0],
+            "adaptive": asdict(self.speculation.adaptive) if self.speculation and self.speculation.adaptive else None,
+            "policy": self.policy,
+            "prompts": self.prompts.digest(),
+        }
+        return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _id(group: CaseGroup, k_part: str, device: str, dtype: str, batch: int, temp: float, policy: str, n: int) -> str:
+    parts = [k_part, device, SHORT_DTYPES[dtype], f"bs={batch}"]
+    if temp > 0:
+        parts.append(f"t={_format_number(temp)}")
+    if policy not in ("lossless", "none"):
+        parts.append(policy)
+    if len(group.max_new_tokens) > 1:
+        parts.append(f"n={n}")
+    return f"{group.name}[{','.join(parts)}]"
+
+
+def _speculations(group: CaseGroup) -> list[tuple[str, SpeculationConfig, PolicyChoice]]:
+    if group.draft is None:
+        return []
+    out = []
+    for policy in group.policy:
+        for k in group.k:
+            out.append((f"k={k}", SpeculationConfig(k=k, acceptance=policy.acceptance), policy))
+        if group.adaptive_k is not None:
+            adaptive = SpeculationConfig(
+                k=group.adaptive_k.start_k, adaptive=group.adaptive_k.config, acceptance=policy.acceptance
+            )
+            out.append(("k=auto", adaptive, policy))
+    return out
+
+
+def expand_group(suite: str, group: CaseGroup) -> list[Case]:
+    """The group's autoregressive cases first, then its speculative ones, in the order the suite lists values."""
+    cases: list[Case] = []
+    for device, dtype, batch, temperature, new_tokens in itertools.product(
+        group.device, group.dtype, group.batch_size, group.temperature, group.max_new_tokens
+    ):
+        generation = GenerationConfig(
+            max_new_tokens=new_tokens,
+            temperature=temperature,
+            top_k=group.top_k,
+            top_p=group.top_p,
+            seed=group.seed,
+            stop_at_eos=group.stop_at_eos,
+        )
+        baseline_id = _id(group, AUTOREGRESSIVE, device, dtype, batch, temperature, "none", new_tokens)
+        reference = Case(
+            suite=suite,
+            group=group.name,
+            id=baseline_id,
+            line=group.line,
+            target=group.target,
+            draft=None,
+            device=device,
+            dtype=dtype,
+            batch_size=batch,
+            generation=generation,
+            speculation=None,
+            policy="none",
+            threads=group.threads,
+            prompts=group.prompts,
+            rounds=group.rounds,
+            warmup_rounds=group.warmup_rounds,
+            markers=group.markers,
+            tolerances=group.tolerances,
+            baseline_id=None,
+        )
+        cases.append(reference)
+        for k_part, speculation, policy in _speculations(group):
+            case_id = _id(group, k_part, device, dtype, batch, temperature, policy.label, new_tokens)
+            cases.append(
+                replace(
+                    reference,
+                    id=case_id,
+                    draft=group.draft,
+                    speculation=speculation,
+                    policy=policy.label,
+                    baseline_id=baseline_id,
+                )
+            )
+    return cases
+
+
+def expand(suite: Suite) -> list[Case]:
+    """Every case of ``suite``; two combinations with one id are a suite error (naming both)."""
+    cases: list[Case] = []
+    seen: dict[str, str] = {}
+    for index, group in enumerate(suite.groups):
+        for case in expand_group(suite.name, group):
+            if case.id in seen:
+                raise SuiteError(
+                    suite.path,
+                    f"two combinations get the id {case.id!r} (with {seen[case.id]}); "
+                    "make the swept values distinct (e.g. give different policy parameters)",
+                    key=f"cases[{index}]",
+                    line=group.line,
+                )
+            seen[case.id] = f"cases[{index}]"
+            cases.append(case)
+    return cases

@@ -1,0 +1,248 @@
+"""The state of one pytest run of suites (kept in ``config.stash``): settings, models, baselines and results, and the
+life of one case: load, measure, compare, record."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_specdec.baselines import BaselineError, BaselineUpdate, baseline_path, load_baselines, write_baselines
+from pytest_specdec.cases import Case
+from pytest_specdec.gating import Status, Verdict, compare
+from pytest_specdec.machine import Environment, commit_info, environment, machine_info, software
+from pytest_specdec.measurement import CaseRecord, Measurement
+from pytest_specdec.models import ModelCache
+from pytest_specdec.runner import build_engine, is_out_of_memory, measure
+from pytest_specdec.settings import Settings
+from specdec.config import Policy
+from specdec.errors import DeviceError, ModelLoadError, SpecdecError
+
+OUTCOME_RANK = {"not run": 0, "passed": 1, "skipped": 2, "failed": 3}
+
+
+@dataclass
+class CaseResult:
+    """What became of one case in this run (the summary table's row)."""
+
+    case: Case
+    measurement: Measurement | None = None
+    record: CaseRecord | None = None
+    verdict: Verdict | None = None
+    outcome: str = "not run"  # "passed", "failed", "skipped" once pytest reported the call
+    reason: str = ""  # why it was skipped or failed (first line)
+
+
+@dataclass
+class SuiteRun:
+    name: str
+    path: Path
+    baseline_file: Path
+    baselines: dict[str, CaseRecord] | None = None  # loaded on first use
+    cases: dict[str, Case] = field(default_factory=dict)  # collected, by id
+
+
+class BenchSession:
+    def __init__(self, settings: Settings, rootpath: Path) -> None:
+        self.settings = settings
+        self.models = ModelCache(settings.allow_download)
+        self.suites: dict[str, SuiteRun] = {}
+        self.results: dict[tuple[str, str], CaseResult] = {}  # by (suite, case id), in run order
+        self.references: dict[tuple[str, str], Measurement | None] = {}  # autoregressive cases measured for others
+        self.updates: list[BaselineUpdate] = []
+        self.commit = commit_info(rootpath)
+        self._environments: dict[tuple[str, int | None], Environment] = {}
+
+    # -------------------------------------------------------------------------------------------------- setup
+    def add_suite(self, name: str, path: Path) -> SuiteRun:
+        run = self.suites.get(name)
+        if run is None:
+            target = baseline_path(self.settings.baselines_dir, name, self.settings.machine_class)
+            run = self.suites[name] = SuiteRun(name=name, path=path, baseline_file=target)
+        return run
+
+    def baselines(self, suite: str) -> dict[str, CaseRecord]:
+        run = self.suites[suite]
+        if run.baselines is None:
+            try:
+                run.baselines = load_baselines(run.baseline_file)
+            except BaselineError:
+                if not self.settings.update_baselines:
+                    raise
+                run.baselines = {}  # an update rewrites an unreadable file
+        return run.baselines
+
+    def environment(self, device: str, threads: int | None) -> Environment:
+        key = (device, threads)
+        if key not in self._environments:
+            self._environments[key] = environment(self.settings.machine_class, device, threads)
+        return self._environments[key]
+
+    # ---------------------------------------------------------------------------------------------------- run
+    def run_case(self, case: Case, benchmark: Any) -> None:
+        """The body of every suite case: skip, fail or pass with the verdict against the baseline."""
+        result = self.results[case.key] = CaseResult(case=case)
+        try:
+            result.measurement = self._measure(case, benchmark)
+        finally:
+            self.models.release(case.models)
+        speedup, speedup_note = self._speedup(case, result.measurement)
+        result.record = self._record(case, result.measurement, speedup)
+        try:
+            baseline = self.baselines(case.suite).get(case.id)
+        except BaselineError as error:
+            pytest.fail(str(error), pytrace=False)
+        result.verdict = compare(result.record, baseline, case.tolerances)
+        if speedup_note and result.verdict.status is not Status.REGRESSION:
+            result.verdict = Verdict(result.verdict.status, result.verdict.checks, note=speedup_note)
+        self._extra_info(benchmark, case, result)
+        if self.settings.update_baselines:
+            return
+        baseline_file = self._display(self.suites[case.suite].baseline_file)
+        if result.verdict.failed:
+            pytest.fail(result.verdict.message(baseline_file), pytrace=False)
+        if self.settings.strict and result.verdict.status in (Status.NO_BASELINE, Status.STALE):
+            pytest.fail(
+                f"{result.verdict.status.value} for {case.id} in {baseline_file} (--specdec-strict); "
+                "record it with --specdec-update-baselines",
+                pytrace=False,
+            )
+
+    def _measure(self, case: Case, benchmark: Any | None) -> Measurement:
+        try:
+            engine = build_engine(case, self.models)
+        except (ModelLoadError, DeviceError) as error:
+            pytest.skip(str(error))
+        except SpecdecError as error:  # incompatible pair, unsupported architecture: the suite is wrong
+            pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
+        try:
+            return measure(case, engine, benchmark)
+        except SpecdecError as error:
+            pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                raise
+            del engine
+            self.models.clear()  # free everything so that the cases after this one can run
+            pytest.fail(f"out of memory on {case.device} running {case.id}: {error}", pytrace=False)
+
+    def _speedup(self, case: Case, measurement: Measurement) -> tuple[float | None, str]:
+        """Speedup over the same run's autoregressive case (measured here if that case was deselected)."""
+        if case.baseline_id is None:
+            return None, ""
+        reference_key = (case.suite, case.baseline_id)
+        reference: Measurement | None
+        if reference_key in self.results:
+            reference = self.results[reference_key].measurement
+        elif reference_key in self.references:
+            reference = self.references[reference_key]
+        else:
+            reference = self.references[reference_key] = self._measure_reference(case)
+        if reference is None or reference.tokens_per_second <= 0:
+            return None, f"no speedup: {case.baseline_id} did not run"
+        return measurement.tokens_per_second / reference.tokens_per_second, ""
+
+    def _measure_reference(self, case: Case) -> Measurement | None:
+        reference = self.suites[case.suite].cases.get(case.baseline_id or "")
+        if reference is None:
+            return None
+        try:
+            engine = build_engine(reference, self.models)
+            return measure(reference, engine)
+        except SpecdecError:
+            return None
+
+    def _record(self, case: Case, measurement: Measurement, speedup: float | None) -> CaseRecord:
+        return CaseRecord(
+            digest=case.digest(),
+            greedy=case.generation.greedy,
+            acceptance_rate=measurement.acceptance_rate,
+            tokens_per_forward=measurement.tokens_per_forward,
+            tokens_per_second=measurement.tokens_per_second,
+            speedup=speedup,
+            output_hash=measurement.output_hash,
+            new_tokens=measurement.new_tokens,
+            peak_memory_bytes=measurement.peak_memory_bytes,
+            environment=self.environment(case.device, case.threads),
+            commit=self.commit.get("id"),
+            recorded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    def _extra_info(self, benchmark: Any, case: Case, result: CaseResult) -> None:
+        measurement, record, verdict = result.measurement, result.record, result.verdict
+        assert measurement is not None and record is not None and verdict is not None
+        policy = case.speculation.acceptance.policy if case.speculation is not None else None
+        benchmark.extra_info.update(
+            {
+                "suite": case.suite,
+                "case": case.id,
+                "target": case.target,
+                "draft": case.draft,
+                "k": case.k_label,
+                "mean_k": measurement.mean_k,
+                "policy": policy.value if isinstance(policy, Policy) else "none",
+                "temperature": case.generation.temperature,
+                "batch_size": case.batch_size,
+                "max_new_tokens": case.generation.max_new_tokens,
+                "device": case.device,
+                "device_model": record.environment.device_model,
+                "dtype": case.dtype,
+                "acceptance_rate": measurement.acceptance_rate,
+                "tokens_per_forward": measurement.tokens_per_forward,
+                "tokens_per_second": measurement.tokens_per_second,
+                "speedup": record.speedup,
+                "speedup_over": case.baseline_id,
+                "peak_memory_bytes": measurement.peak_memory_bytes,
+                "output_hash": measurement.output_hash,
+                "repeatable": measurement.repeatable,
+                "decoder_path": measurement.decoder_path,
+                "verifier_backend": measurement.verifier_backend,
+                "machine_class": self.settings.machine_class,
+                "verdict": verdict.status.value,
+            }
+        )
+
+    # ----------------------------------------------------------------------------------------------- results
+    def report(self, case: Case, outcome: str, reason: str) -> None:
+        """pytest's outcome of a case (called once per case from the report hook)."""
+        result = self.results.setdefault(case.key, CaseResult(case=case))
+        if OUTCOME_RANK[outcome] >= OUTCOME_RANK[result.outcome]:  # a teardown error turns a pass into a failure
+            result.outcome, result.reason = outcome, reason
+
+    def write_baselines(self) -> None:
+        """``--specdec-update-baselines``: record every passed case; a case that failed is refused."""
+        for suite in self.suites.values():
+            mine = [r for r in self.results.values() if r.case.suite == suite.name]
+            records = {r.case.id: r.record for r in mine if r.outcome == "passed" and r.record is not None}
+            refused = [r.case.id for r in mine if r.outcome == "failed"]
+            if not records and not refused:
+                continue
+            header = {
+                "machine": machine_info(),
+                "software": software(),
+                "commit": self.commit,
+                "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+            self.updates.append(
+                write_baselines(
+                    suite.baseline_file,
+                    suite=suite.name,
+                    machine_class=self.settings.machine_class,
+                    records=records,
+                    refused=refused,
+                    header=header,
+                )
+            )
+
+    def close(self) -> None:
+        self.models.clear()
+
+    @staticmethod
+    def _display(path: Path) -> str:
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(path)

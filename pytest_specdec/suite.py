@@ -1,0 +1,398 @@
+"""A benchmark suite file: its schema, validated once, with errors that name the file, the key, the line and what
+was expected.
+
+A suite is a list of case groups (``cases:``), each a model pair with the values to sweep; suite-wide ``defaults:``
+fill in what a group leaves out. Values are checked through the engine's own configuration dataclasses, so the
+rules (K >= 1, top_p in (0, 1], ...) are the engine's. ``docs/suites.md`` documents the schema.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from pytest_specdec.gating import Tolerances
+from pytest_specdec.prompts import PromptSet, parse_prompts
+from pytest_specdec.yaml_source import KeyPath, LocatedYaml, load_yaml
+from specdec.config import AcceptanceConfig, AdaptiveKConfig, GenerationConfig, Policy, SpeculationConfig
+from specdec.errors import ConfigError
+
+SCHEMA_VERSION = 1
+TOP_LEVEL_KEYS = ("schema_version", "description", "defaults", "cases")
+DEVICES = ("cpu", "cuda", "mps")
+DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16"}
+DTYPES |= {"bfloat16": "bfloat16", "bf16": "bfloat16"}
+SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MARKER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ADAPTIVE_KEYS = (*(f.name for f in fields(AdaptiveKConfig)), "start_k")
+POLICY_KEYS = ("name", *(f.name for f in fields(AcceptanceConfig) if f.name != "policy"))
+
+
+@dataclass(frozen=True)
+class PolicyChoice:
+    label: str  # in case ids: the policy name, plus its parameters when the suite sets them
+    acceptance: AcceptanceConfig
+
+
+@dataclass(frozen=True)
+class AdaptiveK:
+    config: AdaptiveKConfig
+    start_k: int  # K of the first step
+
+
+@dataclass(frozen=True)
+class CaseGroup:
+    """One entry of ``cases:`` with the defaults filled in; every tuple is swept (the cross product)."""
+
+    name: str
+    line: int | None
+    target: str  # resolved model name: zoo:NAME, an absolute folder, or a hub id
+    draft: str | None  # None: only the autoregressive case
+    k: tuple[int, ...]
+    adaptive_k: AdaptiveK | None
+    device: tuple[str, ...]
+    dtype: tuple[str, ...]  # "float32", "float16", "bfloat16"
+    batch_size: tuple[int, ...]
+    temperature: tuple[float, ...]
+    policy: tuple[PolicyChoice, ...]
+    max_new_tokens: tuple[int, ...]
+    top_k: int | None
+    top_p: float | None
+    seed: int
+    stop_at_eos: bool
+    threads: int | None  # torch intra-op CPU threads while the case runs (None: leave torch's setting)
+    prompts: PromptSet
+    rounds: int
+    warmup_rounds: int
+    markers: tuple[str, ...]
+    tolerances: Tolerances
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str  # the file's stem: bench_suites/cpu-smoke.yaml -> "cpu-smoke"
+    path: Path
+    description: str
+    groups: tuple[CaseGroup, ...]
+
+
+# ------------------------------------------------------------------------------------------------- value parsers
+Parser = Callable[[LocatedYaml, KeyPath, Any], Any]
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _integer(minimum: int) -> Parser:
+    def parse(doc: LocatedYaml, key_path: KeyPath, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise doc.error(key_path, f"expected an integer >= {minimum}, got {value!r} ({_type_name(value)})")
+        return value
+
+    return parse
+
+
+def _number(doc: LocatedYaml, key_path: KeyPath, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise doc.error(key_path, f"expected a number, got {value!r} ({_type_name(value)})")
+    return float(value)
+
+
+def _boolean(doc: LocatedYaml, key_path: KeyPath, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise doc.error(key_path, f"expected true or false, got {value!r} ({_type_name(value)})")
+    return value
+
+
+def _optional(parse: Parser) -> Parser:
+    return lambda doc, key_path, value: None if value is None else parse(doc, key_path, value)
+
+
+def _one_or_many(parse: Parser, what: str) -> Parser:
+    """A scalar or a non-empty list of them (a sweep); returns a tuple without duplicates, in order."""
+
+    def parse_many(doc: LocatedYaml, key_path: KeyPath, value: Any) -> tuple[Any, ...]:
+        if isinstance(value, list):
+            if not value:
+                raise doc.error(key_path, f"expected {what} or a non-empty list of them, got an empty list")
+            items = [parse(doc, (*key_path, i), v) for i, v in enumerate(value)]
+        else:
+            items = [parse(doc, key_path, value)]
+        return tuple(dict.fromkeys(items))
+
+    return parse_many
+
+
+def _engine_check(doc: LocatedYaml, key_path: KeyPath, build: Callable[[], Any]) -> Any:
+    """Build an engine config; its ConfigError (which names the field) becomes a SuiteError at ``key_path``."""
+    try:
+        return build()
+    except ConfigError as error:
+        raise doc.error(key_path, str(error)) from None
+
+
+def _k(doc: LocatedYaml, key_path: KeyPath, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise doc.error(key_path, f"expected K as an integer >= 1, got {value!r} ({_type_name(value)})")
+    _engine_check(doc, key_path, lambda: SpeculationConfig(k=value))
+    return value
+
+
+def _temperature(doc: LocatedYaml, key_path: KeyPath, value: Any) -> float:
+    number = _number(doc, key_path, value)
+    _engine_check(doc, key_path, lambda: GenerationConfig(temperature=number))
+    return number
+
+
+def _max_new_tokens(doc: LocatedYaml, key_path: KeyPath, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise doc.error(key_path, f"expected an integer >= 1 (tokens), got {value!r} ({_type_name(value)})")
+    _engine_check(doc, key_path, lambda: GenerationConfig(max_new_tokens=value))
+    return value
+
+
+def _top_k(doc: LocatedYaml, key_path: KeyPath, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise doc.error(key_path, f"expected an integer >= 0, got {value!r} ({_type_name(value)})")
+    _engine_check(doc, key_path, lambda: GenerationConfig(top_k=value))
+    return value
+
+
+def _top_p(doc: LocatedYaml, key_path: KeyPath, value: Any) -> float:
+    number = _number(doc, key_path, value)
+    _engine_check(doc, key_path, lambda: GenerationConfig(top_p=number))
+    return number
+
+
+def _seed(doc: LocatedYaml, key_path: KeyPath, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise doc.error(key_path, f"expected an integer seed, got {value!r} ({_type_name(value)})")
+    return value
+
+
+def _device(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    base, _, index = (text or "").partition(":")
+    if text is None or base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
+        raise doc.error(key_path, f"unknown device {value!r}: expected one of cpu, cuda (or cuda:N), mps")
+    return text
+
+
+def _dtype(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
+    dtype = DTYPES.get(value) if isinstance(value, str) else None
+    if dtype is None:
+        raise doc.error(
+            key_path, f"unknown dtype {value!r}: expected one of float32, float16, bfloat16 (or fp32, fp16, bf16)"
+        )
+    return dtype
+
+
+def _policy(doc: LocatedYaml, key_path: KeyPath, value: Any) -> PolicyChoice:
+    known = ", ".join(p.value for p in Policy)
+    if isinstance(value, str):
+        acceptance = _engine_check(doc, key_path, lambda: AcceptanceConfig(policy=value))  # type: ignore[arg-type]
+        return PolicyChoice(label=value, acceptance=acceptance)
+    if not isinstance(value, dict) or "name" not in value:
+        raise doc.error(key_path, f"expected a policy name ({known}) or {{name: POLICY, PARAMETER: VALUE}}")
+    _check_keys(doc, key_path, value, POLICY_KEYS, "policy")
+    params = {k: v for k, v in value.items() if k != "name"}
+    for key, param in params.items():
+        if not isinstance(param, (int, float)) or isinstance(param, bool):
+            raise doc.error((*key_path, key), f"expected a number, got {param!r} ({_type_name(param)})")
+    acceptance = _engine_check(doc, key_path, lambda: AcceptanceConfig(policy=value["name"], **params))
+    label = value["name"] + "".join(f"-{params[k]}" for k in sorted(params))
+    return PolicyChoice(label=label, acceptance=acceptance)
+
+
+def _adaptive_k(doc: LocatedYaml, key_path: KeyPath, value: Any) -> AdaptiveK | None:
+    if value is False or value is None:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise doc.error(key_path, f"expected false, true or a mapping of {', '.join(ADAPTIVE_KEYS)}")
+    _check_keys(doc, key_path, value, ADAPTIVE_KEYS, "adaptive_k")
+    params = {k: v for k, v in value.items() if k != "start_k"}
+    for key, param in value.items():
+        if not isinstance(param, (int, float)) or isinstance(param, bool):
+            raise doc.error((*key_path, key), f"expected a number, got {param!r} ({_type_name(param)})")
+    config = _engine_check(doc, key_path, lambda: AdaptiveKConfig(**params))
+    start_k = value.get("start_k", min(max(4, config.min_k), config.max_k))
+    _engine_check(doc, (*key_path, "start_k"), lambda: SpeculationConfig(k=start_k, adaptive=config))
+    return AdaptiveK(config=config, start_k=start_k)
+
+
+def _marker(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
+    if not isinstance(value, str) or not MARKER.match(value):
+        raise doc.error(key_path, f"expected a marker name (a Python identifier such as slow), got {value!r}")
+    return value
+
+
+def _name(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise doc.error(
+            key_path, f"expected a short name of letters, digits, '.', '_' or '-' (used in case ids), got {value!r}"
+        )
+    return value
+
+
+def _model(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
+    """``zoo:NAME``, a folder (``./``, ``../``, ``/``, ``~``; relative to the suite file), or a hub id."""
+    if not isinstance(value, str) or not value.strip():
+        raise doc.error(key_path, f"expected a model name, got {value!r} ({_type_name(value)})")
+    if value.startswith("zoo:"):
+        if not value[4:].strip() or any(c.isspace() for c in value):
+            raise doc.error(key_path, f"expected zoo:NAME (see `specdec zoo list`), got {value!r}")
+        return value
+    if value.startswith(("./", "../", "/", "~")):
+        return str((doc.path.parent / Path(value).expanduser()).resolve())
+    if HUB_ID.match(value) and "://" not in value:
+        return value
+    raise doc.error(
+        key_path,
+        f"unknown model scheme {value!r}: expected zoo:NAME (built in), a folder (./path, /path, ~/path) "
+        "or a Hugging Face hub id (name or org/name)",
+    )
+
+
+def _tolerances(doc: LocatedYaml, key_path: KeyPath, value: Any) -> dict[str, float]:
+    known = tuple(f.name for f in fields(Tolerances))
+    if not isinstance(value, dict):
+        raise doc.error(key_path, f"expected a mapping of metric: tolerance, metrics {', '.join(known)}")
+    _check_keys(doc, key_path, value, known, "tolerances")
+    out = {}
+    for key, tolerance in value.items():
+        number = _number(doc, (*key_path, key), tolerance)
+        if number < 0:
+            raise doc.error((*key_path, key), f"expected a tolerance >= 0, got {tolerance!r}")
+        out[key] = number
+    return out
+
+
+def _description(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
+    if not isinstance(value, str):
+        raise doc.error(key_path, f"expected text, got {_type_name(value)}")
+    return value
+
+
+CASE_KEYS: dict[str, Parser] = {
+    "name": _name,
+    "target": _model,
+    "draft": _optional(_model),
+    "k": _one_or_many(_k, "K (an integer >= 1)"),
+    "adaptive_k": _adaptive_k,
+    "device": _one_or_many(_device, "a device"),
+    "dtype": _one_or_many(_dtype, "a dtype"),
+    "batch_size": _one_or_many(_integer(1), "a batch size"),
+    "temperature": _one_or_many(_temperature, "a temperature"),
+    "policy": _one_or_many(_policy, "an acceptance policy"),
+    "max_new_tokens": _one_or_many(_max_new_tokens, "a number of new tokens"),
+    "top_k": _optional(_top_k),
+    "top_p": _optional(_top_p),
+    "seed": _seed,
+    "stop_at_eos": _boolean,
+    "threads": _optional(_integer(1)),
+    "prompts": parse_prompts,
+    "rounds": _integer(1),
+    "warmup_rounds": _integer(0),
+    "markers": _one_or_many(_marker, "a marker name"),
+    "tolerances": _tolerances,
+}
+DEFAULTS: dict[str, Any] = {
+    "draft": None,
+    "k": (4,),
+    "adaptive_k": None,
+    "device": ("cpu",),
+    "dtype": ("float32",),
+    "batch_size": (1,),
+    "temperature": (0.0,),
+    "policy": (PolicyChoice(label="lossless", acceptance=AcceptanceConfig()),),
+    "max_new_tokens": (64,),
+    "top_k": None,
+    "top_p": None,
+    "seed": 0,
+    "stop_at_eos": False,
+    "threads": None,
+    "rounds": 3,
+    "warmup_rounds": 1,
+    "markers": (),
+    "tolerances": {},
+}
+REQUIRED = ("name", "target", "prompts")
+
+
+def _check_keys(doc: LocatedYaml, key_path: KeyPath, mapping: dict, known: tuple[str, ...], what: str) -> None:
+    for key in mapping:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise doc.error((*key_path, key), f"unknown {what} key {key!r}{hint}: expected one of {', '.join(known)}")
+
+
+def _parse_mapping(doc: LocatedYaml, key_path: KeyPath, mapping: Any, allowed: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(mapping, dict):
+        raise doc.error(key_path, f"expected a mapping of case keys, got {_type_name(mapping)}")
+    _check_keys(doc, key_path, mapping, allowed, "case")
+    return {key: CASE_KEYS[key](doc, (*key_path, key), value) for key, value in mapping.items()}
+
+
+def _group(doc: LocatedYaml, index: int, defaults: dict[str, Any], entry: Any) -> CaseGroup:
+    key_path: KeyPath = ("cases", index)
+    values = _parse_mapping(doc, key_path, entry, tuple(CASE_KEYS))
+    merged = {**DEFAULTS, **defaults, **values}
+    merged["tolerances"] = Tolerances(**{**defaults.get("tolerances", {}), **values.get("tolerances", {})})
+    for key in REQUIRED:
+        if key not in merged:
+            where = "" if key == "name" else " (here or in `defaults`)"
+            raise doc.error(key_path, f"missing key {key!r}{where}: every case needs {', '.join(REQUIRED)}")
+    group = CaseGroup(line=doc.line(key_path), **merged)
+    # Cross-field checks through the engine's dataclasses (e.g. top_k with a temperature, adaptive bounds).
+    for temperature in group.temperature:
+        for new_tokens in group.max_new_tokens:
+
+            def generation(t: float = temperature, n: int = new_tokens) -> GenerationConfig:
+                return GenerationConfig(
+                    max_new_tokens=n, temperature=t, top_k=group.top_k, top_p=group.top_p, seed=group.seed
+                )
+
+            _engine_check(doc, key_path, generation)
+    if group.draft is None and ("k" in values or "adaptive_k" in values or "policy" in values):
+        raise doc.error(key_path, "k, adaptive_k and policy need a `draft`: a case without one is autoregressive")
+    return group
+
+
+def parse_suite(path: Path) -> Suite:
+    """Read and validate ``path``; any problem raises :class:`~pytest_specdec.errors.SuiteError`."""
+    doc = load_yaml(path)
+    if not isinstance(doc.data, dict):
+        got = "an empty file" if doc.data is None else _type_name(doc.data)
+        raise doc.error((), f"expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)} (`cases` required), got {got}")
+    _check_keys(doc, (), doc.data, TOP_LEVEL_KEYS, "top-level")
+    version = doc.data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise doc.error(
+            ("schema_version",), f"expected {SCHEMA_VERSION} (the version this plugin reads), got {version!r}"
+        )
+    description = _description(doc, ("description",), doc.data.get("description", ""))
+    defaults = _parse_mapping(
+        doc, ("defaults",), doc.data.get("defaults", {}) or {}, tuple(k for k in CASE_KEYS if k != "name")
+    )
+    entries = doc.data.get("cases")
+    if not isinstance(entries, list) or not entries:
+        raise doc.error(("cases",), "expected a non-empty list of cases (each with name, target, and a draft)")
+    groups = tuple(_group(doc, i, defaults, entry) for i, entry in enumerate(entries))
+    seen: dict[str, int] = {}
+    for index, group in enumerate(groups):
+        if group.name in seen:
+            raise doc.error(
+                ("cases", index, "name"), f"case name {group.name!r} is already used by cases[{seen[group.name]}]"
+            )
+        seen[group.name] = index
+    return Suite(name=path.stem, path=path, description=description, groups=groups)

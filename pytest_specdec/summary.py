@@ -1,0 +1,99 @@
+"""The end-of-run report per suite, rendered by specdec's one reporter: a table for the terminal, rows for JSON/CSV."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pytest_specdec.session import CaseResult
+from specdec import report
+
+HEADERS = ("case", "K", "acceptance", "tokens/s", "speedup", "verdict")
+
+
+def verdict_cell(result: CaseResult, updating: bool) -> str:
+    if result.outcome == "skipped":
+        return "skipped"
+    if result.verdict is None or (result.outcome == "failed" and not result.verdict.failed):
+        return "failed"
+    text = result.verdict.summary()
+    return f"{text}; recorded" if updating and result.outcome == "passed" else text
+
+
+def _k_cell(result: CaseResult) -> str:
+    label = result.case.k_label
+    if label == "auto" and result.measurement is not None:
+        return f"auto ({result.measurement.mean_k:.1f})"
+    return label
+
+
+def table_rows(results: Sequence[CaseResult], updating: bool) -> list[tuple[Any, ...]]:
+    rows = []
+    for r in results:
+        m, speedup = r.measurement, r.record.speedup if r.record is not None else None
+        rows.append(
+            (
+                r.case.id,
+                _k_cell(r),
+                m.acceptance_rate if m is not None else None,
+                f"{m.tokens_per_second:.1f}" if m is not None else None,
+                f"{speedup:.2f}x" if speedup is not None else None,
+                verdict_cell(r, updating),
+            )
+        )
+    return rows
+
+
+def render(results: Sequence[CaseResult], updating: bool) -> str:
+    """The table, then each distinct skip or failure reason once (with how many cases it concerns)."""
+    text = report.table(table_rows(results, updating), HEADERS)
+    reasons = Counter(
+        (r.outcome, r.reason)
+        for r in results
+        if r.outcome in ("skipped", "failed") and r.reason and not (r.verdict is not None and r.verdict.failed)
+    )
+    for (outcome, reason), count in sorted(reasons.items()):
+        text += f"\n{outcome} ({count} case{'s' if count > 1 else ''}): {reason}"
+    return text
+
+
+def records(results: Sequence[CaseResult], updating: bool) -> list[dict[str, Any]]:
+    """One flat dict per case: the table's columns and everything else a report needs."""
+    rows = []
+    for r in results:
+        m, record, case = r.measurement, r.record, r.case
+        rows.append(
+            {
+                "suite": case.suite,
+                "case": case.id,
+                "group": case.group,
+                "k": case.k_label,
+                "mean_k": m.mean_k if m else None,
+                "device": case.device,
+                "dtype": case.dtype,
+                "batch_size": case.batch_size,
+                "temperature": case.generation.temperature,
+                "policy": case.policy,
+                "max_new_tokens": case.generation.max_new_tokens,
+                "outcome": r.outcome,
+                "verdict": verdict_cell(r, updating),
+                "acceptance_rate": m.acceptance_rate if m else None,
+                "tokens_per_forward": m.tokens_per_forward if m else None,
+                "tokens_per_second": m.tokens_per_second if m else None,
+                "speedup": record.speedup if record else None,
+                "speedup_over": case.baseline_id,
+                "peak_memory_bytes": m.peak_memory_bytes if m else None,
+                "output_hash": m.output_hash if m else None,
+                "reason": r.reason,
+            }
+        )
+    return rows
+
+
+def to_json(results_by_suite: Mapping[str, Sequence[CaseResult]], header: dict[str, Any], updating: bool) -> str:
+    return report.to_json({**header, "suites": {name: records(rs, updating) for name, rs in results_by_suite.items()}})
+
+
+def to_csv(results_by_suite: Mapping[str, Sequence[CaseResult]], updating: bool) -> str:
+    return report.to_csv([row for rs in results_by_suite.values() for row in records(rs, updating)])

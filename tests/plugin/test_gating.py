@@ -1,0 +1,79 @@
+"""The comparison rules, on records built by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from pytest_specdec.gating import Outcome, Status, Tolerances, compare
+from pytest_specdec.machine import Environment
+from pytest_specdec.measurement import CaseRecord
+
+HERE = Environment("cpu-x86_64-2c", "AMD EPYC (AVX512, 1 threads)", "3.11.7", "2.13.0+cpu", "5.23.0")
+BASE = CaseRecord(
+    digest="d",
+    greedy=True,
+    acceptance_rate=0.6,
+    tokens_per_forward=2.0,
+    tokens_per_second=300.0,
+    speedup=1.5,
+    output_hash="abc",
+    new_tokens=192,
+    peak_memory_bytes=None,
+    environment=HERE,
+)
+
+
+def now(**changes) -> CaseRecord:
+    return dataclasses.replace(BASE, **changes)
+
+
+def outcomes(verdict) -> dict[str, Outcome]:
+    return {c.metric: c.outcome for c in verdict.checks}
+
+
+def test_an_unchanged_case_passes_and_no_baseline_is_reported():
+    assert compare(now(), BASE, Tolerances()).status is Status.PASS
+    assert compare(now(), None, Tolerances()).status is Status.NO_BASELINE
+    assert compare(now(digest="other"), BASE, Tolerances()).status is Status.STALE
+
+
+@pytest.mark.parametrize(
+    ("changes", "metric"),
+    [
+        ({"acceptance_rate": 0.57}, "acceptance_rate"),
+        ({"tokens_per_forward": 1.9}, "tokens_per_forward"),
+        ({"output_hash": "zzz"}, "output_hash"),
+        ({"speedup": 0.95}, "speedup"),
+        ({"tokens_per_second": 140.0}, "tokens_per_second"),
+    ],
+)
+def test_a_fall_beyond_tolerance_regresses(changes, metric):
+    verdict = compare(now(**changes), BASE, Tolerances())
+    assert verdict.status is Status.REGRESSION and [c.metric for c in verdict.regressions()] == [metric]
+    assert verdict.message("b.json").startswith(f"regressed against b.json: {metric}\n  {metric}: baseline ")
+
+
+def test_within_tolerance_passes_and_a_rise_is_an_improvement():
+    assert compare(now(acceptance_rate=0.59, speedup=1.1, tokens_per_second=200.0), BASE, Tolerances()).status is (
+        Status.PASS
+    )
+    verdict = compare(now(speedup=2.2), BASE, Tolerances())
+    assert verdict.status is Status.IMPROVED and verdict.summary() == "improved: speedup"
+
+
+def test_other_software_reports_the_hash_skips_times_and_widens_deterministic_tolerances():
+    other = dataclasses.replace(HERE, torch="2.12.0+cpu")
+    verdict = compare(
+        now(environment=other, output_hash="zzz", tokens_per_second=10.0, acceptance_rate=0.55), BASE, Tolerances()
+    )
+    assert verdict.status is Status.PASS
+    assert outcomes(verdict)["output_hash"] is Outcome.CHANGED
+    assert outcomes(verdict)["tokens_per_second"] is Outcome.NOT_COMPARED
+    assert compare(now(environment=other, acceptance_rate=0.5), BASE, Tolerances()).status is Status.REGRESSION
+
+
+def test_sampled_outputs_are_reported_not_gated():
+    verdict = compare(now(greedy=False, output_hash="zzz"), dataclasses.replace(BASE, greedy=False), Tolerances())
+    assert verdict.status is Status.PASS and outcomes(verdict)["output_hash"] is Outcome.CHANGED
