@@ -1,0 +1,30 @@
+"""What one decode step of a model costs: the median time of a single-token forward with a KV cache."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+
+@torch.no_grad()
+def decode_ms(model: PreTrainedModel, device: torch.device, context: int = 64, repeats: int = 20) -> float:
+    """Median milliseconds of one single-token forward after a ``context``-token prefill (eager transformers)."""
+    cache = DynamicCache(config=model.config)
+    model(input_ids=torch.zeros(1, context, dtype=torch.long, device=device), past_key_values=cache, use_cache=True)
+    token = torch.zeros(1, 1, dtype=torch.long, device=device)
+    times = []
+    for _ in range(repeats + 3):
+        _sync(device)
+        start = time.perf_counter()
+        model(input_ids=token, past_key_values=cache, use_cache=True)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[3:]) * 1e3
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
