@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "--pairs",
         default=",".join(
             f"zoo:synthetic/{target}@mix={mix}+zoo:synthetic/llama-3-draft-116m@mix={mix}"
-            for target, mixes in (("llama-3.1-8b", (0.45, 0.5, 0.55)), ("llama-3.2-1b", (0.4, 0.5, 0.6)))
+            for target, mixes in (("llama-3.1-8b", (0.22, 0.25, 0.28, 0.3)), ("llama-3.2-1b", (0.2, 0.25, 0.3)))
             for mix in mixes
         ),
         help="TARGET+DRAFT pairs, comma-separated, speculated at every --ks (HF assisted at --hf-k)",
