@@ -253,10 +253,10 @@ class SpeculativeEngine:
         parts = [num_accepted.reshape(1)] if num_accepted is not None else []
         host = torch.cat(parts + [offsets for _, offsets in pending_eos]).tolist() if parts or pending_eos else []
         accepted = int(host[0]) if num_accepted is not None else 0
-        values = host[1:] if num_accepted is not None else host
+        offsets = host[1:] if num_accepted is not None else host  # len(pending_eos) blocks of one per row
+        rows = len(row_ends)
         for index, (column, _) in enumerate(pending_eos):
-            window = len(values) // len(pending_eos)
-            for row, offset in enumerate(values[index * window : (index + 1) * window]):
+            for row, offset in enumerate(offsets[index * rows : (index + 1) * rows]):
                 if row_ends[row] is None and offset < EOS_NOT_FOUND:
                     row_ends[row] = column - prompt_length + int(offset) + 1
         pending_eos.clear()
