@@ -1,6 +1,6 @@
 """The GPU speed report: bandwidth floor, the engine against Hugging Face, and speculative speedups.
 
-    python -m specdec.benchmarks.gpu --out results/gpu [--sections ar,spec,exact]
+    python -m specdec.benchmarks.gpu --out results/gpu [--ar-models ...] [--pairs ...] [--ks 2,4,6]
 
 Prints a table per section and writes ``gpu_report.json`` under ``--out``. Batch 1, bfloat16, a 128-token prompt
 and 256 new tokens unless told otherwise. Synthetic models come from the zoo (random weights of real shapes).
@@ -30,9 +30,20 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def prompt_ids(vocab: int, length: int, seed: int = 0) -> list[int]:
+def prompt_ids(model: LoadedModel, length: int, source: str = "code", seed: int = 0) -> list[int]:
+    """A ``length``-token prompt: the zoo's held-out code prompts, encoded and joined (``code``; the text the
+    synthetic pairs' agreement was calibrated on, docs/zoo.md), or uniform random ids (``random``)."""
+    if source == "code" and model.tokenizer is not None:
+        from specdec.zoo.prompts import load_prompts
+
+        ids: list[int] = []
+        for text in load_prompts():
+            ids += model.tokenizer(text).input_ids
+            if len(ids) >= length:
+                return ids[:length]
+        raise ValueError(f"the held-out prompts hold {len(ids)} tokens, fewer than --prompt-length {length}")
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(10, vocab, (length,), generator=generator).tolist()
+    return torch.randint(10, model.vocab_size, (length,), generator=generator).tolist()
 
 
 def analytic_speedup(acceptance: float, k: int, draft_step_s: float, verify_s: float, ar_token_s: float) -> float:
@@ -42,11 +53,12 @@ def analytic_speedup(acceptance: float, k: int, draft_step_s: float, verify_s: f
     return tokens * ar_token_s / (draft_step_s + verify_s)
 
 
-def autoregressive_section(name: str, max_new: int, prompt_length: int, floor_bw: float, hf: bool) -> dict[str, Any]:
+def autoregressive_section(
+    name: str, max_new: int, prompt_length: int, prompt_source: str, floor_bw: float, hf: bool, compare_attention: bool
+) -> dict[str, Any]:
     log(f"autoregressive: loading {name}")
     target = load_model(name, device="cuda", dtype="bfloat16")
-    vocab = target.vocab_size
-    prompt = prompt_ids(vocab, prompt_length)
+    prompt = prompt_ids(target, prompt_length, prompt_source)
     generation = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False)
     bytes_read = weight_bytes(target.model)
     floor = floor_bw / bytes_read  # tokens/s if a forward only read the weights once at the measured bandwidth
@@ -62,6 +74,20 @@ def autoregressive_section(name: str, max_new: int, prompt_length: int, floor_bw
         "decoder_path": timed.result.metrics.decoder_path,
     }
     log(f"  engine {timed.tokens_per_second:.1f} tok/s ({row['engine_fraction_of_floor']:.0%} of floor {floor:.0f})")
+    if compare_attention:  # the same run with the single-program attention loop instead of split-K
+        from specdec.kernels import triton_kernels
+
+        triton_kernels.ATTENTION_SPLIT = False
+        try:
+            looped = time_engine(SpeculativeEngine(target), prompt, generation)
+        finally:
+            triton_kernels.ATTENTION_SPLIT = True
+        row["engine_looped_attention_tokens_per_s"] = looped.tokens_per_second
+        row["split_over_looped_attention"] = timed.tokens_per_second / looped.tokens_per_second
+        log(
+            f"  looped attention {looped.tokens_per_second:.1f} tok/s; split/looped = "
+            f"{row['split_over_looped_attention']:.3f}"
+        )
     if hf:
         hf_timed = time_call(hf_generate(target.model, prompt, max_new), target.device, repeats=1)
         row["hf_generate_tokens_per_s"] = hf_timed.tokens_per_second
@@ -73,9 +99,15 @@ def autoregressive_section(name: str, max_new: int, prompt_length: int, floor_bw
 
 
 def speculative_rows(
-    target: LoadedModel, draft: LoadedModel, ks: list[int], max_new: int, prompt_length: int, hf_k: int | None
+    target: LoadedModel,
+    draft: LoadedModel,
+    ks: list[int],
+    max_new: int,
+    prompt_length: int,
+    prompt_source: str,
+    hf_k: int | None,
 ) -> list[dict[str, Any]]:
-    prompt = prompt_ids(target.vocab_size, prompt_length)
+    prompt = prompt_ids(target, prompt_length, prompt_source)
     generation = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False)
     ar = time_engine(SpeculativeEngine(target), prompt, generation)
     assert ar.result is not None
@@ -104,6 +136,8 @@ def speculative_rows(
             "draft_ms_per_step": draft_step_s * 1000,
             "verify_ms": verify_s * 1000,
             "ar_ms_per_token": ar_token_s * 1000,
+            # one draft forward (the step's K forwards, one CUDA graph) against one target forward (an AR token)
+            "draft_cost_fraction": draft_step_s / k / ar_token_s,
             "analytic_speedup": predicted,
             "fraction_of_analytic": speedup / predicted,
         }
@@ -113,7 +147,7 @@ def speculative_rows(
             row["spec_over_hf_assisted"] = timed.tokens_per_second / hf_timed.tokens_per_second
         log(
             f"  K={k} acceptance {acceptance:.2f} spec {timed.tokens_per_second:.1f} tok/s speedup {speedup:.2f}x "
-            f"(analytic {predicted:.2f}x)"
+            f"(analytic {predicted:.2f}x), draft {row['draft_cost_fraction']:.1%} of the target per token"
             + (f", HF assisted {row['hf_assisted_tokens_per_s']:.1f}" if hf_k == k else "")
         )
         rows.append(row)
@@ -125,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/gpu"))
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--prompt-length", type=int, default=128)
+    parser.add_argument("--prompt", choices=("code", "random"), default="code", help="held-out code or random ids")
     parser.add_argument("--ar-models", default="zoo:synthetic/llama-3.2-1b,zoo:synthetic/llama-3.1-8b")
     parser.add_argument(
         "--pairs",
         default=",".join(
             f"zoo:synthetic/{target}@mix={mix}+zoo:synthetic/llama-3-draft-116m@mix={mix}"
-            for target, mixes in (("llama-3.1-8b", (0.22, 0.25, 0.28, 0.3)), ("llama-3.2-1b", (0.2, 0.25, 0.3)))
+            for target, mixes in (("llama-3.1-8b", (0.2, 0.24, 0.26, 0.28, 0.3, 0.4)), ("llama-3.2-1b", (0.2, 0.3)))
             for mix in mixes
         ),
         help="TARGET+DRAFT pairs, comma-separated, speculated at every --ks (HF assisted at --hf-k)",
@@ -138,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", default="2,4,6")
     parser.add_argument("--hf-k", type=int, default=4)
     parser.add_argument("--no-hf", action="store_true")
+    parser.add_argument("--no-attention-ablation", action="store_true", help="skip the looped-attention AR rerun")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu benchmark: no CUDA GPU here", file=sys.stderr)
@@ -157,7 +193,15 @@ def main(argv: list[str] | None = None) -> int:
     log(f"device-to-device copy: {bandwidth / 1e12:.2f} TB/s (read + write)")
 
     out["autoregressive"] = [
-        autoregressive_section(name, args.max_new_tokens, args.prompt_length, bandwidth, not args.no_hf)
+        autoregressive_section(
+            name,
+            args.max_new_tokens,
+            args.prompt_length,
+            args.prompt,
+            bandwidth,
+            not args.no_hf,
+            not args.no_attention_ablation,
+        )
         for name in filter(None, args.ar_models.split(","))
     ]
     print(report.table([list(r.values()) for r in out["autoregressive"]], list(out["autoregressive"][0].keys())))
@@ -170,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
         target = load_model(target_name, device="cuda", dtype="bfloat16")
         draft = load_model(draft_name, device="cuda", dtype="bfloat16")
         out["speculative"] += speculative_rows(
-            target, draft, ks, args.max_new_tokens, args.prompt_length, None if args.no_hf else args.hf_k
+            target, draft, ks, args.max_new_tokens, args.prompt_length, args.prompt, None if args.no_hf else args.hf_k
         )
         del target, draft
         torch.cuda.empty_cache()
     if out["speculative"]:
-        keys = ["target", "draft", "k", "acceptance", "spec_tokens_per_s", "speedup", "analytic_speedup",
-                "fraction_of_analytic", "spec_over_hf_assisted"]  # fmt: skip
+        keys = ["target", "draft", "k", "acceptance", "draft_cost_fraction", "spec_tokens_per_s", "speedup",
+                "analytic_speedup", "fraction_of_analytic", "spec_over_hf_assisted"]  # fmt: skip
         print(report.table([[r.get(k) for k in keys] for r in out["speculative"]], keys))
     (args.out / "gpu_report.json").write_text(json.dumps(out, indent=2))
     log(f"wrote {args.out / 'gpu_report.json'}")

@@ -62,13 +62,17 @@ def time_engine(
     speculation: SpeculationConfig | None = None,
     repeats: int = 3,
 ) -> Timed:
-    """Run once to warm up (graph capture, kernel compilation), then time ``repeats`` runs."""
+    """Run once to warm up (graph capture, kernel compilation), then time ``repeats`` runs; the result kept is the
+    median run's."""
     engine.generate(prompt, generation, speculation)
-    results = [engine.generate(prompt, generation, speculation) for _ in range(repeats)]
-    times = [r.metrics.total_time_s for r in results]
-    tokens = results[-1].metrics.new_tokens
-    median = statistics.median(times)
-    return Timed(tokens_per_second=tokens / median, seconds=median, runs=repeats, result=results[-1])
+    results = sorted((engine.generate(prompt, generation, speculation) for _ in range(repeats)), key=_seconds)
+    middle = results[len(results) // 2]  # the median run: its steps explain its speed (repeats is odd by default)
+    median = statistics.median(_seconds(r) for r in results)
+    return Timed(tokens_per_second=middle.metrics.new_tokens / median, seconds=median, runs=repeats, result=middle)
+
+
+def _seconds(result: GenerationResult) -> float:
+    return result.metrics.total_time_s
 
 
 def time_call(call: Callable[[], int], device: torch.device, repeats: int = 2) -> Timed:
