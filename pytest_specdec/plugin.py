@@ -7,8 +7,11 @@ table per suite. Without ``--specdec-suite`` the plugin only registers its marke
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Generator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -81,11 +84,28 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(f"two suites are named {path.stem!r}: {names[path.stem]} and {path}")
         names[path.stem] = path
     config.stash[SESSION_KEY] = BenchSession(settings, config.rootpath)
+    _interrupt_on_sigterm(config)
     suite_args = [str(p) for p in settings.suites]
     if config.args_source is pytest.Config.ArgsSource.ARGS:
         config.args.extend(a for a in suite_args if a not in config.args)  # explicit paths run too
     else:
         config.args[:] = suite_args  # no paths given: run the suites only, not the testpaths
+
+
+def _interrupt_on_sigterm(config: pytest.Config) -> None:
+    """Treat SIGTERM (``timeout``, a CI runner's cancel, ``kill``) like Ctrl-C: pytest then stops after the case in
+    hand and still finishes the session, so the cases already measured reach the baselines (with
+    ``--specdec-update-baselines``), the summary table and the JSON/CSV reports."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM takes the default way out
+        raise KeyboardInterrupt(f"SIGTERM (signal {signum})")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:

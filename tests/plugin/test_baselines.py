@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 from tiny_models import make_model
@@ -153,3 +154,27 @@ def test_a_corrupt_baseline_file_fails_collection_naming_it(bench):
     result = bench.run("--specdec-suite", "suite")
     result.stdout.fnmatch_lines(["*test-machine.json has schema_version 99, this plugin reads 1*"])
     assert result.ret == 2
+
+
+TERMINATE_AFTER_FIRST_CASE = """
+import os
+import signal
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` or a cancelled CI job sends it, once the first case is done
+"""
+
+
+def test_a_terminated_run_keeps_the_cases_it_measured(bench):
+    _pair_suite(bench)
+    bench.pytester.makeconftest(TERMINATE_AFTER_FIRST_CASE)
+    result = bench.pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--specdec-suite", "suite", "--specdec-update-baselines",
+        "--specdec-report-json", "r.json",
+    )  # fmt: skip
+    assert result.ret == 2  # interrupted
+    result.stdout.fnmatch_lines(["*KeyboardInterrupt*", "*1 passed*"])
+    (first,) = bench.baseline()["cases"]  # the one case measured, recorded; the five never run, absent
+    report = json.loads((bench.path / "r.json").read_text())
+    assert [row["case"] for rows in report["suites"].values() for row in rows] == [first]
