@@ -139,7 +139,7 @@ def make_decoder(loaded: LoadedModel, vocab_size: int | None = None, choice: str
     path has not been tested, it takes the generic path.
     """
     from specdec.fast.decoder import FastDecoder
-    from specdec.fast.llama import unsupported_reason
+    from specdec.fast.models import unsupported_reason
 
     if choice not in DECODER_CHOICES:
         raise ConfigError(f"unknown decoder {choice!r}: expected one of {', '.join(DECODER_CHOICES)}")

@@ -1,4 +1,4 @@
-"""The fast Llama-family path computes what transformers computes, and keeps speculative output exact.
+"""The fast paths (Llama family, GPT-2) compute what transformers computes, and keep speculative output exact.
 
 On a CPU it runs the PyTorch reference kernels (or the Triton kernels in Triton's interpreter when
 TRITON_INTERPRET=1); on CUDA the Triton kernels and CUDA graphs (see also scripts/gpu_check.py).
@@ -12,10 +12,11 @@ from tiny_models import loaded, make_model
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
 from specdec.decoder import HFDecoder, make_decoder
-from specdec.errors import UnsupportedModelError
+from specdec.errors import ConfigError, UnsupportedModelError
 from specdec.fast.decoder import FastDecoder
 
-FAST_FAMILIES = ("llama", "qwen2")
+FAST_FAMILIES = ("llama", "qwen2", "gpt2")
+PATH = {"llama": "fast-llama", "qwen2": "fast-llama", "gpt2": "fast-gpt2"}
 PROMPTS = [[5, 17, 99, 240, 31, 8], [250, 4, 4, 61, 9, 13, 200, 77, 120, 3, 45]]
 
 
@@ -49,12 +50,12 @@ def test_fast_forward_matches_transformers_with_padding_and_rollback(family):
 @pytest.mark.parametrize("k", [1, 3, 6])
 def test_fast_path_speculation_equals_generate(family, k):
     target = make_model(family, seed=4)
-    engine = SpeculativeEngine(loaded(target, "t"), loaded(make_model("llama", seed=5, layers=1), "d"), "fast")
-    assert engine.target.path == "fast-llama"
+    engine = SpeculativeEngine(loaded(target, "t"), loaded(make_model(family, seed=5, layers=1), "d"), "fast")
+    assert engine.target.path == PATH[family]
     for prompt in PROMPTS:
         result = engine.generate(prompt, GenerationConfig(max_new_tokens=20), SpeculationConfig(k=k))
         assert result.token_ids[0] == reference(target, prompt, 20)
-        assert result.metrics.decoder_path == "fast-llama"
+        assert result.metrics.decoder_path == PATH[family]
     same = SpeculativeEngine(loaded(target, "t"), loaded(target, "same"), "fast")
     result = same.generate(PROMPTS[0], GenerationConfig(max_new_tokens=20), SpeculationConfig(k=k))
     assert result.token_ids[0] == reference(target, PROMPTS[0], 20)
@@ -69,10 +70,23 @@ def test_fast_path_batch_with_padding_equals_each_rows_greedy_output():
 
 
 def test_architectures_without_a_fast_path_say_so_or_fall_back():
-    gpt2 = loaded(make_model("gpt2", seed=1), "gpt2-tiny")
-    with pytest.raises(UnsupportedModelError, match="model type 'gpt2' has no fast path"):
-        make_decoder(gpt2, choice="fast")
-    assert make_decoder(gpt2, choice="auto").path == "generic"
-    llama = loaded(make_model("llama", seed=1), "llama-tiny")
-    assert make_decoder(llama, choice="auto").path == "fast-llama"
-    assert make_decoder(llama, choice="generic").path == "generic"
+    neox = loaded(make_model("gpt_neox", seed=1), "neox-tiny")
+    with pytest.raises(UnsupportedModelError, match="model type 'gpt_neox' has no fast path"):
+        make_decoder(neox, choice="fast")
+    assert make_decoder(neox, choice="auto").path == "generic"
+    for family in FAST_FAMILIES:
+        model = loaded(make_model(family, seed=1), f"{family}-tiny")
+        assert make_decoder(model, choice="auto").path == PATH[family]
+        assert make_decoder(model, choice="generic").path == "generic"
+    gpt2 = make_model("gpt2", seed=1)
+    gpt2.config.activation_function = "relu"
+    with pytest.raises(UnsupportedModelError, match="activation 'relu'"):
+        make_decoder(loaded(gpt2, "relu-gpt2"), choice="fast")
+
+
+def test_gpt2_positions_beyond_its_table_are_refused_by_name():
+    gpt2 = loaded(make_model("gpt2", seed=1), "gpt2-tiny")  # 512 learned positions
+    decoder = FastDecoder(gpt2)
+    with pytest.raises(ConfigError, match="'gpt2-tiny' has 512 learned positions, fewer than the 520"):
+        decoder.prepare(torch.zeros(1, dtype=torch.long), None, 520)
+    decoder.prepare(torch.zeros(1, dtype=torch.long), None, 512)  # the whole table is fine

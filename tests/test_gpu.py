@@ -40,8 +40,9 @@ def autoregressive(target, prompt, max_new, dtype=torch.float32):
     return engine.generate(prompt, GenerationConfig(max_new_tokens=max_new)).token_ids[0]
 
 
-def test_graph_replay_equals_eager_and_generic():
-    model = on_cuda(make_model("llama", seed=1, layers=3), "m")
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_graph_replay_equals_eager_and_generic(family):
+    model = on_cuda(make_model(family, seed=1, layers=3), "m")
     graphed, eager, generic = FastDecoder(model), FastDecoder(model, use_graphs=False), HFDecoder(model)
     ids = torch.randint(3, 300, (1, 40), device=CUDA)
     outputs = []
@@ -56,12 +57,15 @@ def test_graph_replay_equals_eager_and_generic():
     torch.testing.assert_close(outputs[0], outputs[2], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("family", "draft_family", "path"), [("llama", "qwen2", "fast-llama"), ("gpt2", "gpt2", "fast-gpt2")]
+)
 @pytest.mark.parametrize("k", range(1, 9))
-def test_float32_speculative_equals_autoregressive_on_cuda(k):
-    target = on_cuda(make_model("llama", seed=2, layers=3), "t")
-    draft = on_cuda(make_model("qwen2", seed=3, layers=1), "d")
+def test_float32_speculative_equals_autoregressive_on_cuda(family, draft_family, path, k):
+    target = on_cuda(make_model(family, seed=2, layers=3), "t")
+    draft = on_cuda(make_model(draft_family, seed=3, layers=1), "d")
     engine = SpeculativeEngine(target, draft)
-    assert engine.target.path == "fast-llama" and engine.kernels.name == "triton"
+    assert engine.target.path == path and engine.kernels.name == "triton"
     for prompt in PROMPTS:
         want = autoregressive(target, prompt, 40)
         got = engine.generate(prompt, GenerationConfig(max_new_tokens=40), SpeculationConfig(k=k))

@@ -58,7 +58,8 @@ def test_silu_mul(tk, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("heads", "kv_heads", "seq"), [(4, 2, 1), (4, 4, 3), (8, 2, 5)])
-def test_rope_and_store_writes_the_same_cache_and_queries(tk, dtype, heads, kv_heads, seq):
+@pytest.mark.parametrize("rotate", [True, False], ids=["rope", "learned-positions"])
+def test_rope_and_store_writes_the_same_cache_and_queries(tk, dtype, heads, kv_heads, seq, rotate):
     g = torch.Generator(DEVICE).manual_seed(heads * 10 + seq)
     batch, head_dim, max_length = 2, 32, 24
     qkv = rand(batch, seq, (heads + 2 * kv_heads) * head_dim, dtype=dtype, generator=g)
@@ -69,9 +70,13 @@ def test_rope_and_store_writes_the_same_cache_and_queries(tk, dtype, heads, kv_h
     positions = torch.stack([columns, columns - 3])  # the second row has 3 tokens of left padding
     caches = [rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g) for _ in range(2)]
     ours = [c.clone() for c in caches]
-    q_ref = reference.rope_and_store(qkv, positions, cos, sin, *caches, columns, heads, kv_heads)
-    q = tk.rope_and_store(qkv, positions, cos, sin, *ours, columns, heads, kv_heads)
+    tables = (cos, sin) if rotate else (None, None)
+    q_ref = reference.rope_and_store(qkv, positions, *tables, *caches, columns, heads, kv_heads)
+    q = tk.rope_and_store(qkv, positions, *tables, *ours, columns, heads, kv_heads)
     assert relative_error(q, q_ref) < TOLERANCE[dtype]
+    if not rotate:  # without tables q passes through, and k, v are stored as they are
+        torch.testing.assert_close(q_ref.flatten(2), qkv[..., : heads * head_dim])
+        assert torch.equal(caches[1][:, :, columns].transpose(1, 2).flatten(2), qkv[..., -kv_heads * head_dim :])
     for mine, theirs in zip(ours, caches, strict=True):
         assert relative_error(mine, theirs) < TOLERANCE[dtype]
         untouched = torch.ones(max_length, dtype=torch.bool, device=DEVICE)

@@ -178,14 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--prompt-length", type=int, default=128)
     parser.add_argument("--prompt", choices=("code", "random"), default="code", help="held-out code or random ids")
-    parser.add_argument("--ar-models", default="zoo:synthetic/llama-3.2-1b,zoo:synthetic/llama-3.1-8b")
+    parser.add_argument(
+        "--ar-models", default="zoo:synthetic/llama-3.2-1b,zoo:synthetic/llama-3.1-8b,zoo:synthetic/gpt2"
+    )
     parser.add_argument(
         "--pairs",
         default=",".join(
             f"zoo:synthetic/{target}@mix={mix}+zoo:synthetic/llama-3-draft-116m@mix={mix}"
             for target, mixes in (("llama-3.1-8b", (0.2, 0.3, 0.4, 0.5)), ("llama-3.2-1b", (0.3,)))
             for mix in mixes
-        ),
+        )
+        + ",zoo:synthetic/gpt2@mix=0.3+zoo:synthetic/distilgpt2@mix=0.3",
         help="TARGET+DRAFT pairs, comma-separated, speculated at every --ks (HF assisted at --hf-k)",
     )
     parser.add_argument("--ks", default="2,4,6")

@@ -1,4 +1,5 @@
-"""The fast decoder: a lean model forward over its own static KV cache, replayed from CUDA graphs.
+"""The fast decoder: a lean model forward (Llama family or GPT-2) over its own static KV cache, replayed from CUDA
+graphs.
 
 Each forward shape (number of new tokens S, all logits or the last only) is captured once in a CUDA graph, the
 first time it runs, and replayed after that: the draft's one-token step and the target's (K + 1)-token verification
@@ -13,7 +14,8 @@ from collections.abc import Callable
 import torch
 
 from specdec.decoder import greedy_chain_loop
-from specdec.fast.llama import FastLlama, unsupported_reason
+from specdec.errors import ConfigError
+from specdec.fast.models import build_fast_model, unsupported_reason
 from specdec.kernels import Kernels, kernels_for
 from specdec.loading import LoadedModel
 
@@ -21,8 +23,6 @@ GRAPH_MAX_TOKENS = 16  # forwards of more new tokens (prefill) run eagerly
 
 
 class FastDecoder:
-    path = "fast-llama"
-
     def __init__(self, loaded: LoadedModel, vocab_size: int | None = None, use_graphs: bool | None = None) -> None:
         reason = unsupported_reason(loaded.model)
         if reason is not None:
@@ -32,7 +32,8 @@ class FastDecoder:
         self.dtype = loaded.dtype
         self.vocab_size = vocab_size or loaded.vocab_size
         self.kernels: Kernels = kernels_for(loaded.device)
-        self.model = FastLlama(loaded.model, self.kernels)
+        self.model = build_fast_model(loaded.model, self.kernels)
+        self.path = f"fast-{self.model.family}"
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         self.forwards = 0
         self._length = 0
@@ -49,6 +50,12 @@ class FastDecoder:
 
     def prepare(self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int) -> None:
         batch = pad_lengths.shape[0]
+        limit = self.model.max_positions
+        if limit is not None and max_length > limit:
+            raise ConfigError(
+                f"{self.name!r} has {limit} learned positions, fewer than the {max_length} this run needs "
+                "(prompt + max_new_tokens + K): shorten the prompt or lower max_new_tokens"
+            )
         cache = self._cache
         if cache is None or cache[0].shape[1] != batch or cache[0].shape[3] < max_length:
             self._cache = None
@@ -57,7 +64,7 @@ class FastDecoder:
             self._cache = self.model.new_cache(batch, capacity)
             self._pad_lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
             self._key_valid = torch.ones((batch, capacity), dtype=torch.bool, device=self.device)
-            self.model.rotary_tables(capacity)
+            self.model.position_tables(capacity)
         assert self._cache is not None
         capacity = self._cache[0].shape[3]
         self._pad_lengths.copy_(pad_lengths)

@@ -16,15 +16,12 @@ from transformers import PreTrainedModel
 
 from specdec.kernels import Kernels
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inverse frequencies that do not depend on length
 
 
 def unsupported_reason(model: PreTrainedModel, max_length: int | None = None) -> str | None:
-    """Why the fast path cannot run this model (None if it can)."""
+    """Why the Llama-family fast path cannot run this Llama, Mistral or Qwen2 model (None if it can)."""
     config = model.config
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        return f"model type {config.model_type!r} has no fast path (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"activation {config.hidden_act!r} is not silu"
     if getattr(config, "mlp_bias", False):
@@ -62,6 +59,9 @@ def _cat_bias(*linears: torch.nn.Linear) -> torch.Tensor | None:
 
 class FastLlama:
     """The Llama forward with fused kernels. ``forward`` writes the new tokens' keys and values into the cache."""
+
+    family = "llama"
+    max_positions: int | None = None  # rotary positions have no table to run out of
 
     def __init__(self, model: PreTrainedModel, kernels: Kernels) -> None:
         config = model.config
@@ -103,7 +103,7 @@ class FastLlama:
     def num_layers(self) -> int:
         return len(self.layers)
 
-    def rotary_tables(self, length: int) -> None:
+    def position_tables(self, length: int) -> None:
         """cos and sin for positions [0, length): [length, Dh], computed as transformers does, in the model dtype."""
         if self.cos_table.shape[0] >= length:
             return

@@ -41,27 +41,29 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def rope_and_store(
     qkv: torch.Tensor,
     positions: torch.Tensor,
-    cos_table: torch.Tensor,
-    sin_table: torch.Tensor,
+    cos_table: torch.Tensor | None,
+    sin_table: torch.Tensor | None,
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
     columns: torch.Tensor,
     num_heads: int,
     num_kv_heads: int,
 ) -> torch.Tensor:
-    """Rotate q and k, write k and v into the cache at ``columns``, return rotated q.
+    """Rotate q and k (unless the tables are None: models with learned positions), write k and v into the cache at
+    ``columns``, return q.
 
-    qkv: [B, S, (H + 2 Hkv) * Dh]; positions: [B, S] rotary positions; cos_table, sin_table: [P, Dh];
+    qkv: [B, S, (H + 2 Hkv) * Dh]; positions: [B, S] rotary positions; cos_table, sin_table: [P, Dh] or None;
     cache_k, cache_v: [B, Hkv, M, Dh]; columns: [S] cache columns. Returns q: [B, S, H, Dh].
     """
-    batch, seq, _ = qkv.shape
-    head_dim = cos_table.shape[-1]
+    batch, seq, width = qkv.shape
+    head_dim = width // (num_heads + 2 * num_kv_heads)
     q, k, v = qkv.view(batch, seq, num_heads + 2 * num_kv_heads, head_dim).split(
         [num_heads, num_kv_heads, num_kv_heads], dim=2
     )
-    cos = cos_table[positions].unsqueeze(2)  # [B, S, 1, Dh]
-    sin = sin_table[positions].unsqueeze(2)
-    q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    if cos_table is not None and sin_table is not None:
+        cos = cos_table[positions].unsqueeze(2)  # [B, S, 1, Dh]
+        sin = sin_table[positions].unsqueeze(2)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
     cache_k.index_copy_(2, columns, k.transpose(1, 2))
     cache_v.index_copy_(2, columns, v.transpose(1, 2))
     return q

@@ -82,7 +82,7 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 def _rope_and_store_kernel(
     qkv_ptr, positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, q_out_ptr,
     seq_len, num_heads, num_kv_heads, max_length,
-    HEAD_DIM: tl.constexpr,
+    HEAD_DIM: tl.constexpr, ROTATE: tl.constexpr,
 ):  # fmt: skip
     token = tl.program_id(0)  # b * S + s
     head = tl.program_id(1)  # [0, H): q heads; [H, H + Hkv): k heads; [H + Hkv, H + 2 Hkv): v heads
@@ -95,13 +95,16 @@ def _rope_and_store_kernel(
     x2 = tl.load(base + half + first).to(tl.float32)
     column = tl.load(columns_ptr + s)
     if head < num_heads + num_kv_heads:
-        position = tl.load(positions_ptr + token)
-        cos1 = tl.load(cos_ptr + position * HEAD_DIM + first).to(tl.float32)
-        cos2 = tl.load(cos_ptr + position * HEAD_DIM + half + first).to(tl.float32)
-        sin1 = tl.load(sin_ptr + position * HEAD_DIM + first).to(tl.float32)
-        sin2 = tl.load(sin_ptr + position * HEAD_DIM + half + first).to(tl.float32)
-        y1 = x1 * cos1 - x2 * sin1
-        y2 = x2 * cos2 + x1 * sin2
+        if ROTATE:
+            position = tl.load(positions_ptr + token)
+            cos1 = tl.load(cos_ptr + position * HEAD_DIM + first).to(tl.float32)
+            cos2 = tl.load(cos_ptr + position * HEAD_DIM + half + first).to(tl.float32)
+            sin1 = tl.load(sin_ptr + position * HEAD_DIM + first).to(tl.float32)
+            sin2 = tl.load(sin_ptr + position * HEAD_DIM + half + first).to(tl.float32)
+            y1 = x1 * cos1 - x2 * sin1
+            y2 = x2 * cos2 + x1 * sin2
+        else:
+            y1, y2 = x1, x2
         if head < num_heads:
             out = q_out_ptr + (token * num_heads + head) * HEAD_DIM
         else:
@@ -118,21 +121,22 @@ def _rope_and_store_kernel(
 def rope_and_store(
     qkv: torch.Tensor,
     positions: torch.Tensor,
-    cos_table: torch.Tensor,
-    sin_table: torch.Tensor,
+    cos_table: torch.Tensor | None,
+    sin_table: torch.Tensor | None,
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
     columns: torch.Tensor,
     num_heads: int,
     num_kv_heads: int,
 ) -> torch.Tensor:
-    batch, seq, _ = qkv.shape
-    head_dim = cos_table.shape[-1]
+    batch, seq, width = qkv.shape
+    head_dim = width // (num_heads + 2 * num_kv_heads)
     q = torch.empty((batch, seq, num_heads, head_dim), dtype=qkv.dtype, device=qkv.device)
     grid = (batch * seq, num_heads + 2 * num_kv_heads)
+    rotate = cos_table is not None and sin_table is not None
     _rope_and_store_kernel[grid](
-        qkv, positions, cos_table, sin_table, cache_k, cache_v, columns, q,
-        seq, num_heads, num_kv_heads, cache_k.shape[2], head_dim, num_warps=1,
+        qkv, positions, cos_table if rotate else qkv, sin_table if rotate else qkv, cache_k, cache_v, columns, q,
+        seq, num_heads, num_kv_heads, cache_k.shape[2], head_dim, rotate, num_warps=1,
     )  # fmt: skip
     return q
 

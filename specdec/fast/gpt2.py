@@ -1,0 +1,141 @@
+"""A lean GPT-2 forward over a static KV cache, for the fast path.
+
+It reads the weights of a loaded ``transformers`` GPT-2 (``Conv1D`` weights are [in, out], used as they are by
+``addmm``, as transformers does; nothing is copied) and computes the same function with one launch per matrix
+product, layer norm and activation plus the shared fused KV-store and attention kernels, so that a whole forward
+can be captured in a CUDA graph. GPT-2 learns its position embeddings: there is no rotation, so the KV-store kernel
+runs without tables. Shapes: B batch, S new tokens, T = B * S, D hidden, H heads, Dh head size, M cache length,
+V vocabulary, L layers, P learned positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+
+from specdec.kernels import Kernels
+
+GELU_APPROXIMATION = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+
+
+def unsupported_reason(model: PreTrainedModel) -> str | None:
+    """Why the GPT-2 fast path cannot run this GPT-2 model (None if it can)."""
+    config = model.config
+    activation = getattr(config, "activation_function", "gelu_new")
+    if activation not in GELU_APPROXIMATION:
+        return f"activation {activation!r} is not one of {', '.join(GELU_APPROXIMATION)}"
+    if not getattr(config, "scale_attn_weights", True) or getattr(config, "scale_attn_by_inverse_layer_idx", False):
+        return "only the standard 1/sqrt(head size) attention scale is supported"
+    if getattr(config, "add_cross_attention", False):
+        return "cross-attention is not supported"
+    head_dim = config.n_embd // config.n_head
+    if head_dim & (head_dim - 1):
+        return f"head size {head_dim} is not a power of two"
+    return None
+
+
+@dataclass(frozen=True)
+class GPT2LayerWeights:
+    ln_1: tuple[torch.Tensor, torch.Tensor]  # weight, bias: [D]
+    qkv: torch.Tensor  # [D, 3 D] (Conv1D layout: in, out)
+    qkv_bias: torch.Tensor  # [3 D]
+    o: torch.Tensor  # [D, D]
+    o_bias: torch.Tensor  # [D]
+    ln_2: tuple[torch.Tensor, torch.Tensor]
+    fc: torch.Tensor  # [D, I]
+    fc_bias: torch.Tensor  # [I]
+    proj: torch.Tensor  # [I, D]
+    proj_bias: torch.Tensor  # [D]
+
+
+class FastGPT2:
+    """The GPT-2 forward. ``forward`` writes the new tokens' keys and values into the cache."""
+
+    family = "gpt2"
+
+    def __init__(self, model: PreTrainedModel, kernels: Kernels) -> None:
+        config = model.config
+        self.kernels = kernels
+        self.num_heads = self.num_kv_heads = config.n_head
+        self.hidden = config.n_embd
+        self.head_dim = config.n_embd // config.n_head
+        self.eps = config.layer_norm_epsilon
+        self.scale = self.head_dim**-0.5
+        self.gelu = GELU_APPROXIMATION[getattr(config, "activation_function", "gelu_new")]
+        self.max_positions: int | None = config.n_positions
+        self.dtype = model.dtype
+        self.device = model.device
+        body: Any = model.transformer  # GPT2Model
+        self.embed = body.wte.weight  # [V, D]
+        self.position_embed = body.wpe.weight  # [P, D]
+        self.final_norm = (body.ln_f.weight, body.ln_f.bias)
+        self.lm_head: torch.Tensor = model.get_output_embeddings().weight  # [V, D] (tied to the embedding)
+        self.layers = [
+            GPT2LayerWeights(
+                ln_1=(block.ln_1.weight, block.ln_1.bias),
+                qkv=block.attn.c_attn.weight,
+                qkv_bias=block.attn.c_attn.bias,
+                o=block.attn.c_proj.weight,
+                o_bias=block.attn.c_proj.bias,
+                ln_2=(block.ln_2.weight, block.ln_2.bias),
+                fc=block.mlp.c_fc.weight,
+                fc_bias=block.mlp.c_fc.bias,
+                proj=block.mlp.c_proj.weight,
+                proj_bias=block.mlp.c_proj.bias,
+            )
+            for block in body.h
+        ]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def position_tables(self, length: int) -> None:
+        """Nothing to precompute: the position embeddings are a table of the model's own."""
+
+    def new_cache(self, batch_size: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of every layer: two [L, B, H, M, Dh] tensors."""
+        shape = (self.num_layers, batch_size, self.num_heads, max_length, self.head_dim)
+        return (
+            torch.zeros(shape, dtype=self.dtype, device=self.device),
+            torch.zeros(shape, dtype=self.dtype, device=self.device),
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        columns: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        last_only: bool,
+    ) -> torch.Tensor:
+        """input_ids: [B, S]; columns: [S] cache columns of the new tokens; positions: [B, S] position ids;
+        key_valid: [B, M] bool. Returns logits [B, S, V] (or [B, 1, V] with ``last_only``) in the model dtype."""
+        k = self.kernels
+        batch, seq = input_ids.shape
+        cache_k, cache_v = cache
+        shape = (self.hidden,)
+        hidden = (F.embedding(input_ids, self.embed) + F.embedding(positions, self.position_embed)).view(
+            batch * seq, -1
+        )
+        for index, layer in enumerate(self.layers):  # hidden: [T, D], the residual stream
+            normed = F.layer_norm(hidden, shape, *layer.ln_1, self.eps)
+            qkv = torch.addmm(layer.qkv_bias, normed, layer.qkv)  # [T, 3 D]
+            q = k.rope_and_store(
+                qkv.view(batch, seq, -1), positions, None, None,
+                cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
+            )  # [B, S, H, Dh]  # fmt: skip
+            attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale)
+            hidden = hidden + torch.addmm(layer.o_bias, attended.reshape(batch * seq, -1), layer.o)
+            normed = F.layer_norm(hidden, shape, *layer.ln_2, self.eps)
+            inner = F.gelu(torch.addmm(layer.fc_bias, normed, layer.fc), approximate=self.gelu)  # [T, I]
+            hidden = hidden + torch.addmm(layer.proj_bias, inner, layer.proj)
+        normed = F.layer_norm(hidden, shape, *self.final_norm, self.eps).view(batch, seq, -1)
+        if last_only:
+            normed = normed[:, -1:]
+        return F.linear(normed, self.lm_head)  # [B, S or 1, V]
