@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "--pairs",
         default=",".join(
             f"zoo:synthetic/{target}@mix={mix}+zoo:synthetic/llama-3-draft-116m@mix={mix}"
-            for target, mixes in (("llama-3.1-8b", (0.2, 0.3, 0.4, 0.5)), ("llama-3.2-1b", (0.3,)))
+            for target, mixes in (("llama-3.1-8b", (0.2, 0.45, 0.5)), ("llama-3.2-1b", (0.3,)))
             for mix in mixes
         )
         + ",zoo:synthetic/gpt2@mix=0.3+zoo:synthetic/distilgpt2@mix=0.3",
@@ -219,8 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     out["copy_bandwidth_tb_per_s"] = bandwidth / 1e12
     log(f"device-to-device copy: {bandwidth / 1e12:.2f} TB/s (read + write)")
 
-    out["autoregressive"] = [
-        autoregressive_section(
+    path = args.out / "gpu_report.json"
+
+    def save() -> None:  # after every model and pair: an interrupted run keeps what it measured
+        path.write_text(json.dumps(out, indent=2))
+
+    out["autoregressive"] = []
+    for name in filter(None, args.ar_models.split(",")):
+        row = autoregressive_section(
             name,
             args.max_new_tokens,
             args.prompt_length,
@@ -229,9 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_hf,
             not args.no_attention_ablation,
         )
-        for name in filter(None, args.ar_models.split(","))
-    ]
-    print(report.table([list(r.values()) for r in out["autoregressive"]], list(out["autoregressive"][0].keys())))
+        out["autoregressive"].append(row)
+        save()
+    if out["autoregressive"]:
+        keys = list(dict.fromkeys(key for row in out["autoregressive"] for key in row))
+        print(report.table([[r.get(k) for k in keys] for r in out["autoregressive"]], keys))
 
     out["speculative"] = []
     ks = [int(k) for k in args.ks.split(",")]
@@ -244,14 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         prompt = prompt_ids(target, args.prompt_length, args.prompt)
         hf_k = None if args.no_hf else args.hf_k
         out["speculative"] += speculative_rows(target, draft, ks, temperatures, args.max_new_tokens, prompt, hf_k)
+        save()
         del target, draft
         torch.cuda.empty_cache()
     if out["speculative"]:
         keys = ["target", "draft", "temperature", "k", "acceptance", "draft_cost_fraction", "spec_tokens_per_s",
                 "speedup", "analytic_speedup", "fraction_of_analytic", "spec_over_hf_assisted"]  # fmt: skip
         print(report.table([[r.get(k) for k in keys] for r in out["speculative"]], keys))
-    (args.out / "gpu_report.json").write_text(json.dumps(out, indent=2))
-    log(f"wrote {args.out / 'gpu_report.json'}")
+    save()
+    log(f"wrote {path}")
     return 0
 
 
