@@ -44,7 +44,7 @@ def test_rollback_allocates_nothing_and_keeps_the_tensors_in_place():
 def test_generation_with_rejections_reuses_the_same_cache_tensors():
     target = make_model("gpt2", seed=1)
     draft = make_model("llama", seed=2, layers=1)
-    engine = SpeculativeEngine(loaded(target, "t"), loaded(draft, "d"))
+    engine = SpeculativeEngine(loaded(target, "t"), loaded(draft, "d"), decoder="generic")  # the HF static cache
     prompt = [7, 8, 9, 10]
     first = engine.generate(prompt, GenerationConfig(max_new_tokens=30), SpeculationConfig(k=4))
     target_cache = engine.target.cache  # type: ignore[attr-defined]

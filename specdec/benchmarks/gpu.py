@@ -60,7 +60,7 @@ def iid_tokens_per_step(acceptance: float, k: int) -> float:
 
 
 def autoregressive_section(
-    name: str, max_new: int, prompt_length: int, prompt_source: str, floor_bw: float, hf: bool, compare_attention: bool
+    name: str, max_new: int, prompt_length: int, prompt_source: str, floor_bw: float, hf: bool
 ) -> dict[str, Any]:
     log(f"autoregressive: loading {name}")
     target = load_model(name, device="cuda", dtype="bfloat16")
@@ -80,20 +80,6 @@ def autoregressive_section(
         "decoder_path": timed.result.metrics.decoder_path,
     }
     log(f"  engine {timed.tokens_per_second:.1f} tok/s ({row['engine_fraction_of_floor']:.0%} of floor {floor:.0f})")
-    if compare_attention:  # the same run with the single-program attention loop instead of split-K
-        from specdec.kernels import triton_kernels
-
-        triton_kernels.ATTENTION_SPLIT = False
-        try:
-            looped = time_engine(SpeculativeEngine(target), prompt, generation)
-        finally:
-            triton_kernels.ATTENTION_SPLIT = True
-        row["engine_looped_attention_tokens_per_s"] = looped.tokens_per_second
-        row["split_over_looped_attention"] = timed.tokens_per_second / looped.tokens_per_second
-        log(
-            f"  looped attention {looped.tokens_per_second:.1f} tok/s; split/looped = "
-            f"{row['split_over_looped_attention']:.3f}"
-        )
     if hf:
         hf_timed = time_call(hf_generate(target.model, prompt, max_new), target.device, repeats=1)
         row["hf_generate_tokens_per_s"] = hf_timed.tokens_per_second
@@ -172,6 +158,43 @@ def speculative_row(
     }
 
 
+def draft_chain_ablation(
+    target: LoadedModel, draft: LoadedModel, prompt: list[int], max_new: int, k: int
+) -> dict[str, Any] | None:
+    """Greedy speculative tokens/s with the draft's K forwards captured as one CUDA graph, and with one graph per
+    draft forward, in the same run on the same pair (None where the draft has no fast path)."""
+    from specdec.fast.decoder import FastDecoder
+
+    engine = SpeculativeEngine(target, draft)
+    decoder = getattr(engine.drafter, "decoder", None)
+    if not isinstance(decoder, FastDecoder) or not decoder.use_graphs:
+        return None
+    generation = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False)
+    speeds = {}
+    for chain in (True, False):
+        decoder.chain_graph = chain
+        timed = time_engine(engine, prompt, generation, SpeculationConfig(k=k))
+        assert timed.result is not None
+        steps = timed.result.steps
+        speeds[chain] = (timed.tokens_per_second, sum(s.draft_ms for s in steps) / len(steps))
+    decoder.chain_graph = True
+    row = {
+        "target": target.name,
+        "draft": draft.name,
+        "k": k,
+        "chain_graph_tokens_per_s": speeds[True][0],
+        "per_forward_graphs_tokens_per_s": speeds[False][0],
+        "speedup": speeds[True][0] / speeds[False][0],
+        "chain_graph_draft_ms_per_step": speeds[True][1],
+        "per_forward_graphs_draft_ms_per_step": speeds[False][1],
+    }
+    log(
+        f"  draft chain graph: {speeds[True][0]:.1f} tok/s (draft {speeds[True][1]:.2f} ms/step) vs one graph per "
+        f"forward {speeds[False][0]:.1f} tok/s ({speeds[False][1]:.2f} ms/step): {row['speedup']:.3f}x"
+    )
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/gpu"))
@@ -200,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hf-k", type=int, default=4)
     parser.add_argument("--no-hf", action="store_true")
-    parser.add_argument("--no-attention-ablation", action="store_true", help="skip the looped-attention AR rerun")
+    parser.add_argument(
+        "--ablate-draft-chain",
+        action="store_true",
+        help="on the first pair at --hf-k: the draft chain as one CUDA graph vs one graph per draft forward",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu benchmark: no CUDA GPU here", file=sys.stderr)
@@ -233,7 +260,6 @@ def main(argv: list[str] | None = None) -> int:
             args.prompt,
             bandwidth,
             not args.no_hf,
-            not args.no_attention_ablation,
         )
         out["autoregressive"].append(row)
         save()
@@ -252,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         prompt = prompt_ids(target, args.prompt_length, args.prompt)
         hf_k = None if args.no_hf else args.hf_k
         out["speculative"] += speculative_rows(target, draft, ks, temperatures, args.max_new_tokens, prompt, hf_k)
+        if args.ablate_draft_chain and "ablation" not in out:  # the first pair only
+            out["ablation"] = draft_chain_ablation(target, draft, prompt, args.max_new_tokens, args.hf_k)
         save()
         del target, draft
         torch.cuda.empty_cache()

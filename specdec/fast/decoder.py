@@ -35,6 +35,7 @@ class FastDecoder:
         self.model = build_fast_model(loaded.model, self.kernels)
         self.path = f"fast-{self.model.family}"
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
+        self.chain_graph = True  # the greedy draft of K tokens as one graph (False: one graph per forward)
         self.forwards = 0
         self._length = 0
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -99,6 +100,8 @@ class FastDecoder:
     @torch.inference_mode()
     def greedy_chain(self, input_ids: torch.Tensor, k: int) -> torch.Tensor:
         """The whole greedy draft of ``k`` tokens as one graph: forwards and argmaxes never wait for the host."""
+        if not self.chain_graph:
+            return greedy_chain_loop(self.forward, input_ids, k)
         seq = input_ids.shape[1]
         tokens = self._graphed(("chain", seq, k), input_ids, lambda ids: greedy_chain_loop(self._forward, ids, k))
         self._length += seq + k - 1

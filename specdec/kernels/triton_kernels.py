@@ -143,56 +143,6 @@ def rope_and_store(
 
 # ------------------------------------------------------------------------------------------------ attention
 @triton.jit
-def _decode_attention_kernel(
-    q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, out_ptr, scale,
-    seq_len, num_heads, num_kv_heads, max_length,
-    GROUP: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
-):  # fmt: skip
-    """One program per (batch row, kv head): its GROUP query heads x S queries are the rows of one tile."""
-    program = tl.program_id(0)
-    batch_row = program // num_kv_heads
-    kv_head = program % num_kv_heads
-    rows = tl.arange(0, BLOCK_R)
-    group_index = rows // seq_len
-    s = rows % seq_len
-    row_ok = rows < GROUP * seq_len
-    head = kv_head * GROUP + group_index
-    dims = tl.arange(0, HEAD_DIM)
-    q_rows = ((batch_row * seq_len + s) * num_heads + head) * HEAD_DIM
-    q = tl.load(q_ptr + q_rows[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)  # [R, Dh]
-    own_column = tl.load(columns_ptr + s, mask=row_ok, other=0)  # [R]
-    last_column = tl.load(columns_ptr + seq_len - 1)
-    kv_base = (batch_row * num_kv_heads + kv_head) * max_length * HEAD_DIM
-
-    running_max = tl.full((BLOCK_R,), float("-inf"), tl.float32)
-    running_sum = tl.zeros((BLOCK_R,), tl.float32)
-    acc = tl.zeros((BLOCK_R, HEAD_DIM), tl.float32)
-    start = 0
-    while start <= last_column:  # a while loop: its bound is data on the device (CUDA graphs replay it)
-        keys_at = start + tl.arange(0, BLOCK_N)
-        key_ok = keys_at <= last_column
-        k = tl.load(k_ptr + kv_base + keys_at[:, None] * HEAD_DIM + dims[None, :], mask=key_ok[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [R, N]
-        visible = keys_at[None, :] <= own_column[:, None]
-        if HAS_VALID:
-            valid = tl.load(valid_ptr + batch_row * max_length + keys_at, mask=key_ok, other=0) != 0
-            visible = visible & (valid[None, :] | (keys_at[None, :] == own_column[:, None]))
-        scores = tl.where(visible, scores, float("-inf"))
-        new_max = tl.maximum(running_max, tl.max(scores, axis=1))
-        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
-        correction = tl.exp(running_max - safe_max)
-        p = tl.exp(scores - safe_max[:, None])
-        running_sum = running_sum * correction + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + kv_base + keys_at[:, None] * HEAD_DIM + dims[None, :], mask=key_ok[:, None], other=0.0)
-        acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        running_max = new_max
-        start += BLOCK_N
-    out = acc / running_sum[:, None]
-    tl.store(out_ptr + q_rows[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
-
-
-@triton.jit
 def _attention_split_kernel(
     q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, max_ptr, sum_ptr, acc_ptr, scale,
     seq_len, num_heads, num_kv_heads, max_length, num_splits,
@@ -278,7 +228,6 @@ def _attention_combine_kernel(
 
 
 ATTENTION_BLOCK_N = 64  # keys per program of the split kernel
-ATTENTION_SPLIT = True  # split the keys across programs (flash decoding) rather than loop in one program
 
 
 MAX_ATTENTION_ROWS = 128  # GROUP * S per program; longer query blocks (prefill) use the reference
@@ -299,26 +248,19 @@ def decode_attention(
     block_r = max(16, triton.next_power_of_2(group * seq))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     valid = key_valid if key_valid is not None else columns
-    if ATTENTION_SPLIT:
-        splits = triton.cdiv(max_length, ATTENTION_BLOCK_N)  # fixed by the cache size, so graphs can replay it
-        programs = batch * num_kv_heads
-        maxima = torch.empty((programs, splits, block_r), dtype=torch.float32, device=q.device)
-        sums = torch.empty_like(maxima)
-        partial = torch.empty((programs, splits, block_r, head_dim), dtype=torch.float32, device=q.device)
-        _attention_split_kernel[(programs, splits)](
-            q, cache_k, cache_v, columns, valid, maxima, sums, partial, scale,
-            seq, num_heads, num_kv_heads, max_length, splits,
-            group, key_valid is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision, num_warps=4,
-        )  # fmt: skip
-        _attention_combine_kernel[(programs,)](
-            maxima, sums, partial, out, seq, num_heads, num_kv_heads, splits, group, block_r, head_dim, num_warps=4
-        )
-        return out
-    _decode_attention_kernel[(batch * num_kv_heads,)](
-        q, cache_k, cache_v, columns, valid, out, scale,
-        seq, num_heads, num_kv_heads, max_length,
+    splits = triton.cdiv(max_length, ATTENTION_BLOCK_N)  # fixed by the cache size, so graphs can replay it
+    programs = batch * num_kv_heads
+    maxima = torch.empty((programs, splits, block_r), dtype=torch.float32, device=q.device)
+    sums = torch.empty_like(maxima)
+    partial = torch.empty((programs, splits, block_r, head_dim), dtype=torch.float32, device=q.device)
+    _attention_split_kernel[(programs, splits)](
+        q, cache_k, cache_v, columns, valid, maxima, sums, partial, scale,
+        seq, num_heads, num_kv_heads, max_length, splits,
         group, key_valid is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision, num_warps=4,
     )  # fmt: skip
+    _attention_combine_kernel[(programs,)](
+        maxima, sums, partial, out, seq, num_heads, num_kv_heads, splits, group, block_r, head_dim, num_warps=4
+    )
     return out
 
 
@@ -434,7 +376,6 @@ def _residual_partials_kernel(
     row = tl.program_id(0)
     split = tl.program_id(1)
     n = tl.load(num_accepted_ptr)
-    has_draft = n < num_drafted
     begin = split * chunk
     best_r = -1.0
     index_r = 0
@@ -442,12 +383,13 @@ def _residual_partials_kernel(
     index_p = 0
     mass = 0.0
     end = tl.minimum(begin + chunk, vocab)
+    draft_end = tl.where(n < num_drafted, end, begin)  # all drafts accepted: no draft at n, q = 0 (the bonus token)
     start = begin
     while start < end:
         offsets = start + tl.arange(0, BLOCK)
         inside = offsets < end
         p = tl.load(target_ptr + (row * (num_drafted + 1) + n) * vocab + offsets, mask=inside, other=0.0)
-        q = tl.load(draft_probs_ptr + (row * num_drafted + n) * vocab + offsets, mask=inside & has_draft, other=0.0)
+        q = tl.load(draft_probs_ptr + (row * num_drafted + n) * vocab + offsets, mask=offsets < draft_end, other=0.0)
         e = tl.load(exponentials_ptr + row * vocab + offsets, mask=inside, other=1.0)
         r = tl.maximum(p - q, 0.0)
         mass += tl.sum(r, axis=0)
