@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from specdec.errors import ConfigError, UnsupportedModelError
-from specdec.kv_cache import KVCache
+from specdec.kv_cache import KVCache, cache_keyword
 from specdec.loading import LoadedModel
 
 
@@ -83,6 +83,7 @@ class HFDecoder:
         self.pad_lengths = torch.zeros(1, dtype=torch.long)
         self.attention_mask: torch.Tensor | None = None
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._cache_keyword = cache_keyword(self.model)
 
     @property
     def cache_length(self) -> int:
@@ -109,8 +110,8 @@ class HFDecoder:
             input_ids=input_ids,
             position_ids=position_ids,
             attention_mask=self.attention_mask,
-            past_key_values=self.cache.hf_cache,
             use_cache=True,
+            **{self._cache_keyword: self.cache.hf_cache},
             **extra,
         )
         self.cache.advance(input_ids.shape[1])

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
 import torch
 from tiny_models import loaded, make_model
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
 from specdec.decoder import HFDecoder
-from specdec.kv_cache import KVCache
+from specdec.kv_cache import KVCache, cache_keyword
 
 
 def storage(cache: KVCache) -> list[int]:
@@ -69,3 +72,22 @@ def test_rollback_beyond_the_cache_is_refused():
         assert "holds 3 positions" in str(error)
     else:
         raise AssertionError("rollback past the end was accepted")
+
+
+def test_the_cache_goes_in_by_the_keyword_the_installed_transformers_takes():
+    # transformers >= 5.24 takes `cache` and deprecates `past_key_values` (gone in 5.40); earlier 5.x take only
+    # `past_key_values`. The generic path must hand its cache over without a deprecation warning on either.
+    model = make_model("llama", seed=0)
+    keyword = cache_keyword(model)
+    assert keyword in inspect.signature(model.forward).parameters
+    decoder = HFDecoder(loaded(model, "t"))
+    decoder.prepare(torch.zeros(1, dtype=torch.long), None, max_length=16)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*", category=FutureWarning)
+        decoder.forward(torch.randint(3, 300, (1, 8)))
+    assert decoder.cache is not None and decoder.cache.length == 8
+
+    class OlderForward(torch.nn.Module):  # the signature of transformers < 5.24
+        def forward(self, input_ids, past_key_values=None, use_cache=None): ...
+
+    assert cache_keyword(OlderForward()) == "past_key_values"  # type: ignore[arg-type]
