@@ -104,8 +104,11 @@ def _interrupt_on_sigterm(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, previous)  # a second SIGTERM takes the default way out
         raise KeyboardInterrupt(f"SIGTERM (signal {signum})")
 
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
     signal.signal(signal.SIGTERM, interrupt)
-    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
+    config.add_cleanup(restore)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
