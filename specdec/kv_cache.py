@@ -11,18 +11,12 @@ whatever the number of rejected tokens.
 from __future__ import annotations
 
 import inspect
-from typing import Any
 
 import torch
 from transformers import PreTrainedModel, StaticCache
 from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 
 from specdec.errors import UnsupportedModelError
-
-
-def cache_argument(model: PreTrainedModel, cache: Any) -> dict[str, Any]:
-    """The keyword argument that hands ``cache`` to ``model.forward``: ``{cache_keyword(model): cache}``."""
-    return {cache_keyword(model): cache}
 
 
 def cache_keyword(model: PreTrainedModel) -> str:

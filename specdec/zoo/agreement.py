@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from specdec.kv_cache import cache_argument
+from specdec.kv_cache import cache_keyword
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,13 @@ class Acceptance:
 @torch.no_grad()
 def greedy_continuation(model: PreTrainedModel, prompt_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """The model's greedy continuation: prompt_ids [1, P] -> [1, P + max_new_tokens] (no EOS stop)."""
-    cache = cache_argument(model, DynamicCache(config=model.config))
-    logits = model(input_ids=prompt_ids, use_cache=True, **cache).logits  # [1, P, V]
+    cache_kwargs = {cache_keyword(model): DynamicCache(config=model.config)}
+    logits = model(input_ids=prompt_ids, use_cache=True, **cache_kwargs).logits  # [1, P, V]
     ids = [prompt_ids]
     for _ in range(max_new_tokens):
         next_id = logits[:, -1].argmax(-1, keepdim=True)  # [1, 1]
         ids.append(next_id)
-        logits = model(input_ids=next_id, use_cache=True, **cache).logits  # [1, 1, V]
+        logits = model(input_ids=next_id, use_cache=True, **cache_kwargs).logits  # [1, 1, V]
     return torch.cat(ids, dim=1)
 
 

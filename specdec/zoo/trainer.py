@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, PreTrainedModel
 
-from specdec.kv_cache import cache_argument
+from specdec.kv_cache import cache_keyword
 
 
 @dataclass(frozen=True)
@@ -117,13 +117,13 @@ def greedy_rows(
     out = []
     for start in range(0, rows, batch_size):
         prompts, _ = sample_windows(tokens, min(batch_size, rows - start), prompt_len, generator)  # [b, P]
-        cache = cache_argument(model, DynamicCache(config=model.config))
+        cache_kwargs = {cache_keyword(model): DynamicCache(config=model.config)}
         with _autocast(tokens.device):
-            logits = model(input_ids=prompts, use_cache=True, **cache).logits  # [b, P, V]
+            logits = model(input_ids=prompts, use_cache=True, **cache_kwargs).logits  # [b, P, V]
             ids = [prompts]
             for _ in range(length - prompt_len):
                 ids.append(logits[:, -1].argmax(-1, keepdim=True))  # [b, 1]
-                logits = model(input_ids=ids[-1], use_cache=True, **cache).logits  # [b, 1, V]
+                logits = model(input_ids=ids[-1], use_cache=True, **cache_kwargs).logits  # [b, 1, V]
         out.append(torch.cat(ids, dim=1))
     return torch.cat(out)
 
