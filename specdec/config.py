@@ -6,6 +6,7 @@ or a suite YAML key that carries a bad value is reported where it came from (cal
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -61,7 +62,10 @@ class GenerationConfig:
             isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
             f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}",
         )
-        _require(self.temperature >= 0.0, f"temperature must be >= 0, got {self.temperature!r}")
+        _require(
+            isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature >= 0.0,
+            f"temperature must be a finite number >= 0, got {self.temperature!r}",
+        )
         _require(self.top_k is None or self.top_k >= 0, f"top_k must be >= 0, got {self.top_k!r}")
         _require(self.top_p is None or 0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p!r}")
 

@@ -11,16 +11,24 @@ import torch
 
 from specdec.config import GenerationConfig
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
 
 def logits_to_probs(logits: torch.Tensor, config: GenerationConfig) -> torch.Tensor:
     """Probabilities after temperature, top-k and top-p, in float32.
 
-    logits: [..., V]. Returns [..., V], each row summing to 1. Must not be called with temperature 0
-    (greedy decoding has no distribution; use ``argmax``).
+    logits: [..., V]. Returns [..., V], each row finite and summing to 1, for any temperature > 0: the best token's
+    score is subtracted before dividing, so every score is <= 0 and the best is exactly 0. A temperature so small
+    that the other scores underflow to -inf gives the limit T -> 0, the uniform distribution over the argmax (one-hot
+    without ties), never inf - inf = nan. Must not be called with temperature 0 (greedy decoding has no
+    distribution; use ``argmax``).
     """
     if config.greedy:
         raise ValueError("logits_to_probs needs temperature > 0; greedy decoding uses argmax")
-    scores = logits.float() / config.temperature  # [..., V]
+    logits = logits.float()
+    # Above float32's largest value the divisor would round to inf, and a masked -inf logit / inf is nan.
+    temperature = min(config.temperature, FLOAT32_MAX)
+    scores = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # [..., V], <= 0, the best at 0
     vocab_size = scores.shape[-1]
     if config.top_k and config.top_k < vocab_size:
         kth_best = torch.topk(scores, config.top_k, dim=-1).values[..., -1:]  # [..., 1]

@@ -15,7 +15,7 @@ from specdec.sampling import logits_to_probs
     [
         (lambda: SpeculationConfig(k=0), "k must be an integer >= 1"),
         (lambda: GenerationConfig(max_new_tokens=0), "max_new_tokens must be an integer >= 1"),
-        (lambda: GenerationConfig(temperature=-1), "temperature must be >= 0"),
+        (lambda: GenerationConfig(temperature=-1), "temperature must be a finite number >= 0, got -1"),
         (lambda: GenerationConfig(top_p=1.5), "top_p must be in (0, 1]"),
         (lambda: AcceptanceConfig(policy="sometimes"), "unknown acceptance policy 'sometimes'"),
         (lambda: AdaptiveKConfig(min_k=4, max_k=2), "max_k (2) must be >= min_k (4)"),
