@@ -12,8 +12,9 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from pytest_specdec.suite import is_hub_id
 from specdec.errors import SpecdecError
-from specdec.loading import ZOO_PREFIX, LoadedModel, load_model
+from specdec.loading import LoadedModel, hub_offline, load_model
 
 ModelKey = tuple[str, str, str]  # (name, device, dtype)
 DOWNLOAD_HINT = (
@@ -23,7 +24,7 @@ DOWNLOAD_HINT = (
 
 
 @contextlib.contextmanager
-def hub_offline(enabled: bool) -> Iterator[None]:
+def cache_only(enabled: bool) -> Iterator[None]:
     """Set ``HF_HUB_OFFLINE=1`` for the duration (a missing hub model then fails at once instead of retrying)."""
     if not enabled:
         yield
@@ -37,10 +38,6 @@ def hub_offline(enabled: bool) -> Iterator[None]:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = previous
-
-
-def is_hub_id(name: str) -> bool:
-    return not name.startswith((ZOO_PREFIX, "/", ".", "~"))
 
 
 class ModelCache:
@@ -61,9 +58,9 @@ class ModelCache:
         if key in self._failed:
             raise self._failed[key]
         name, device, dtype = key
-        user_offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        user_offline = hub_offline()  # before cache_only sets it
         try:
-            with hub_offline(not self.allow_download):
+            with cache_only(not self.allow_download):
                 loaded = load_model(name, device=device, dtype=dtype)
         except SpecdecError as error:
             if is_hub_id(name) and not self.allow_download and not user_offline:

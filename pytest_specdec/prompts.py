@@ -16,11 +16,13 @@ from typing import Any
 import torch
 
 from pytest_specdec.yaml_source import KeyPath, LocatedYaml
+from specdec.loading import ZOO_PREFIX
 
 Prompt = str | tuple[int, ...]  # text, or token ids
-ZOO_PREFIX = "zoo:"
 FILE_SUFFIXES = (".jsonl", ".json", ".txt")
 PROMPT_KEYS = ("file", "count", "random_tokens", "seed")
+MAX_RANDOM_LENGTH = 1_000_000  # tokens per random prompt: beyond any model's context
+MAX_RANDOM_TOKENS = 10_000_000  # random token ids per prompt set (count x length): 80 MB of int64
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,16 @@ def parse_prompts(doc: LocatedYaml, key_path: KeyPath, value: Any) -> PromptSet:
         length, seed = value["random_tokens"], value.get("seed", 0)
         if not _positive_int(length):
             raise doc.error((*key_path, "random_tokens"), f"expected a prompt length >= 1 (tokens), got {length!r}")
+        if length > MAX_RANDOM_LENGTH:
+            raise doc.error(
+                (*key_path, "random_tokens"), f"a prompt length is at most {MAX_RANDOM_LENGTH:,} tokens, got {length:,}"
+            )
+        if (count or 1) * length > MAX_RANDOM_TOKENS:
+            raise doc.error(
+                (*key_path, "count"),
+                f"{count:,} prompts of {length:,} random tokens are {count * length:,} token ids; "
+                f"at most {MAX_RANDOM_TOKENS:,} in all: lower count or random_tokens",
+            )
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise doc.error((*key_path, "seed"), f"expected an integer seed, got {seed!r}")
         return PromptSet(source="random", random=RandomTokens(length=length, count=count or 1, seed=seed))
@@ -155,7 +167,7 @@ def _inline(doc: LocatedYaml, key_path: KeyPath, rows: list[Any], where: str = "
     out: list[Prompt] = []
     for index, row in enumerate(rows):
         item_path = key_path if where else (*key_path, index)
-        if isinstance(row, str) and row.strip():
+        if isinstance(row, str) and row:  # any character: indentation alone is a fair code prompt
             out.append(row)
         elif isinstance(row, list) and row and all(isinstance(t, int) and not isinstance(t, bool) for t in row):
             if min(row) < 0:

@@ -15,19 +15,26 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pytest_specdec.gating import Tolerances
 from pytest_specdec.prompts import PromptSet, parse_prompts
-from pytest_specdec.yaml_source import KeyPath, LocatedYaml, load_yaml
+from pytest_specdec.yaml_source import KeyPath, LocatedYaml, key_name, load_yaml
 from specdec.config import AcceptanceConfig, AdaptiveKConfig, GenerationConfig, Policy, SpeculationConfig
-from specdec.errors import ConfigError
+from specdec.device import DEVICE_CHOICES, DTYPE_CHOICES, DTYPE_SHORT_NAMES, dtype_name, resolve_dtype
+from specdec.errors import ConfigError, ModelLoadError
+from specdec.loading import ZOO_PREFIX
+from specdec.zoo import list_zoo, resolve_zoo
 
 SCHEMA_VERSION = 1
 TOP_LEVEL_KEYS = ("schema_version", "description", "defaults", "cases")
-DEVICES = ("cpu", "cuda", "mps")
-DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16"}
-DTYPES |= {"bfloat16": "bfloat16", "bf16": "bfloat16"}
-SHORT_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+DEVICES = tuple(device for device in DEVICE_CHOICES if device != "auto")  # a case names its device
+SHORT_DTYPES = {dtype_name(dtype): short for dtype, short in DTYPE_SHORT_NAMES.items()}  # "float16" -> "fp16"
+DTYPE_NAMES = (*(d for d in DTYPE_CHOICES if d != "auto"), *SHORT_DTYPES.values())
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+FOLDER_PREFIXES = ("./", "../", "/", "~")
+MAX_K = 64  # tokens drafted per step: far beyond any useful K, small enough that a typo cannot allocate much
+MAX_THREADS = 1024  # torch intra-op threads: more than any machine has cores
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MARKER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ADAPTIVE_KEYS = (*(f.name for f in fields(AdaptiveKConfig)), "start_k")
@@ -116,16 +123,22 @@ def _optional(parse: Parser) -> Parser:
 
 
 def _one_or_many(parse: Parser, what: str) -> Parser:
-    """A scalar or a non-empty list of them (a sweep); returns a tuple without duplicates, in order."""
+    """A scalar or a non-empty list of them (a sweep), as a tuple in order; a value listed twice is an error (it
+    would give two cases one id)."""
 
     def parse_many(doc: LocatedYaml, key_path: KeyPath, value: Any) -> tuple[Any, ...]:
-        if isinstance(value, list):
-            if not value:
-                raise doc.error(key_path, f"expected {what} or a non-empty list of them, got an empty list")
-            items = [parse(doc, (*key_path, i), v) for i, v in enumerate(value)]
-        else:
-            items = [parse(doc, key_path, value)]
-        return tuple(dict.fromkeys(items))
+        if not isinstance(value, list):
+            return (parse(doc, key_path, value),)
+        if not value:
+            raise doc.error(key_path, f"expected {what} or a non-empty list of them, got an empty list")
+        items: dict[Any, int] = {}
+        for index, raw in enumerate(value):
+            item = parse(doc, (*key_path, index), raw)
+            if item in items:
+                first = key_name((*key_path, items[item]))
+                raise doc.error((*key_path, index), f"{raw!r} is listed twice (also as {first}): give each value once")
+            items[item] = index
+        return tuple(items)
 
     return parse_many
 
@@ -142,7 +155,13 @@ def _k(doc: LocatedYaml, key_path: KeyPath, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise doc.error(key_path, f"expected K as an integer >= 1, got {value!r} ({_type_name(value)})")
     _engine_check(doc, key_path, lambda: SpeculationConfig(k=value))
+    _at_most(doc, key_path, value, MAX_K, "K (tokens drafted per step)")
     return value
+
+
+def _at_most(doc: LocatedYaml, key_path: KeyPath, value: int, bound: int, what: str) -> None:
+    if value > bound:
+        raise doc.error(key_path, f"{what} is at most {bound:,}, got {value:,}")
 
 
 def _temperature(doc: LocatedYaml, key_path: KeyPath, value: Any) -> float:
@@ -181,17 +200,20 @@ def _device(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
     text = str(value).strip().lower() if isinstance(value, str) else None
     base, _, index = (text or "").partition(":")
     if text is None or base not in DEVICES or (index and (base != "cuda" or not index.isdigit())):
-        raise doc.error(key_path, f"unknown device {value!r}: expected one of cpu, cuda (or cuda:N), mps")
+        raise doc.error(
+            key_path, f"unknown device {value!r}: expected one of {', '.join(DEVICES)} (cuda also as cuda:N)"
+        )
     return text
 
 
 def _dtype(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
-    dtype = DTYPES.get(value) if isinstance(value, str) else None
-    if dtype is None:
-        raise doc.error(
-            key_path, f"unknown dtype {value!r}: expected one of float32, float16, bfloat16 (or fp32, fp16, bf16)"
-        )
-    return dtype
+    """The canonical name (``float16``) of a dtype name or alias, as the engine's ``resolve_dtype`` reads it."""
+    try:
+        if not isinstance(value, str) or value == "auto":  # a suite names its dtype: "auto" depends on the device
+            raise ConfigError(value)
+        return dtype_name(resolve_dtype(value, torch.device("cpu")))
+    except ConfigError:
+        raise doc.error(key_path, f"unknown dtype {value!r}: expected one of {', '.join(DTYPE_NAMES)}") from None
 
 
 def _policy(doc: LocatedYaml, key_path: KeyPath, value: Any) -> PolicyChoice:
@@ -224,9 +246,16 @@ def _adaptive_k(doc: LocatedYaml, key_path: KeyPath, value: Any) -> AdaptiveK | 
         if not isinstance(param, (int, float)) or isinstance(param, bool):
             raise doc.error((*key_path, key), f"expected a number, got {param!r} ({_type_name(param)})")
     config = _engine_check(doc, key_path, lambda: AdaptiveKConfig(**params))
+    _at_most(doc, (*key_path, "max_k"), config.max_k, MAX_K, "adaptive max_k (tokens drafted per step)")
     start_k = value.get("start_k", min(max(4, config.min_k), config.max_k))
     _engine_check(doc, (*key_path, "start_k"), lambda: SpeculationConfig(k=start_k, adaptive=config))
     return AdaptiveK(config=config, start_k=start_k)
+
+
+def _threads(doc: LocatedYaml, key_path: KeyPath, value: Any) -> int:
+    threads = _integer(1)(doc, key_path, value)
+    _at_most(doc, key_path, threads, MAX_THREADS, "threads (torch intra-op CPU threads)")
+    return int(threads)
 
 
 def _marker(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
@@ -243,22 +272,61 @@ def _name(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
     return value
 
 
+def is_hub_id(name: str) -> bool:
+    """A Hugging Face hub id (``name`` or ``org/name``): neither ``zoo:NAME`` nor a folder."""
+    return HUB_ID.match(name) is not None
+
+
 def _model(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
-    """``zoo:NAME``, a folder (``./``, ``../``, ``/``, ``~``; relative to the suite file), or a hub id."""
+    """``zoo:NAME`` (checked against the zoo), a folder (``./``, ``../``, ``/``, ``~``; relative to the suite file;
+    it must exist), or a hub id (checked when the case runs: it may be in the local cache)."""
     if not isinstance(value, str) or not value.strip():
         raise doc.error(key_path, f"expected a model name, got {value!r} ({_type_name(value)})")
-    if value.startswith("zoo:"):
-        if not value[4:].strip() or any(c.isspace() for c in value):
-            raise doc.error(key_path, f"expected zoo:NAME (see `specdec zoo list`), got {value!r}")
+    if value.startswith(ZOO_PREFIX):
+        _zoo_model(doc, key_path, value)
         return value
-    if value.startswith(("./", "../", "/", "~")):
-        return str((doc.path.parent / Path(value).expanduser()).resolve())
-    if HUB_ID.match(value) and "://" not in value:
+    if value.startswith(FOLDER_PREFIXES):
+        return str(_model_folder(doc, key_path, value))
+    if is_hub_id(value):
         return value
     raise doc.error(
         key_path,
         f"unknown model scheme {value!r}: expected zoo:NAME (built in), a folder (./path, /path, ~/path) "
         "or a Hugging Face hub id (name or org/name)",
+    )
+
+
+def _zoo_model(doc: LocatedYaml, key_path: KeyPath, value: str) -> None:
+    try:
+        resolve_zoo(value)
+    except ModelLoadError as error:
+        name, at, knobs = value[len(ZOO_PREFIX) :].partition("@")
+        known = [entry.name.partition("@")[0] for entry in list_zoo()]
+        if name in known:  # a known model with a bad knob: the zoo's own message says which
+            raise doc.error(key_path, str(error)) from None
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {ZOO_PREFIX + close[0] + at + knobs!r}?)" if close else ""
+        raise doc.error(
+            key_path, f"unknown zoo model {value!r}{hint}: `specdec zoo list` shows the built-in models"
+        ) from None
+
+
+def _model_folder(doc: LocatedYaml, key_path: KeyPath, value: str) -> Path:
+    folder = (doc.path.parent / Path(value).expanduser()).resolve()
+    if folder.is_dir():
+        return folder
+    problem = "is a file, not a model folder" if folder.exists() else "does not exist"
+    try:
+        siblings = [entry.name for entry in folder.parent.iterdir() if entry.is_dir()]
+    except OSError:
+        siblings = []
+    close = difflib.get_close_matches(folder.name, siblings, n=1)
+    written = value.rstrip("/")
+    hint = f" (did you mean {written[: len(written) - len(Path(written).name)] + close[0]!r}?)" if close else ""
+    raise doc.error(
+        key_path,
+        f"model folder {value!r} {problem} (looked for {folder}; a relative path starts at the suite file's folder)"
+        f"{hint}",
     )
 
 
@@ -298,7 +366,7 @@ CASE_KEYS: dict[str, Parser] = {
     "top_p": _optional(_top_p),
     "seed": _seed,
     "stop_at_eos": _boolean,
-    "threads": _optional(_integer(1)),
+    "threads": _optional(_threads),
     "prompts": parse_prompts,
     "rounds": _integer(1),
     "warmup_rounds": _integer(0),
