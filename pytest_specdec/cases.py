@@ -24,6 +24,9 @@ from pytest_specdec.suite import SHORT_DTYPES, CaseGroup, PolicyChoice, Suite
 from specdec.config import GenerationConfig, SpeculationConfig
 
 AUTOREGRESSIVE = "ar"
+WARN_CASES = 1_000  # a suite with more cases collects with a warning that names the sweeps multiplying them
+MAX_CASES = 50_000  # a suite with more is refused before its cases are built (hours of benchmarks per 1,000 cases)
+SWEPT = ("device", "dtype", "batch_size", "temperature", "max_new_tokens", "policy", "k")
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,37 @@ def expand_group(suite: str, group: CaseGroup) -> list[Case]:
     return cases
 
 
+def case_count(group: CaseGroup) -> int:
+    """How many cases ``group`` expands to (without building them)."""
+    speculative = len(group.policy) * (len(group.k) + (group.adaptive_k is not None)) if group.draft else 0
+    combinations = len(group.device) * len(group.dtype) * len(group.batch_size)
+    return combinations * len(group.temperature) * len(group.max_new_tokens) * (1 + speculative)
+
+
+def sweep_report(suite: Suite) -> str:
+    """The entries with most cases and the values that multiply them, largest first:
+    ``cases[0] (tiny): 186,624 cases (device 2 x dtype 3 x batch_size 8 x ...)``."""
+    by_size = sorted(enumerate(suite.groups), key=lambda item: -case_count(item[1]))
+    parts = []
+    for index, group in by_size[:3]:
+        sweeps = " x ".join(f"{key} {len(getattr(group, key))}" for key in SWEPT if len(getattr(group, key)) > 1)
+        parts.append(f"cases[{index}] ({group.name}): {case_count(group):,} cases ({sweeps or 'no sweep'})")
+    return "; ".join(parts)
+
+
 def expand(suite: Suite) -> list[Case]:
-    """Every case of ``suite``; two combinations with one id are a suite error (naming both)."""
+    """Every case of ``suite``; two combinations with one id are a suite error (naming both), and so is a suite of
+    more than ``MAX_CASES`` cases (before any is built)."""
+    total = sum(case_count(group) for group in suite.groups)
+    if total > MAX_CASES:
+        largest = max(range(len(suite.groups)), key=lambda i: case_count(suite.groups[i]))
+        raise SuiteError(
+            suite.path,
+            f"the suite sweeps {total:,} cases, more than {MAX_CASES:,}: {sweep_report(suite)}; "
+            "sweep fewer values per entry (or split the suite)",
+            key=f"cases[{largest}]",
+            line=suite.groups[largest].line,
+        )
     cases: list[Case] = []
     seen: dict[str, str] = {}
     for index, group in enumerate(suite.groups):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pytest_specdec.baselines import BaselineError
-from pytest_specdec.cases import Case, expand
+from pytest_specdec.cases import WARN_CASES, Case, expand, sweep_report
 from pytest_specdec.errors import SuiteError
 from pytest_specdec.session import BenchSession
 from pytest_specdec.suite import SHORT_DTYPES, parse_suite
@@ -37,18 +37,52 @@ def device_missing(device: str) -> str | None:
 
 def case_keywords(case: Case) -> set[str]:
     """Words ``-k`` can select on (its expressions cannot contain the ``=`` of ids): ``k4``, ``kauto``, ``ar``,
-    ``bs2``, ``greedy``/``sampled``, the device, the dtype and the policy."""
+    ``bs2``, ``greedy``/``sampled``, the device (``cuda1``), the dtype (``fp16``), the policy, the suite and the entry.
+
+    ``-k`` matches case-insensitive substrings of every name an item carries (these words, its id, its markers), so
+    no word may sit inside a name that every case has: the dtype is only the short name (``float16`` is inside
+    ``bfloat16``), and the benchmark group is set when the case runs, not with a ``benchmark`` marker (which
+    contains ``ar``). Numbers are exact with ``-m``: see :func:`case_marker`.
+    """
     words = {case.k_label if case.is_autoregressive else f"k{case.k_label}", f"bs{case.batch_size}"}
-    words |= {"greedy" if case.generation.greedy else "sampled", case.device.replace(":", ""), case.dtype}
+    words |= {"greedy" if case.generation.greedy else "sampled", case.device.replace(":", "")}
     words |= {SHORT_DTYPES[case.dtype], case.policy, case.suite, case.group}
     return words
+
+
+def case_marker(case: Case) -> pytest.MarkDecorator:
+    """The ``specdec`` marker with the case's values, for exact selection: ``-m "specdec(k=4)"`` (``k`` is an
+    integer, ``'auto'`` or ``'ar'``), ``bs``, ``device``, ``dtype`` (short name), ``policy``, ``sampled``, ``n``
+    (new tokens), ``suite``, ``entry``."""
+    k: int | str = case.speculation.k if case.speculation and not case.speculation.adaptive else case.k_label
+    return pytest.mark.specdec(
+        suite=case.suite,
+        entry=case.group,
+        k=k,
+        bs=case.batch_size,
+        device=case.device,
+        dtype=SHORT_DTYPES[case.dtype],
+        policy=case.policy,
+        sampled=not case.generation.greedy,
+        n=case.generation.max_new_tokens,
+    )
+
+
+def benchmark_group(case: Case) -> str:
+    """pytest-benchmark's group: a speculative case sits with its autoregressive case."""
+    return f"{case.suite}: {case.baseline_id or case.id}"
 
 
 def run_case(request: pytest.FixtureRequest, benchmark: Any) -> None:
     """The body of every suite case (see :meth:`BenchSession.run_case`)."""
     item = request.node
     assert isinstance(item, CaseItem)
+    benchmark.group = benchmark_group(item.case)
     request.config.stash[SESSION_KEY].run_case(item.case, benchmark)
+
+
+class SuiteSizeWarning(pytest.PytestWarning):
+    """A suite sweeps more than ``WARN_CASES`` cases."""
 
 
 class CaseItem(pytest.Function):
@@ -70,6 +104,9 @@ class SuiteFile(pytest.File):
             cases = expand(suite)
         except SuiteError as error:
             raise self.CollectError(f"invalid benchmark suite: {error}") from None
+        if len(cases) > WARN_CASES:
+            message = f"suite {suite.name} has {len(cases):,} cases (a run takes long): {sweep_report(suite)}"
+            self.warn(SuiteSizeWarning(message))
         run = session.add_suite(suite.name, self.path)
         try:
             session.baselines(suite.name)  # a corrupt baseline file fails here, once, not in every case
@@ -88,10 +125,8 @@ class SuiteFile(pytest.File):
             base = case.device.partition(":")[0]
             if base in DEVICE_MARKERS:
                 item.add_marker(DEVICE_MARKERS[base])
-            item.add_marker("specdec")
+            item.add_marker(case_marker(case))
             item.extra_keyword_matches.update(case_keywords(case))
-            group = f"{suite.name}: {case.baseline_id or case.id}"  # a speculative case sits with its reference
-            item.add_marker(pytest.mark.benchmark(group=group))
             missing = device_missing(case.device)
             if missing:
                 item.add_marker(pytest.mark.skip(reason=missing))
