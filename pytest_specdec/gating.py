@@ -8,7 +8,9 @@ Rules (``docs/suites.md`` explains them):
 - the greedy output hash must be identical when torch, transformers and the device model match the baseline's
   (other software may round differently: then it is reported, not gated); sampled outputs are reported only, since a
   faster sampler may legitimately draw other tokens from the same distribution;
-- the speedup over the same run's autoregressive case must not fall by more than its tolerance (relative);
+- the speedup over the same run's autoregressive case must not fall by more than its tolerance (relative), and a
+  case whose baseline speedup was at least 1.0 fails below 1.0 whatever the tolerance: speculation that used to pay
+  and now makes generation slower than the target alone is a regression;
 - tokens/s is compared only on the same machine class, device model and software, with a generous tolerance.
 
 A fall beyond tolerance is a regression (the case fails); a rise beyond it is an improvement (reported).
@@ -38,6 +40,11 @@ class Tolerances:
 
 
 CROSS_ENVIRONMENT_FACTOR = 3.0  # deterministic tolerances widen this much against another torch, transformers or CPU
+OTHER_SOFTWARE_NOTE = (
+    f"baseline of other software or device: output hash not gated, acceptance and tokens/forward tolerances "
+    f"x{CROSS_ENVIRONMENT_FACTOR:g}"
+)
+SPEEDUP_FLOOR = 1.0  # a case recorded at or above it may not fall below it (slower than autoregressive)
 
 
 class Outcome(str, Enum):
@@ -89,14 +96,17 @@ class Verdict:
         lines = [first] + [f"  {c.describe()}" for c in self.regressions()]
         others = [c for c in self.checks if c.outcome in (Outcome.IMPROVED, Outcome.CHANGED, Outcome.NOT_COMPARED)]
         lines += [f"  ({c.outcome.value}) {c.describe()}" for c in others]
+        if self.note:
+            lines.append(f"  ({self.note})")
         return "\n".join(lines)
 
     def summary(self) -> str:
-        """One short cell for the report table."""
+        """One short cell for the report table (with the note, e.g. that the baseline is of other software)."""
+        text = self.status.value
         if self.status in (Status.REGRESSION, Status.IMPROVED):
             wanted = Outcome.REGRESSED if self.status is Status.REGRESSION else Outcome.IMPROVED
-            return f"{self.status.value}: " + ", ".join(c.metric for c in self.checks if c.outcome is wanted)
-        return self.status.value + (f" ({self.note})" if self.note else "")
+            text += ": " + ", ".join(c.metric for c in self.checks if c.outcome is wanted)
+        return text + (f" ({self.note})" if self.note else "")
 
 
 def _show(value: float | str | None) -> str:
@@ -140,6 +150,17 @@ def _relative(metric: str, baseline: float | None, now: float | None, tolerance:
     return Check(metric, Outcome.OK, baseline, now, shown)
 
 
+def _speedup(baseline: float | None, now: float | None, tolerance: float) -> Check:
+    """The relative rule, and below 1.0 for a case whose baseline was at least 1.0 (the stricter floor wins)."""
+    check = _relative("speedup", baseline, now, tolerance)
+    if baseline is None or now is None or baseline < SPEEDUP_FLOOR or now >= SPEEDUP_FLOOR:
+        return check
+    if check.outcome is Outcome.REGRESSED:
+        return check
+    note = f"fails below {SPEEDUP_FLOOR:g}x: slower than autoregressive, its baseline was not"
+    return Check("speedup", Outcome.REGRESSED, baseline, now, check.tolerance, note)
+
+
 def compare(now: CaseRecord, baseline: CaseRecord | None, tolerances: Tolerances) -> Verdict:
     """The verdict of ``now`` against ``baseline`` (``None``: no baseline recorded for this case)."""
     if baseline is None:
@@ -170,7 +191,7 @@ def compare(now: CaseRecord, baseline: CaseRecord | None, tolerances: Tolerances
         note = "greedy output changed on the same software"
         checks.append(Check("output_hash", Outcome.REGRESSED, baseline.output_hash, now.output_hash, "exact", note))
     if now.speedup is not None or baseline.speedup is not None:
-        checks.append(_relative("speedup", baseline.speedup, now.speedup, tolerances.speedup))
+        checks.append(_speedup(baseline.speedup, now.speedup, tolerances.speedup))
     if now.environment.same_machine(baseline.environment):
         checks.append(
             _relative(
@@ -184,8 +205,9 @@ def compare(now: CaseRecord, baseline: CaseRecord | None, tolerances: Tolerances
                 "tokens_per_second", Outcome.NOT_COMPARED, baseline.tokens_per_second, now.tokens_per_second, "-", note
             )
         )
+    note = "" if same_software else OTHER_SOFTWARE_NOTE
     if any(c.outcome is Outcome.REGRESSED for c in checks):
-        return Verdict(Status.REGRESSION, tuple(checks))
+        return Verdict(Status.REGRESSION, tuple(checks), note)
     if any(c.outcome is Outcome.IMPROVED for c in checks):
-        return Verdict(Status.IMPROVED, tuple(checks))
-    return Verdict(Status.PASS, tuple(checks))
+        return Verdict(Status.IMPROVED, tuple(checks), note)
+    return Verdict(Status.PASS, tuple(checks), note)

@@ -77,3 +77,22 @@ def test_other_software_reports_the_hash_skips_times_and_widens_deterministic_to
 def test_sampled_outputs_are_reported_not_gated():
     verdict = compare(now(greedy=False, output_hash="zzz"), dataclasses.replace(BASE, greedy=False), Tolerances())
     assert verdict.status is Status.PASS and outcomes(verdict)["output_hash"] is Outcome.CHANGED
+
+
+@pytest.mark.parametrize(("baseline", "current", "status"), [(1.05, 0.7, Status.REGRESSION), (0.9, 0.7, Status.PASS)])
+def test_a_case_recorded_faster_than_autoregressive_fails_below_1x(baseline, current, status):
+    """0.7 is within the 35% tolerance of both baselines; only the one that used to pay off fails below 1.0x."""
+    verdict = compare(now(speedup=current), now(speedup=baseline), Tolerances())
+    assert verdict.status is status
+    if status is Status.REGRESSION:
+        assert "fails below 1x" in verdict.message("b.json")
+
+
+def test_the_verdict_says_when_the_baseline_is_of_other_software():
+    other = dataclasses.replace(HERE, transformers="5.0.0")
+    verdict = compare(now(environment=other), BASE, Tolerances())
+    assert verdict.status is Status.PASS
+    assert verdict.summary() == "pass (baseline of other software or device: output hash not gated, " + (
+        "acceptance and tokens/forward tolerances x3)"
+    )
+    assert compare(now(), BASE, Tolerances()).summary() == "pass"
