@@ -14,8 +14,11 @@ so an update of some cases leaves the others' provenance intact.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,15 @@ from pytest_specdec.measurement import CaseRecord
 
 SCHEMA_VERSION = 1
 REQUIRED_CASE_FIELDS = ("digest", "tokens_per_forward", "tokens_per_second", "output_hash")
+NUMBER_FIELDS = {  # gated or shown numbers: finite when present; the flag says whether null is allowed
+    "acceptance_rate": True,  # null for the autoregressive case
+    "tokens_per_forward": False,
+    "tokens_per_second": False,
+    "speedup": True,  # null for the autoregressive case
+    "new_tokens": True,
+    "peak_memory_bytes": True,
+}
+TEXT_FIELDS = ("digest", "output_hash")
 
 
 class BaselineError(Exception):
@@ -41,10 +53,30 @@ class BaselineUpdate:
     written: tuple[str, ...]  # case ids recorded from this run
     kept: tuple[str, ...]  # case ids of the file this run did not touch
     refused: tuple[str, ...]  # case ids that failed: never recorded
+    backup: Path | None = None  # where the unreadable file this update replaced was kept
 
 
-def load_baselines(path: Path) -> dict[str, CaseRecord]:
-    """The recorded cases of ``path`` ({} when the file does not exist)."""
+def unwritable(path: Path) -> str | None:
+    """Why the baseline file ``path`` cannot be written (None when it can): checked before a run that updates it,
+    so that a wrong folder fails at once instead of after every case ran."""
+    if path.exists() and not path.is_file():
+        return f"{path} exists and is not a file"
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folders that do not exist yet are created by the update
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        return f"the folder {existing} is not writable ({error.strerror or error})"
+    return None
+
+
+def load_baselines(path: Path, machine_class: str | None = None) -> dict[str, CaseRecord]:
+    """The recorded cases of ``path`` ({} when the file does not exist), validated: a hand-edited value that is not
+    a finite number, or a file of another machine class than ``machine_class``, is a :class:`BaselineError`."""
     if not path.is_file():
         return {}
     try:
@@ -57,6 +89,13 @@ def load_baselines(path: Path) -> dict[str, CaseRecord]:
             f"baseline file {path} has schema_version {version!r}, this plugin reads {SCHEMA_VERSION}: "
             "record it again with --specdec-update-baselines"
         )
+    recorded_class = data.get("machine_class")
+    if machine_class is not None and recorded_class is not None and recorded_class != machine_class:
+        raise BaselineError(
+            f"baseline file {path}: machine_class is {recorded_class!r}, but this run's machine class is "
+            f"{machine_class!r}: a baseline of another machine does not gate this one; move the file to "
+            f"{path.with_name(f'{recorded_class}.json')} or record this machine's with --specdec-update-baselines"
+        )
     cases = data.get("cases")
     if not isinstance(cases, dict):
         raise BaselineError(f"baseline file {path}: expected `cases` to be a mapping of case id to metrics")
@@ -65,8 +104,37 @@ def load_baselines(path: Path) -> dict[str, CaseRecord]:
         missing = [f for f in REQUIRED_CASE_FIELDS if not isinstance(entry, dict) or entry.get(f) is None]
         if missing:
             raise BaselineError(f"baseline file {path}: case {case_id!r} lacks {', '.join(missing)}")
+        _validate(path, case_id, entry, machine_class)
         records[case_id] = CaseRecord.from_dict(entry)
     return records
+
+
+def _validate(path: Path, case_id: str, entry: dict[str, Any], machine_class: str | None) -> None:
+    fix = "correct it or record the case again with --specdec-update-baselines"
+    for key, nullable in NUMBER_FIELDS.items():
+        value = entry.get(key)
+        if value is None and nullable:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(float(value or 0)):
+            raise BaselineError(
+                f"baseline file {path}: case {case_id!r}: {key} must be a finite number"
+                f"{' or null' if nullable else ''}, got {json.dumps(value)}; {fix}"
+            )
+    for key in TEXT_FIELDS:
+        if not isinstance(entry.get(key), str):
+            raise BaselineError(
+                f"baseline file {path}: case {case_id!r}: {key} must be text, got {json.dumps(entry.get(key))}; {fix}"
+            )
+    environment = entry.get("environment")
+    if environment is not None and not isinstance(environment, dict):
+        raise BaselineError(f"baseline file {path}: case {case_id!r}: environment must be a mapping; {fix}")
+    recorded_class = (environment or {}).get("machine_class")
+    if machine_class is not None and recorded_class and recorded_class != machine_class:
+        raise BaselineError(
+            f"baseline file {path}: case {case_id!r}: environment.machine_class is {recorded_class!r}, not this "
+            f"run's {machine_class!r}: a baseline of another machine does not gate this one; {fix}"
+        )
 
 
 def write_baselines(
@@ -78,13 +146,18 @@ def write_baselines(
     refused: list[str],
     header: dict[str, Any],
 ) -> BaselineUpdate:
-    """Merge ``records`` into ``path`` (other cases kept) and replace the file atomically."""
+    """Merge ``records`` into ``path`` (other cases kept) and replace the file atomically. A file that cannot be
+    read (or fails validation) is copied to ``<file>.corrupt-<UTC time>`` first and then replaced whole."""
     existing: dict[str, Any] = {}
+    backup: Path | None = None
     if path.is_file():
         try:
-            existing = json.loads(path.read_text(encoding="utf-8")).get("cases", {}) or {}
-        except (OSError, ValueError, AttributeError):
-            existing = {}  # an unreadable file is replaced whole
+            load_baselines(path, machine_class)
+            existing = json.loads(path.read_text(encoding="utf-8"))["cases"]
+        except (BaselineError, OSError, ValueError):
+            stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            backup = path.with_name(f"{path.name}.corrupt-{stamp}")
+            shutil.copy2(path, backup)
     cases = dict(existing)
     cases.update({case_id: record.to_dict() for case_id, record in records.items()})
     document = {
@@ -110,4 +183,5 @@ def write_baselines(
         written=tuple(sorted(records)),
         kept=tuple(sorted(set(existing) - set(records))),
         refused=tuple(sorted(refused)),
+        backup=backup,
     )

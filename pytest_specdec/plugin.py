@@ -7,21 +7,24 @@ table per suite. Without ``--specdec-suite`` the plugin only registers its marke
 
 from __future__ import annotations
 
+import itertools
 import signal
 import threading
 from collections.abc import Generator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import pytest
 
-from pytest_specdec import summary
-from pytest_specdec.cases import Case
-from pytest_specdec.collection import SESSION_KEY, CaseItem, SuiteFile
-from pytest_specdec.gating import Status
-from pytest_specdec.machine import machine_info, software
-from pytest_specdec.session import BenchSession
 from pytest_specdec.settings import ENV_MACHINE_CLASS, Settings
+
+if TYPE_CHECKING:
+    from pytest_specdec.session import BenchSession
+
+# Everything that imports torch, transformers or specdec (collection, session, summary, machine) is imported only
+# once --specdec-suite is given: the plugin is loaded into every pytest run of the environment and must cost nothing
+# there (docs/suites.md, "Without a suite").
 
 MARKERS = {
     "gpu": "needs a CUDA GPU (deselect with -m 'not gpu')",
@@ -77,12 +80,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{name}: {description}")
     if not config.getoption("specdec_suite", None):
         return
+    _refuse_untimed_runs(config)
     settings = Settings.from_config(config)
     names: dict[str, Path] = {}
     for path in settings.suites:
         if path.stem in names:
             raise pytest.UsageError(f"two suites are named {path.stem!r}: {names[path.stem]} and {path}")
         names[path.stem] = path
+    if settings.update_baselines:
+        _check_baselines_writable(settings)
+    _warn_if_a_suite_path_moved_the_rootdir(config)
+
+    from pytest_specdec.collection import SESSION_KEY
+    from pytest_specdec.session import BenchSession
+
     config.stash[SESSION_KEY] = BenchSession(settings, config.rootpath)
     _interrupt_on_sigterm(config)
     suite_args = [str(p) for p in settings.suites]
@@ -90,6 +101,69 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args.extend(a for a in suite_args if a not in config.args)  # explicit paths run too
     else:
         config.args[:] = suite_args  # no paths given: run the suites only, not the testpaths
+
+
+def _bench(config: pytest.Config) -> BenchSession | None:
+    """This run's suite session; None without ``--specdec-suite`` (and then nothing heavy is imported)."""
+    if not config.getoption("specdec_suite", None):
+        return None
+    from pytest_specdec.collection import SESSION_KEY
+
+    return config.stash.get(SESSION_KEY, None)
+
+
+def _refuse_untimed_runs(config: pytest.Config) -> None:
+    """Suites need timed rounds in one process: pytest-xdist turns pytest-benchmark's timing off and splits the
+    summary, the reports and the baseline update across workers; ``--benchmark-disable`` runs one untimed pass."""
+    workers = config.getoption("numprocesses", None)  # pytest-xdist's -n, when it is installed
+    dist = config.getoption("dist", "no")
+    if workers not in (None, 0, "0") or dist not in (None, "no"):
+        shown = f"-n {workers}" if workers not in (None, 0, "0") else f"--dist {dist}"
+        raise pytest.UsageError(
+            f"--specdec-suite cannot run under pytest-xdist ({shown}): its workers run benchmarks untimed and split "
+            "the summary, reports and baselines; run suites without -n/--dist"
+        )
+    if config.getoption("specdec_update_baselines") and config.getoption("benchmark_disable", False):
+        raise pytest.UsageError(
+            "--specdec-update-baselines with --benchmark-disable would record untimed passes as baselines: "
+            "leave out --benchmark-disable to update them"
+        )
+
+
+def _check_baselines_writable(settings: Settings) -> None:
+    from pytest_specdec.baselines import baseline_path, unwritable
+
+    for suite in settings.suites:
+        path = baseline_path(settings.baselines_dir, suite.stem, settings.machine_class)
+        why = unwritable(path)
+        if why is not None:
+            raise pytest.UsageError(
+                f"--specdec-update-baselines cannot write {path}: {why}; make the folder writable, or choose "
+                "another with --specdec-baselines-dir DIR"
+            )
+
+
+def _warn_if_a_suite_path_moved_the_rootdir(config: pytest.Config) -> None:
+    """pytest picks the rootdir before plugins load, so it reads the value of ``--specdec-suite PATH`` (two words)
+    as a test path: a suite outside the invocation folder moves the rootdir, and the default baselines folder with
+    it. ``--specdec-suite=PATH`` (one word) does not. Say so rather than write baselines somewhere unexpected."""
+    if config.getoption("specdec_baselines_dir") or config.option.rootdir:
+        return  # the user chose where baselines go
+    args = list(config.invocation_params.args)
+    invocation = config.invocation_params.dir.resolve()
+    for option, value in itertools.pairwise(args):
+        if option != "--specdec-suite" or not str(value).endswith((".yaml", ".yml")):
+            continue
+        path = (invocation / str(value)).resolve()
+        if invocation != path and invocation not in path.parents and config.rootpath.resolve() != invocation:
+            config.issue_config_time_warning(
+                pytest.PytestConfigWarning(
+                    f"--specdec-suite {value}: pytest took this path for a test path before the plugin loaded, so "
+                    f"the rootdir moved to {config.rootpath} and the baselines with it; write "
+                    f"--specdec-suite={value} (one word) to keep the invocation's rootdir"
+                ),
+                stacklevel=2,
+            )
 
 
 def _interrupt_on_sigterm(config: pytest.Config) -> None:
@@ -112,7 +186,7 @@ def _interrupt_on_sigterm(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
-    session = config.stash.get(SESSION_KEY, None)
+    session = _bench(config)
     if session is None:
         return None
     s = session.settings
@@ -128,18 +202,24 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     return lines
 
 
-def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> SuiteFile | None:
-    session = parent.config.stash.get(SESSION_KEY, None)
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    session = _bench(parent.config)
     if session is not None and file_path.resolve() in session.settings.suites:
+        from pytest_specdec.collection import SuiteFile
+
         return SuiteFile.from_parent(parent, path=file_path)
     return None
 
 
 @pytest.hookimpl(trylast=True)  # after shufflers (pytest-randomly runs first)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Move each autoregressive case just before the first speculative case measured against it."""
+    if _bench(config) is None:
+        return
+    from pytest_specdec.collection import CaseItem
+
     slots = [i for i, item in enumerate(items) if isinstance(item, CaseItem)]
-    cases: list[Case] = [items[i].case for i in slots]  # type: ignore[attr-defined]
+    cases = [items[i].case for i in slots]  # type: ignore[attr-defined]
     anchor: dict[tuple[str, str], int] = {}  # reference case -> first position of it or a case that needs it
     for position, case in enumerate(cases):
         reference = (case.suite, case.baseline_id or case.id)
@@ -158,9 +238,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    bench = session.config.stash.get(SESSION_KEY, None)
+    bench = _bench(session.config)
     if bench is None:
         return
+    from pytest_specdec.collection import CaseItem
+
     for item in session.items:
         if isinstance(item, CaseItem):
             bench.models.expect(item.case.models)
@@ -171,42 +253,56 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    bench = item.config.stash.get(SESSION_KEY, None)
-    if bench is not None and isinstance(item, CaseItem) and (report.when == "call" or not report.passed):
-        bench.report(item.case, report.outcome, _reason(report))
+    bench = _bench(item.config)
+    if bench is not None and (report.when == "call" or not report.passed):
+        from pytest_specdec.collection import CaseItem
+
+        if isinstance(item, CaseItem):
+            bench.report(item.case, report.outcome, _reason(report, call))
     return report
 
 
-def _reason(report: pytest.TestReport) -> str:
+def _reason(report: pytest.TestReport, call: pytest.CallInfo[None]) -> str:
+    """One line: a skip's reason, or the exception's own type and message (not the first line of a traceback)."""
     if report.skipped and isinstance(report.longrepr, tuple):
         return str(report.longrepr[2]).removeprefix("Skipped: ")
-    if report.failed:
-        text = report.longreprtext.strip().splitlines()
-        return text[0][:200] if text else "failed"
-    return ""
+    if not report.failed:
+        return ""
+    if call.excinfo is not None:
+        error = call.excinfo.value
+        text = str(error.msg) if isinstance(error, pytest.fail.Exception) else call.excinfo.exconly()
+    else:
+        crash = getattr(report.longrepr, "reprcrash", None)
+        text = crash.message if crash is not None else report.longreprtext
+    lines = text.strip().splitlines()
+    return lines[0][:200] if lines else "failed"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    bench = session.config.stash.get(SESSION_KEY, None)
+    """Record baselines, write the reports and decide what the run's outcome says; each step runs even when one
+    before it failed, and its errors are printed (after the summary) instead of raised."""
+    bench = _bench(session.config)
     if bench is None:
         return
+    interrupted = session.exitstatus == pytest.ExitCode.INTERRUPTED
+    bench.finish(interrupted)
     if bench.settings.update_baselines:
         bench.write_baselines()
+    bench.write_reports()
     bench.close()
+    if (bench.errors or bench.nothing_measured()) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    bench = config.stash.get(SESSION_KEY, None)
-    if bench is None or not bench.results:
+    bench = _bench(config)
+    if bench is None:
         return
+    from pytest_specdec import summary
+    from pytest_specdec.gating import Status
+
     updating = bench.settings.update_baselines
-    by_suite = {}
-    for name, run in bench.suites.items():
-        order = {case_id: i for i, case_id in enumerate(run.cases)}  # collection order
-        results = sorted((r for r in bench.results.values() if r.case.suite == name), key=lambda r: order[r.case.id])
-        if results:
-            by_suite[name] = results
-    for name, results in by_suite.items():
+    for name, results in bench.results_by_suite().items():
         run = bench.suites[name]
         terminalreporter.write_sep("=", f"specdec suite {name} ({bench.settings.machine_class})")
         terminalreporter.write_line(summary.render(results, updating))
@@ -224,21 +320,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
                 else ""
             )
             + ")"
+            + (f"; the unreadable file it replaced is kept as {update.backup}" if update.backup else "")
         )
-    header = {
-        "machine_class": bench.settings.machine_class,
-        "machine": machine_info(),
-        "software": software(),
-        "commit": bench.commit,
-    }
-    if bench.settings.report_json is not None:
-        _write(bench.settings.report_json, summary.to_json(by_suite, header, updating))
-        terminalreporter.write_line(f"specdec: summary written to {bench.settings.report_json}")
-    if bench.settings.report_csv is not None:
-        _write(bench.settings.report_csv, summary.to_csv(by_suite, updating))
-        terminalreporter.write_line(f"specdec: summary written to {bench.settings.report_csv}")
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    for path in bench.reports_written:
+        terminalreporter.write_line(f"specdec: summary written to {path}")
+    nothing = bench.nothing_measured()
+    if nothing:
+        terminalreporter.write_line(nothing, red=True, bold=True)
+    for error in bench.errors:
+        terminalreporter.write_line(f"specdec: {error}", red=True, bold=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pytest_specdec import summary
 from pytest_specdec.baselines import BaselineError, BaselineUpdate, baseline_path, load_baselines, write_baselines
 from pytest_specdec.cases import Case
 from pytest_specdec.gating import Status, Verdict, compare
@@ -22,6 +23,7 @@ from specdec.config import Policy
 from specdec.errors import DeviceError, ModelLoadError, SpecdecError
 
 OUTCOME_RANK = {"not run": 0, "passed": 1, "skipped": 2, "failed": 3}
+INTERRUPTED = "the run was interrupted (Ctrl-C or SIGTERM) while this case ran"
 
 
 @dataclass
@@ -32,7 +34,7 @@ class CaseResult:
     measurement: Measurement | None = None
     record: CaseRecord | None = None
     verdict: Verdict | None = None
-    outcome: str = "not run"  # "passed", "failed", "skipped" once pytest reported the call
+    outcome: str = "not run"  # "passed", "failed", "skipped" once pytest reported the call; or "interrupted"
     reason: str = ""  # why it was skipped or failed (first line)
 
 
@@ -53,6 +55,8 @@ class BenchSession:
         self.results: dict[tuple[str, str], CaseResult] = {}  # by (suite, case id), in run order
         self.references: dict[tuple[str, str], Measurement | None] = {}  # autoregressive cases measured for others
         self.updates: list[BaselineUpdate] = []
+        self.reports_written: list[Path] = []
+        self.errors: list[str] = []  # what went wrong at the end (writing baselines or reports), shown last
         self.commit = commit_info(rootpath)
         self._environments: dict[tuple[str, int | None], Environment] = {}
 
@@ -68,7 +72,7 @@ class BenchSession:
         run = self.suites[suite]
         if run.baselines is None:
             try:
-                run.baselines = load_baselines(run.baseline_file)
+                run.baselines = load_baselines(run.baseline_file, self.settings.machine_class)
             except BaselineError:
                 if not self.settings.update_baselines:
                     raise
@@ -97,7 +101,8 @@ class BenchSession:
             pytest.fail(str(error), pytrace=False)
         result.verdict = compare(result.record, baseline, case.tolerances)
         if speedup_note and result.verdict.status is not Status.REGRESSION:
-            result.verdict = Verdict(result.verdict.status, result.verdict.checks, note=speedup_note)
+            note = "; ".join(n for n in (result.verdict.note, speedup_note) if n)
+            result.verdict = Verdict(result.verdict.status, result.verdict.checks, note=note)
         self._extra_info(benchmark, case, result)
         if self.settings.update_baselines:
             return
@@ -212,8 +217,38 @@ class BenchSession:
         if OUTCOME_RANK[outcome] >= OUTCOME_RANK[result.outcome]:  # a teardown error turns a pass into a failure
             result.outcome, result.reason = outcome, reason
 
+    def finish(self, interrupted: bool) -> None:
+        """The session ends: a case that started but never reported was cut short by the interruption."""
+        if not interrupted:
+            return
+        for result in self.results.values():
+            if result.outcome == "not run":
+                result.outcome, result.reason = "interrupted", INTERRUPTED
+
+    def results_by_suite(self) -> dict[str, list[CaseResult]]:
+        """Each suite's results in collection order (suites without any left out)."""
+        by_suite = {}
+        for name, run in self.suites.items():
+            order = {case_id: i for i, case_id in enumerate(run.cases)}
+            results = [r for r in self.results.values() if r.case.suite == name]
+            if results:
+                by_suite[name] = sorted(results, key=lambda r: order.get(r.case.id, len(order)))
+        return by_suite
+
+    def nothing_measured(self) -> str:
+        """Under ``--specdec-strict``, the one line that fails a run in which every selected case skipped ("" when
+        something was measured, or not strict)."""
+        results = list(self.results.values())
+        if not self.settings.strict or not results or any(r.outcome != "skipped" for r in results):
+            return ""
+        reasons = "; ".join(dict.fromkeys(r.reason or "no reason given" for r in results))
+        return (
+            f"specdec: nothing was measured (--specdec-strict): all {len(results)} selected case(s) skipped: {reasons}"
+        )
+
     def write_baselines(self) -> None:
-        """``--specdec-update-baselines``: record every passed case; a case that failed is refused."""
+        """``--specdec-update-baselines``: record every passed case; a case that failed is refused. A file that
+        cannot be written is reported in ``errors`` (the other suites' files are still written)."""
         for suite in self.suites.values():
             mine = [r for r in self.results.values() if r.case.suite == suite.name]
             records = {r.case.id: r.record for r in mine if r.outcome == "passed" and r.record is not None}
@@ -226,8 +261,8 @@ class BenchSession:
                 "commit": self.commit,
                 "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             }
-            self.updates.append(
-                write_baselines(
+            try:
+                update = write_baselines(
                     suite.baseline_file,
                     suite=suite.name,
                     machine_class=self.settings.machine_class,
@@ -235,7 +270,41 @@ class BenchSession:
                     refused=refused,
                     header=header,
                 )
-            )
+            except OSError as error:
+                self.errors.append(
+                    f"could not write the baselines of suite {suite.name} to {suite.baseline_file}: "
+                    f"{error.strerror or error}{f' ({error.filename})' if error.filename else ''}; nothing was "
+                    "recorded for it: make the folder writable (or choose another with --specdec-baselines-dir) "
+                    "and run the update again"
+                )
+                continue
+            self.updates.append(update)
+
+    def write_reports(self) -> None:
+        """``--specdec-report-json/csv``: the summary rows of every suite (an unwritable path goes to ``errors``)."""
+        settings, updating = self.settings, self.settings.update_baselines
+        by_suite = self.results_by_suite()
+        if not by_suite:
+            return
+        header = {
+            "machine_class": settings.machine_class,
+            "machine": machine_info(),
+            "software": software(),
+            "commit": self.commit,
+        }
+        for path, render in (
+            (settings.report_json, lambda: summary.to_json(by_suite, header, updating)),
+            (settings.report_csv, lambda: summary.to_csv(by_suite, updating)),
+        ):
+            if path is None:
+                continue
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(render(), encoding="utf-8")
+            except OSError as error:
+                self.errors.append(f"could not write the report {path}: {error.strerror or error}")
+                continue
+            self.reports_written.append(path)
 
     def close(self) -> None:
         self.models.clear()

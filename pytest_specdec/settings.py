@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from pytest_specdec.machine import detect_machine_class, slug
-
 ENV_MACHINE_CLASS = "SPECDEC_MACHINE_CLASS"  # pin the machine class (e.g. in CI): names the baseline file
 SUITES_FOLDER = "bench_suites"
 SUITE_SUFFIXES = (".yaml", ".yml")
@@ -33,6 +31,8 @@ class Settings:
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
+        from pytest_specdec.machine import detect_machine_class, slug  # imports torch: only when a suite runs
+
         invocation = config.invocation_params.dir
         root = config.rootpath
         option_class = config.getoption("specdec_machine_class")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pytest_specdec.session import CaseResult
 from specdec import report
+
+if TYPE_CHECKING:
+    from pytest_specdec.session import CaseResult
 
 HEADERS = ("case", "K", "acceptance", "tokens/s", "speedup", "verdict")
 
 
 def verdict_cell(result: CaseResult, updating: bool) -> str:
-    if result.outcome == "skipped":
-        return "skipped"
+    if result.outcome in ("skipped", "interrupted", "not run"):
+        return result.outcome
     if result.verdict is None or (result.outcome == "failed" and not result.verdict.failed):
         return "failed"
     text = result.verdict.summary()
@@ -51,7 +53,9 @@ def render(results: Sequence[CaseResult], updating: bool) -> str:
     reasons = Counter(
         (r.outcome, r.reason)
         for r in results
-        if r.outcome in ("skipped", "failed") and r.reason and not (r.verdict is not None and r.verdict.failed)
+        if r.outcome in ("skipped", "failed", "interrupted")
+        and r.reason
+        and not (r.verdict is not None and r.verdict.failed)
     )
     for (outcome, reason), count in sorted(reasons.items()):
         text += f"\n{outcome} ({count} case{'s' if count > 1 else ''}): {reason}"
