@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TypeVar
 
 from specdec import report
 from specdec.config import (
@@ -15,7 +16,9 @@ from specdec.config import (
     SpeculationConfig,
 )
 from specdec.device import DEVICE_CHOICES, DTYPE_CHOICES
-from specdec.errors import SpecdecError
+from specdec.errors import ConfigError, SpecdecError
+
+T = TypeVar("T")
 
 
 def _int(text: str) -> int:
@@ -43,14 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--target", required=True, help="target model: zoo:NAME, a local folder, or a hub id")
     gen.add_argument("--draft", help="draft model (same vocabulary); omit for autoregressive decoding")
-    gen.add_argument("--prompt", required=True, help="prompt text")
-    gen.add_argument("--k", type=_int, default=4, help="tokens drafted per step (default 4; start value if adaptive)")
+    gen.add_argument("--prompt", required=True, help="prompt text; - reads it from standard input")
+    # Flags that only matter in some combinations default to None, so that one given where it does nothing is named.
+    gen.add_argument("--k", type=_int, help="tokens drafted per step (default 4; start value if adaptive)")
     gen.add_argument("--adaptive-k", action="store_true", help="adapt K to the recent acceptance rate")
-    gen.add_argument("--min-k", type=_int, default=1, help="adaptive K lower bound (default 1)")
-    gen.add_argument("--max-k", type=_int, default=8, help="adaptive K upper bound (default 8)")
-    gen.add_argument("--adaptive-window", type=_int, default=8, help="adaptive K window in steps (default 8)")
-    gen.add_argument("--adaptive-step", type=_int, default=1, help="adaptive K change per adjustment (default 1)")
-    gen.add_argument("--target-acceptance", type=_float, default=0.7, help="adaptive K target (default 0.7)")
+    gen.add_argument("--min-k", type=_int, help="adaptive K lower bound (default 1)")
+    gen.add_argument("--max-k", type=_int, help="adaptive K upper bound (default 8)")
+    gen.add_argument("--adaptive-window", type=_int, help="adaptive K window in steps (default 8)")
+    gen.add_argument("--adaptive-step", type=_int, help="adaptive K change per adjustment (default 1)")
+    gen.add_argument("--target-acceptance", type=_float, help="adaptive K target (default 0.7)")
     gen.add_argument("--temperature", type=_float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--top-k", type=_int, default=None, help="sample among the top N tokens")
     gen.add_argument("--top-p", type=_float, default=None, help="nucleus sampling mass")
@@ -60,11 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="auto", help=f"one of {', '.join(DTYPE_CHOICES)} (default auto)")
     gen.add_argument(
         "--policy",
-        default=Policy.LOSSLESS.value,
         help=f"acceptance policy: {', '.join(p.value for p in Policy)} (default lossless; lossy-* change the output)",
     )
-    gen.add_argument("--threshold", type=_float, default=0.3, help="lossy-threshold: probability floor")
-    gen.add_argument("--topk-agreement", type=_int, default=3, help="lossy-topk: accept within the target's top N")
+    gen.add_argument("--threshold", type=_float, help="lossy-threshold: probability floor (default 0.3)")
+    gen.add_argument("--topk-agreement", type=_int, help="lossy-topk: accept within the target's top N (default 3)")
     gen.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, metrics)")
     gen.add_argument("--steps", action="store_true", help="with --json, include per-step metrics")
     gen.set_defaults(run=_generate)
@@ -76,6 +79,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags that do nothing in some combinations: (flag, argparse dest, when it applies, what is missing otherwise).
+# Each is refused (exit 2) where it would do nothing, since the run would not be what its command line says. --seed is
+# not among them: it seeds every random draw, and at temperature 0 a fixed seed is harmless.
+SPECULATION_FLAGS = ("--k", "--adaptive-k", "--policy", "--threshold", "--topk-agreement")
+ADAPTIVE_FLAGS = ("--min-k", "--max-k", "--adaptive-window", "--adaptive-step", "--target-acceptance")
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
+def _given(args: argparse.Namespace, flag: str) -> bool:
+    value = getattr(args, _dest(flag))
+    return value is not False and value is not None
+
+
+def _check_flags_apply(args: argparse.Namespace, policy: Policy) -> None:
+    """Refuse, in one line, the first flag given where it does nothing."""
+    reasons: list[tuple[str, str]] = []
+    if args.draft is None:
+        reasons += [(f, "without --draft nothing is drafted (autoregressive decoding)") for f in SPECULATION_FLAGS]
+        reasons += [(f, "without --draft nothing is drafted (autoregressive decoding)") for f in ADAPTIVE_FLAGS]
+    reasons += [(f, "it only applies with --adaptive-k") for f in ADAPTIVE_FLAGS if not args.adaptive_k]
+    if policy is not Policy.LOSSY_THRESHOLD:
+        reasons.append(("--threshold", f"it only applies with --policy {Policy.LOSSY_THRESHOLD.value}"))
+    if policy is not Policy.LOSSY_TOPK:
+        reasons.append(("--topk-agreement", f"it only applies with --policy {Policy.LOSSY_TOPK.value}"))
+    if args.temperature == 0.0:
+        greedy = "temperature 0 is greedy decoding; give --temperature > 0 to sample"
+        reasons += [("--top-k", greedy), ("--top-p", greedy)]
+    if not args.json:
+        reasons.append(("--steps", "it only applies with --json"))
+    for flag, why in reasons:
+        if _given(args, flag):
+            raise ConfigError(f"{flag} does nothing here: {why}; remove it or add what it needs")
+
+
 def _configs(args: argparse.Namespace) -> tuple[GenerationConfig, SpeculationConfig]:
     generation = GenerationConfig(
         max_new_tokens=args.max_new_tokens,
@@ -84,33 +124,60 @@ def _configs(args: argparse.Namespace) -> tuple[GenerationConfig, SpeculationCon
         top_p=args.top_p,
         seed=args.seed,
     )
+    defaults = AdaptiveKConfig()
     adaptive = None
     if args.adaptive_k:
         adaptive = AdaptiveKConfig(
-            window=args.adaptive_window,
-            step=args.adaptive_step,
-            target_acceptance=args.target_acceptance,
-            min_k=args.min_k,
-            max_k=args.max_k,
+            window=_or(args.adaptive_window, defaults.window),
+            step=_or(args.adaptive_step, defaults.step),
+            target_acceptance=_or(args.target_acceptance, defaults.target_acceptance),
+            min_k=_or(args.min_k, defaults.min_k),
+            max_k=_or(args.max_k, defaults.max_k),
         )
+    acceptance_defaults = AcceptanceConfig()
+    policy = Policy.parse(_or(args.policy, Policy.LOSSLESS.value))
     acceptance = AcceptanceConfig(
-        policy=Policy.parse(args.policy), threshold=args.threshold, topk_agreement=args.topk_agreement
+        policy=policy,
+        threshold=_or(args.threshold, acceptance_defaults.threshold),
+        topk_agreement=_or(args.topk_agreement, acceptance_defaults.topk_agreement),
     )
-    k = min(max(args.k, args.min_k), args.max_k) if adaptive is not None and args.k >= 1 else args.k
-    return generation, SpeculationConfig(k=k, adaptive=adaptive, acceptance=acceptance)
+    k = args.k
+    if k is None:  # the default K, within the adaptive bounds when those are given
+        k = SpeculationConfig().k
+        if adaptive is not None:
+            k = min(max(k, adaptive.min_k), adaptive.max_k)
+    speculation = SpeculationConfig(k=k, adaptive=adaptive, acceptance=acceptance)
+    _check_flags_apply(args, policy)
+    return generation, speculation
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    """The prompt, verbatim: ``--prompt -`` reads all of standard input. Any non-empty text is a prompt (whitespace
+    too: indentation is a legitimate code prompt)."""
+    if args.prompt == "-":
+        prompt = sys.stdin.read()
+        if prompt == "":
+            raise SpecdecError("--prompt - read nothing from standard input: pipe the prompt in, or pass it as text")
+        return prompt
+    if args.prompt == "":
+        raise SpecdecError("--prompt is empty: give the text to continue (or - to read it from standard input)")
+    return str(args.prompt)
 
 
 def _generate(args: argparse.Namespace) -> int:
-    if not args.prompt.strip():
-        raise SpecdecError("--prompt is empty: give the text to continue")
-    generation, speculation = _configs(args)  # validate flags before loading any model
+    generation, speculation = _configs(args)  # validate flags before reading any input or loading any model
+    prompt = _read_prompt(args)
     from specdec.engine import SpeculativeEngine
     from specdec.loading import load_model
 
     target = load_model(args.target, device=args.device, dtype=args.dtype)
     draft = load_model(args.draft, device=target.device, dtype=target.dtype) if args.draft else None
     engine = SpeculativeEngine(target, draft)
-    result = engine.generate(args.prompt, generation, speculation)
+    result = engine.generate(prompt, generation, speculation)
     if args.json:
         print(report.to_json(result.to_dict(with_steps=args.steps)))
     else:

@@ -120,7 +120,7 @@ def test_human_readable_output_has_text_and_a_metrics_table(capsys, model_folder
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--prompt", "   "], "--prompt is empty"),
+        (["--prompt", ""], "--prompt is empty"),
         (["--prompt", "x", "--k", "0"], "k must be an integer >= 1"),
         (["--prompt", "x", "--max-new-tokens", "600"], "exceeds the context"),
         (["--prompt", "x", "--policy", "yolo"], "unknown acceptance policy 'yolo'"),
