@@ -5,7 +5,8 @@
 - ``zoo:synthetic/<shape>[@mix=M]``: random-weight models of stored real shapes (GPT-2, Llama 3.x, ...) built on
   the device with no download; ``mix`` steers the greedy agreement between shapes of one family.
 
-``docs/zoo.md`` describes the entries, the knob and how to retrain the pair.
+``docs/zoo.md`` describes the entries, the knob and how to retrain the pair. The recipe, its evaluation and the
+synthetic calibration are the sub-package ``specdec.zoo.recipe``, which nothing here imports.
 """
 
 from __future__ import annotations

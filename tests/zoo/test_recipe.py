@@ -7,8 +7,8 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from specdec.zoo.card import write_card
-from specdec.zoo.train import LlamaShape, Recipe, run_recipe
+from specdec.zoo.recipe.card import write_card
+from specdec.zoo.recipe.train import LlamaShape, Recipe, run_recipe
 
 TOY = Recipe(
     vocab_size=400,
@@ -58,7 +58,9 @@ def test_card_renders_the_evaluation(tmp_path):
         "cost": {"threads": 2, "repeats": 5, "target_ms": 2.0, "draft_ms": 0.5, "ratio": 4.0},
         "simulated": [{"k": 4, "agreement": 0.8, "acceptance_rate": 0.6, "tokens_per_target_forward": 3.0}],
         "engine": None,
+        "notes": ["a later remark"],
     }
     (out / "evaluation.json").write_text(json.dumps(evaluation))
     card = write_card(out).read_text()
     assert "evaluate-command" in card and "| 4 | 0.8 | 0.6 | 3.0 |" in card
+    assert "\nNote: a later remark\n" in card

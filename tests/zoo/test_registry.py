@@ -1,6 +1,9 @@
-"""Zoo names: resolution, canonical knobs, and errors that list what exists."""
+"""Zoo names: resolution, canonical knobs, and errors that list what exists; the runtime zoo apart from the recipe."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
@@ -66,3 +69,21 @@ def test_unknown_names_list_the_known_ones(name):
 def test_bad_knobs_are_refused(knob):
     with pytest.raises(ModelLoadError, match="mix"):
         resolve_zoo("zoo:synthetic/tiny-llama" + knob)
+
+
+RUNTIME_USE = """
+import sys
+from specdec import load_model
+from specdec.zoo import load_prompts
+assert load_prompts()
+load_model("zoo:tiny-code-draft", device="cpu", dtype="float32")
+load_model("zoo:synthetic/tiny-gpt2", device="cpu", dtype="float32")
+print(sorted(m for m in sys.modules if m.startswith("specdec.zoo.recipe")))
+"""
+
+
+def test_the_runtime_zoo_never_imports_the_recipe():
+    """Loading trained and synthetic entries and reading the held-out prompts leave ``specdec.zoo.recipe`` unloaded."""
+    done = subprocess.run([sys.executable, "-c", RUNTIME_USE], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

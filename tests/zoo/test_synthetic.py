@@ -8,7 +8,7 @@ import torch
 
 from specdec.loading import load_model
 from specdec.zoo import build_synthetic, resolve_zoo
-from specdec.zoo.agreement import measure_acceptance
+from specdec.zoo.recipe.agreement import measure_acceptance
 from specdec.zoo.registry import FAMILIES
 from specdec.zoo.synthetic import build_model
 

@@ -9,7 +9,7 @@ import torch
 
 from specdec.loading import load_model
 from specdec.zoo import HELDOUT_PROMPTS, load_prompts, resolve_zoo
-from specdec.zoo.agreement import measure_acceptance, simulate_acceptance
+from specdec.zoo.recipe.agreement import measure_acceptance, simulate_acceptance
 
 ZOO_WEIGHT_BUDGET_BYTES = 25_000_000
 

@@ -1,7 +1,8 @@
 """The model card of the trained pair, rendered from the records the recipe and the evaluation write.
 
-``training.json`` (written by ``specdec.zoo.train``) and ``evaluation.json`` (written by ``specdec.zoo.evaluate``)
-hold every figure; ``MODEL_CARD.md`` is only their rendering, so a rerun of either command rewrites the card.
+``training.json`` (written by ``specdec.zoo.recipe.train``) and ``evaluation.json`` (written by
+``specdec.zoo.recipe.evaluate``) hold every figure; ``MODEL_CARD.md`` is only their rendering, so a rerun of either
+command rewrites the card.
 """
 
 from __future__ import annotations
@@ -88,13 +89,15 @@ def render_card(training: dict, evaluation: dict | None) -> str:
         "carried to the GPU machine, whose Python has no test suite. Without `--stdlib` the recipe reads the running",
         "Python's own standard library: on a Python of that same version it finds the same files (compare",
         "`manifest.json`); on another version it trains on other files.",
-        *(["", *(f"Note: {note}" for note in training["notes"])] if training.get("notes") else []),
+        *_notes(training),
         "",
         "## Evaluation",
         "",
     ]
     lines += (
-        _evaluation_lines(evaluation) if evaluation else ["Not yet measured: run `python -m specdec.zoo.evaluate`."]
+        _evaluation_lines(evaluation)
+        if evaluation
+        else ["Not yet measured: run `python -m specdec.zoo.recipe.evaluate`."]
     )
     return "\n".join(lines) + "\n"
 
@@ -103,6 +106,7 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
     env = evaluation["environment"]
     lines = [
         f"Command: `{evaluation['command']}`",
+        *_notes(evaluation),
         "",
         f"Machine: {env['device']}; Python {env['python']}, torch {env['torch']}, transformers {env['transformers']}.",
         *(
@@ -125,7 +129,7 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
         "",
         "### Acceptance",
         "",
-        "Engine-free measurement (`specdec.zoo.agreement`): the draft teacher-forced on the target's greedy",
+        "Engine-free measurement (`specdec.zoo.recipe.agreement`): the draft teacher-forced on the target's greedy",
         "continuations; acceptance is accepted drafted tokens / proposed drafted tokens.",
         "",
         "| K | agreement | acceptance rate | tokens per target forward |",
@@ -165,6 +169,12 @@ def _evaluation_lines(evaluation: dict) -> list[str]:
             f"**{cpu['estimated_hours']} hours** (tokenizer and corpus add about a minute).",
         ]
     return lines
+
+
+def _notes(record: dict) -> list[str]:
+    """A record's notes (what a later reader must know about it, for example a command since renamed), each its own
+    paragraph after a blank line."""
+    return [line for note in record.get("notes", []) for line in ("", f"Note: {note}")]
 
 
 def _shape(model: dict) -> str:

@@ -7,14 +7,20 @@ say exactly what the models saw. The corpus itself is never stored in the reposi
 Split: test files (``test/``, ``tests/``, ``idle_test/``) always go to training; of the remaining files, those whose
 path hashes to 0 modulo ``HELDOUT_MODULUS`` are held out. The split depends only on the relative path, so it is the
 same on every Python version that has the file.
+
+The held-out prompt set (``code-heldout.jsonl``, read at runtime by ``specdec.zoo.prompts.load_prompts``) is cut from
+the held-out split by :func:`extract_prompts`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import sysconfig
+import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +28,7 @@ HELDOUT_MODULUS = 16
 EXCLUDED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "pydoc_data", "encodings"})
 TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 MAX_FILE_BYTES = 400_000
+_DEF_LINE = re.compile(r"^\s*(async\s+)?def \w+\(")  # where a held-out prompt starts
 
 LICENSE_NOTE = (
     "The corpus is the source code of the Python standard library, Copyright (c) 2001 Python Software Foundation, "
@@ -116,6 +123,38 @@ def write_manifest(corpus: Corpus, path: Path) -> str:
     manifest = corpus.manifest()
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest["manifest_sha256"]
+
+
+def extract_prompts(files: Sequence[CorpusFile], count: int = 32, per_file: int = 2) -> list[dict]:
+    """Deterministic prompts: per file, up to ``per_file`` ``def`` lines spread over it, each with 0-2 lines after.
+
+    Returns rows ``{"id", "source", "line", "prompt"}``; the prompt is dedented and ends with a newline unless it is a
+    single ``def`` line, which is cut after its opening parenthesis (like ``def parse_args(``).
+    """
+    rows: list[dict] = []
+    for file in files:
+        lines = file.text.splitlines(keepends=True)
+        starts = [i for i, line in enumerate(lines) if _DEF_LINE.match(line) and len(line) < 100]
+        if not starts:
+            continue
+        picks = sorted({starts[(j * len(starts)) // per_file] for j in range(per_file)})
+        for i in picks:
+            extra = len(rows) % 3  # 0, 1 or 2 lines after the def line
+            if extra == 0:
+                text = lines[i].strip()
+                text = text[: text.index("(") + 1]
+            else:
+                text = textwrap.dedent("".join(lines[i : i + 1 + extra]))
+                if not text.endswith("\n"):
+                    text += "\n"
+            rows.append({"id": f"heldout-{len(rows):02d}", "source": file.path, "line": i + 1, "prompt": text})
+            if len(rows) == count:
+                return rows
+    return rows
+
+
+def write_prompts(rows: Sequence[dict], path: Path) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _split_of(rel: Path) -> str:

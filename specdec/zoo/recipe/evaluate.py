@@ -1,4 +1,4 @@
-"""The trained pair's evaluation: ``python -m specdec.zoo.evaluate`` (writes ``evaluation.json``, re-renders the card).
+"""The trained pair's evaluation, written to evaluation.json and the card: ``python -m specdec.zoo.recipe.evaluate``.
 
 Measures, on this machine's CPU with ``--threads`` threads, float32:
 
@@ -24,15 +24,15 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from specdec.zoo.agreement import continuation_indicators, summarize
-from specdec.zoo.card import write_card
-from specdec.zoo.cost import decode_ms
 from specdec.zoo.prompts import load_prompts
+from specdec.zoo.recipe.agreement import continuation_indicators, summarize
+from specdec.zoo.recipe.card import write_card
+from specdec.zoo.recipe.cost import decode_ms
 from specdec.zoo.registry import TRAINED_DIR
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m specdec.zoo.evaluate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m specdec.zoo.recipe.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--dir", default=str(TRAINED_DIR), help="the pair's folder (target/, draft/, prompts)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.dir)
     ks = [int(k) for k in args.ks.split(",")]
     texts = load_prompts(folder / "code-heldout.jsonl")[: args.prompts]
-    command = " ".join(["python -m specdec.zoo.evaluate", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m specdec.zoo.recipe.evaluate", *(sys.argv[1:] if argv is None else argv)])
 
     target = AutoModelForCausalLM.from_pretrained(folder / "target", dtype=torch.float32).eval()
     draft = AutoModelForCausalLM.from_pretrained(folder / "draft", dtype=torch.float32).eval()
@@ -137,8 +137,8 @@ def measure_engine(folder: str, texts: list[str], max_new_tokens: int, ks: list[
 
 def estimate_cpu_training(folder: Path, threads: int, steps: int = 1) -> dict:
     """Seconds per step of both recipe loops at the recorded recipe's sizes on this CPU (random tokens)."""
-    from specdec.zoo.train import LlamaShape
-    from specdec.zoo.trainer import LoopConfig, distil_draft, train_target
+    from specdec.zoo.recipe.train import LlamaShape
+    from specdec.zoo.recipe.trainer import LoopConfig, distil_draft, train_target
 
     recipe = json.loads((folder / "training.json").read_text())["recipe"]
     tokens = torch.randint(0, recipe["vocab_size"], (200_000,), generator=torch.Generator().manual_seed(0))

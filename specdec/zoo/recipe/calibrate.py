@@ -1,4 +1,4 @@
-"""Calibration of the synthetic pairs: ``python -m specdec.zoo.calibrate --device cuda --out calibration.json``.
+"""Calibration of the synthetic pairs: ``python -m specdec.zoo.recipe.calibrate --device cuda --out calibration.json``.
 
 For each (target, draft) pair of shapes and each ``mix``, builds both models from their zoo names, measures greedy
 agreement and simulated acceptance at K (``agreement.py``) on the target's greedy continuations of the held-out code
@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from specdec.zoo.agreement import measure_acceptance
-from specdec.zoo.cost import decode_ms
 from specdec.zoo.prompts import load_prompts
+from specdec.zoo.recipe.agreement import measure_acceptance
+from specdec.zoo.recipe.cost import decode_ms
 from specdec.zoo.registry import resolve_zoo
 from specdec.zoo.synthetic import build_synthetic
 
@@ -31,7 +31,7 @@ REAL_PAIRS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m specdec.zoo.calibrate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m specdec.zoo.recipe.calibrate", description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--pairs", nargs="*", default=[f"{t}:{d}" for t, d in REAL_PAIRS], help="TARGET:DRAFT shapes")
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    command = " ".join(["python -m specdec.zoo.calibrate", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m specdec.zoo.recipe.calibrate", *(sys.argv[1:] if argv is None else argv)])
     rows: list[dict] = []
     for pair in args.pairs:
         target_shape, draft_shape = pair.split(":")

@@ -1,4 +1,4 @@
-"""The recipe of the zoo's trained pair: ``python -m specdec.zoo.train --out DIR``.
+"""The recipe of the zoo's trained pair: ``python -m specdec.zoo.recipe.train --out DIR``.
 
 Steps (each logged, all numbers written to ``DIR/training.json``):
 
@@ -11,7 +11,7 @@ Steps (each logged, all numbers written to ``DIR/training.json``):
    set ``code-heldout.jsonl`` and ``MODEL_CARD.md``.
 
 The default ``--out`` is the package's own ``models/tiny-code`` folder, which is what ``zoo:tiny-code-target`` and
-``zoo:tiny-code-draft`` load. Acceptance and speed are measured afterwards by ``python -m specdec.zoo.evaluate``.
+``zoo:tiny-code-draft`` load. Acceptance and speed are measured afterwards by ``python -m specdec.zoo.recipe.evaluate``.
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
-from specdec.zoo.card import write_card
-from specdec.zoo.corpus import collect_corpus, write_manifest
-from specdec.zoo.prompts import extract_prompts, write_prompts
+from specdec.zoo.recipe.card import write_card
+from specdec.zoo.recipe.corpus import collect_corpus, extract_prompts, write_manifest, write_prompts
+from specdec.zoo.recipe.trainer import LoopConfig, distil_draft, greedy_rows, perplexity, train_target
+from specdec.zoo.registry import TRAINED_DIR
 from specdec.zoo.tokenizer import END_OF_TEXT, end_of_text_id, load_zoo_tokenizer, train_tokenizer, wrap_tokenizer
-from specdec.zoo.trainer import LoopConfig, distil_draft, greedy_rows, perplexity, train_target
-
-TRAINED_PAIR_DIR = Path(__file__).parent / "models" / "tiny-code"
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         stdlib=args.stdlib,
         stdlib_version=args.stdlib_version,
     )
-    command = " ".join(["python -m specdec.zoo.train", *sys.argv[1:]])
+    command = " ".join(["python -m specdec.zoo.recipe.train", *sys.argv[1:]])
     run_recipe(recipe, Path(args.out), _device(args.device), args.stage, command)
     return 0
 
@@ -300,8 +298,8 @@ def _device(name: str) -> torch.device:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     default = Recipe()
-    parser = argparse.ArgumentParser(prog="python -m specdec.zoo.train", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(TRAINED_PAIR_DIR), help="output folder (default: the zoo's own)")
+    parser = argparse.ArgumentParser(prog="python -m specdec.zoo.recipe.train", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=str(TRAINED_DIR), help="output folder (default: the zoo's own)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--stage", default="all", choices=["all", "target", "draft"])
     parser.add_argument("--seed", type=int, default=default.seed)
