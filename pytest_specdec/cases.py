@@ -1,8 +1,10 @@
 """Suite entries expanded into cases: one per combination, with short stable ids, plus the autoregressive case each
 speculative case is measured against.
 
-Ids read ``GROUP[K,DEVICE,DTYPE,bs=B(,t=T)(,POLICY)(,n=N)]``:
+Ids read ``GROUP[(DRAFT,)K,DEVICE,DTYPE,bs=B(,t=T)(,POLICY)(,n=N)]``:
 
+- the drafting method (``ngram``; ``ngram-max_ngram=2`` where one method is swept with several options), except
+  for a group whose only draft is a draft model, whose ids stay ``GROUP[k=4,...]``;
 - ``k=4`` (fixed K), ``k=auto`` (adaptive K) or ``ar`` (the autoregressive case: the target alone);
 - ``t=T`` only for sampled cases (temperature > 0), the policy only when it is not ``lossless``, ``n=N`` only when the
   group sweeps ``max_new_tokens``.
@@ -16,17 +18,19 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 from pytest_specdec.errors import SuiteError
 from pytest_specdec.gating import Tolerances
 from pytest_specdec.prompts import PromptSet
-from pytest_specdec.suite import SHORT_DTYPES, CaseGroup, PolicyChoice, Suite
+from pytest_specdec.suite import MODEL_METHOD, SHORT_DTYPES, CaseGroup, DraftChoice, PolicyChoice, Suite
 from specdec.config import GenerationConfig, SpeculationConfig
+from specdec.drafters import DraftSpec
 
 AUTOREGRESSIVE = "ar"
 WARN_CASES = 1_000  # a suite with more cases collects with a warning that names the sweeps multiplying them
 MAX_CASES = 50_000  # a suite with more is refused before its cases are built (hours of benchmarks per 1,000 cases)
-SWEPT = ("device", "dtype", "batch_size", "temperature", "max_new_tokens", "policy", "k")
+SWEPT = ("device", "dtype", "batch_size", "temperature", "max_new_tokens", "policy", "draft", "k")
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class Case:
     id: str  # "tiny-code[k=4,cpu,fp32,bs=1]"
     line: int | None  # of the group in the suite file
     target: str
-    draft: str | None  # None: the autoregressive case
+    drafting: DraftChoice | None  # the drafting method, its options and draft model; None: the autoregressive case
     device: str
     dtype: str  # "float32", "float16", "bfloat16"
     batch_size: int
@@ -50,6 +54,25 @@ class Case:
     markers: tuple[str, ...]
     tolerances: Tolerances
     baseline_id: str | None  # the autoregressive case this one's speedup is measured against
+
+    @property
+    def draft(self) -> str | None:
+        """The draft model's name (None for a model-free drafter and for the autoregressive case)."""
+        return self.drafting.model if self.drafting is not None else None
+
+    @property
+    def draft_method(self) -> str | None:
+        """``model``, ``ngram``, ``suffix``, ``layerskip``; None for the autoregressive case."""
+        return self.drafting.method if self.drafting is not None else None
+
+    @property
+    def draft_options(self) -> dict[str, Any]:
+        """The drafting method's options, defaults filled in ({} for a draft model and the autoregressive case)."""
+        return self.drafting.options_dict() if self.drafting is not None else {}
+
+    def draft_spec(self, model: Any = None) -> DraftSpec | None:
+        """The engine's ``draft`` argument (``model``: the loaded draft model, for method ``model``)."""
+        return self.drafting.spec(model) if self.drafting is not None else None
 
     @property
     def is_autoregressive(self) -> bool:
@@ -75,8 +98,8 @@ class Case:
     def digest(self) -> str:
         """A short hash of everything that defines what the case computes (not rounds, markers or tolerances)."""
         definition = {
-            "target": self.target if not self.target.startswith("/") else self.target.rsplit("/", 1)[-1],
-            "draft": self.draft if not (self.draft or "").startswith("/") else (self.draft or "").rsplit("/", 1)[-1],
+            "target": _portable(self.target),
+            "draft": self._draft_definition(),
             "device": self.device,
             "dtype": self.dtype,
             "batch_size": self.batch_size,
@@ -89,13 +112,45 @@ class Case:
         }
         return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
 
+    def _draft_definition(self) -> Any:
+        """The draft in the digest: a draft model by its name (as before drafting methods, so that baselines
+        recorded then stay valid), any other method by its name and every option, defaults filled in."""
+        if self.drafting is None:
+            return None
+        if self.drafting.method == MODEL_METHOD and not self.draft_options:
+            return _portable(self.drafting.model or "")
+        return {"method": self.drafting.method, "model": self.draft and _portable(self.draft), **self.draft_options}
+
+
+def _portable(model: str) -> str:
+    """A model's name as the digest keeps it: a folder by its last component (checkouts live in other places)."""
+    return model.rsplit("/", 1)[-1] if model.startswith("/") else model
+
 
 def _format_number(value: float) -> str:
     return f"{value:g}"
 
 
-def _id(group: CaseGroup, k_part: str, device: str, dtype: str, batch: int, temp: float, policy: str, n: int) -> str:
-    parts = [k_part, device, SHORT_DTYPES[dtype], f"bs={batch}"]
+def _draft_part(group: CaseGroup, drafting: DraftChoice | None) -> list[str]:
+    """The draft's label in ids; none for the autoregressive case and for a group whose only draft is a model
+    (whose ids are as they were before drafting methods)."""
+    if drafting is None or (len(group.draft) == 1 and drafting.method == MODEL_METHOD):
+        return []
+    return [drafting.label]
+
+
+def _id(
+    group: CaseGroup,
+    drafting: DraftChoice | None,
+    k_part: str,
+    device: str,
+    dtype: str,
+    batch: int,
+    temp: float,
+    policy: str,
+    n: int,
+) -> str:
+    parts = [*_draft_part(group, drafting), k_part, device, SHORT_DTYPES[dtype], f"bs={batch}"]
     if temp > 0:
         parts.append(f"t={_format_number(temp)}")
     if policy not in ("lossless", "none"):
@@ -105,18 +160,17 @@ def _id(group: CaseGroup, k_part: str, device: str, dtype: str, batch: int, temp
     return f"{group.name}[{','.join(parts)}]"
 
 
-def _speculations(group: CaseGroup) -> list[tuple[str, SpeculationConfig, PolicyChoice]]:
-    if group.draft is None:
-        return []
+def _speculations(group: CaseGroup) -> list[tuple[DraftChoice, str, SpeculationConfig, PolicyChoice]]:
     out = []
-    for policy in group.policy:
-        for k in group.k:
-            out.append((f"k={k}", SpeculationConfig(k=k, acceptance=policy.acceptance), policy))
-        if group.adaptive_k is not None:
-            adaptive = SpeculationConfig(
-                k=group.adaptive_k.start_k, adaptive=group.adaptive_k.config, acceptance=policy.acceptance
-            )
-            out.append(("k=auto", adaptive, policy))
+    for drafting in group.draft:
+        for policy in group.policy:
+            for k in group.k:
+                out.append((drafting, f"k={k}", SpeculationConfig(k=k, acceptance=policy.acceptance), policy))
+            if group.adaptive_k is not None:
+                adaptive = SpeculationConfig(
+                    k=group.adaptive_k.start_k, adaptive=group.adaptive_k.config, acceptance=policy.acceptance
+                )
+                out.append((drafting, "k=auto", adaptive, policy))
     return out
 
 
@@ -134,14 +188,14 @@ def expand_group(suite: str, group: CaseGroup) -> list[Case]:
             seed=group.seed,
             stop_at_eos=group.stop_at_eos,
         )
-        baseline_id = _id(group, AUTOREGRESSIVE, device, dtype, batch, temperature, "none", new_tokens)
+        baseline_id = _id(group, None, AUTOREGRESSIVE, device, dtype, batch, temperature, "none", new_tokens)
         reference = Case(
             suite=suite,
             group=group.name,
             id=baseline_id,
             line=group.line,
             target=group.target,
-            draft=None,
+            drafting=None,
             device=device,
             dtype=dtype,
             batch_size=batch,
@@ -157,13 +211,13 @@ def expand_group(suite: str, group: CaseGroup) -> list[Case]:
             baseline_id=None,
         )
         cases.append(reference)
-        for k_part, speculation, policy in _speculations(group):
-            case_id = _id(group, k_part, device, dtype, batch, temperature, policy.label, new_tokens)
+        for drafting, k_part, speculation, policy in _speculations(group):
+            case_id = _id(group, drafting, k_part, device, dtype, batch, temperature, policy.label, new_tokens)
             cases.append(
                 replace(
                     reference,
                     id=case_id,
-                    draft=group.draft,
+                    drafting=drafting,
                     speculation=speculation,
                     policy=policy.label,
                     baseline_id=baseline_id,
@@ -174,7 +228,7 @@ def expand_group(suite: str, group: CaseGroup) -> list[Case]:
 
 def case_count(group: CaseGroup) -> int:
     """How many cases ``group`` expands to (without building them)."""
-    speculative = len(group.policy) * (len(group.k) + (group.adaptive_k is not None)) if group.draft else 0
+    speculative = len(group.draft) * len(group.policy) * (len(group.k) + (group.adaptive_k is not None))
     combinations = len(group.device) * len(group.dtype) * len(group.batch_size)
     return combinations * len(group.temperature) * len(group.max_new_tokens) * (1 + speculative)
 

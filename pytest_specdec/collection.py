@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pytest_specdec.baselines import BaselineError
-from pytest_specdec.cases import WARN_CASES, Case, expand, sweep_report
+from pytest_specdec.cases import AUTOREGRESSIVE, WARN_CASES, Case, expand, sweep_report
 from pytest_specdec.errors import SuiteError
 from pytest_specdec.session import BenchSession
 from pytest_specdec.suite import SHORT_DTYPES, parse_suite
@@ -37,7 +37,8 @@ def device_missing(device: str) -> str | None:
 
 def case_keywords(case: Case) -> set[str]:
     """Words ``-k`` can select on (its expressions cannot contain the ``=`` of ids): ``k4``, ``kauto``, ``ar``,
-    ``bs2``, ``greedy``/``sampled``, the device (``cuda1``), the dtype (``fp16``), the policy, the suite and the entry.
+    ``bs2``, ``greedy``/``sampled``, the device (``cuda1``), the dtype (``fp16``), the policy, the drafting method
+    (``model``, ``ngram``, ``suffix``, ``layerskip``), the suite and the entry.
 
     ``-k`` matches case-insensitive substrings of every name an item carries (these words, its id, its markers), so
     no word may sit inside a name that every case has: the dtype is only the short name (``float16`` is inside
@@ -47,18 +48,21 @@ def case_keywords(case: Case) -> set[str]:
     words = {case.k_label if case.is_autoregressive else f"k{case.k_label}", f"bs{case.batch_size}"}
     words |= {"greedy" if case.generation.greedy else "sampled", case.device.replace(":", "")}
     words |= {SHORT_DTYPES[case.dtype], case.policy, case.suite, case.group}
+    if case.draft_method is not None:
+        words.add(case.draft_method)
     return words
 
 
 def case_marker(case: Case) -> pytest.MarkDecorator:
     """The ``specdec`` marker with the case's values, for exact selection: ``-m "specdec(k=4)"`` (``k`` is an
-    integer, ``'auto'`` or ``'ar'``), ``bs``, ``device``, ``dtype`` (short name), ``policy``, ``sampled``, ``n``
-    (new tokens), ``suite``, ``entry``."""
+    integer, ``'auto'`` or ``'ar'``), ``draft`` (the drafting method, ``'ar'`` for the autoregressive case), ``bs``,
+    ``device``, ``dtype`` (short name), ``policy``, ``sampled``, ``n`` (new tokens), ``suite``, ``entry``."""
     k: int | str = case.speculation.k if case.speculation and not case.speculation.adaptive else case.k_label
     return pytest.mark.specdec(
         suite=case.suite,
         entry=case.group,
         k=k,
+        draft=case.draft_method or AUTOREGRESSIVE,
         bs=case.batch_size,
         device=case.device,
         dtype=SHORT_DTYPES[case.dtype],

@@ -46,7 +46,7 @@ def build_engine(case: Case, models: ModelCache) -> SpeculativeEngine:
     keys = case.models
     target = models.get(keys[0])
     draft = models.get(keys[1]) if len(keys) > 1 else None
-    return SpeculativeEngine(target, draft)
+    return SpeculativeEngine(target, case.draft_spec(draft))  # the case's drafting method (make_drafter)
 
 
 def measure(case: Case, engine: SpeculativeEngine, benchmark: Any | None = None) -> Measurement:

@@ -186,6 +186,8 @@ class BenchSession:
                 "case": case.id,
                 "target": case.target,
                 "draft": case.draft,
+                "draft_method": case.draft_method,
+                "draft_options": case.draft_options,
                 "k": case.k_label,
                 "mean_k": measurement.mean_k,
                 "policy": policy.value if isinstance(policy, Policy) else "none",

@@ -8,6 +8,7 @@ rules (K >= 1, top_p in (0, 1], ...) are the engine's. ``docs/suites.md`` docume
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pytest_specdec.prompts import PromptSet, parse_prompts
 from pytest_specdec.yaml_source import KeyPath, LocatedYaml, key_name, load_yaml
 from specdec.config import AcceptanceConfig, AdaptiveKConfig, GenerationConfig, Policy, SpeculationConfig
 from specdec.device import DEVICE_CHOICES, DTYPE_CHOICES, DTYPE_SHORT_NAMES, dtype_name, resolve_dtype
+from specdec.drafters import METHODS, DraftSpec, make_drafter, method_names, option_names
 from specdec.errors import ConfigError, ModelLoadError
 from specdec.loading import ZOO_PREFIX
 from specdec.zoo import list_zoo, resolve_zoo
@@ -48,6 +50,27 @@ class PolicyChoice:
 
 
 @dataclass(frozen=True)
+class DraftChoice:
+    """One value of ``draft:``: a drafting method with its options, checked through ``make_drafter``.
+
+    Two choices are equal when they compute the same (method, model and every option, defaults filled in), so a
+    value listed twice is caught even when one spells out a default. ``label`` names it in case ids.
+    """
+
+    method: str  # a key of specdec.drafters.METHODS
+    model: str | None  # the resolved draft model for method `model`, else None
+    options: Any  # the method's frozen options dataclass, defaults filled in
+    label: str = dataclasses.field(default="", compare=False)  # "ngram", "ngram-max_ngram=4", "model"
+
+    def options_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options)
+
+    def spec(self, model: Any = None) -> DraftSpec:
+        """The engine's draft (``model``: the loaded draft model, for method ``model``)."""
+        return make_drafter(self.method, model=model, **self.options_dict())
+
+
+@dataclass(frozen=True)
 class AdaptiveK:
     config: AdaptiveKConfig
     start_k: int  # K of the first step
@@ -60,7 +83,7 @@ class CaseGroup:
     name: str
     line: int | None
     target: str  # resolved model name: zoo:NAME, an absolute folder, or a hub id
-    draft: str | None  # None: only the autoregressive case
+    draft: tuple[DraftChoice, ...]  # swept; empty: only the autoregressive case
     k: tuple[int, ...]
     adaptive_k: AdaptiveK | None
     device: tuple[str, ...]
@@ -296,6 +319,95 @@ def _model(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
     )
 
 
+MODEL_METHOD = "model"  # the drafting method of a draft model (``draft: NAME``)
+DRAFT_FORMS = "a draft model name or {method: METHOD, OPTION: VALUE}"
+
+
+def _draft(doc: LocatedYaml, key_path: KeyPath, value: Any) -> DraftChoice:
+    """``NAME`` (a draft model, as :func:`_model` reads it) or ``{method: METHOD, OPTION: VALUE, ...}``
+    (``{method: model, model: NAME}`` for a draft model). Options are checked now through ``make_drafter``, without
+    loading a model."""
+    if isinstance(value, str):
+        if value in METHODS and value != MODEL_METHOD:
+            raise doc.error(
+                key_path,
+                f"{value!r} is a drafting method, not a model: write {{method: {value}}} (with its options: "
+                f"{', '.join(option_names(value)) or 'none'})",
+            )
+        return DraftChoice(
+            method=MODEL_METHOD,
+            model=_model(doc, key_path, value),
+            options=_draft_options(doc, key_path, MODEL_METHOD, {}),
+        )
+    if not isinstance(value, dict):
+        raise doc.error(key_path, f"expected {DRAFT_FORMS}, got {value!r} ({_type_name(value)})")
+    if "method" not in value:
+        raise doc.error(key_path, f"a draft mapping needs `method`: one of {method_names()}")
+    method = value["method"]
+    if not isinstance(method, str) or method not in METHODS:
+        close = difflib.get_close_matches(str(method), list(METHODS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise doc.error(
+            (*key_path, "method"), f"unknown draft method {method!r}{hint}: expected one of {method_names()}"
+        )
+    options = {key: v for key, v in value.items() if key not in ("method", "model")}
+    known = option_names(method)
+    if "model" in value and not METHODS[method].needs_model:
+        raise doc.error(
+            (*key_path, "model"),
+            f"draft method {method!r} drafts without a model: remove `model` (or use method model)",
+        )
+    allowed = ("method", "model", *known) if METHODS[method].needs_model else ("method", *known)
+    _check_keys(doc, key_path, value, allowed, f"{method} draft")
+    model = None
+    if METHODS[method].needs_model:
+        if "model" not in value:
+            raise doc.error(key_path, f"draft method {method!r} needs `model`: the draft model's name")
+        model = _model(doc, (*key_path, "model"), value["model"])
+    return DraftChoice(method=method, model=model, options=_draft_options(doc, key_path, method, options))
+
+
+def _draft_options(doc: LocatedYaml, key_path: KeyPath, method: str, options: dict[str, Any]) -> Any:
+    """The method's options dataclass; its ConfigError points at the option it names (else at the mapping)."""
+    try:
+        if METHODS[method].needs_model:  # checked without a loaded model: the options alone
+            return METHODS[method].options(**options)
+        return make_drafter(method, **options).options
+    except ConfigError as error:
+        named = [key for key in options if re.search(rf"\b{re.escape(key)}\b", str(error))]
+        raise doc.error((*key_path, named[0]) if named else key_path, f"{error}") from None
+
+
+def draft_label(choice: DraftChoice, choices: tuple[DraftChoice, ...]) -> str:
+    """How ``choice`` reads in case ids among the swept ``choices``: the method alone (``ngram``), with the options
+    in which its variants differ where one method is swept with several (``ngram-max_ngram=2``), and for several
+    draft models each model's short name (``model-tiny-code-draft``)."""
+    same = [c for c in choices if c.method == choice.method]
+    if len(same) == 1:
+        return choice.method
+    if choice.method == MODEL_METHOD:
+        name = (choice.model or "").removeprefix(ZOO_PREFIX).rstrip("/").rsplit("/", 1)[-1]
+        return f"{MODEL_METHOD}-{name}"
+    differing = [f.name for f in fields(choice.options) if len({getattr(c.options, f.name) for c in same}) > 1]
+    return "-".join([choice.method, *(f"{key}={_option_text(getattr(choice.options, key))}" for key in differing)])
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "none" if value is None else str(value)
+
+
+def _drafts(doc: LocatedYaml, key_path: KeyPath, value: Any) -> tuple[DraftChoice, ...]:
+    """``draft:``: null (autoregressive only), one draft, or a list of them (a sweep), each labelled for ids."""
+    if value is None:
+        return ()
+    choices = _one_or_many(_draft, DRAFT_FORMS)(doc, key_path, value)
+    return tuple(dataclasses.replace(c, label=draft_label(c, choices)) for c in choices)
+
+
 def _zoo_model(doc: LocatedYaml, key_path: KeyPath, value: str) -> None:
     try:
         resolve_zoo(value)
@@ -353,7 +465,7 @@ def _description(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
 CASE_KEYS: dict[str, Parser] = {
     "name": _name,
     "target": _model,
-    "draft": _optional(_model),
+    "draft": _drafts,
     "k": _one_or_many(_k, "K (an integer >= 1)"),
     "adaptive_k": _adaptive_k,
     "device": _one_or_many(_device, "a device"),
@@ -374,7 +486,7 @@ CASE_KEYS: dict[str, Parser] = {
     "tolerances": _tolerances,
 }
 DEFAULTS: dict[str, Any] = {
-    "draft": None,
+    "draft": (),
     "k": (4,),
     "adaptive_k": None,
     "device": ("cpu",),
@@ -431,7 +543,7 @@ def _group(doc: LocatedYaml, index: int, defaults: dict[str, Any], entry: Any) -
                 )
 
             _engine_check(doc, key_path, generation)
-    if group.draft is None and ("k" in values or "adaptive_k" in values or "policy" in values):
+    if not group.draft and ("k" in values or "adaptive_k" in values or "policy" in values):
         raise doc.error(key_path, "k, adaptive_k and policy need a `draft`: a case without one is autoregressive")
     return group
 

@@ -11,7 +11,7 @@ from specdec import report
 if TYPE_CHECKING:
     from pytest_specdec.session import CaseResult
 
-HEADERS = ("case", "K", "acceptance", "tokens/s", "speedup", "verdict")
+HEADERS = ("case", "draft", "K", "acceptance", "tokens/fwd", "tokens/s", "speedup", "verdict")
 
 
 def verdict_cell(result: CaseResult, updating: bool) -> str:
@@ -37,8 +37,10 @@ def table_rows(results: Sequence[CaseResult], updating: bool) -> list[tuple[Any,
         rows.append(
             (
                 r.case.id,
+                r.case.draft_method or "-",
                 _k_cell(r),
                 m.acceptance_rate if m is not None else None,
+                f"{m.tokens_per_forward:.2f}" if m is not None else None,
                 f"{m.tokens_per_second:.1f}" if m is not None else None,
                 f"{speedup:.2f}x" if speedup is not None else None,
                 verdict_cell(r, updating),
@@ -72,6 +74,9 @@ def records(results: Sequence[CaseResult], updating: bool) -> list[dict[str, Any
                 "suite": case.suite,
                 "case": case.id,
                 "group": case.group,
+                "draft_method": case.draft_method,
+                "draft": case.draft,
+                "draft_options": " ".join(f"{key}={value}" for key, value in case.draft_options.items()) or None,
                 "k": case.k_label,
                 "mean_k": m.mean_k if m else None,
                 "device": case.device,
