@@ -1,8 +1,10 @@
 """specdec: lossless speculative decoding for Hugging Face causal language models."""
 
 from specdec.config import AcceptanceConfig, AdaptiveKConfig, GenerationConfig, Policy, SpeculationConfig
-from specdec.engine import GenerationResult, SpeculativeEngine
+from specdec.drafters import DraftSpec, make_drafter
+from specdec.engine import SpeculativeEngine
 from specdec.errors import SpecdecError
+from specdec.generation import Generation, GenerationResult
 from specdec.loading import LoadedModel, load_model
 from specdec.metrics import RunMetrics, StepMetrics
 
@@ -11,6 +13,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AcceptanceConfig",
     "AdaptiveKConfig",
+    "DraftSpec",
+    "Generation",
     "GenerationConfig",
     "GenerationResult",
     "LoadedModel",
@@ -21,4 +25,5 @@ __all__ = [
     "SpeculativeEngine",
     "StepMetrics",
     "load_model",
+    "make_drafter",
 ]

@@ -18,6 +18,8 @@ from specdec.config import (
 from specdec.device import DEVICE_CHOICES, DTYPE_CHOICES
 from specdec.errors import ConfigError, SpecdecError
 
+DRAFT_METHODS = ("model", "ngram", "suffix", "layerskip")  # specdec.drafters.METHODS, named here for a fast --help
+
 T = TypeVar("T")
 
 
@@ -46,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--target", required=True, help="target model: zoo:NAME, a local folder, or a hub id")
     gen.add_argument("--draft", help="draft model (same vocabulary); omit for autoregressive decoding")
+    gen.add_argument(
+        "--draft-method",
+        help=f"how to draft: {', '.join(DRAFT_METHODS)} (default: model with --draft; neither: autoregressive)",
+    )
+    gen.add_argument(
+        "--draft-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the draft method (repeatable), e.g. max_ngram=4, layers=3",
+    )
     gen.add_argument("--prompt", required=True, help="prompt text; - reads it from standard input")
     # Flags that only matter in some combinations default to None, so that one given where it does nothing is named.
     gen.add_argument("--k", type=_int, help="tokens drafted per step (default 4; start value if adaptive)")
@@ -92,15 +105,15 @@ def _dest(flag: str) -> str:
 
 def _given(args: argparse.Namespace, flag: str) -> bool:
     value = getattr(args, _dest(flag))
-    return value is not False and value is not None
+    return value is not False and value is not None and value != []
 
 
 def _check_flags_apply(args: argparse.Namespace, policy: Policy) -> None:
     """Refuse, in one line, the first flag given where it does nothing."""
     reasons: list[tuple[str, str]] = []
-    if args.draft is None:
-        reasons += [(f, "without --draft nothing is drafted (autoregressive decoding)") for f in SPECULATION_FLAGS]
-        reasons += [(f, "without --draft nothing is drafted (autoregressive decoding)") for f in ADAPTIVE_FLAGS]
+    if args.draft is None and args.draft_method is None:
+        alone = "without --draft or --draft-method nothing is drafted (autoregressive decoding)"
+        reasons += [(f, alone) for f in (*SPECULATION_FLAGS, *ADAPTIVE_FLAGS, "--draft-option")]
     reasons += [(f, "it only applies with --adaptive-k") for f in ADAPTIVE_FLAGS if not args.adaptive_k]
     if policy is not Policy.LOSSY_THRESHOLD:
         reasons.append(("--threshold", f"it only applies with --policy {Policy.LOSSY_THRESHOLD.value}"))
@@ -155,6 +168,20 @@ def _or(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
+def _draft_method(args: argparse.Namespace) -> str | None:
+    """The drafting method the flags ask for (None: autoregressive), checked against --draft."""
+    method = args.draft_method or ("model" if args.draft else None)
+    if method is None:
+        return None
+    if method not in DRAFT_METHODS:
+        raise ConfigError(f"unknown --draft-method {method!r}: expected one of {', '.join(DRAFT_METHODS)}")
+    if method == "model" and not args.draft:
+        raise ConfigError("--draft-method model needs --draft NAME (the draft model)")
+    if method != "model" and args.draft:
+        raise ConfigError(f"--draft-method {method} drafts without a model: remove --draft {args.draft}")
+    return method
+
+
 def _read_prompt(args: argparse.Namespace) -> str:
     """The prompt, verbatim: ``--prompt -`` reads all of standard input. Any non-empty text is a prompt (whitespace
     too: indentation is a legitimate code prompt)."""
@@ -170,12 +197,23 @@ def _read_prompt(args: argparse.Namespace) -> str:
 
 def _generate(args: argparse.Namespace) -> int:
     generation, speculation = _configs(args)  # validate flags before reading any input or loading any model
+    method = _draft_method(args)
+    from specdec.drafters import make_drafter, parse_options
+
+    options = parse_options(method, args.draft_option) if method is not None else {}
+    if method is not None and method != "model":
+        make_drafter(method, **options)  # refuse bad options before loading anything
     prompt = _read_prompt(args)
     from specdec.engine import SpeculativeEngine
     from specdec.loading import load_model
 
     target = load_model(args.target, device=args.device, dtype=args.dtype)
-    draft = load_model(args.draft, device=target.device, dtype=target.dtype) if args.draft else None
+    draft = None
+    if method == "model":
+        model = load_model(args.draft, device=target.device, dtype=target.dtype)
+        draft = make_drafter("model", model=model, **options)
+    elif method is not None:
+        draft = make_drafter(method, **options)
     engine = SpeculativeEngine(target, draft)
     result = engine.generate(prompt, generation, speculation)
     if args.json:

@@ -12,7 +12,6 @@ from typing import Protocol
 
 import torch
 
-from specdec.errors import ConfigError, UnsupportedModelError
 from specdec.kv_cache import KVCache, cache_keyword
 from specdec.loading import LoadedModel
 
@@ -127,28 +126,3 @@ class HFDecoder:
     def rollback(self, length: int) -> None:
         assert self.cache is not None
         self.cache.rollback(length)
-
-
-DECODER_CHOICES = ("auto", "fast", "generic")
-
-
-def make_decoder(loaded: LoadedModel, vocab_size: int | None = None, choice: str = "auto") -> Decoder:
-    """``fast`` where the architecture has a fast path, ``generic`` for everything transformers runs.
-
-    ``auto`` takes the fast path when the model supports it, on CUDA (Triton kernels, CUDA graphs) and on a CPU (the
-    PyTorch reference kernels, still far less Python per forward than transformers' modules); on MPS, where the fast
-    path has not been tested, it takes the generic path.
-    """
-    from specdec.fast.decoder import FastDecoder
-    from specdec.fast.models import unsupported_reason
-
-    if choice not in DECODER_CHOICES:
-        raise ConfigError(f"unknown decoder {choice!r}: expected one of {', '.join(DECODER_CHOICES)}")
-    reason = unsupported_reason(loaded.model)
-    if choice == "fast":
-        if reason is not None:
-            raise UnsupportedModelError(f"no fast path for {loaded.name!r}: {reason}; use --decoder generic")
-        return FastDecoder(loaded, vocab_size)
-    if choice == "auto" and reason is None and loaded.device.type in ("cuda", "cpu"):
-        return FastDecoder(loaded, vocab_size)
-    return HFDecoder(loaded, vocab_size)

@@ -14,7 +14,7 @@ class StepMetrics:
     """One speculative step (one target verification forward)."""
 
     k: int  # K the controller asked for
-    drafted: int  # tokens drafted this step (K, or fewer near the end of the budget)
+    drafted: int  # tokens drafted this step (at most K: fewer near the end of the budget or when a drafter has none)
     accepted: int  # drafted tokens kept (min over the batch's rows)
     emitted: int  # tokens committed this step: accepted + 1 (the recovered or bonus token)
     draft_ms: float
@@ -26,13 +26,15 @@ class RunMetrics:
     """One generation run. ``acceptance_rate`` is accepted / drafted and never counts the bonus token."""
 
     target: str
-    draft: str | None
+    draft: str | None  # what drafted (a model's name, or a model-free drafter's description); None: autoregressive
+    draft_method: str | None  # "model", "ngram", "suffix", "layerskip", ...; None: autoregressive
     decoder_path: str  # "generic" (transformers modules) or the fast path that ran
     verifier_backend: str  # "torch" or "triton"
     policy: str
-    k: int | None  # fixed K, or None when adaptive
+    k: int | None  # fixed K as it could apply (at most max_new_tokens - 1), or None when adaptive
     adaptive_k: bool
     mean_k: float  # mean K the controller asked for over the steps
+    mean_drafted: float  # mean tokens actually drafted per step (a model-free drafter may draft fewer than K)
     device: str
     dtype: str
     batch_size: int

@@ -35,11 +35,12 @@ def metrics_table(metrics: RunMetrics) -> str:
     peak = metrics.peak_device_memory_bytes
     rows = [
         ("target", metrics.target),
-        ("draft", metrics.draft or "(none: autoregressive)"),
+        ("draft", f"{metrics.draft} ({metrics.draft_method})" if metrics.draft else "(none: autoregressive)"),
         ("device / dtype", f"{metrics.device} / {metrics.dtype}"),
         ("decoder path / verifier", f"{metrics.decoder_path} / {metrics.verifier_backend}"),
         ("policy, K", f"{metrics.policy}, " + ("adaptive" if metrics.adaptive_k else str(metrics.k))),
         ("new tokens", metrics.new_tokens),
+        ("drafted per step", metrics.mean_drafted),
         ("acceptance rate", metrics.acceptance_rate),
         ("tokens per target forward", metrics.mean_tokens_per_forward),
         ("tokens/s", metrics.tokens_per_second),

@@ -11,7 +11,8 @@ import torch
 from tiny_models import loaded, make_model
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
-from specdec.decoder import HFDecoder, make_decoder
+from specdec.decoder import HFDecoder
+from specdec.decoders import make_decoder
 from specdec.errors import ConfigError, UnsupportedModelError
 from specdec.fast.decoder import FastDecoder
 

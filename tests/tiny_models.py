@@ -13,6 +13,7 @@ from specdec.loading import LoadedModel
 
 VOCAB = 320
 FAMILIES = ("llama", "gpt2", "qwen2", "gpt_neox")
+MORE_FAMILIES = (*FAMILIES, "opt", "phi")  # every architecture the drafters are checked on
 CORPUS = [
     "def parse_args(argv):\n    parser = argparse.ArgumentParser()\n    return parser.parse_args(argv)\n",
     "for index, value in enumerate(values):\n    if value is None:\n        continue\n    total += value\n",
@@ -48,6 +49,25 @@ def make_config(family: str, layers: int = 2, vocab: int = VOCAB, hidden: int = 
         )
     if family == "gpt_neox":
         return transformers.GPTNeoXConfig(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            **shared,
+        )
+    if family == "opt":
+        return transformers.OPTConfig(
+            hidden_size=hidden,
+            ffn_dim=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            word_embed_proj_dim=hidden,
+            **{**shared, "pad_token_id": 0},
+        )
+    if family == "phi":
+        return transformers.PhiConfig(
             hidden_size=hidden,
             intermediate_size=2 * hidden,
             num_hidden_layers=layers,

@@ -14,29 +14,28 @@ from specdec.sequence import SequenceBatch
 class ModelDrafter:
     """Runs the draft model autoregressively for K tokens, over its own rollback-able KV cache.
 
-    The draft cache holds every committed position except the last. After a step that accepted all K drafts, it
-    also lacks ``d_K`` (which the draft never read), so the next proposal starts by feeding the missing tokens:
-    one or two of them, read from the committed tokens.
+    The draft cache holds committed positions only, and never the last one; each proposal starts by feeding the
+    committed tokens it lacks: the whole prompt at the first proposal, then one token (or two, after a step that
+    accepted all K drafts, since the draft never read ``d_K``).
     """
 
-    def __init__(self, decoder: Decoder) -> None:
+    def __init__(self, decoder: Decoder, name: str | None = None, method: str = "model") -> None:
         self.decoder = decoder
-        self.name = decoder.name
+        self.name = name or decoder.name
+        self.method = method
 
     @property
     def forwards(self) -> int:
         return self.decoder.forwards
 
     def start(self, batch: SequenceBatch) -> None:
+        """Empty the draft cache; the first proposal reads the prompt (so a run that never drafts never runs it)."""
         self.decoder.prepare(batch.pad_lengths, batch.attention_mask, batch.max_length)
-        end = batch.length - 1  # all but the last prompt token, which the first proposal feeds
-        if end > 0:
-            self.decoder.forward(batch.tokens[:, :end], last_only=True)
 
     def propose(
         self, batch: SequenceBatch, k: int, generation: GenerationConfig, generator: torch.Generator | None
     ) -> DraftProposal:
-        unread = batch.tokens[:, self.decoder.cache_length : batch.length]  # [B, 1 or 2] committed, not yet read
+        unread = batch.tokens[:, self.decoder.cache_length : batch.length]  # [B, S] committed, not yet read
         if generation.greedy:
             return DraftProposal(tokens=self.decoder.greedy_chain(unread, k), probs=None)
         logits = self.decoder.forward(unread, last_only=True)  # [B, 1, V]

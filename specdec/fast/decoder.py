@@ -9,13 +9,14 @@ reads it); a rollback sets both, copying nothing.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
 
 from specdec.decoder import greedy_chain_loop
-from specdec.errors import ConfigError
-from specdec.fast.models import build_fast_model, unsupported_reason
+from specdec.errors import ConfigError, UnsupportedModelError
+from specdec.fast.models import FastModel, build_fast_model, unsupported_reason
 from specdec.kernels import Kernels, kernels_for
 from specdec.loading import LoadedModel
 
@@ -23,16 +24,25 @@ GRAPH_MAX_TOKENS = 16  # forwards of more new tokens (prefill) run eagerly
 
 
 class FastDecoder:
-    def __init__(self, loaded: LoadedModel, vocab_size: int | None = None, use_graphs: bool | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        vocab_size: int | None = None,
+        use_graphs: bool | None = None,
+        model: FastModel | None = None,
+    ) -> None:
+        """``model``: a lean module to run instead of building one from ``loaded`` (a view of fewer layers)."""
         reason = unsupported_reason(loaded.model)
         if reason is not None:
-            raise ValueError(f"no fast path for {loaded.name!r}: {reason}")
+            raise UnsupportedModelError(f"no fast path for {loaded.name!r}: {reason}; use --decoder generic")
         self.name = loaded.name
         self.device = loaded.device
         self.dtype = loaded.dtype
         self.vocab_size = vocab_size or loaded.vocab_size
         self.kernels: Kernels = kernels_for(loaded.device)
-        self.model = build_fast_model(loaded.model, self.kernels)
+        self.loaded = loaded
+        self.model = model if model is not None else build_fast_model(loaded.model, self.kernels)
+        self.sliding_window = _sliding_window(loaded)
         self.path = f"fast-{self.model.family}"
         self.use_graphs = self.device.type == "cuda" if use_graphs is None else use_graphs
         self.chain_graph = True  # the greedy draft of K tokens as one graph (False: one graph per forward)
@@ -49,8 +59,21 @@ class FastDecoder:
     def cache_length(self) -> int:
         return self._length
 
+    def first_layers(self, count: int) -> FastDecoder:
+        """A decoder over this model's first ``count`` layers, final norm and output head: the same weights (nothing
+        is copied), its own KV cache (``count`` layers) and graphs."""
+        view = copy.copy(self.model)
+        view.layers = self.model.layers[:count]
+        return FastDecoder(self.loaded, self.vocab_size, self.use_graphs, model=view)
+
     def prepare(self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int) -> None:
         batch = pad_lengths.shape[0]
+        if self.sliding_window is not None and self.sliding_window < max_length:
+            raise UnsupportedModelError(
+                f"{self.name!r} attends over a sliding window of {self.sliding_window} tokens, shorter than the "
+                f"{max_length} tokens this run needs; ask for fewer tokens (prompt + max_new_tokens <= "
+                f"{self.sliding_window})"
+            )
         limit = self.model.max_positions
         if limit is not None and max_length > limit:
             raise ConfigError(
@@ -136,3 +159,12 @@ class FastDecoder:
         if length != self._length:
             self._device_length.fill_(length)
         self._length = length
+
+
+def _sliding_window(loaded: LoadedModel) -> int | None:
+    """The attention window of a model that uses one (Mistral, Qwen2 with ``use_sliding_window``), else None."""
+    config = loaded.model.config
+    window = getattr(config, "sliding_window", None)
+    if window is None or not getattr(config, "use_sliding_window", True):
+        return None
+    return int(window)

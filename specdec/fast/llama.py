@@ -19,8 +19,9 @@ from specdec.kernels import Kernels
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inverse frequencies that do not depend on length
 
 
-def unsupported_reason(model: PreTrainedModel, max_length: int | None = None) -> str | None:
-    """Why the Llama-family fast path cannot run this Llama, Mistral or Qwen2 model (None if it can)."""
+def unsupported_reason(model: PreTrainedModel) -> str | None:
+    """Why the Llama-family fast path cannot run this Llama, Mistral or Qwen2 model (None if it can). A sliding
+    window shorter than a run is refused when the run's length is known (``FastDecoder.prepare``)."""
     config = model.config
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"activation {config.hidden_act!r} is not silu"
@@ -29,10 +30,6 @@ def unsupported_reason(model: PreTrainedModel, max_length: int | None = None) ->
     rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
     if rope_type not in STATIC_ROPE_TYPES:
         return f"rope type {rope_type!r} changes with the sequence length"
-    window = getattr(config, "sliding_window", None)
-    uses_window = window is not None and getattr(config, "use_sliding_window", True)
-    if uses_window and window is not None and max_length is not None and window < max_length:
-        return f"sliding window {window} is shorter than the {max_length} tokens needed"
     return None
 
 

@@ -15,3 +15,20 @@ HELDOUT_PROMPTS = Path(__file__).parent / "models" / "tiny-code" / "code-heldout
 def load_prompts(path: Path = HELDOUT_PROMPTS) -> list[str]:
     """The prompt texts of a JSON-lines prompt file (by default the zoo's held-out code prompts)."""
     return [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def prompt_set_file(name: str) -> Path:
+    """Where the zoo keeps prompt set ``name`` (``zoo:NAME`` or ``NAME``): ``specdec/zoo/prompts/NAME.jsonl``, else
+    next to a zoo model (``specdec/zoo/models/*/NAME.jsonl``); the first candidate when none exists."""
+    name = name.removeprefix("zoo:")
+    zoo = Path(__file__).parent
+    candidates = [zoo / "prompts" / f"{name}.jsonl", *sorted(zoo.glob(f"models/*/{name}.jsonl"))]
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
+def load_prompt_set(name: str) -> list[str]:
+    """The prompt texts of the zoo's prompt set ``name`` (``zoo:code-heldout``, ``zoo:code-repeat``)."""
+    path = prompt_set_file(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"the zoo has no prompt set {name!r} (looked for {path})")
+    return load_prompts(path)

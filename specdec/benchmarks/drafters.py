@@ -1,0 +1,236 @@
+"""Which drafting method is fastest for a target, on this machine, against Hugging Face in the same run.
+
+    python -m specdec.benchmarks.drafters --out results/drafters [--target zoo:tiny-code-target]
+        [--draft zoo:tiny-code-draft] [--prompts zoo:code-repeat,zoo:code-heldout] [--count 8] [--ks 2,4,8]
+
+For each prompt set: the engine's autoregressive run, every drafting method at every K, and transformers' own
+`generate` (dynamic cache, static cache), prompt lookup (`prompt_lookup_num_tokens=K`) and assisted generation with
+the same draft model, all greedy, on the same prompts, in one process. Each configuration runs every prompt once to
+warm up, then ``--repeats`` times; its speed is total new tokens over the median total time. Prints a table per
+prompt set and writes ``drafters_report.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from specdec import report
+from specdec.config import GenerationConfig, SpeculationConfig
+from specdec.device import synchronize
+from specdec.drafters import make_drafter
+from specdec.engine import SpeculativeEngine
+from specdec.loading import LoadedModel, load_model
+from specdec.zoo.prompts import load_prompt_set
+
+METHODS = ("model", "ngram", "suffix", "layerskip")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def timed_total(run: Callable[[list[int]], int], prompts: list[list[int]], repeats: int, device: torch.device) -> float:
+    """Median over ``repeats`` of the time to run every prompt once (after one warm-up pass)."""
+    for prompt in prompts:
+        run(prompt)
+    totals = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        for prompt in prompts:
+            run(prompt)
+        synchronize(device)
+        totals.append(time.perf_counter() - started)
+    return statistics.median(totals)
+
+
+def engine_row(
+    label: str, engine: SpeculativeEngine, prompts: list[list[int]], max_new: int, k: int, repeats: int
+) -> dict[str, Any]:
+    generation = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False)
+    speculation = SpeculationConfig(k=max(k, 1))  # K is unused without a drafter
+    tokens = forwards = drafted = accepted = 0
+
+    def run(prompt: list[int]) -> int:
+        return engine.generate(prompt, generation, speculation).metrics.new_tokens
+
+    seconds = timed_total(run, prompts, repeats, engine.device)
+    for prompt in prompts:  # the counts (deterministic at greedy) from one more pass
+        metrics = engine.generate(prompt, generation, speculation).metrics
+        tokens, forwards = tokens + metrics.new_tokens, forwards + metrics.target_forwards
+        drafted, accepted = drafted + metrics.drafted_tokens, accepted + metrics.accepted_tokens
+    return {
+        "engine": "specdec",
+        "method": label,
+        "k": k if engine.drafter is not None else None,
+        "tokens_per_s": tokens / seconds,
+        "tokens_per_forward": tokens / forwards,
+        "acceptance": accepted / drafted if drafted else None,
+        "drafted_per_token": drafted / tokens,
+        "seconds": seconds,
+    }
+
+
+def hf_row(
+    label: str, target: LoadedModel, prompts: list[list[int]], max_new: int, repeats: int, **options: Any
+) -> dict[str, Any] | None:
+    model = target.model
+    settings = {"max_new_tokens": max_new, "min_new_tokens": max_new, "do_sample": False, **options}
+
+    def run(prompt: list[int]) -> int:
+        ids = torch.tensor([prompt], device=target.device)
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), **settings)  # type: ignore[operator]
+        return int(out.shape[1] - ids.shape[1])
+
+    try:
+        seconds = timed_total(run, prompts, repeats, target.device)
+    except Exception as error:  # a configuration this transformers cannot run is reported, not fatal
+        log(f"{label}: not run ({type(error).__name__}: {str(error).splitlines()[0][:160]})")
+        return None
+    return {
+        "engine": "hf",
+        "method": label,
+        "k": options.get("prompt_lookup_num_tokens"),
+        "tokens_per_s": len(prompts) * max_new / seconds,
+        "tokens_per_forward": None,
+        "acceptance": None,
+        "drafted_per_token": None,
+        "seconds": seconds,
+    }
+
+
+def prompt_set_section(args: argparse.Namespace, target: LoadedModel, draft: LoadedModel | None, name: str) -> dict:
+    texts = load_prompt_set(name)[: args.count]
+    prompts = [list(target.tokenizer(text).input_ids) for text in texts]
+    log(f"{name}: {len(prompts)} prompts, {args.max_new_tokens} new tokens each")
+    rows: list[dict[str, Any]] = []
+    ar = engine_row("autoregressive", SpeculativeEngine(target), prompts, args.max_new_tokens, 0, args.repeats)
+    rows.append(ar)
+    for method in args.methods:
+        if method == "model" and draft is None:
+            continue
+        variants = [{"layers": layers} for layers in args.layers] if method == "layerskip" else [{}]
+        for options in variants:
+            spec = make_drafter("model", model=draft) if method == "model" else make_drafter(method, **options)
+            engine = SpeculativeEngine(target, spec)
+            assert engine.drafter is not None
+            for k in args.ks:
+                log(f"{name}: {engine.drafter.name} k={k}")
+                rows.append(engine_row(engine.drafter.name, engine, prompts, args.max_new_tokens, k, args.repeats))
+    if args.hf:
+        log(f"{name}: transformers generate")
+        rows.append(hf_row("hf generate (dynamic cache)", target, prompts, args.max_new_tokens, args.repeats))
+        rows.append(
+            hf_row(
+                "hf generate (static cache)",
+                target,
+                prompts,
+                args.max_new_tokens,
+                args.repeats,
+                cache_implementation="static",
+            )
+        )
+        for k in args.ks:
+            rows.append(
+                hf_row(
+                    "hf prompt lookup",
+                    target,
+                    prompts,
+                    args.max_new_tokens,
+                    args.repeats,
+                    prompt_lookup_num_tokens=k,
+                )
+            )
+        if draft is not None:
+            draft.model.generation_config.num_assistant_tokens_schedule = "constant"
+            for k in args.ks:
+                draft.model.generation_config.num_assistant_tokens = k
+                row = hf_row(
+                    "hf assisted", target, prompts, args.max_new_tokens, args.repeats, assistant_model=draft.model
+                )
+                if row is not None:
+                    row["k"] = k
+                rows.append(row)
+    kept = [r for r in rows if r is not None]
+    for row in kept:
+        row["speedup_vs_engine_ar"] = row["tokens_per_s"] / ar["tokens_per_s"]
+    return {"prompt_set": name, "prompts": len(prompts), "rows": kept}
+
+
+def render(section: dict) -> str:
+    headers = ["engine", "method", "K", "tokens/s", "x engine AR", "tokens/forward", "acceptance"]
+    rows = [
+        [
+            r["engine"],
+            r["method"],
+            r["k"],
+            r["tokens_per_s"],
+            r["speedup_vs_engine_ar"],
+            r["tokens_per_forward"],
+            r["acceptance"],
+        ]
+        for r in section["rows"]
+    ]
+    return f"{section['prompt_set']} ({section['prompts']} prompts)\n" + report.table(rows, headers, digits=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m specdec.benchmarks.drafters", description=__doc__.split("\n")[0])
+    parser.add_argument("--target", default="zoo:tiny-code-target")
+    parser.add_argument("--draft", default="zoo:tiny-code-draft", help="draft model for `model` ('' for none)")
+    parser.add_argument("--prompts", default="zoo:code-repeat,zoo:code-heldout", help="comma-separated prompt sets")
+    parser.add_argument("--count", type=int, default=8, help="prompts per set")
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--ks", default="2,4,8")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--layers", default="", help="layer-skip draft layers, comma-separated (default: half)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (steady timings)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-hf", dest="hf", action="store_false", help="skip the transformers rows")
+    parser.add_argument("--out", type=Path, default=Path("results/drafters"))
+    args = parser.parse_args(argv)
+    args.ks = [int(k) for k in args.ks.split(",")]
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.layers = [int(n) for n in args.layers.split(",") if n] or [None]
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    target = load_model(args.target, device=args.device, dtype=args.dtype)
+    draft = load_model(args.draft, device=target.device, dtype=target.dtype) if args.draft else None
+    report_data: dict[str, Any] = {
+        "command": "python -m specdec.benchmarks.drafters " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "target": args.target,
+        "draft": args.draft or None,
+        "device": str(target.device),
+        "dtype": str(target.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "sections": [],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.prompts.split(","):
+        section = prompt_set_section(args, target, draft, name)
+        report_data["sections"].append(section)
+        print(render(section), flush=True)
+        print(flush=True)
+        (args.out / "drafters_report.json").write_text(json.dumps(report_data, indent=2))  # kept after every set
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""Suffix matching over the request's own tokens, and optionally over earlier requests' (in the spirit of
+SuffixDecoding, Oliaro et al. 2024, and SAM-decoding, Hu et al. 2024): no draft model at all.
+
+Every position of a sequence is indexed by the contexts that precede it, up to ``max_depth`` tokens back, in a trie
+read backwards from each position (a suffix trie of the reversed text); each node counts the tokens that followed
+its context. A proposal takes the longest context of the sequence's end that occurred before, follows its most
+frequent continuation, and keeps extending while the deepest matching context is at least ``min_match`` tokens long
+and its most frequent continuation has an empirical probability of at least ``min_prob``. So the proposal's length
+is dynamic: long in text that repeats itself, empty where nothing did.
+
+Against ``ngram`` (the most recent occurrence, copied verbatim): suffix matching picks the most frequent of several
+continuations, stops where they disagree, and can learn from earlier outputs (``corpus``); ``ngram`` costs less
+host work and needs no index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from specdec.config import GenerationConfig
+from specdec.drafters.base import DraftProposal, empty_proposal
+from specdec.errors import ConfigError
+from specdec.sequence import SequenceBatch
+
+
+@dataclass(frozen=True)
+class SuffixOptions:
+    max_depth: int = 24  # longest context indexed and matched
+    min_match: int = 2  # a context shorter than this is not trusted to predict
+    min_prob: float = 0.3  # stop extending where the best continuation's frequency falls below this
+    corpus: bool = False  # also match earlier requests' tokens (kept by the engine across requests)
+    corpus_tokens: int = 1_000_000  # the corpus forgets everything beyond this many indexed tokens
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_match <= self.max_depth <= 256:
+            raise ConfigError(
+                f"suffix drafter: need 1 <= min_match <= max_depth <= 256, got min_match={self.min_match}, "
+                f"max_depth={self.max_depth}"
+            )
+        if not 0.0 < self.min_prob <= 1.0:
+            raise ConfigError(f"suffix drafter: min_prob must be in (0, 1], got {self.min_prob}")
+        if self.corpus_tokens < 1:
+            raise ConfigError(f"suffix drafter: corpus_tokens must be >= 1, got {self.corpus_tokens}")
+
+
+class _Node:
+    __slots__ = ("best", "best_count", "children", "counts", "total")
+
+    def __init__(self) -> None:
+        self.children: dict[int, _Node] = {}  # the token one step further back
+        self.counts: dict[int, int] = {}  # tokens that followed this context
+        self.best = -1  # the most frequent of them
+        self.best_count = 0
+        self.total = 0
+
+
+class SuffixIndex:
+    """Contexts of up to ``max_depth`` tokens and what followed them, for one or more token sequences."""
+
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        self.root = _Node()
+        self.indexed = 0  # positions indexed
+
+    def add(self, tokens: list[int], start: int) -> None:
+        """Index the positions ``start..len(tokens)-1`` of ``tokens`` (each by the contexts before it)."""
+        for position in range(max(start, 1), len(tokens)):
+            following = tokens[position]
+            node = self.root
+            for back in range(position - 1, max(position - 1 - self.max_depth, -1), -1):
+                child = node.children.get(tokens[back])
+                if child is None:
+                    child = node.children[tokens[back]] = _Node()
+                node = child
+                count = node.counts.get(following, 0) + 1
+                node.counts[following] = count
+                node.total += 1
+                if count > node.best_count:
+                    node.best, node.best_count = following, count
+            self.indexed += 1
+
+    def deepest(self, tokens: list[int]) -> tuple[_Node | None, int]:
+        """The node of the longest context that ends ``tokens`` and occurred before, and its depth."""
+        node, depth = self.root, 0
+        for back in range(len(tokens) - 1, max(len(tokens) - 1 - self.max_depth, -1), -1):
+            child = node.children.get(tokens[back])
+            if child is None:
+                break
+            node, depth = child, depth + 1
+        return (node, depth) if depth > 0 else (None, 0)
+
+
+class SuffixDrafter:
+    """Proposes the most frequent continuation of the longest earlier context, for as long as it stays likely."""
+
+    method = "suffix"
+    forwards = 0
+
+    def __init__(self, options: SuffixOptions) -> None:
+        self.options = options
+        self.name = f"suffix(depth={options.max_depth})" + ("+corpus" if options.corpus else "")
+        self.corpus = SuffixIndex(options.max_depth) if options.corpus else None
+        self._rows: list[list[int]] = []  # each row's committed tokens (padding excluded)
+        self._indexes: list[SuffixIndex] = []
+        self._read = 0  # columns of the batch already copied into _rows
+
+    def start(self, batch: SequenceBatch) -> None:
+        self._retire()
+        pads = batch.pad_lengths.tolist()
+        prompts = batch.tokens[:, : batch.length].tolist()
+        self._rows = [row[pad:] for row, pad in zip(prompts, pads, strict=True)]
+        self._read = batch.length
+        self._indexes = []
+        for row in self._rows:
+            index = SuffixIndex(self.options.max_depth)
+            index.add(row, 0)
+            self._indexes.append(index)
+
+    def _retire(self) -> None:
+        """The previous request's sequences join the corpus (when kept), which forgets all past its budget."""
+        if self.corpus is None or not self._rows:
+            return
+        if self.corpus.indexed + sum(len(r) for r in self._rows) > self.options.corpus_tokens:
+            self.corpus = SuffixIndex(self.options.max_depth)
+        for row in self._rows:
+            self.corpus.add(row, 0)
+
+    def _continue(self, row: list[int], index: SuffixIndex, k: int) -> list[int]:
+        drafted: list[int] = []
+        sequence = list(row[-self.options.max_depth :])
+        for _ in range(k):
+            best_node, best_depth = index.deepest(sequence)
+            if self.corpus is not None:
+                node, depth = self.corpus.deepest(sequence)
+                if depth > best_depth:
+                    best_node, best_depth = node, depth
+            if best_node is None or best_depth < self.options.min_match:
+                break
+            if best_node.best_count < self.options.min_prob * best_node.total:
+                break
+            drafted.append(best_node.best)
+            sequence.append(best_node.best)
+        return drafted
+
+    def propose(
+        self, batch: SequenceBatch, k: int, generation: GenerationConfig, generator: torch.Generator | None
+    ) -> DraftProposal:
+        drafts = [self._continue(row, index, k) for row, index in zip(self._rows, self._indexes, strict=True)]
+        width = min(len(d) for d in drafts)
+        if width == 0:
+            return empty_proposal(batch)
+        tokens = torch.tensor([d[:width] for d in drafts], dtype=torch.long)
+        return DraftProposal(tokens=tokens.to(batch.tokens.device, non_blocking=True), probs=None)
+
+    def observe(self, batch: SequenceBatch, num_accepted: int) -> None:
+        fresh = batch.tokens[:, self._read : batch.length].tolist()  # the tokens this step committed
+        self._read = batch.length
+        for row, index, tokens in zip(self._rows, self._indexes, fresh, strict=True):
+            before = len(row)
+            row.extend(tokens)
+            index.add(row, before)

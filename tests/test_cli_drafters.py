@@ -1,0 +1,51 @@
+"""`specdec generate --draft-method ...`: every drafting method from the command line, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_cli import run_cli
+
+ZOO_TARGET = "zoo:tiny-code-target"
+PROMPT = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n\n    def"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--draft-method", "ngram"),
+        ("--draft-method", "suffix", "--draft-option", "min_match=1"),
+        ("--draft-method", "layerskip", "--draft-option", "layers=3"),
+        ("--draft", "zoo:tiny-code-draft", "--draft-method", "model"),
+    ],
+    ids=["ngram", "suffix", "layerskip", "model"],
+)
+def test_each_method_runs_and_reports_acceptance_and_tokens_per_forward(capsys, extra):
+    code, out, err = run_cli(
+        capsys, "generate", "--target", ZOO_TARGET, "--prompt", PROMPT, "--k", "4", "--max-new-tokens", "32", "--json",
+        *extra,
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = json.loads(out)["metrics"]
+    assert metrics["draft_method"] == extra[extra.index("--draft-method") + 1]
+    assert metrics["mean_tokens_per_forward"] >= 1.0
+    assert metrics["drafted_tokens"] > 0 and metrics["acceptance_rate"] is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--draft-method", "eagle"), "unknown --draft-method 'eagle': expected one of model, ngram, suffix"),
+        (("--draft-method", "ngram", "--draft-option", "n=2"), "unknown option 'n' for draft method 'ngram'"),
+        (("--draft-method", "ngram", "--draft-option", "max_ngram"), "is not KEY=VALUE"),
+        (("--draft-method", "ngram", "--draft", "zoo:tiny-code-draft"), "drafts without a model: remove --draft"),
+        (("--draft-method", "model",), "--draft-method model needs --draft NAME"),
+        (("--draft-option", "max_ngram=2",), "--draft-option does nothing here"),
+        (("--draft-method", "layerskip", "--draft-option", "layers=12"), "layers=12 but 'zoo:tiny-code-target' has 12"),
+    ],
+)  # fmt: skip
+def test_bad_methods_and_options_exit_2_with_one_line(capsys, extra, message):
+    code, out, err = run_cli(capsys, "generate", "--target", ZOO_TARGET, "--prompt", "def f(", *extra)
+    assert code == 2 and out == ""
+    assert message in err and len(err.strip().splitlines()) == 1
