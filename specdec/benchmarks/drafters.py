@@ -115,7 +115,7 @@ def prompt_set_section(args: argparse.Namespace, target: LoadedModel, draft: Loa
     texts = load_prompt_set(name)[: args.count]
     prompts = [list(target.tokenizer(text).input_ids) for text in texts]
     log(f"{name}: {len(prompts)} prompts, {args.max_new_tokens} new tokens each")
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any] | None] = []
     ar = engine_row("autoregressive", SpeculativeEngine(target), prompts, args.max_new_tokens, 0, args.repeats)
     rows.append(ar)
     for method in args.methods:
