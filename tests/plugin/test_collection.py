@@ -73,6 +73,7 @@ def test_cases_carry_device_and_suite_markers(bench):
         "suite": "suite",
         "entry": "lossy",
         "k": 2,
+        "draft": "model",
         "bs": 2,
         "device": "cpu",
         "dtype": "fp32",
