@@ -2,6 +2,8 @@
 # The whole GPU check in one device call (about 8 of its 10 minutes on an H100): kernel and fast-path tests on CUDA,
 # the GPU speed report at issue 5's bar (the 1B, 8B and GPT-2 shapes autoregressive; the 8B + 116M pair at K=4 at
 # two acceptance levels, against HF), and the h100 benchmark suite through the pytest plugin without its slow 8B case.
+# PARTS=drafters (its own call): every drafting method on CUDA (exactness tests, the drafters-gpu suite with its
+# baselines written to $OUT/baselines, and the drafters benchmark on the 1B shape against transformers).
 # Logs and JSON go to $OUT (default results/gpu). Each part stops itself (SIGINT) before the call's limit and keeps
 # what it measured.
 #
@@ -25,8 +27,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
 if [[ " $PARTS " == *" tests "* ]]; then
-  timeout -s INT "${LIMIT:-120}" python3 -m pytest tests/test_kernels.py tests/test_gpu.py tests/test_fast_path.py -q \
-    -p no:cacheprovider -rs 2>&1 | tee "$OUT/tests.log" || status=1
+  timeout -s INT "${LIMIT:-120}" python3 -m pytest tests/test_kernels.py tests/test_gpu.py tests/test_fast_path.py \
+    tests/test_gpu_drafters.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/tests.log" || status=1
 fi
 if [[ " $PARTS " == *" bench "* ]]; then
   eval timeout -s INT "${LIMIT:-230}" python3 -m specdec.benchmarks.gpu --out "$OUT" "$BENCH_ARGS" 2>&1 | tee "$OUT/bench.log" \
@@ -36,5 +38,15 @@ if [[ " $PARTS " == *" suite "* ]]; then
   eval timeout -s INT "${LIMIT:-220}" python3 -m pytest --specdec-suite h100 "$SUITE_ARGS" -p no:cacheprovider \
     --benchmark-json "$OUT/h100-suite.json" --specdec-report-json "$OUT/h100-summary.json" \
     2>&1 | tee "$OUT/h100-suite.log" || status=1
+fi
+if [[ " $PARTS " == *" drafters "* ]]; then
+  timeout -s INT "${LIMIT:-100}" python3 -m pytest tests/test_gpu_drafters.py tests/test_gpu.py -q -p no:cacheprovider \
+    -rs 2>&1 | tee "$OUT/drafters-tests.log" || status=1
+  DRAFT_PAIR="--target zoo:synthetic/llama-3.2-1b@mix=0.3 --draft zoo:synthetic/llama-3-draft-116m@mix=0.3"
+  timeout -s INT "${LIMIT:-200}" python3 -m specdec.benchmarks.drafters --device cuda --dtype bfloat16 $DRAFT_PAIR \
+    --layers 2,4,8 --ks 2,4,8 --count 3 --repeats 2 --max-new-tokens 128 --out "$OUT" 2>&1 | tee "$OUT/drafters-bench.log" || status=1
+  timeout -s INT "${LIMIT:-240}" python3 -m pytest --specdec-suite drafters-gpu --specdec-update-baselines \
+    --specdec-baselines-dir "$OUT/baselines" -p no:cacheprovider --specdec-report-json "$OUT/drafters-gpu-summary.json" \
+    2>&1 | tee "$OUT/drafters-gpu-suite.log" || status=1
 fi
 exit $status

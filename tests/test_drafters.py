@@ -39,24 +39,26 @@ def test_ngram_without_a_match_proposes_nothing():
     assert proposed == [[]] and available == [0]
 
 
-def test_ngram_match_at_the_very_end_proposes_only_what_exists():
-    proposed, available = _lookup([[5, 6, 5]], k=4)  # "5" occurred at 0, followed by 6 then 5 (the end)
-    assert proposed == [[6, 5]] and available == [2]
+def test_ngram_match_that_runs_into_the_end_continues_with_its_period():
+    proposed, available = _lookup([[5, 6, 5]], k=4)  # "5" at 0 is followed by 6 5 (the end): period 2
+    assert proposed == [[6, 5, 6, 5]] and available == [4]
     proposed, _ = _lookup([[3, 3, 3]], k=4)  # an overlapping match: "3 3" at 0..1 is followed by the last 3
-    assert proposed == [[3]]
+    assert proposed == [[3, 3, 3, 3]]
+    proposed, _ = _lookup([[1, 2, 3, 9, 1, 2, 3]], k=3)  # far enough back: plain copying, no wrap
+    assert proposed == [[9, 1, 2]]
 
 
 def test_ngram_prompt_shorter_than_the_ngram():
     proposed, available = _lookup([[4]], k=3, max_ngram=3)
     assert proposed == [[]] and available == [0]
     proposed, _ = _lookup([[4, 4]], k=3, max_ngram=3)
-    assert proposed == [[4]]
+    assert proposed == [[4, 4, 4]]
 
 
 def test_ngram_batch_rows_match_different_lengths_and_never_in_padding():
     rows = [[1, 2, 1, 2, 3, 1, 2], [4, 5, 4], [9, 8, 7, 9, 8]]  # rows 1 and 2 are left-padded
     proposed, available = _lookup(rows, k=4)
-    assert proposed == [[3, 1, 2], [5, 4], [7, 9, 8]] and available == [3, 2, 3]
+    assert proposed == [[3, 1, 2, 3], [5, 4, 5, 4], [7, 9, 8, 7]] and available == [4, 4, 4]
     padded = [[1, 2, 3, 4, 5, 6], [7, 0]]  # row 1 ends with the pad id (0) and is left-padded with four of them
     proposed, available = _lookup(padded, k=2)
     assert proposed[1] == [] and available[1] == 0  # the padding never matches

@@ -111,7 +111,15 @@ def hf_row(
     }
 
 
-def prompt_set_section(args: argparse.Namespace, target: LoadedModel, draft: LoadedModel | None, name: str) -> dict:
+def prompt_set_section(
+    args: argparse.Namespace,
+    target: LoadedModel,
+    draft: LoadedModel | None,
+    name: str,
+    save: Callable[[dict], None],
+) -> dict:
+    """The rows of one prompt set; ``save`` receives the section after the engine's rows and again at the end (so
+    an interrupted run keeps what it measured)."""
     texts = load_prompt_set(name)[: args.count]
     prompts = [list(target.tokenizer(text).input_ids) for text in texts]
     log(f"{name}: {len(prompts)} prompts, {args.max_new_tokens} new tokens each")
@@ -129,6 +137,7 @@ def prompt_set_section(args: argparse.Namespace, target: LoadedModel, draft: Loa
             for k in args.ks:
                 log(f"{name}: {engine.drafter.name} k={k}")
                 rows.append(engine_row(engine.drafter.name, engine, prompts, args.max_new_tokens, k, args.repeats))
+    save(_section(name, prompts, rows))
     if args.hf:
         log(f"{name}: transformers generate")
         rows.append(hf_row("hf generate (dynamic cache)", target, prompts, args.max_new_tokens, args.repeats))
@@ -142,7 +151,7 @@ def prompt_set_section(args: argparse.Namespace, target: LoadedModel, draft: Loa
                 cache_implementation="static",
             )
         )
-        for k in args.ks:
+        for k in args.hf_ks:
             rows.append(
                 hf_row(
                     "hf prompt lookup",
@@ -155,7 +164,7 @@ def prompt_set_section(args: argparse.Namespace, target: LoadedModel, draft: Loa
             )
         if draft is not None:
             draft.model.generation_config.num_assistant_tokens_schedule = "constant"
-            for k in args.ks:
+            for k in args.hf_ks:
                 draft.model.generation_config.num_assistant_tokens = k
                 row = hf_row(
                     "hf assisted", target, prompts, args.max_new_tokens, args.repeats, assistant_model=draft.model
@@ -163,9 +172,13 @@ def prompt_set_section(args: argparse.Namespace, target: LoadedModel, draft: Loa
                 if row is not None:
                     row["k"] = k
                 rows.append(row)
+    return _section(name, prompts, rows)
+
+
+def _section(name: str, prompts: list[list[int]], rows: list[dict[str, Any] | None]) -> dict:
     kept = [r for r in rows if r is not None]
     for row in kept:
-        row["speedup_vs_engine_ar"] = row["tokens_per_s"] / ar["tokens_per_s"]
+        row["speedup_vs_engine_ar"] = row["tokens_per_s"] / kept[0]["tokens_per_s"]  # kept[0]: the engine's AR run
     return {"prompt_set": name, "prompts": len(prompts), "rows": kept}
 
 
@@ -194,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=8, help="prompts per set")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--ks", default="2,4,8")
+    parser.add_argument("--hf-ks", default="4", help="K of transformers' prompt lookup and assisted rows")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--layers", default="", help="layer-skip draft layers, comma-separated (default: half)")
     parser.add_argument("--device", default="cpu")
@@ -204,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/drafters"))
     args = parser.parse_args(argv)
     args.ks = [int(k) for k in args.ks.split(",")]
+    args.hf_ks = [int(k) for k in args.hf_ks.split(",") if k]
     args.methods = [m for m in args.methods.split(",") if m]
     args.layers = [int(n) for n in args.layers.split(",") if n] or [None]
     if args.device == "cpu":
@@ -223,12 +238,18 @@ def main(argv: list[str] | None = None) -> int:
         "sections": [],
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    done: list[dict] = []
+
+    def save(section: dict) -> None:
+        report_data["sections"] = [*done, section]
+        (args.out / "drafters_report.json").write_text(json.dumps(report_data, indent=2))
+
     for name in args.prompts.split(","):
-        section = prompt_set_section(args, target, draft, name)
-        report_data["sections"].append(section)
+        section = prompt_set_section(args, target, draft, name, save)
+        save(section)
+        done.append(section)
         print(render(section), flush=True)
         print(flush=True)
-        (args.out / "drafters_report.json").write_text(json.dumps(report_data, indent=2))  # kept after every set
     return 0
 
 

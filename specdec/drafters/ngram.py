@@ -3,6 +3,9 @@
 The drafter looks for the most recent earlier occurrence of the sequence's last ``n`` tokens (``n`` from
 ``max_ngram`` down to ``min_ngram``) in the prompt and the text generated so far, and proposes the tokens that
 followed it. It pays off where the output repeats spans of the input: code edits, summaries, retrieval answers.
+Where the copied span runs into the end of the sequence (the text is repeating itself with period ``d``, the distance
+between the occurrence's continuation and the end), the proposal continues with the same period, so a loop of a few
+tokens is proposed at full length instead of one token at a time.
 
 The search is a handful of tensor operations over the whole batch on the sequence's own device (no loop over tokens
 on the host); the one number read back is the width of the proposal.
@@ -42,7 +45,7 @@ def lookup_continuations(
     suffix, and how many of them exist.
 
     tokens: [B, >= length] (the committed sequence is [:, :length], left-padded by pad_lengths [B]).
-    Returns (continuations [B, k] int64, available [B] int64 in [0, k]; 0 where no n-gram occurs earlier).
+    Returns (continuations [B, k] int64, available [B] int64: k where an n-gram occurs earlier, else 0).
     """
     batch = tokens.shape[0]
     device = tokens.device
@@ -61,9 +64,11 @@ def lookup_continuations(
         last = torch.where(hit, positions[None, :], -1).max(dim=-1).values  # [B]: most recent occurrence
         start = torch.where((start < 0) & (last >= 0), last + n, start)
     offsets = torch.arange(k, device=device)
-    columns = (start.clamp_min(0)[:, None] + offsets[None, :]).clamp_max(length - 1)  # [B, k]
+    first = start.clamp_min(0)[:, None]  # [B, 1]
+    period = (length - first).clamp_min(1)  # [B, 1]: the copy repeats what lies between its start and the end
+    columns = first + offsets[None, :] % period  # [B, k]
     continuations = context.gather(1, columns)
-    available = torch.where(start >= 0, (length - start).clamp(max=k), 0)
+    available = torch.where(start >= 0, k, 0)
     return continuations, available
 
 
