@@ -91,3 +91,12 @@ def test_gpt2_positions_beyond_its_table_are_refused_by_name():
     with pytest.raises(ConfigError, match="'gpt2-tiny' has 512 learned positions, fewer than the 520"):
         decoder.prepare(torch.zeros(1, dtype=torch.long), None, 520)
     decoder.prepare(torch.zeros(1, dtype=torch.long), None, 512)  # the whole table is fine
+
+
+def test_alternating_batch_sizes_do_not_grow_the_cache():
+    decoder = FastDecoder(loaded(make_model("llama", seed=1), "m"))
+    for batch in [1, 3] * 12:  # each change of batch size reallocates; it must not double the last capacity
+        decoder.prepare(torch.zeros(batch, dtype=torch.long), None, 40)
+    assert decoder._cache is not None and decoder._cache[0].shape[3] == 40
+    decoder.prepare(torch.zeros(3, dtype=torch.long), None, 41)  # a longer run of the same batch size doubles
+    assert decoder._cache[0].shape[3] == 80

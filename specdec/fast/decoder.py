@@ -84,7 +84,10 @@ class FastDecoder:
         if cache is None or cache[0].shape[1] != batch or cache[0].shape[3] < max_length:
             self._cache = None
             self._graphs.clear()  # graphs hold the old buffers' addresses
-            capacity = max(max_length, 2 * cache[0].shape[3] if cache is not None else 0)
+            # A longer run of the same batch size doubles the capacity (a few growths cover any run); a new batch
+            # size starts from what this run needs, so that alternating batch sizes never compound the growth.
+            same_batch = cache is not None and cache[0].shape[1] == batch
+            capacity = max(max_length, 2 * cache[0].shape[3]) if same_batch and cache is not None else max_length
             self._cache = self.model.new_cache(batch, capacity)
             self._pad_lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
             self._key_valid = torch.ones((batch, capacity), dtype=torch.bool, device=self.device)
