@@ -10,7 +10,7 @@ from scipy import stats
 from tiny_models import loaded, make_model
 
 import specdec.verification as verification
-from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
+from specdec import DraftSpec, GenerationConfig, SpeculationConfig, SpeculativeEngine, make_drafter
 from specdec.sampling import logits_to_probs
 
 ALPHA = 1e-3  # a correct sampler fails a test with this probability; the seeds are fixed, so runs are repeatable
@@ -135,8 +135,9 @@ def exact_target_distributions(target, prompt: list[int], config: GenerationConf
 
 
 def sample_first_three_tokens(target, draft, prompt, config):
-    """t1 comes from the prefill; with max_new_tokens=4 and K=2, t2 and t3 come from the first speculative step."""
-    engine = SpeculativeEngine(loaded(target, "t"), loaded(draft, "d"))
+    """t1 comes from the prefill; with max_new_tokens=4 and K=2, t2 and t3 come from the first speculative step.
+    ``draft``: a draft model, or a drafting method from `make_drafter`."""
+    engine = SpeculativeEngine(loaded(target, "t"), draft if isinstance(draft, DraftSpec) else loaded(draft, "d"))
     rows, accepted = [], 0
     for call in range(CALLS):
         seeded = GenerationConfig(
@@ -166,6 +167,28 @@ def test_engine_samples_the_target_joint_distribution(tiny_pair, config):
     joint, marginal3 = exact_target_distributions(target, prompt, config)
     tokens, accepted = sample_first_three_tokens(target, draft, prompt, config)
     assert 0.1 * CALLS < accepted < 1.9 * CALLS  # both accepted drafts and recovered tokens are exercised
+    assert chi_square_pvalue(tokens[:, 0] * VOCAB + tokens[:, 1], joint) > ALPHA
+    assert chi_square_pvalue(tokens[:, 2], marginal3) > ALPHA
+
+
+PEAKED = GenerationConfig(temperature=0.5, seed=3)  # whole batches accept the lookups' deterministic drafts
+MODEL_FREE = {
+    "ngram": (make_drafter("ngram"), PEAKED),
+    "suffix": (make_drafter("suffix", min_match=1, min_prob=0.1), PEAKED),
+    "layerskip": (make_drafter("layerskip", layers=1), CONFIGS[0]),
+}
+
+
+@pytest.mark.parametrize("method", list(MODEL_FREE))
+def test_every_drafting_method_samples_the_target_joint_distribution(tiny_pair, method):
+    target, _ = tiny_pair
+    drafter, config = MODEL_FREE[method]
+    # the target's own greedy text as the prompt: it repeats itself, so lookups propose what the target favours
+    ids = torch.tensor([[3, 1, 4]])
+    prompt = target.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=13, do_sample=False)[0].tolist()
+    joint, marginal3 = exact_target_distributions(target, prompt, config)
+    tokens, accepted = sample_first_three_tokens(target, drafter, prompt, config)
+    assert 0.05 * CALLS < accepted < 1.9 * CALLS  # drafts were proposed, and both accepted and rejected
     assert chi_square_pvalue(tokens[:, 0] * VOCAB + tokens[:, 1], joint) > ALPHA
     assert chi_square_pvalue(tokens[:, 2], marginal3) > ALPHA
 

@@ -51,7 +51,7 @@ class _Node:
     def __init__(self) -> None:
         self.children: dict[int, _Node] = {}  # the token one step further back
         self.counts: dict[int, int] = {}  # tokens that followed this context
-        self.best = -1  # the most frequent of them
+        self.best = -1  # the most frequent of them (the most recent among equals)
         self.best_count = 0
         self.total = 0
 
@@ -77,7 +77,7 @@ class SuffixIndex:
                 count = node.counts.get(following, 0) + 1
                 node.counts[following] = count
                 node.total += 1
-                if count > node.best_count:
+                if count >= node.best_count:  # ties go to the most recent follower
                     node.best, node.best_count = following, count
             self.indexed += 1
 
