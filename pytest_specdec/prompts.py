@@ -7,7 +7,6 @@ ids are drawn when a case runs, because they need the target's vocabulary size.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from pytest_specdec.yaml_source import KeyPath, LocatedYaml
 from specdec.loading import ZOO_PREFIX
+from specdec.zoo.prompts import prompt_set_file
 
 Prompt = str | tuple[int, ...]  # text, or token ids
 FILE_SUFFIXES = (".jsonl", ".json", ".txt")
@@ -66,16 +66,6 @@ def batches(prompts: list[Prompt], batch_size: int) -> list[list[Prompt]]:
     return [cycled[i : i + batch_size] for i in range(0, count, batch_size)]
 
 
-def zoo_prompt_file(name: str) -> Path:
-    """Where the zoo keeps prompt set ``name``: ``specdec/zoo/prompts/NAME.jsonl``, else next to a zoo model
-    (``specdec/zoo/models/*/NAME.jsonl``); found without importing the zoo (the first candidate if none exists)."""
-    spec = importlib.util.find_spec("specdec")
-    roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    zoo = Path(roots[0] if roots else ".") / "zoo"
-    candidates = [zoo / "prompts" / f"{name}.jsonl", *sorted(zoo.glob(f"models/*/{name}.jsonl"))]
-    return next((path for path in candidates if path.is_file()), candidates[0])
-
-
 def parse_prompts(doc: LocatedYaml, key_path: KeyPath, value: Any) -> PromptSet:
     """A suite's ``prompts``: a list (texts or id lists), ``{file, count}``, or ``{random_tokens, count, seed}``."""
     if isinstance(value, list):
@@ -117,7 +107,7 @@ def parse_prompts(doc: LocatedYaml, key_path: KeyPath, value: Any) -> PromptSet:
     if not isinstance(file_value, str) or not file_value.strip():
         raise doc.error((*key_path, "file"), f"expected a prompt file path or zoo:NAME, got {file_value!r}")
     if file_value.startswith(ZOO_PREFIX):
-        path, source = zoo_prompt_file(file_value[len(ZOO_PREFIX) :]), file_value
+        path, source = prompt_set_file(file_value), file_value
         if not path.is_file():
             raise doc.error(
                 (*key_path, "file"),

@@ -169,7 +169,11 @@ class SpeculativeEngine:
         rows = self.encode(prompts)
         self._check_length(max(len(r) for r in rows), generation)
         self._acquire()
-        run = Generation(self, rows, generation, speculation, release=self._release, stream=stream)
+        try:
+            run = Generation(self, rows, generation, speculation, release=self._release, stream=stream)
+        except BaseException:
+            self._release()
+            raise
         try:
             run.prefill()
         except BaseException:
