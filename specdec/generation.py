@@ -113,7 +113,7 @@ class Generation:
 
     def close(self) -> None:
         """Give the engine back (idempotent). The generation cannot step after this."""
-        release, self._release = self._release, None
+        release, self._release = getattr(self, "_release", None), None  # None too if __init__ failed early
         if release is not None:
             release()
 
