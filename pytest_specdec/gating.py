@@ -8,9 +8,10 @@ Rules (``docs/suites.md`` explains them):
 - the greedy output hash must be identical when torch, transformers and the device model match the baseline's
   (other software may round differently: then it is reported, not gated); sampled outputs are reported only, since a
   faster sampler may legitimately draw other tokens from the same distribution;
-- the speedup over the same run's autoregressive case must not fall by more than its tolerance (relative), and a
-  case whose baseline speedup was at least 1.0 fails below 1.0 whatever the tolerance: speculation that used to pay
-  and now makes generation slower than the target alone is a regression;
+- the speedup over the same run's autoregressive case (measured in rounds paired with that case's, from each
+  step's fastest time: ``pytest_specdec/measurement.py``) must not fall by more than its tolerance, 10% by default
+  (relative; tripled against a baseline of other software or another device model). A case that regresses on timing
+  alone is measured a second time and judged on that attempt (``session.py``): interference rarely spans both;
 - tokens/s is compared only on the same machine class, device model and software, with a generous tolerance.
 
 A fall beyond tolerance is a regression (the case fails); a rise beyond it is an improvement (reported).
@@ -29,22 +30,22 @@ class Tolerances:
     """How far a metric may move from its baseline before the case fails.
 
     Acceptance and tokens per forward repeat exactly on the same software; their tolerances only absorb the rounding
-    of other versions. Timing defaults are about twice the worst run-to-run spread measured for cpu-smoke on a busy
-    2-core CPU machine (speedup 21%, tokens/s 20%, max - min over the median of 4 runs; docs/suites.md).
+    of other versions. The speedup tolerance is tight enough that a 15% loss fails and loose enough that unchanged
+    code passes, as measured by ``scripts/gate/experiment.py`` on the CI machine class (docs/suites.md, "How tight
+    the gate is"); tokens/s, an absolute time, keeps a generous one.
     """
 
     acceptance_rate: float = 0.02  # absolute: |now - baseline|
     tokens_per_forward: float = 0.03  # relative
-    speedup: float = 0.35  # relative fall of speedup over the same run's autoregressive case
+    speedup: float = 0.10  # relative fall of the paired steady speedup (docs/suites.md: how tight the gate is)
     tokens_per_second: float = 0.5  # relative fall, same machine class, device model and software only
 
 
-CROSS_ENVIRONMENT_FACTOR = 3.0  # deterministic tolerances widen this much against another torch, transformers or CPU
+CROSS_ENVIRONMENT_FACTOR = 3.0  # tolerances widen this much against another torch, transformers or device model
 OTHER_SOFTWARE_NOTE = (
-    f"baseline of other software or device: output hash not gated, acceptance and tokens/forward tolerances "
-    f"x{CROSS_ENVIRONMENT_FACTOR:g}"
+    f"baseline of other software or device: output hash not gated, acceptance, tokens/forward and speedup "
+    f"tolerances x{CROSS_ENVIRONMENT_FACTOR:g}"
 )
-SPEEDUP_FLOOR = 1.0  # a case recorded at or above it may not fall below it (slower than autoregressive)
 
 
 class Outcome(str, Enum):
@@ -150,17 +151,6 @@ def _relative(metric: str, baseline: float | None, now: float | None, tolerance:
     return Check(metric, Outcome.OK, baseline, now, shown)
 
 
-def _speedup(baseline: float | None, now: float | None, tolerance: float) -> Check:
-    """The relative rule, and below 1.0 for a case whose baseline was at least 1.0 (the stricter floor wins)."""
-    check = _relative("speedup", baseline, now, tolerance)
-    if baseline is None or now is None or baseline < SPEEDUP_FLOOR or now >= SPEEDUP_FLOOR:
-        return check
-    if check.outcome is Outcome.REGRESSED:
-        return check
-    note = f"fails below {SPEEDUP_FLOOR:g}x: slower than autoregressive, its baseline was not"
-    return Check("speedup", Outcome.REGRESSED, baseline, now, check.tolerance, note)
-
-
 def compare(now: CaseRecord, baseline: CaseRecord | None, tolerances: Tolerances) -> Verdict:
     """The verdict of ``now`` against ``baseline`` (``None``: no baseline recorded for this case)."""
     if baseline is None:
@@ -191,7 +181,7 @@ def compare(now: CaseRecord, baseline: CaseRecord | None, tolerances: Tolerances
         note = "greedy output changed on the same software"
         checks.append(Check("output_hash", Outcome.REGRESSED, baseline.output_hash, now.output_hash, "exact", note))
     if now.speedup is not None or baseline.speedup is not None:
-        checks.append(_speedup(baseline.speedup, now.speedup, tolerances.speedup))
+        checks.append(_relative("speedup", baseline.speedup, now.speedup, tolerances.speedup * widen))
     if now.environment.same_machine(baseline.environment):
         checks.append(
             _relative(

@@ -54,9 +54,20 @@ class Measurement:
     time_to_first_token_s: float  # median over rounds of the mean over batches
     decoder_path: str
     verifier_backend: str
+    paired_speedups: tuple[float, ...] = ()  # per timed round: its tokens/s over the autoregressive round just before
+    steady_speedup: float | None = None  # steady_seconds of the paired autoregressive rounds over this case's
+
+    @property
+    def paired_speedup(self) -> float | None:
+        """The speedup a case reports and gating compares (None without paired rounds): the ratio of the steady
+        times, or the median of the rounds' ratios where a round's steps did not repeat."""
+        if self.steady_speedup is not None:
+            return self.steady_speedup
+        return statistics.median(self.paired_speedups) if self.paired_speedups else None
 
     @classmethod
-    def from_rounds(cls, rounds: Sequence[Round]) -> Measurement:
+    def from_rounds(cls, rounds: Sequence[Round], reference_rounds: Sequence[Round] = ()) -> Measurement:
+        """Aggregate ``rounds``; ``reference_rounds`` (one per round, in order) are the paired autoregressive ones."""
         last = rounds[-1]
         metrics = [r.metrics for r in last.results]
         drafted = sum(m.drafted_tokens for m in metrics)
@@ -82,7 +93,48 @@ class Measurement:
             ),
             decoder_path=metrics[0].decoder_path,
             verifier_backend=metrics[0].verifier_backend,
+            paired_speedups=tuple(
+                r.tokens_per_second / a.tokens_per_second
+                for r, a in zip(rounds, reference_rounds, strict=True)
+                if a.tokens_per_second > 0
+            )
+            if len(reference_rounds) == len(rounds)
+            else (),
+            steady_speedup=_steady_speedup(rounds, reference_rounds),
         )
+
+
+def steady_seconds(rounds: Sequence[Round]) -> float | None:
+    """The time of one round without interference: per batch, the sum over steps of each step's fastest time across
+    rounds, plus the fastest time spent outside the steps (prefill, setup). None unless every round took the same
+    number of steps per batch (deterministic runs repeat their steps exactly; then step i of every round did the
+    same work).
+
+    Interference on a shared machine only ever adds time, and it comes in bursts shorter than a round: a round with
+    no burst in it is rare on a busy 2-core machine, a step with none in at least one of five rounds is not.
+    """
+    if not rounds:
+        return None
+    total = 0.0
+    for batch in range(len(rounds[0].results)):
+        runs = [r.results[batch] for r in rounds]  # this batch in every round
+        if len({len(run.steps) for run in runs}) != 1:
+            return None
+        step_seconds = [[(s.draft_ms + s.verify_ms) / 1000.0 for s in run.steps] for run in runs]  # [round][step]
+        outside = min(run.metrics.total_time_s - sum(steps) for run, steps in zip(runs, step_seconds, strict=True))
+        total += max(outside, 0.0) + sum(min(column) for column in zip(*step_seconds, strict=True))
+    return total
+
+
+def _steady_speedup(rounds: Sequence[Round], reference_rounds: Sequence[Round]) -> float | None:
+    """Tokens/s of ``rounds`` over tokens/s of ``reference_rounds``, each from its steady time (None if either
+    has none)."""
+    if not rounds or len(reference_rounds) != len(rounds):
+        return None
+    mine, theirs = steady_seconds(rounds), steady_seconds(reference_rounds)
+    if not mine or not theirs:
+        return None
+    return (rounds[-1].new_tokens / mine) / (reference_rounds[-1].new_tokens / theirs)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -49,30 +50,55 @@ def build_engine(case: Case, models: ModelCache) -> SpeculativeEngine:
     return SpeculativeEngine(target, case.draft_spec(draft))  # the case's drafting method (make_drafter)
 
 
-def measure(case: Case, engine: SpeculativeEngine, benchmark: Any | None = None) -> Measurement:
+@dataclass(frozen=True)
+class Reference:
+    """The autoregressive case a speculative case is paired with, and its engine (the same loaded target)."""
+
+    case: Case
+    engine: SpeculativeEngine
+
+
+def measure(
+    case: Case, engine: SpeculativeEngine, benchmark: Any | None = None, reference: Reference | None = None
+) -> Measurement:
     """``case.warmup_rounds`` untimed and ``case.rounds`` timed passes over all prompt batches.
 
     With ``benchmark`` (pytest-benchmark's fixture) the rounds run through ``benchmark.pedantic``; without it (an
-    autoregressive reference measured for a deselected case) the same loop runs here.
+    autoregressive reference measured for a deselected case) the same loop runs here. With ``reference``, every
+    round of the case (warm-up and timed) follows one round of the autoregressive case on the same prompts (outside
+    pytest-benchmark's clock, through its ``setup``): each timed pair saw the same machine state, and the pair's
+    ratio of tokens/s is one sample of the speedup (``Measurement.paired_speedups``).
     """
     prompts = case.prompts.materialize(engine.target.vocab_size)
     prompt_batches = batches(prompts, case.batch_size)  # [n_batches][batch_size] prompts
     rounds: list[Round] = []
+    reference_rounds: list[Round] = []
 
-    def one_round() -> None:
+    def timed_pass(run_case: Case, run_engine: SpeculativeEngine, into: list[Round]) -> None:
         started = time.perf_counter()
         results = tuple(
-            engine.generate(cast(Any, batch), case.generation, case.speculation)  # texts and/or id tuples
+            run_engine.generate(cast(Any, batch), run_case.generation, run_case.speculation)  # texts and/or ids
             for batch in prompt_batches
         )
-        synchronize(engine.device)  # the clock stops after the device finished
-        rounds.append(Round(results=results, seconds=time.perf_counter() - started))
+        synchronize(run_engine.device)  # the clock stops after the device finished
+        into.append(Round(results=results, seconds=time.perf_counter() - started))
+
+    def one_round() -> None:
+        timed_pass(case, engine, rounds)
+
+    def reference_round() -> None:
+        if reference is not None:
+            timed_pass(reference.case, reference.engine, reference_rounds)
 
     with cpu_threads(case.threads):
         if benchmark is not None:
-            benchmark.pedantic(one_round, rounds=case.rounds, warmup_rounds=case.warmup_rounds, iterations=1)
+            benchmark.pedantic(
+                one_round, setup=reference_round, rounds=case.rounds, warmup_rounds=case.warmup_rounds, iterations=1
+            )
         else:
             for _ in range(case.warmup_rounds + case.rounds):
+                reference_round()
                 one_round()
     timed = rounds[case.warmup_rounds :] or rounds[-1:]  # --benchmark-disable runs a single untimed pass
-    return Measurement.from_rounds(timed)
+    paired = reference_rounds[case.warmup_rounds :] if len(reference_rounds) == len(rounds) else []
+    return Measurement.from_rounds(timed, paired[-len(timed) :] if paired else ())

@@ -17,7 +17,7 @@ from pytest_specdec.gating import Status, Verdict, compare
 from pytest_specdec.machine import Environment, commit_info, environment, machine_info, software
 from pytest_specdec.measurement import CaseRecord, Measurement
 from pytest_specdec.models import ModelCache
-from pytest_specdec.runner import build_engine, is_out_of_memory, measure
+from pytest_specdec.runner import Reference, build_engine, is_out_of_memory, measure
 from pytest_specdec.settings import Settings
 from specdec.config import Policy
 from specdec.errors import DeviceError, ModelLoadError, SpecdecError
@@ -45,6 +45,22 @@ class SuiteRun:
     baseline_file: Path
     baselines: dict[str, CaseRecord] | None = None  # loaded on first use
     cases: dict[str, Case] = field(default_factory=dict)  # collected, by id
+
+
+TIMING_METRICS = frozenset({"speedup", "tokens_per_second"})
+
+
+def _timing_only(verdict: Verdict) -> bool:
+    """Whether ``verdict`` failed on timing metrics alone (deterministic metrics do not change on a second try)."""
+    return verdict.failed and all(c.metric in TIMING_METRICS for c in verdict.regressions())
+
+
+def _second_attempt(first: Verdict, second: Verdict) -> Verdict:
+    """A case whose timing regressed is measured once more and judged on the second attempt alone: a burst of
+    interference on a shared machine rarely spans two attempts, a real loss always does. The verdict says so."""
+    shown = ", ".join(f"{c.metric} {c.now:.4g}" for c in first.regressions() if isinstance(c.now, float))
+    note = f"measured twice: the first attempt regressed ({shown})"
+    return Verdict(second.status, second.checks, "; ".join(n for n in (second.note, note) if n))
 
 
 class BenchSession:
@@ -90,19 +106,17 @@ class BenchSession:
         """The body of every suite case: skip, fail or pass with the verdict against the baseline."""
         result = self.results[case.key] = CaseResult(case=case)
         try:
-            result.measurement = self._measure(case, benchmark)
-        finally:
-            self.models.release(case.models)
-        speedup, speedup_note = self._speedup(case, result.measurement)
-        result.record = self._record(case, result.measurement, speedup)
-        try:
             baseline = self.baselines(case.suite).get(case.id)
         except BaselineError as error:
             pytest.fail(str(error), pytrace=False)
-        result.verdict = compare(result.record, baseline, case.tolerances)
-        if speedup_note and result.verdict.status is not Status.REGRESSION:
-            note = "; ".join(n for n in (result.verdict.note, speedup_note) if n)
-            result.verdict = Verdict(result.verdict.status, result.verdict.checks, note=note)
+        try:
+            verdict = self._attempt(case, benchmark, baseline, result)
+            if _timing_only(verdict) and not self.settings.update_baselines:
+                # a burst of interference or a real loss? measure once more, outside pytest-benchmark's clock
+                verdict = _second_attempt(verdict, self._attempt(case, None, baseline, result))
+            result.verdict = verdict
+        finally:
+            self.models.release(case.models)
         self._extra_info(benchmark, case, result)
         if self.settings.update_baselines:
             return
@@ -116,6 +130,17 @@ class BenchSession:
                 pytrace=False,
             )
 
+    def _attempt(self, case: Case, benchmark: Any | None, baseline: CaseRecord | None, result: CaseResult) -> Verdict:
+        """Measure ``case`` once (into ``result``) and judge it against ``baseline``."""
+        result.measurement = self._measure(case, benchmark)
+        speedup, speedup_note = self._speedup(case, result.measurement)
+        result.record = self._record(case, result.measurement, speedup)
+        verdict = compare(result.record, baseline, case.tolerances)
+        if speedup_note and verdict.status is not Status.REGRESSION:
+            note = "; ".join(n for n in (verdict.note, speedup_note) if n)
+            verdict = Verdict(verdict.status, verdict.checks, note=note)
+        return verdict
+
     def _measure(self, case: Case, benchmark: Any | None) -> Measurement:
         try:
             engine = build_engine(case, self.models)
@@ -124,7 +149,7 @@ class BenchSession:
         except SpecdecError as error:  # incompatible pair, unsupported architecture: the suite is wrong
             pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         try:
-            return measure(case, engine, benchmark)
+            return measure(case, engine, benchmark, self._reference(case))
         except SpecdecError as error:
             pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         except Exception as error:
@@ -134,10 +159,23 @@ class BenchSession:
             self.models.clear()  # free everything so that the cases after this one can run
             pytest.fail(f"out of memory on {case.device} running {case.id}: {error}", pytrace=False)
 
+    def _reference(self, case: Case) -> Reference | None:
+        """The autoregressive case to pair ``case``'s rounds with (None for that case itself, or if it cannot run)."""
+        reference = self.suites[case.suite].cases.get(case.baseline_id or "") if case.baseline_id else None
+        if reference is None:
+            return None
+        try:
+            return Reference(reference, build_engine(reference, self.models))
+        except SpecdecError:
+            return None
+
     def _speedup(self, case: Case, measurement: Measurement) -> tuple[float | None, str]:
-        """Speedup over the same run's autoregressive case (measured here if that case was deselected)."""
+        """Speedup over the same run's autoregressive case: the median of the paired rounds' ratios; without pairs
+        (``--benchmark-disable``), the ratio of the two cases' tokens/s (that case measured here if deselected)."""
         if case.baseline_id is None:
             return None, ""
+        if measurement.paired_speedup is not None:
+            return measurement.paired_speedup, ""
         reference_key = (case.suite, case.baseline_id)
         reference: Measurement | None
         if reference_key in self.results:
@@ -202,6 +240,7 @@ class BenchSession:
                 "tokens_per_second": measurement.tokens_per_second,
                 "speedup": record.speedup,
                 "speedup_over": case.baseline_id,
+                "paired_speedups": list(measurement.paired_speedups),
                 "peak_memory_bytes": measurement.peak_memory_bytes,
                 "output_hash": measurement.output_hash,
                 "repeatable": measurement.repeatable,
