@@ -13,7 +13,6 @@ import torch
 from pytest_specdec.cases import Case
 from pytest_specdec.measurement import Measurement, Round
 from pytest_specdec.models import ModelCache
-from pytest_specdec.prompts import batches
 from specdec.device import synchronize
 from specdec.engine import SpeculativeEngine
 
@@ -55,18 +54,26 @@ def measure(case: Case, engine: SpeculativeEngine, benchmark: Any | None = None)
     With ``benchmark`` (pytest-benchmark's fixture) the rounds run through ``benchmark.pedantic``; without it (an
     autoregressive reference measured for a deselected case) the same loop runs here.
     """
-    prompts = case.prompts.materialize(engine.target.vocab_size)
-    prompt_batches = batches(prompts, case.batch_size)  # [n_batches][batch_size] prompts
+    prompt_batches = case.prompts.batches(engine.target.vocab_size, case.batch_size)  # each within one category
     rounds: list[Round] = []
 
     def one_round() -> None:
         started = time.perf_counter()
-        results = tuple(
-            engine.generate(cast(Any, batch), case.generation, case.speculation)  # texts and/or id tuples
-            for batch in prompt_batches
-        )
+        results, seconds = [], []
+        for batch in prompt_batches:
+            begun = time.perf_counter()
+            prompts = cast(Any, batch.prompts)  # texts and/or id tuples
+            results.append(engine.generate(prompts, case.generation, case.speculation))  # ends synchronised
+            seconds.append(time.perf_counter() - begun)
         synchronize(engine.device)  # the clock stops after the device finished
-        rounds.append(Round(results=results, seconds=time.perf_counter() - started))
+        rounds.append(
+            Round(
+                results=tuple(results),
+                seconds=time.perf_counter() - started,
+                categories=tuple(batch.category for batch in prompt_batches),
+                batch_seconds=tuple(seconds),
+            )
+        )
 
     with cpu_threads(case.threads):
         if benchmark is not None:
@@ -75,4 +82,4 @@ def measure(case: Case, engine: SpeculativeEngine, benchmark: Any | None = None)
             for _ in range(case.warmup_rounds + case.rounds):
                 one_round()
     timed = rounds[case.warmup_rounds :] or rounds[-1:]  # --benchmark-disable runs a single untimed pass
-    return Measurement.from_rounds(timed)
+    return Measurement.from_rounds(timed, case.prompts.category_counts())

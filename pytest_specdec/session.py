@@ -36,6 +36,7 @@ class CaseResult:
     verdict: Verdict | None = None
     outcome: str = "not run"  # "passed", "failed", "skipped" once pytest reported the call; or "interrupted"
     reason: str = ""  # why it was skipped or failed (first line)
+    by_category: dict[str, dict[str, Any]] = field(default_factory=dict)  # Measurement.category_report
 
 
 @dataclass
@@ -93,7 +94,9 @@ class BenchSession:
             result.measurement = self._measure(case, benchmark)
         finally:
             self.models.release(case.models)
-        speedup, speedup_note = self._speedup(case, result.measurement)
+        reference = self._reference(case)
+        speedup, speedup_note = self._speedup(case, result.measurement, reference)
+        result.by_category = result.measurement.category_report(reference)
         result.record = self._record(case, result.measurement, speedup)
         try:
             baseline = self.baselines(case.suite).get(case.id)
@@ -134,18 +137,22 @@ class BenchSession:
             self.models.clear()  # free everything so that the cases after this one can run
             pytest.fail(f"out of memory on {case.device} running {case.id}: {error}", pytrace=False)
 
-    def _speedup(self, case: Case, measurement: Measurement) -> tuple[float | None, str]:
-        """Speedup over the same run's autoregressive case (measured here if that case was deselected)."""
+    def _reference(self, case: Case) -> Measurement | None:
+        """The same run's autoregressive case for ``case`` (measured here if it was deselected); None for that case
+        itself or when it did not run."""
+        if case.baseline_id is None:
+            return None
+        reference_key = (case.suite, case.baseline_id)
+        if reference_key in self.results:
+            return self.results[reference_key].measurement
+        if reference_key not in self.references:
+            self.references[reference_key] = self._measure_reference(case)
+        return self.references[reference_key]
+
+    def _speedup(self, case: Case, measurement: Measurement, reference: Measurement | None) -> tuple[float | None, str]:
+        """Speedup over the same run's autoregressive case ``reference``."""
         if case.baseline_id is None:
             return None, ""
-        reference_key = (case.suite, case.baseline_id)
-        reference: Measurement | None
-        if reference_key in self.results:
-            reference = self.results[reference_key].measurement
-        elif reference_key in self.references:
-            reference = self.references[reference_key]
-        else:
-            reference = self.references[reference_key] = self._measure_reference(case)
         if reference is None or reference.tokens_per_second <= 0:
             return None, f"no speedup: {case.baseline_id} did not run"
         return measurement.tokens_per_second / reference.tokens_per_second, ""
@@ -199,9 +206,18 @@ class BenchSession:
                 "dtype": case.dtype,
                 "acceptance_rate": measurement.acceptance_rate,
                 "tokens_per_forward": measurement.tokens_per_forward,
+                "mean_accepted_length": measurement.mean_accepted_length,
+                "acceptance_by_position": list(measurement.acceptance_by_position),
+                "acceptance_by_position_unconditional": list(measurement.acceptance_by_position_unconditional),
                 "tokens_per_second": measurement.tokens_per_second,
                 "speedup": record.speedup,
                 "speedup_over": case.baseline_id,
+                "ttft_s": measurement.ttft_s,
+                "tpot_s": measurement.tpot_s,
+                "itl_p50_s": measurement.itl_p50_s,
+                "itl_p90_s": measurement.itl_p90_s,
+                "itl_p99_s": measurement.itl_p99_s,
+                "by_category": result.by_category or None,
                 "peak_memory_bytes": measurement.peak_memory_bytes,
                 "output_hash": measurement.output_hash,
                 "repeatable": measurement.repeatable,
