@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from pytest_specdec.machine import Environment
 from specdec.engine import GenerationResult
+from specdec.metrics import PositionCounts, itl_percentiles, time_per_output_token
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class Round:
 
     results: tuple[GenerationResult, ...]  # one per batch
     seconds: float  # host clock around the pass, device synchronised before it stops
+    categories: tuple[str | None, ...]  # per batch: its prompts' category (None for a set without categories)
+    batch_seconds: tuple[float, ...]  # per batch: host clock around its generate call (which ends synchronised)
 
     @property
     def new_tokens(self) -> int:
@@ -32,6 +35,11 @@ class Round:
     def token_ids(self) -> list[list[list[int]]]:  # [batch][row][token]
         return [r.token_ids for r in self.results]
 
+    def of_category(self, category: str) -> list[tuple[GenerationResult, float]]:
+        """The results of the batches of ``category`` with their seconds."""
+        batches = zip(self.results, self.categories, self.batch_seconds, strict=True)
+        return [(result, seconds) for result, label, seconds in batches if label == category]
+
 
 def output_hash(token_ids: Sequence[Any]) -> str:
     """A short hash of generated token ids (identical outputs, identical hash)."""
@@ -39,8 +47,68 @@ def output_hash(token_ids: Sequence[Any]) -> str:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """Counts summed over generation runs (batches), of which acceptance, tokens per forward and tau are ratios: so
+    they aggregate exactly, over batches as over categories."""
+
+    drafted: int  # drafted tokens
+    accepted: int  # accepted drafted tokens
+    steps: int  # target forwards after the prefill
+    target_forwards: int  # steps + one prefill per batch
+    advanced: int  # tokens a row advanced, prefill's first token included, summed over batches
+    positions: PositionCounts  # per draft position, summed over batches
+
+    @classmethod
+    def of(cls, results: Iterable[GenerationResult]) -> Tally:
+        metrics = [r.metrics for r in results]
+        return cls(
+            drafted=sum(m.drafted_tokens for m in metrics),
+            accepted=sum(m.accepted_tokens for m in metrics),
+            steps=sum(m.steps for m in metrics),
+            target_forwards=sum(m.target_forwards for m in metrics),
+            advanced=sum(round(m.mean_tokens_per_forward * m.target_forwards) for m in metrics),
+            positions=sum((m.position_counts for m in metrics), PositionCounts()),
+        )
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.advanced / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float | None:
+        """Tokens committed per step, bonus included: each step commits its accepted tokens + 1."""
+        return (self.accepted + self.steps) / self.steps if self.steps else None
+
+
+@dataclass(frozen=True)
+class CategoryMeasurement:
+    """A case's metrics over the batches of one prompt category (batches never mix categories)."""
+
+    category: str
+    prompts: int  # distinct prompts of the category (a batch filled by cycling repeats some)
+    tally: Tally  # of the last round
+    tokens_per_second: float  # the category's tokens over its batches' seconds, in the fastest round for it
+
+    def to_dict(self, speedup: float | None) -> dict[str, Any]:
+        """The category's entry of ``by_category``."""
+        return {
+            "acceptance_rate": self.tally.acceptance_rate,
+            "tokens_per_forward": self.tally.tokens_per_forward,
+            "mean_accepted_length": self.tally.mean_accepted_length,
+            "speedup": speedup,
+            "tokens_per_second": self.tokens_per_second,
+            "prompts": self.prompts,
+        }
+
+
+@dataclass(frozen=True)
 class Measurement:
-    """A case's metrics. Deterministic ones come from the last round (all rounds agree when ``repeatable``)."""
+    """A case's metrics. Deterministic ones come from the last round (all rounds agree when ``repeatable``); the
+    definitions of tau, acceptance by position, TTFT, TPOT and ITL are those of :mod:`specdec.metrics`."""
 
     acceptance_rate: float | None  # accepted / drafted over all batches; None for the autoregressive case
     tokens_per_forward: float  # tokens a row advances per target forward, over all batches
@@ -51,9 +119,16 @@ class Measurement:
     repeatable: bool  # every round produced the same tokens
     mean_k: float
     peak_memory_bytes: int  # device peak on CUDA/MPS, peak RSS of the process on CPU
-    time_to_first_token_s: float  # median over rounds of the mean over batches
     decoder_path: str
     verifier_backend: str
+    mean_accepted_length: float | None  # tau over all batches' steps; None when no step ran
+    positions: PositionCounts  # acceptance counts per draft position over all batches
+    ttft_s: float  # median over rounds of the mean over batches
+    tpot_s: float | None  # median over rounds of (the round's decode seconds / its tokens after the first)
+    itl_p50_s: float | None  # percentiles of every step's inter-token latency in every timed round
+    itl_p90_s: float | None
+    itl_p99_s: float | None
+    by_category: tuple[CategoryMeasurement, ...] = ()  # in the suite's category order; () without categories
     paired_speedups: tuple[float, ...] = ()  # per timed round: its tokens/s over the autoregressive round just before
     steady_speedup: float | None = None  # steady_seconds of the paired autoregressive rounds over this case's
 
@@ -65,34 +140,58 @@ class Measurement:
             return self.steady_speedup
         return statistics.median(self.paired_speedups) if self.paired_speedups else None
 
+    @property
+    def acceptance_by_position(self) -> tuple[float | None, ...]:
+        return self.positions.conditional()
+
+    @property
+    def acceptance_by_position_unconditional(self) -> tuple[float | None, ...]:
+        return self.positions.unconditional()
+
     @classmethod
-    def from_rounds(cls, rounds: Sequence[Round], reference_rounds: Sequence[Round] = ()) -> Measurement:
-        """Aggregate ``rounds``; ``reference_rounds`` (one per round, in order) are the paired autoregressive ones."""
+    def from_rounds(
+        cls,
+        rounds: Sequence[Round],
+        category_prompts: Mapping[str, int] | None = None,
+        reference_rounds: Sequence[Round] = (),
+    ) -> Measurement:
+        """``category_prompts``: the prompts of each category ({} or None for a set without categories);
+        ``reference_rounds`` (one per round, in order): the paired autoregressive ones."""
         last = rounds[-1]
         metrics = [r.metrics for r in last.results]
-        drafted = sum(m.drafted_tokens for m in metrics)
-        accepted = sum(m.accepted_tokens for m in metrics)
-        forwards = sum(m.target_forwards for m in metrics)
-        advanced = sum(m.mean_tokens_per_forward * m.target_forwards for m in metrics)  # tokens per row, summed
-        steps = sum(m.steps for m in metrics)
+        tally = Tally.of(last.results)
         peaks = [m.peak_device_memory_bytes for r in rounds for m in (x.metrics for x in r.results)]
         device_peaks = [p for p in peaks if p is not None]
         hashes = {output_hash(r.token_ids) for r in rounds}
+        itl_p50, itl_p90, itl_p99 = itl_percentiles(
+            [step.itl_ms / 1000.0 for r in rounds for result in r.results for step in result.steps]
+        )
+        tpots = [time_per_output_token([step for result in r.results for step in result.steps]) for r in rounds]
+        known_tpots = [t for t in tpots if t is not None]
         return cls(
-            acceptance_rate=accepted / drafted if drafted else None,
-            tokens_per_forward=advanced / forwards if forwards else 0.0,
+            acceptance_rate=tally.acceptance_rate,
+            tokens_per_forward=tally.tokens_per_forward,
             tokens_per_second=max(r.tokens_per_second for r in rounds),
             round_tokens_per_second=tuple(r.tokens_per_second for r in rounds),
             new_tokens=last.new_tokens,
             output_hash=output_hash(last.token_ids),
             repeatable=len(hashes) == 1,
-            mean_k=sum(m.mean_k * m.steps for m in metrics) / steps if steps else 0.0,
+            mean_k=sum(m.mean_k * m.steps for m in metrics) / tally.steps if tally.steps else 0.0,
             peak_memory_bytes=max(device_peaks) if device_peaks else max(m.peak_rss_bytes for m in metrics),
-            time_to_first_token_s=statistics.median(
-                statistics.fmean(x.metrics.time_to_first_token_s for x in r.results) for r in rounds
-            ),
             decoder_path=metrics[0].decoder_path,
             verifier_backend=metrics[0].verifier_backend,
+            mean_accepted_length=tally.mean_accepted_length,
+            positions=tally.positions,
+            ttft_s=statistics.median(
+                statistics.fmean(x.metrics.time_to_first_token_s for x in r.results) for r in rounds
+            ),
+            tpot_s=statistics.median(known_tpots) if known_tpots else None,
+            itl_p50_s=itl_p50,
+            itl_p90_s=itl_p90,
+            itl_p99_s=itl_p99,
+            by_category=tuple(
+                _category(rounds, category, prompts) for category, prompts in (category_prompts or {}).items()
+            ),
             paired_speedups=tuple(
                 r.tokens_per_second / a.tokens_per_second
                 for r, a in zip(rounds, reference_rounds, strict=True)
@@ -102,6 +201,32 @@ class Measurement:
             else (),
             steady_speedup=_steady_speedup(rounds, reference_rounds),
         )
+
+    def category_report(self, reference: Measurement | None) -> dict[str, dict[str, Any]]:
+        """``by_category``: per category its metrics, and its speedup over ``reference`` (the same run's
+        autoregressive case) on the same category's prompts; None without a reference."""
+        theirs = {c.category: c for c in reference.by_category} if reference is not None else {}
+        report = {}
+        for mine in self.by_category:
+            other = theirs.get(mine.category)
+            speedup = (
+                mine.tokens_per_second / other.tokens_per_second
+                if other is not None and other.tokens_per_second > 0
+                else None
+            )
+            report[mine.category] = mine.to_dict(speedup)
+        return report
+
+
+def _category(rounds: Sequence[Round], category: str, prompts: int) -> CategoryMeasurement:
+    speeds = []
+    for r in rounds:
+        batches = r.of_category(category)
+        seconds = sum(s for _, s in batches)
+        tokens = sum(result.metrics.new_tokens for result, _ in batches)
+        speeds.append(tokens / seconds if seconds > 0 else 0.0)
+    tally = Tally.of(result for result, _ in rounds[-1].of_category(category))
+    return CategoryMeasurement(category=category, prompts=prompts, tally=tally, tokens_per_second=max(speeds))
 
 
 def steady_seconds(rounds: Sequence[Round]) -> float | None:
@@ -120,7 +245,7 @@ def steady_seconds(rounds: Sequence[Round]) -> float | None:
         runs = [r.results[batch] for r in rounds]  # this batch in every round
         if len({len(run.steps) for run in runs}) != 1:
             return None
-        step_seconds = [[(s.draft_ms + s.verify_ms) / 1000.0 for s in run.steps] for run in runs]  # [round][step]
+        step_seconds = [[s.itl_ms / 1000.0 for s in run.steps] for run in runs]  # [round][step], whole steps
         outside = min(run.metrics.total_time_s - sum(steps) for run, steps in zip(runs, step_seconds, strict=True))
         total += max(outside, 0.0) + sum(min(column) for column in zip(*step_seconds, strict=True))
     return total

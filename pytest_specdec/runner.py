@@ -14,7 +14,6 @@ import torch
 from pytest_specdec.cases import Case
 from pytest_specdec.measurement import Measurement, Round
 from pytest_specdec.models import ModelCache
-from pytest_specdec.prompts import batches
 from specdec.device import synchronize
 from specdec.engine import SpeculativeEngine
 
@@ -69,19 +68,27 @@ def measure(
     pytest-benchmark's clock, through its ``setup``): each timed pair saw the same machine state, and the pair's
     ratio of tokens/s is one sample of the speedup (``Measurement.paired_speedups``).
     """
-    prompts = case.prompts.materialize(engine.target.vocab_size)
-    prompt_batches = batches(prompts, case.batch_size)  # [n_batches][batch_size] prompts
+    prompt_batches = case.prompts.batches(engine.target.vocab_size, case.batch_size)  # each within one category
     rounds: list[Round] = []
     reference_rounds: list[Round] = []
 
     def timed_pass(run_case: Case, run_engine: SpeculativeEngine, into: list[Round]) -> None:
         started = time.perf_counter()
-        results = tuple(
-            run_engine.generate(cast(Any, batch), run_case.generation, run_case.speculation)  # texts and/or ids
-            for batch in prompt_batches
-        )
+        results, seconds = [], []
+        for batch in prompt_batches:
+            begun = time.perf_counter()
+            prompts = cast(Any, batch.prompts)  # texts and/or id tuples
+            results.append(run_engine.generate(prompts, run_case.generation, run_case.speculation))  # synchronised
+            seconds.append(time.perf_counter() - begun)
         synchronize(run_engine.device)  # the clock stops after the device finished
-        into.append(Round(results=results, seconds=time.perf_counter() - started))
+        into.append(
+            Round(
+                results=tuple(results),
+                seconds=time.perf_counter() - started,
+                categories=tuple(batch.category for batch in prompt_batches),
+                batch_seconds=tuple(seconds),
+            )
+        )
 
     def one_round() -> None:
         timed_pass(case, engine, rounds)
@@ -101,4 +108,4 @@ def measure(
                 one_round()
     timed = rounds[case.warmup_rounds :] or rounds[-1:]  # --benchmark-disable runs a single untimed pass
     paired = reference_rounds[case.warmup_rounds :] if len(reference_rounds) == len(rounds) else []
-    return Measurement.from_rounds(timed, paired[-len(timed) :] if paired else ())
+    return Measurement.from_rounds(timed, case.prompts.category_counts(), paired[-len(timed) :] if paired else ())

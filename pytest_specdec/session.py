@@ -36,6 +36,7 @@ class CaseResult:
     verdict: Verdict | None = None
     outcome: str = "not run"  # "passed", "failed", "skipped" once pytest reported the call; or "interrupted"
     reason: str = ""  # why it was skipped or failed (first line)
+    by_category: dict[str, dict[str, Any]] = field(default_factory=dict)  # Measurement.category_report
 
 
 @dataclass
@@ -133,7 +134,9 @@ class BenchSession:
     def _attempt(self, case: Case, benchmark: Any | None, baseline: CaseRecord | None, result: CaseResult) -> Verdict:
         """Measure ``case`` once (into ``result``) and judge it against ``baseline``."""
         result.measurement = self._measure(case, benchmark)
-        speedup, speedup_note = self._speedup(case, result.measurement)
+        reference = self._reference(case)
+        speedup, speedup_note = self._speedup(case, result.measurement, reference)
+        result.by_category = result.measurement.category_report(reference)
         result.record = self._record(case, result.measurement, speedup)
         verdict = compare(result.record, baseline, case.tolerances)
         if speedup_note and verdict.status is not Status.REGRESSION:
@@ -149,7 +152,7 @@ class BenchSession:
         except SpecdecError as error:  # incompatible pair, unsupported architecture: the suite is wrong
             pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         try:
-            return measure(case, engine, benchmark, self._reference(case))
+            return measure(case, engine, benchmark, self._pair(case))
         except SpecdecError as error:
             pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         except Exception as error:
@@ -159,7 +162,7 @@ class BenchSession:
             self.models.clear()  # free everything so that the cases after this one can run
             pytest.fail(f"out of memory on {case.device} running {case.id}: {error}", pytrace=False)
 
-    def _reference(self, case: Case) -> Reference | None:
+    def _pair(self, case: Case) -> Reference | None:
         """The autoregressive case to pair ``case``'s rounds with (None for that case itself, or if it cannot run)."""
         reference = self.suites[case.suite].cases.get(case.baseline_id or "") if case.baseline_id else None
         if reference is None:
@@ -169,21 +172,25 @@ class BenchSession:
         except SpecdecError:
             return None
 
-    def _speedup(self, case: Case, measurement: Measurement) -> tuple[float | None, str]:
-        """Speedup over the same run's autoregressive case: the median of the paired rounds' ratios; without pairs
-        (``--benchmark-disable``), the ratio of the two cases' tokens/s (that case measured here if deselected)."""
+    def _reference(self, case: Case) -> Measurement | None:
+        """The same run's autoregressive case for ``case`` (measured here if it was deselected); None for that case
+        itself or when it did not run."""
+        if case.baseline_id is None:
+            return None
+        reference_key = (case.suite, case.baseline_id)
+        if reference_key in self.results:
+            return self.results[reference_key].measurement
+        if reference_key not in self.references:
+            self.references[reference_key] = self._measure_reference(case)
+        return self.references[reference_key]
+
+    def _speedup(self, case: Case, measurement: Measurement, reference: Measurement | None) -> tuple[float | None, str]:
+        """Speedup over the same run's autoregressive case: the ratio of steady times of the paired rounds; without
+        pairs (``--benchmark-disable``), the ratio of the two cases' tokens/s."""
         if case.baseline_id is None:
             return None, ""
         if measurement.paired_speedup is not None:
             return measurement.paired_speedup, ""
-        reference_key = (case.suite, case.baseline_id)
-        reference: Measurement | None
-        if reference_key in self.results:
-            reference = self.results[reference_key].measurement
-        elif reference_key in self.references:
-            reference = self.references[reference_key]
-        else:
-            reference = self.references[reference_key] = self._measure_reference(case)
         if reference is None or reference.tokens_per_second <= 0:
             return None, f"no speedup: {case.baseline_id} did not run"
         return measurement.tokens_per_second / reference.tokens_per_second, ""
@@ -237,9 +244,18 @@ class BenchSession:
                 "dtype": case.dtype,
                 "acceptance_rate": measurement.acceptance_rate,
                 "tokens_per_forward": measurement.tokens_per_forward,
+                "mean_accepted_length": measurement.mean_accepted_length,
+                "acceptance_by_position": list(measurement.acceptance_by_position),
+                "acceptance_by_position_unconditional": list(measurement.acceptance_by_position_unconditional),
                 "tokens_per_second": measurement.tokens_per_second,
                 "speedup": record.speedup,
                 "speedup_over": case.baseline_id,
+                "ttft_s": measurement.ttft_s,
+                "tpot_s": measurement.tpot_s,
+                "itl_p50_s": measurement.itl_p50_s,
+                "itl_p90_s": measurement.itl_p90_s,
+                "itl_p99_s": measurement.itl_p99_s,
+                "by_category": result.by_category or None,
                 "paired_speedups": list(measurement.paired_speedups),
                 "peak_memory_bytes": measurement.peak_memory_bytes,
                 "output_hash": measurement.output_hash,

@@ -11,7 +11,7 @@ from specdec import report
 if TYPE_CHECKING:
     from pytest_specdec.session import CaseResult
 
-HEADERS = ("case", "draft", "K", "acceptance", "tokens/fwd", "tokens/s", "speedup", "verdict")
+HEADERS = ("case", "draft", "K", "acceptance", "tokens/fwd", "tau", "tokens/s", "ttft ms", "speedup", "verdict")
 
 
 def verdict_cell(result: CaseResult, updating: bool) -> str:
@@ -41,7 +41,9 @@ def table_rows(results: Sequence[CaseResult], updating: bool) -> list[tuple[Any,
                 _k_cell(r),
                 m.acceptance_rate if m is not None else None,
                 f"{m.tokens_per_forward:.2f}" if m is not None else None,
+                f"{m.mean_accepted_length:.2f}" if m is not None and m.mean_accepted_length is not None else None,
                 f"{m.tokens_per_second:.1f}" if m is not None else None,
+                f"{m.ttft_s * 1000:.1f}" if m is not None else None,
                 f"{speedup:.2f}x" if speedup is not None else None,
                 verdict_cell(r, updating),
             )
@@ -49,9 +51,35 @@ def table_rows(results: Sequence[CaseResult], updating: bool) -> list[tuple[Any,
     return rows
 
 
+def category_table(results: Sequence[CaseResult]) -> str:
+    """Cases (rows) by prompt category (columns), each cell ``speedup / tau`` ("" when no case has categories)."""
+    measured = [r for r in results if r.by_category]
+    categories = list(dict.fromkeys(c for r in measured for c in r.by_category))
+    if not categories:
+        return ""
+    rows = []
+    for r in measured:
+        cells: list[str | None] = []
+        for category in categories:
+            entry = r.by_category.get(category)
+            if entry is None:
+                cells.append(None)
+                continue
+            speedup, tau = entry["speedup"], entry["mean_accepted_length"]
+            cells.append(
+                f"{f'{speedup:.2f}x' if speedup is not None else '-'} / {f'{tau:.2f}' if tau is not None else '-'}"
+            )
+        rows.append((r.case.id, *cells))
+    return "per prompt category: speedup / tau (tokens per target step)\n" + report.table(rows, ("case", *categories))
+
+
 def render(results: Sequence[CaseResult], updating: bool) -> str:
-    """The table, then each distinct skip or failure reason once (with how many cases it concerns)."""
+    """The table, the per-category table when a case has categories, then each distinct skip or failure reason
+    once (with how many cases it concerns)."""
     text = report.table(table_rows(results, updating), HEADERS)
+    by_category = category_table(results)
+    if by_category:
+        text += "\n\n" + by_category
     reasons = Counter(
         (r.outcome, r.reason)
         for r in results
@@ -89,9 +117,18 @@ def records(results: Sequence[CaseResult], updating: bool) -> list[dict[str, Any
                 "verdict": verdict_cell(r, updating),
                 "acceptance_rate": m.acceptance_rate if m else None,
                 "tokens_per_forward": m.tokens_per_forward if m else None,
+                "mean_accepted_length": m.mean_accepted_length if m else None,
+                "acceptance_by_position": list(m.acceptance_by_position) if m else None,
+                "acceptance_by_position_unconditional": list(m.acceptance_by_position_unconditional) if m else None,
                 "tokens_per_second": m.tokens_per_second if m else None,
                 "speedup": record.speedup if record else None,
                 "speedup_over": case.baseline_id,
+                "ttft_s": m.ttft_s if m else None,
+                "tpot_s": m.tpot_s if m else None,
+                "itl_p50_s": m.itl_p50_s if m else None,
+                "itl_p90_s": m.itl_p90_s if m else None,
+                "itl_p99_s": m.itl_p99_s if m else None,
+                "by_category": r.by_category or None,
                 "peak_memory_bytes": m.peak_memory_bytes if m else None,
                 "output_hash": m.output_hash if m else None,
                 "reason": r.reason,
@@ -104,5 +141,31 @@ def to_json(results_by_suite: Mapping[str, Sequence[CaseResult]], header: dict[s
     return report.to_json({**header, "suites": {name: records(rs, updating) for name, rs in results_by_suite.items()}})
 
 
+CASE_ONLY = (  # metrics a category row leaves empty: they are measured over the whole case only
+    "acceptance_by_position",
+    "acceptance_by_position_unconditional",
+    "ttft_s",
+    "tpot_s",
+    "itl_p50_s",
+    "itl_p90_s",
+    "itl_p99_s",
+    "peak_memory_bytes",
+    "output_hash",
+)
+
+
+def csv_rows(results: Sequence[CaseResult], updating: bool) -> list[dict[str, Any]]:
+    """The records without ``by_category``, each followed by one row per prompt category: the case's columns with
+    ``category`` set, the category's own metrics and ``prompts``, and the ``CASE_ONLY`` metrics empty (the case's
+    own row has an empty ``category``)."""
+    rows = []
+    for record in records(results, updating):
+        by_category = record.pop("by_category") or {}
+        rows.append({**record, "category": None, "prompts": None})
+        for category, metrics in by_category.items():
+            rows.append({**record, **dict.fromkeys(CASE_ONLY), "category": category, **metrics})
+    return rows
+
+
 def to_csv(results_by_suite: Mapping[str, Sequence[CaseResult]], updating: bool) -> str:
-    return report.to_csv([row for rs in results_by_suite.values() for row in records(rs, updating)])
+    return report.to_csv([row for rs in results_by_suite.values() for row in csv_rows(rs, updating)])

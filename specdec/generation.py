@@ -7,7 +7,8 @@ plain autoregressive step through the same code (no draft forward, a one-token t
 
 Host syncs: a step that drafted reads the number accepted (one sync; pending end-of-sequence flags ride along). A step
 that drafted nothing needs no sync on an accelerator: end-of-sequence flags are read every ``EOS_CHECK_EVERY`` steps
-(the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens.
+(the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens. Step timings
+(draft, verify and inter-token latency) come from the step clock, which adds no sync (``specdec.metrics``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from specdec.device import dtype_name, peak_device_memory_bytes, peak_rss_bytes,
 from specdec.drafters.base import DraftProposal, empty_proposal
 from specdec.errors import ConfigError
 from specdec.k_control import make_controller
-from specdec.metrics import RunMetrics, StepClock, StepMetrics, StepRecord
+from specdec.metrics import (
+    PositionCounts,
+    RunMetrics,
+    StepClock,
+    StepMetrics,
+    StepRecord,
+    itl_percentiles,
+    mean_accepted_length,
+    time_per_output_token,
+)
 from specdec.sampling import next_token
 from specdec.seeding import make_generator, seed_everything
 from specdec.sequence import SequenceBatch
@@ -89,6 +99,7 @@ class Generation:
         self.row_ends: list[int | None] = [None] * len(rows)  # new tokens per row up to and including its EOS
         self.records: list[StepRecord] = []
         self.time_to_first_token = 0.0
+        self._emitted_mark = 0  # the clock mark at which the last committed tokens were known (for ITL)
         self._release: Callable[[], None] | None = release
         self._eos = torch.tensor(
             engine.eos_ids if generation.stop_at_eos else [], dtype=torch.long, device=engine.device
@@ -143,6 +154,7 @@ class Generation:
         batch.length = self.prompt_length + 1
         first_is_eos = torch.isin(batch.tokens[:, self.prompt_length], self._eos).tolist()  # the prefill's one sync
         self.time_to_first_token = time.perf_counter() - self._started
+        self._emitted_mark = self._clock.mark()
         self.row_ends = [1 if is_eos else None for is_eos in first_is_eos]
         if engine.drafter is not None:
             engine.drafter.start(batch)
@@ -191,6 +203,7 @@ class Generation:
         self.controller.update(drafted, accepted)
         record = StepRecord(k=requested_k, drafted=drafted, accepted=accepted)
         record.marks = (start_mark, drafted_mark, verified_mark)
+        record.previous, self._emitted_mark = self._emitted_mark, verified_mark
         self.records.append(record)
 
     @staticmethod
@@ -274,6 +287,8 @@ class Generation:
         new_tokens = sum(len(ids) for ids in token_ids)
         speculative = drafter is not None
         largest_k = min(speculation.max_k, generation.max_new_tokens - 1)  # the most any step could draft
+        positions = PositionCounts.of_steps(steps)
+        itl_p50, itl_p90, itl_p99 = itl_percentiles([s.itl_ms / 1000.0 for s in steps])
         return RunMetrics(
             target=engine.target.name,
             draft=drafter.name if drafter is not None else None,
@@ -297,7 +312,17 @@ class Generation:
             mean_tokens_per_forward=self.batch.new_tokens / engine.target.forwards,
             target_forwards=engine.target.forwards,
             draft_forwards=drafter.forwards if drafter is not None else 0,
+            mean_accepted_length=mean_accepted_length(steps),
+            accepted_by_position=positions.accepted,
+            reached_by_position=positions.reached,
+            drafted_by_position=positions.drafted,
+            acceptance_by_position=positions.conditional(),
+            acceptance_by_position_unconditional=positions.unconditional(),
             time_to_first_token_s=self.time_to_first_token,
+            tpot_s=time_per_output_token(steps),
+            itl_p50_s=itl_p50,
+            itl_p90_s=itl_p90,
+            itl_p99_s=itl_p99,
             total_time_s=total_time,
             tokens_per_second=new_tokens / total_time if total_time > 0 else 0.0,
             draft_time_s=sum(s.draft_ms for s in steps) / 1000.0,

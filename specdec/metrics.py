@@ -1,8 +1,35 @@
-"""What a run measured: per step and per run, as typed objects that serialise to JSON."""
+"""What a run measured: per step and per run, as typed objects that serialise to JSON.
+
+Definitions (one step = one target verification forward after the prefill; it commits ``accepted + 1`` tokens to
+every row of the batch, since rows advance together by the shortest accepted prefix):
+
+- **mean accepted length** (tau in Spec-Bench, "acceptance length" in vLLM): tokens committed per step, the bonus
+  (or recovered) token included, over every step, so the autoregressive baseline is exactly 1.0. In a batch every
+  row gains the same ``accepted + 1`` tokens per step, so the per-row mean equals the per-step mean. vLLM's
+  ``1 + accepted / drafts`` counts only steps that drafted; the two agree for a drafter that always drafts.
+- **acceptance by position** (0-based draft position i): *conditional* = steps that accepted position i / steps
+  that reached it (drafted at least i + 1 tokens and accepted every earlier one); *unconditional* = steps that
+  accepted position i / steps that drafted at least i + 1 tokens. A batch accepts a position when every row does,
+  as ``acceptance_rate`` counts. The raw counts are kept so that they add up exactly over batches.
+- **TTFT**: from the prefill's start to the first token read on the host.
+- **ITL** (inter-token latency), as vLLM's serving benchmark counts it for speculative decoding: one sample per
+  step, the time from the previous step's tokens (the prefill's first token for the first step) to this step's,
+  however many tokens the step emitted; vLLM likewise takes one sample per streamed chunk. So ITL shows the
+  latency a streaming reader waits between updates, and the percentiles are over steps, not tokens.
+- **TPOT** (time per output token): decode time after the first token over the tokens after the first. The ITL
+  samples add up to that decode time, so TPOT = sum(ITL) / (tokens - 1).
+
+Step times come from :class:`StepClock`, which adds no host sync to a step: on the CPU the host clock (the work is
+synchronous), on MPS the host clock after the synchronisation each mark already makes, on CUDA events recorded in
+the stream and read once the run is over. A step's tokens are timed when its verification finished, just before
+the step's one host sync reads the number accepted.
+"""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +46,7 @@ class StepMetrics:
     emitted: int  # tokens committed this step: accepted + 1 (the recovered or bonus token)
     draft_ms: float
     verify_ms: float  # the target forward and the acceptance decision
+    itl_ms: float  # since the previous tokens (the prefill's first token, or the previous step's)
 
 
 @dataclass(frozen=True)
@@ -47,7 +75,17 @@ class RunMetrics:
     mean_tokens_per_forward: float  # tokens one row advances per target forward, prefill's first token included
     target_forwards: int
     draft_forwards: int
+    mean_accepted_length: float | None  # tau: tokens committed per step, bonus included; None without steps
+    accepted_by_position: tuple[int, ...]  # [i]: steps that accepted draft position i (see PositionCounts)
+    reached_by_position: tuple[int, ...]  # [i]: steps that drafted position i after accepting every earlier one
+    drafted_by_position: tuple[int, ...]  # [i]: steps that drafted position i
+    acceptance_by_position: tuple[float | None, ...]  # conditional: accepted / reached
+    acceptance_by_position_unconditional: tuple[float | None, ...]  # accepted / drafted
     time_to_first_token_s: float
+    tpot_s: float | None  # time per output token after the first; None with fewer than two tokens
+    itl_p50_s: float | None  # inter-token latency percentiles over the steps (one sample per step)
+    itl_p90_s: float | None
+    itl_p99_s: float | None
     total_time_s: float
     tokens_per_second: float  # new_tokens / total_time_s
     draft_time_s: float
@@ -57,6 +95,82 @@ class RunMetrics:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def position_counts(self) -> PositionCounts:
+        return PositionCounts(self.accepted_by_position, self.reached_by_position, self.drafted_by_position)
+
+
+@dataclass(frozen=True)
+class PositionCounts:
+    """Per draft position i (0-based: the (i + 1)-th drafted token of a step), counted over steps.
+
+    ``drafted[i]``: steps that drafted at least i + 1 tokens; ``reached[i]``: of those, the steps that accepted
+    every position before i; ``accepted[i]``: the steps that accepted position i too. A step that drafted W tokens
+    and accepted n adds 1 to ``drafted[:W]``, ``reached[:min(n + 1, W)]`` and ``accepted[:n]``; so
+    ``sum(accepted)`` is the run's accepted tokens and ``sum(drafted)`` its drafted tokens.
+    """
+
+    accepted: tuple[int, ...] = ()
+    reached: tuple[int, ...] = ()
+    drafted: tuple[int, ...] = ()
+
+    @classmethod
+    def of_steps(cls, steps: Sequence[StepMetrics]) -> PositionCounts:
+        width = max((s.drafted for s in steps), default=0)
+        accepted, reached, drafted = [0] * width, [0] * width, [0] * width
+        for step in steps:
+            for i in range(step.drafted):
+                drafted[i] += 1
+                reached[i] += i <= step.accepted
+                accepted[i] += i < step.accepted
+        return cls(tuple(accepted), tuple(reached), tuple(drafted))
+
+    def __add__(self, other: PositionCounts) -> PositionCounts:
+        return PositionCounts(
+            _add(self.accepted, other.accepted), _add(self.reached, other.reached), _add(self.drafted, other.drafted)
+        )
+
+    def conditional(self) -> tuple[float | None, ...]:
+        """Acceptance at each position given that every earlier one was accepted (None where none reached it)."""
+        return tuple(a / r if r else None for a, r in zip(self.accepted, self.reached, strict=True))
+
+    def unconditional(self) -> tuple[float | None, ...]:
+        """Acceptance at each position over the steps that drafted it (None where none did)."""
+        return tuple(a / d if d else None for a, d in zip(self.accepted, self.drafted, strict=True))
+
+
+def _add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """Element-wise sum, the shorter one padded with zeros."""
+    width = max(len(a), len(b))
+    return tuple((a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(width))
+
+
+def mean_accepted_length(steps: Sequence[StepMetrics]) -> float | None:
+    """Tokens committed per step, the bonus token included (tau); None without steps."""
+    return sum(s.emitted for s in steps) / len(steps) if steps else None
+
+
+def time_per_output_token(steps: Sequence[StepMetrics]) -> float | None:
+    """Seconds per token after the first: the steps' summed ITL over the tokens they committed (None if none)."""
+    tokens = sum(s.emitted for s in steps)
+    return sum(s.itl_ms for s in steps) / 1000.0 / tokens if tokens else None
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) with linear interpolation between the closest ranks (NumPy's default, which vLLM's
+    benchmark uses); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100.0
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def itl_percentiles(itl_s: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """p50, p90 and p99 of inter-token latency samples (seconds)."""
+    return percentile(itl_s, 50), percentile(itl_s, 90), percentile(itl_s, 99)
 
 
 class StepClock:
@@ -100,6 +214,7 @@ class StepRecord:
     drafted: int
     accepted: int
     marks: tuple[int, int, int] = field(default=(0, 0, 0))  # start, drafted, verified
+    previous: int = 0  # the mark at which the tokens before this step's were known (prefill's or previous step's)
 
     def resolve(self, clock: StepClock) -> StepMetrics:
         start, drafted, verified = self.marks
@@ -110,4 +225,5 @@ class StepRecord:
             emitted=self.accepted + 1,
             draft_ms=clock.elapsed_ms(start, drafted),
             verify_ms=clock.elapsed_ms(drafted, verified),
+            itl_ms=clock.elapsed_ms(self.previous, verified),
         )

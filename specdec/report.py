@@ -29,6 +29,15 @@ def table(rows: Iterable[Sequence[Any]], headers: Sequence[str], digits: int = 3
     return tabulate([[fmt(v, digits) for v in row] for row in rows], headers=list(headers), tablefmt="simple")
 
 
+def milliseconds(seconds: float | None) -> float | None:
+    return seconds * 1000.0 if seconds is not None else None
+
+
+def positions(rates: Sequence[float | None]) -> str:
+    """Acceptance per draft position as one cell: ``0.82 0.71 0.55`` ('-' where no step reached a position)."""
+    return " ".join(fmt(rate, 2) for rate in rates) or "-"
+
+
 def metrics_table(metrics: RunMetrics) -> str:
     """The run metrics that matter to a reader, one per line."""
     mib = 1024 * 1024
@@ -42,9 +51,16 @@ def metrics_table(metrics: RunMetrics) -> str:
         ("new tokens", metrics.new_tokens),
         ("drafted per step", metrics.mean_drafted),
         ("acceptance rate", metrics.acceptance_rate),
+        ("acceptance by draft position", positions(metrics.acceptance_by_position)),
         ("tokens per target forward", metrics.mean_tokens_per_forward),
+        ("mean accepted length (tau)", metrics.mean_accepted_length),
         ("tokens/s", metrics.tokens_per_second),
         ("time to first token (s)", metrics.time_to_first_token_s),
+        ("time per output token (ms)", milliseconds(metrics.tpot_s)),
+        (
+            "inter-token latency p50 / p90 / p99 (ms)",
+            " / ".join(fmt(milliseconds(v), 2) for v in (metrics.itl_p50_s, metrics.itl_p90_s, metrics.itl_p99_s)),
+        ),
         ("target / draft forwards", f"{metrics.target_forwards} / {metrics.draft_forwards}"),
         ("peak memory (MiB)", (peak if peak is not None else metrics.peak_rss_bytes) / mib),
     ]
@@ -56,12 +72,16 @@ def to_json(data: Any) -> str:
 
 
 def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Rows of dicts as CSV; the header is the union of keys in first-seen order."""
+    """Rows of dicts as CSV; the header is the union of keys in first-seen order. A list or mapping value is written
+    as JSON (``[0.9, 0.75]``), None as an empty cell."""
     fields: dict[str, None] = {}
     for row in rows:
         fields.update(dict.fromkeys(row))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(
+        {key: json.dumps(value) if isinstance(value, (list, tuple, dict)) else value for key, value in row.items()}
+        for row in rows
+    )
     return out.getvalue()

@@ -46,6 +46,8 @@ def test_generate_json_with_a_draft(capsys, model_folders):
     assert metrics["mean_tokens_per_forward"] > 1.0
     for key in ("tokens_per_second", "target_forwards", "time_to_first_token_s", "draft_forwards"):
         assert key in metrics
+    assert metrics["acceptance_by_position"] == [1.0] * len(metrics["drafted_by_position"])
+    assert metrics["mean_accepted_length"] > 1.0 and 0 < metrics["itl_p50_s"] <= metrics["itl_p99_s"]
 
 
 def test_generate_without_a_draft_is_autoregressive_and_equals_generate(capsys, model_folders, tokenizer):
@@ -115,6 +117,7 @@ def test_human_readable_output_has_text_and_a_metrics_table(capsys, model_folder
     )
     assert code == 0
     assert "acceptance rate" in out and "tokens/s" in out
+    assert "mean accepted length (tau)" in out and "inter-token latency p50 / p90 / p99 (ms)" in out
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,9 @@ def prompt_set_file(name: str) -> Path:
 
 
 def load_prompt_set(name: str) -> list[str]:
-    """The prompt texts of the zoo's prompt set ``name`` (``zoo:code-heldout``, ``zoo:code-repeat``)."""
+    """The prompt texts of the zoo's prompt set ``name`` (``zoo:code-heldout``, ``zoo:code-repeat``,
+    ``zoo:spec-categories``: 13 prompts each of conversation, translation, summarization, qa, math and rag, every
+    row with its ``category``)."""
     path = prompt_set_file(name)
     if not path.is_file():
         raise FileNotFoundError(f"the zoo has no prompt set {name!r} (looked for {path})")

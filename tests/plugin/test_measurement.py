@@ -9,6 +9,7 @@ import pytest
 from tiny_models import loaded, make_model
 
 from pytest_specdec.measurement import Round, _steady_speedup, steady_seconds
+from pytest_specdec.prompts import PromptSet
 from pytest_specdec.runner import Reference, measure
 from specdec.config import GenerationConfig, SpeculationConfig
 from specdec.engine import SpeculativeEngine
@@ -17,12 +18,16 @@ from specdec.metrics import StepMetrics
 
 def _run(step_ms: list[float], total_s: float, new_tokens: int = 4) -> SimpleNamespace:
     """What steady_seconds reads of one generate call: its steps' times and its total (a GenerationResult's shape)."""
-    steps = [StepMetrics(k=2, drafted=2, accepted=1, emitted=2, draft_ms=ms / 2, verify_ms=ms / 2) for ms in step_ms]
+    steps = [
+        StepMetrics(k=2, drafted=2, accepted=1, emitted=2, draft_ms=ms / 2, verify_ms=ms / 2, itl_ms=ms)
+        for ms in step_ms
+    ]
     return SimpleNamespace(steps=steps, metrics=SimpleNamespace(total_time_s=total_s, new_tokens=new_tokens))
 
 
 def _round(*runs: SimpleNamespace) -> Round:
-    return Round(results=runs, seconds=sum(r.metrics.total_time_s for r in runs))  # type: ignore[arg-type]
+    seconds = tuple(r.metrics.total_time_s for r in runs)
+    return Round(results=runs, seconds=sum(seconds), categories=(None,) * len(runs), batch_seconds=seconds)  # type: ignore[arg-type]
 
 
 def test_steady_time_takes_each_steps_fastest_time_across_rounds():
@@ -53,7 +58,7 @@ def test_every_round_is_paired_with_an_autoregressive_round_on_the_same_prompts(
     target = loaded(make_model("llama", seed=0, layers=2), "target")
     draft = loaded(make_model("llama", seed=1, layers=1), "draft")
     case = SimpleNamespace(  # the fields of a suite Case that measure() reads
-        prompts=SimpleNamespace(materialize=lambda vocab: [[5, 6, 7], [8, 9, 10]]),
+        prompts=PromptSet(source="inline", prompts=((5, 6, 7), (8, 9, 10))),
         batch_size=1,
         generation=GenerationConfig(max_new_tokens=6),
         speculation=SpeculationConfig(k=2),

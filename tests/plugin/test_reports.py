@@ -29,6 +29,15 @@ EXTRA_INFO = {
     "peak_memory_bytes",
     "output_hash",
     "device",
+    "mean_accepted_length",
+    "acceptance_by_position",
+    "acceptance_by_position_unconditional",
+    "ttft_s",
+    "tpot_s",
+    "itl_p50_s",
+    "itl_p90_s",
+    "itl_p99_s",
+    "by_category",
 }
 
 
@@ -41,13 +50,14 @@ def test_the_summary_table_and_its_json_and_csv(bench):
     result.stdout.fnmatch_lines(
         [
             "*= specdec suite suite (test-machine) =*",
-            "case * draft * K * acceptance * tokens/fwd * tokens/s * speedup * verdict",
+            "case * draft * K * acceptance * tokens/fwd * tau * tokens/s * ttft ms * speedup * verdict",
         ]
     )
     result.stdout.re_match_lines(
         [
-            r"pair\[ar,cpu,fp32,bs=1\] +- +ar +- +1 +[\d.]+ +- +no baseline",
-            r"pair\[k=auto,cpu,fp32,bs=2\] +model +auto \([\d.]+\) +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x +no baseline",
+            r"pair\[ar,cpu,fp32,bs=1\] +- +ar +- +1 +1 +[\d.]+ +[\d.]+ +- +no baseline",
+            r"pair\[k=auto,cpu,fp32,bs=2\] +model +auto \([\d.]+\) +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x "
+            r"+no baseline",
             r"random\[k=4,cpu,fp32,bs=1\] +model +4 .*",
         ]
     )
@@ -56,6 +66,13 @@ def test_the_summary_table_and_its_json_and_csv(bench):
     rows = report["suites"]["suite"]
     assert [r["case"] for r in rows][:2] == ["pair[ar,cpu,fp32,bs=1]", "pair[k=1,cpu,fp32,bs=1]"]
     assert all(r["outcome"] == "passed" and r["tokens_per_second"] > 0 for r in rows)
+    for r in rows:
+        assert r["ttft_s"] > 0 and r["tpot_s"] > 0 and 0 < r["itl_p50_s"] <= r["itl_p90_s"] <= r["itl_p99_s"]
+        assert r["by_category"] is None  # these prompts have no categories
+        if r["k"] == "ar":
+            assert r["mean_accepted_length"] == 1.0 and r["acceptance_by_position"] == []
+        elif r["group"] == "pair":  # the draft is the target: every drafted position is accepted
+            assert set(r["acceptance_by_position"]) == set(r["acceptance_by_position_unconditional"]) == {1.0}
     with open(bench.path / "r.csv", newline="") as handle:
         assert [r["case"] for r in csv.DictReader(handle)] == [r["case"] for r in rows]
 
