@@ -24,7 +24,7 @@ from specdec.device import dtype_name, peak_device_memory_bytes, peak_rss_bytes,
 from specdec.drafters.base import DraftProposal, empty_proposal
 from specdec.errors import ConfigError
 from specdec.k_control import make_controller
-from specdec.metrics import RunMetrics, StepClock, StepMetrics, StepRecord
+from specdec.metrics import RunMetrics, StepClock, StepMetrics, StepRecord, position_counts
 from specdec.sampling import next_token
 from specdec.seeding import make_generator, seed_everything
 from specdec.sequence import SequenceBatch
@@ -170,7 +170,7 @@ class Generation:
             verify_ids = torch.cat([verify_ids, proposal.tokens], dim=1)  # ... and the drafts: [B, W + 1]
             batch.tokens[:, length : length + drafted] = proposal.tokens
         target_logits = engine.target.forward(verify_ids)  # [B, W + 1, V]
-        verdict = self.verifier.verify(proposal.tokens, proposal.probs, target_logits, self._generator)
+        verdict = self.verifier.verify(proposal.tokens, proposal.probs, target_logits, self._generator, requested_k)
         next_column = (length + verdict.num_accepted).reshape(1, 1).expand(batch.batch_size, 1)
         batch.tokens.scatter_(1, next_column, verdict.next_tokens[:, None])
         if self._eos.numel() > 0:
@@ -274,6 +274,7 @@ class Generation:
         new_tokens = sum(len(ids) for ids in token_ids)
         speculative = drafter is not None
         largest_k = min(speculation.max_k, generation.max_new_tokens - 1)  # the most any step could draft
+        by_position = position_counts(steps, max([largest_k if speculative else 0, *(s.drafted for s in steps)]))
         return RunMetrics(
             target=engine.target.name,
             draft=drafter.name if drafter is not None else None,
@@ -293,6 +294,9 @@ class Generation:
             steps=len(steps),
             drafted_tokens=drafted,
             accepted_tokens=accepted,
+            drafted_by_position=by_position[0],
+            reached_by_position=by_position[1],
+            accepted_by_position=by_position[2],
             acceptance_rate=accepted / drafted if drafted else None,
             mean_tokens_per_forward=self.batch.new_tokens / engine.target.forwards,
             target_forwards=engine.target.forwards,
@@ -304,6 +308,7 @@ class Generation:
             verify_time_s=sum(s.verify_ms for s in steps) / 1000.0,
             peak_device_memory_bytes=peak_device_memory_bytes(engine.device),
             peak_rss_bytes=peak_rss_bytes(),
+            synthetic=speculation.acceptance.synthetic if speculative else None,
         )
 
 

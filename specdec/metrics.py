@@ -43,6 +43,10 @@ class RunMetrics:
     steps: int  # target forwards after prefill
     drafted_tokens: int
     accepted_tokens: int
+    # Per draft position i = 1..(largest K), counted over steps (a batch's step counts once):
+    drafted_by_position: list[int]  # steps that drafted position i
+    reached_by_position: list[int]  # steps that drafted position i with every earlier position accepted
+    accepted_by_position: list[int]  # steps that accepted position i (and so every earlier one)
     acceptance_rate: float | None  # None when nothing was drafted
     mean_tokens_per_forward: float  # tokens one row advances per target forward, prefill's first token included
     target_forwards: int
@@ -54,9 +58,22 @@ class RunMetrics:
     verify_time_s: float
     peak_device_memory_bytes: int | None  # None on CPU
     peak_rss_bytes: int
+    synthetic: dict[str, Any] | None = None  # the synthetic policy's parameter as given; None: the output is real
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def position_counts(steps: list[StepMetrics], positions: int) -> tuple[list[int], list[int], list[int]]:
+    """(drafted, reached, accepted) per draft position 1..``positions`` over ``steps``: conditional acceptance at i
+    is accepted[i] / reached[i], unconditional (vLLM's per-position rate) accepted[i] / drafted[i]."""
+    drafted, reached, accepted = [0] * positions, [0] * positions, [0] * positions
+    for step in steps:
+        for i in range(min(step.drafted, positions)):
+            drafted[i] += 1
+            reached[i] += i <= step.accepted
+            accepted[i] += i < step.accepted
+    return drafted, reached, accepted
 
 
 class StepClock:
