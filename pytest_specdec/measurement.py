@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -54,6 +54,11 @@ class Measurement:
     time_to_first_token_s: float  # median over rounds of the mean over batches
     decoder_path: str
     verifier_backend: str
+    # Per draft position, summed over the last round's batches (specdec.metrics.position_counts):
+    drafted_by_position: tuple[int, ...] = ()
+    reached_by_position: tuple[int, ...] = ()
+    accepted_by_position: tuple[int, ...] = ()
+    step_seconds: float | None = None  # mean draft + verification time of a step, in the fastest round (None: ar)
 
     @classmethod
     def from_rounds(cls, rounds: Sequence[Round]) -> Measurement:
@@ -67,6 +72,9 @@ class Measurement:
         peaks = [m.peak_device_memory_bytes for r in rounds for m in (x.metrics for x in r.results)]
         device_peaks = [p for p in peaks if p is not None]
         hashes = {output_hash(r.token_ids) for r in rounds}
+        fastest = max(rounds, key=lambda r: r.tokens_per_second).results
+        fastest_steps = sum(x.metrics.steps for x in fastest)
+        step_time = sum(x.metrics.draft_time_s + x.metrics.verify_time_s for x in fastest)
         return cls(
             acceptance_rate=accepted / drafted if drafted else None,
             tokens_per_forward=advanced / forwards if forwards else 0.0,
@@ -82,7 +90,21 @@ class Measurement:
             ),
             decoder_path=metrics[0].decoder_path,
             verifier_backend=metrics[0].verifier_backend,
+            drafted_by_position=_summed(m.drafted_by_position for m in metrics),
+            reached_by_position=_summed(m.reached_by_position for m in metrics),
+            accepted_by_position=_summed(m.accepted_by_position for m in metrics),
+            step_seconds=step_time / fastest_steps if fastest_steps and drafted else None,
         )
+
+
+def _summed(lists: Iterable[list[int]]) -> tuple[int, ...]:
+    """Element-wise sum of per-position counts of possibly different lengths."""
+    total: list[int] = []
+    for counts in lists:
+        total += [0] * (len(counts) - len(total))
+        for i, count in enumerate(counts):
+            total[i] += count
+    return tuple(total)
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,7 @@ class CaseRecord:
     environment: Environment
     commit: str | None = None
     recorded_at: str | None = None  # ISO time
+    synthetic: bool = False  # synthetic acceptance: its output is not the target's, so its hash is never gated
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,4 +133,5 @@ class CaseRecord:
         values: dict[str, Any] = {name: data.get(name) for name in cls.__dataclass_fields__}
         values["environment"] = Environment.from_dict(data.get("environment") or {})
         values["greedy"] = bool(values["greedy"])
+        values["synthetic"] = bool(values["synthetic"])
         return cls(**values)

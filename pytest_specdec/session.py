@@ -19,8 +19,9 @@ from pytest_specdec.measurement import CaseRecord, Measurement
 from pytest_specdec.models import ModelCache
 from pytest_specdec.runner import build_engine, is_out_of_memory, measure
 from pytest_specdec.settings import Settings
-from specdec.config import Policy
+from specdec.analysis import expected_tokens_per_step
 from specdec.errors import DeviceError, ModelLoadError, SpecdecError
+from specdec.synthetic_acceptance import unconditional_rates
 
 OUTCOME_RANK = {"not run": 0, "passed": 1, "skipped": 2, "failed": 3}
 INTERRUPTED = "the run was interrupted (Ctrl-C or SIGTERM) while this case ran"
@@ -36,6 +37,7 @@ class CaseResult:
     verdict: Verdict | None = None
     outcome: str = "not run"  # "passed", "failed", "skipped" once pytest reported the call; or "interrupted"
     reason: str = ""  # why it was skipped or failed (first line)
+    predicted_speedup: float | None = None  # synthetic cases at a fixed K: specdec.analysis's model at the case's costs
 
 
 @dataclass
@@ -94,6 +96,7 @@ class BenchSession:
         finally:
             self.models.release(case.models)
         speedup, speedup_note = self._speedup(case, result.measurement)
+        result.predicted_speedup = self._predicted_speedup(case, result.measurement)
         result.record = self._record(case, result.measurement, speedup)
         try:
             baseline = self.baselines(case.suite).get(case.id)
@@ -150,6 +153,25 @@ class BenchSession:
             return None, f"no speedup: {case.baseline_id} did not run"
         return measurement.tokens_per_second / reference.tokens_per_second, ""
 
+    def _reference(self, case: Case) -> Measurement | None:
+        """The measurement of ``case``'s autoregressive case, if it ran (``_speedup`` runs it when deselected)."""
+        key = (case.suite, case.baseline_id or "")
+        if key in self.results:
+            return self.results[key].measurement
+        return self.references.get(key)
+
+    def _predicted_speedup(self, case: Case, measurement: Measurement) -> float | None:
+        """For a synthetic case at a fixed K: ``specdec.analysis.predicted_speedup`` of the requested acceptance at
+        K, with the costs this run measured: one step's draft + verification time against one autoregressive token
+        (the reference case's seconds per token). None otherwise (adaptive K has no one K)."""
+        speculation, reference = case.speculation, self._reference(case)
+        if speculation is None or speculation.adaptive is not None or case.synthetic is None:
+            return None
+        if reference is None or reference.tokens_per_second <= 0 or not measurement.step_seconds:
+            return None
+        rates = unconditional_rates(speculation.acceptance, speculation.k)
+        return expected_tokens_per_step(rates) / (measurement.step_seconds * reference.tokens_per_second)
+
     def _measure_reference(self, case: Case) -> Measurement | None:
         reference = self.suites[case.suite].cases.get(case.baseline_id or "")
         if reference is None:
@@ -174,12 +196,12 @@ class BenchSession:
             environment=self.environment(case.device, case.threads),
             commit=self.commit.get("id"),
             recorded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            synthetic=case.synthetic is not None,
         )
 
     def _extra_info(self, benchmark: Any, case: Case, result: CaseResult) -> None:
         measurement, record, verdict = result.measurement, result.record, result.verdict
         assert measurement is not None and record is not None and verdict is not None
-        policy = case.speculation.acceptance.policy if case.speculation is not None else None
         benchmark.extra_info.update(
             {
                 "suite": case.suite,
@@ -190,7 +212,8 @@ class BenchSession:
                 "draft_options": case.draft_options,
                 "k": case.k_label,
                 "mean_k": measurement.mean_k,
-                "policy": policy.value if isinstance(policy, Policy) else "none",
+                "policy": case.policy_name,
+                "synthetic": case.synthetic,
                 "temperature": case.generation.temperature,
                 "batch_size": case.batch_size,
                 "max_new_tokens": case.generation.max_new_tokens,
@@ -202,6 +225,10 @@ class BenchSession:
                 "tokens_per_second": measurement.tokens_per_second,
                 "speedup": record.speedup,
                 "speedup_over": case.baseline_id,
+                "predicted_speedup": result.predicted_speedup,
+                "drafted_by_position": list(measurement.drafted_by_position),
+                "reached_by_position": list(measurement.reached_by_position),
+                "accepted_by_position": list(measurement.accepted_by_position),
                 "peak_memory_bytes": measurement.peak_memory_bytes,
                 "output_hash": measurement.output_hash,
                 "repeatable": measurement.repeatable,
