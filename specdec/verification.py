@@ -177,8 +177,9 @@ def synthetic_verify(
         own_choice = logits_n.argmax(dim=-1)
     else:
         own_choice = sample(logits_to_probs(logits_n, generation), generator)
-    n = torch.tensor(num_accepted, dtype=torch.long, device=target_logits.device)
-    row_accepted = torch.full((batch,), num_accepted, dtype=torch.long, device=target_logits.device)
+    device = target_logits.device  # torch.full fills on the device: no host-to-device copy in the step
+    n = torch.full((), num_accepted, dtype=torch.long, device=device)
+    row_accepted = torch.full((batch,), num_accepted, dtype=torch.long, device=device)
     return Verdict(num_accepted=n, row_accepted=row_accepted, next_tokens=own_choice)
 
 

@@ -149,7 +149,7 @@ def test_a_seed_repeats_a_run_exactly_and_another_seed_changes_it(engine):
 def greedy_choices(model, ids: list[int]) -> list[int]:
     """The model's argmax after each prefix of ``ids``, from one forward without a cache."""
     with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits[0]  # [L, V]
+        logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0]  # [L, V]
     return logits.argmax(dim=-1).tolist()
 
 
@@ -188,13 +188,17 @@ def test_kept_tokens_are_the_drafted_ones_and_the_next_is_the_targets(pair, deco
     assert greedy.token_ids != result.token_ids
 
 
-def test_the_ngram_drafter_keeps_only_what_it_drafted(pair):
+@pytest.mark.parametrize(
+    ("method", "options"), [("ngram", {}), ("suffix", {}), ("layerskip", {"layers": 3})], ids=["ngram", "suffix", "ls"]
+)
+def test_model_free_drafters_keep_only_what_they_drafted(pair, method, options):
     target, _ = pair
-    engine = SpeculativeEngine(target, make_drafter("ngram"))
+    engine = SpeculativeEngine(target, make_drafter(method, **options))
     rates = [0.9, 0.7, 0.5, 0.3]
-    result = run(engine, 4, tokens=TOKENS, acceptance_rates=rates)
+    result = run(engine, 4, tokens=TOKENS if method == "ngram" else 96, acceptance_rates=rates)
     steps, m = result.steps, result.metrics
-    assert any(s.drafted < 4 for s in steps) and any(s.drafted > 0 for s in steps)
+    if method != "layerskip":  # lookup drafters propose fewer than K where nothing matches
+        assert any(s.drafted < 4 for s in steps) and any(s.drafted > 0 for s in steps)
     assert all(s.accepted <= s.drafted for s in steps)  # a position not drafted cannot be accepted
     for i, p in enumerate(rates):  # each drafted position tracks its rate to within two tokens
         assert abs(m.accepted_by_position[i] - p * m.drafted_by_position[i]) < 2
@@ -224,3 +228,15 @@ def test_the_predicted_speedup_is_the_yield_over_the_step_cost():
     assert predicted_speedup([a**i for i in range(1, k + 1)], cost_ratio=0.05) == pytest.approx(iid / 1.2)
     assert predicted_speedup([0.5], cost_ratio=0.1, verify_cost=1.5) == pytest.approx(1.5 / 1.6)
     assert math.isclose(expected_tokens_per_step(geometric_rates(0.8, 4)), 1 + 0.8 * 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_fast_path_the_rate_holds_and_tokens_are_exact():
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 argmaxes comparable with the eager forward
+    target = load_model("zoo:tiny-code-target", device="cuda", dtype="float32")
+    draft = load_model("zoo:tiny-code-draft", device="cuda", dtype="float32")
+    engine = SpeculativeEngine(target, draft)
+    result = run(engine, 4, acceptance_rate=0.7)
+    assert result.metrics.decoder_path == "fast-llama" and abs(result.metrics.acceptance_rate - 0.7) <= TOLERANCE
+    check_tokens(result, engine.encode(PROMPT)[0], target, draft)  # against transformers' own forward on the GPU
