@@ -30,7 +30,7 @@ more than the 0.02 a benchmark needs. Here each position i keeps a *credit*: eve
 prefix of drafted positions 1..n whose summed ``credit_i - u`` is largest (n = 0 if no prefix sum is positive):
 each position individually would be kept iff its credit exceeds u (randomised rounding, which is what makes steps
 look random), and the best prefix is the closest choice that keeps accepted tokens a prefix. The credits stay
-within about +-1.6 (measured, K up to 8), so the count accepted at each position tracks ``p_i x (steps that drafted
+within about +-1.7 (simulated, K up to 8), so the count accepted at each position tracks ``p_i x (steps that drafted
 it)`` to within about two tokens whatever the run length. What this matches, over one generation:
 
 - per position: accepted at i / steps that drafted i, against p_i (the unconditional rates);
