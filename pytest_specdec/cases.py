@@ -6,8 +6,9 @@ Ids read ``GROUP[(DRAFT,)K,DEVICE,DTYPE,bs=B(,t=T)(,POLICY)(,n=N)]``:
 - the drafting method (``ngram``; ``ngram-max_ngram=2`` where one method is swept with several options), except
   for a group whose only draft is a draft model, whose ids stay ``GROUP[k=4,...]``;
 - ``k=4`` (fixed K), ``k=auto`` (adaptive K) or ``ar`` (the autoregressive case: the target alone);
-- ``t=T`` only for sampled cases (temperature > 0), the policy only when it is not ``lossless``, ``n=N`` only when the
-  group sweeps ``max_new_tokens``.
+- ``t=T`` only for sampled cases (temperature > 0), the policy only when it is not ``lossless`` (synthetic
+  acceptance as ``syn=0.8``, ``syn-rates=0.9_0.8``, ``syn-len=3.2``), ``n=N`` only when the group sweeps
+  ``max_new_tokens``.
 
 The autoregressive case of a speculative case shares its group, device, dtype, batch size, temperature and length.
 """
@@ -75,6 +76,16 @@ class Case:
         return self.drafting.spec(model) if self.drafting is not None else None
 
     @property
+    def policy_name(self) -> str:
+        """``lossless``, ``synthetic``, ``lossy-*``; ``none`` for the autoregressive case (``policy`` is the label)."""
+        return self.speculation.acceptance.policy.value if self.speculation is not None else "none"
+
+    @property
+    def synthetic(self) -> dict[str, Any] | None:
+        """The synthetic policy's parameter as the suite gives it (``{"acceptance_rate": 0.8}``), else None."""
+        return self.speculation.acceptance.synthetic if self.speculation is not None else None
+
+    @property
     def is_autoregressive(self) -> bool:
         return self.speculation is None
 
@@ -110,6 +121,8 @@ class Case:
             "policy": self.policy,
             "prompts": self.prompts.digest(),
         }
+        if self.synthetic is not None:  # exact values (the label rounds them); absent otherwise, so that the
+            definition["synthetic"] = self.synthetic  # digests of every other case stay as they were
         return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
 
     def _draft_definition(self) -> Any:

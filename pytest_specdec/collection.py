@@ -37,7 +37,8 @@ def device_missing(device: str) -> str | None:
 
 def case_keywords(case: Case) -> set[str]:
     """Words ``-k`` can select on (its expressions cannot contain the ``=`` of ids): ``k4``, ``kauto``, ``ar``,
-    ``bs2``, ``greedy``/``sampled``, the device (``cuda1``), the dtype (``fp16``), the policy, the drafting method
+    ``bs2``, ``greedy``/``sampled``, the device (``cuda1``), the dtype (``fp16``), the policy (``synthetic`` too for
+    synthetic acceptance), the drafting method
     (``model``, ``ngram``, ``suffix``, ``layerskip``), the suite and the entry.
 
     ``-k`` matches case-insensitive substrings of every name an item carries (these words, its id, its markers), so
@@ -48,6 +49,8 @@ def case_keywords(case: Case) -> set[str]:
     words = {case.k_label if case.is_autoregressive else f"k{case.k_label}", f"bs{case.batch_size}"}
     words |= {"greedy" if case.generation.greedy else "sampled", case.device.replace(":", "")}
     words |= {SHORT_DTYPES[case.dtype], case.policy, case.suite, case.group}
+    if case.synthetic is not None:  # its label (syn=0.8) holds an "=", which -k cannot write
+        words.add(case.policy_name)
     if case.draft_method is not None:
         words.add(case.draft_method)
     return words

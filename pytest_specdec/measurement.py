@@ -148,6 +148,8 @@ class Measurement:
     def acceptance_by_position_unconditional(self) -> tuple[float | None, ...]:
         return self.positions.unconditional()
 
+    step_seconds: float | None = None  # mean draft + verification time of a step, in the fastest round (None: ar)
+
     @classmethod
     def from_rounds(
         cls,
@@ -168,6 +170,9 @@ class Measurement:
         )
         tpots = [time_per_output_token([step for result in r.results for step in result.steps]) for r in rounds]
         known_tpots = [t for t in tpots if t is not None]
+        fastest = max(rounds, key=lambda r: r.tokens_per_second).results
+        fastest_steps = sum(x.metrics.steps for x in fastest)
+        step_time = sum(x.metrics.draft_time_s + x.metrics.verify_time_s for x in fastest)
         return cls(
             acceptance_rate=tally.acceptance_rate,
             tokens_per_forward=tally.tokens_per_forward,
@@ -200,6 +205,7 @@ class Measurement:
             if len(reference_rounds) == len(rounds)
             else (),
             steady_speedup=_steady_speedup(rounds, reference_rounds),
+            step_seconds=step_time / fastest_steps if fastest_steps and tally.drafted else None,
         )
 
     def category_report(self, reference: Measurement | None) -> dict[str, dict[str, Any]]:
@@ -278,6 +284,7 @@ class CaseRecord:
     environment: Environment
     commit: str | None = None
     recorded_at: str | None = None  # ISO time
+    synthetic: bool = False  # synthetic acceptance: its output is not the target's, so its hash is never gated
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -287,4 +294,5 @@ class CaseRecord:
         values: dict[str, Any] = {name: data.get(name) for name in cls.__dataclass_fields__}
         values["environment"] = Environment.from_dict(data.get("environment") or {})
         values["greedy"] = bool(values["greedy"])
+        values["synthetic"] = bool(values["synthetic"])
         return cls(**values)

@@ -19,8 +19,9 @@ from pytest_specdec.measurement import CaseRecord, Measurement
 from pytest_specdec.models import ModelCache
 from pytest_specdec.runner import Reference, build_engine, is_out_of_memory, measure
 from pytest_specdec.settings import Settings
-from specdec.config import Policy
+from specdec.analysis import expected_tokens_per_step
 from specdec.errors import DeviceError, ModelLoadError, SpecdecError
+from specdec.synthetic_acceptance import unconditional_rates
 
 OUTCOME_RANK = {"not run": 0, "passed": 1, "skipped": 2, "failed": 3}
 INTERRUPTED = "the run was interrupted (Ctrl-C or SIGTERM) while this case ran"
@@ -37,6 +38,7 @@ class CaseResult:
     outcome: str = "not run"  # "passed", "failed", "skipped" once pytest reported the call; or "interrupted"
     reason: str = ""  # why it was skipped or failed (first line)
     by_category: dict[str, dict[str, Any]] = field(default_factory=dict)  # Measurement.category_report
+    predicted_speedup: float | None = None  # synthetic cases at a fixed K: specdec.analysis's model at the case's costs
 
 
 @dataclass
@@ -137,6 +139,7 @@ class BenchSession:
         reference = self._reference(case)
         speedup, speedup_note = self._speedup(case, result.measurement, reference)
         result.by_category = result.measurement.category_report(reference)
+        result.predicted_speedup = self._predicted_speedup(case, result.measurement)
         result.record = self._record(case, result.measurement, speedup)
         verdict = compare(result.record, baseline, case.tolerances)
         if speedup_note and verdict.status is not Status.REGRESSION:
@@ -195,6 +198,18 @@ class BenchSession:
             return None, f"no speedup: {case.baseline_id} did not run"
         return measurement.tokens_per_second / reference.tokens_per_second, ""
 
+    def _predicted_speedup(self, case: Case, measurement: Measurement) -> float | None:
+        """For a synthetic case at a fixed K: ``specdec.analysis.predicted_speedup`` of the requested acceptance at
+        K, with the costs this run measured: one step's draft + verification time against one autoregressive token
+        (the reference case's seconds per token). None otherwise (adaptive K has no one K)."""
+        speculation, reference = case.speculation, self._reference(case)
+        if speculation is None or speculation.adaptive is not None or case.synthetic is None:
+            return None
+        if reference is None or reference.tokens_per_second <= 0 or not measurement.step_seconds:
+            return None
+        rates = unconditional_rates(speculation.acceptance, speculation.k)
+        return expected_tokens_per_step(rates) / (measurement.step_seconds * reference.tokens_per_second)
+
     def _measure_reference(self, case: Case) -> Measurement | None:
         reference = self.suites[case.suite].cases.get(case.baseline_id or "")
         if reference is None:
@@ -219,12 +234,12 @@ class BenchSession:
             environment=self.environment(case.device, case.threads),
             commit=self.commit.get("id"),
             recorded_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            synthetic=case.synthetic is not None,
         )
 
     def _extra_info(self, benchmark: Any, case: Case, result: CaseResult) -> None:
         measurement, record, verdict = result.measurement, result.record, result.verdict
         assert measurement is not None and record is not None and verdict is not None
-        policy = case.speculation.acceptance.policy if case.speculation is not None else None
         benchmark.extra_info.update(
             {
                 "suite": case.suite,
@@ -235,7 +250,8 @@ class BenchSession:
                 "draft_options": case.draft_options,
                 "k": case.k_label,
                 "mean_k": measurement.mean_k,
-                "policy": policy.value if isinstance(policy, Policy) else "none",
+                "policy": case.policy_name,
+                "synthetic": case.synthetic,
                 "temperature": case.generation.temperature,
                 "batch_size": case.batch_size,
                 "max_new_tokens": case.generation.max_new_tokens,
@@ -257,6 +273,10 @@ class BenchSession:
                 "itl_p99_s": measurement.itl_p99_s,
                 "by_category": result.by_category or None,
                 "paired_speedups": list(measurement.paired_speedups),
+                "predicted_speedup": result.predicted_speedup,
+                "drafted_by_position": list(measurement.positions.drafted),
+                "reached_by_position": list(measurement.positions.reached),
+                "accepted_by_position": list(measurement.positions.accepted),
                 "peak_memory_bytes": measurement.peak_memory_bytes,
                 "output_hash": measurement.output_hash,
                 "repeatable": measurement.repeatable,

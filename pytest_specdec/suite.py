@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -239,21 +240,77 @@ def _dtype(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
         raise doc.error(key_path, f"unknown dtype {value!r}: expected one of {', '.join(DTYPE_NAMES)}") from None
 
 
-def _policy(doc: LocatedYaml, key_path: KeyPath, value: Any) -> PolicyChoice:
+SYNTHETIC_ID_PARTS = {"acceptance_rate": "syn", "acceptance_rates": "syn-rates", "acceptance_length": "syn-len"}
+
+
+def _policy(doc: LocatedYaml, key_path: KeyPath, value: Any) -> tuple[PolicyChoice, ...]:
+    """One policy value: a name, ``{name: POLICY, PARAMETER: VALUE}``, or a synthetic mapping whose parameter is
+    a list (``acceptance_rate: [0.5, 0.8]``, ``acceptance_rates: [[0.9, 0.8], [0.7, 0.5]]``): one choice per value."""
     known = ", ".join(p.value for p in Policy)
     if isinstance(value, str):
         acceptance = _engine_check(doc, key_path, lambda: AcceptanceConfig(policy=value))  # type: ignore[arg-type]
-        return PolicyChoice(label=value, acceptance=acceptance)
+        return (PolicyChoice(label=value, acceptance=acceptance),)
     if not isinstance(value, dict) or "name" not in value:
         raise doc.error(key_path, f"expected a policy name ({known}) or {{name: POLICY, PARAMETER: VALUE}}")
     _check_keys(doc, key_path, value, POLICY_KEYS, "policy")
     params = {k: v for k, v in value.items() if k != "name"}
+    if value["name"] == Policy.SYNTHETIC.value:
+        return _synthetic_policies(doc, key_path, params)
     for key, param in params.items():
         if not isinstance(param, (int, float)) or isinstance(param, bool):
             raise doc.error((*key_path, key), f"expected a number, got {param!r} ({_type_name(param)})")
     acceptance = _engine_check(doc, key_path, lambda: AcceptanceConfig(policy=value["name"], **params))
     label = value["name"] + "".join(f"-{params[k]}" for k in sorted(params))
-    return PolicyChoice(label=label, acceptance=acceptance)
+    return (PolicyChoice(label=label, acceptance=acceptance),)
+
+
+def _synthetic_policies(doc: LocatedYaml, key_path: KeyPath, params: dict[str, Any]) -> tuple[PolicyChoice, ...]:
+    """``{name: synthetic, acceptance_rate | acceptance_rates | acceptance_length: VALUE or [VALUES]}``, labelled
+    ``syn=0.8``, ``syn-rates=0.9_0.8``, ``syn-len=3.2`` in ids."""
+    given = [key for key in SYNTHETIC_ID_PARTS if key in params]
+    others = [key for key in params if key not in SYNTHETIC_ID_PARTS]
+    if others:
+        raise doc.error((*key_path, others[0]), f"{others[0]} does not apply to policy synthetic")
+    if len(given) != 1:
+        names = ", ".join(SYNTHETIC_ID_PARTS)
+        raise doc.error(key_path, f"policy synthetic needs exactly one of {names}, got {', '.join(given) or 'none'}")
+    key = given[0]
+    raw = params[key]
+    swept = isinstance(raw, list) and (key != "acceptance_rates" or any(isinstance(v, list) for v in raw))
+    values = raw if swept else [raw]
+    if swept and not values:
+        raise doc.error((*key_path, key), f"expected a value or a non-empty list of values, got {raw!r}")
+    choices: list[PolicyChoice] = []
+    for index, item in enumerate(values):
+        where = (*key_path, key, index) if swept else (*key_path, key)
+        if key == "acceptance_rates":
+            if not isinstance(item, list) or any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in item):
+                raise doc.error(where, f"expected a list of numbers (one per draft position), got {item!r}")
+            item = tuple(float(v) for v in item)
+        elif not isinstance(item, (int, float)) or isinstance(item, bool):
+            raise doc.error(where, f"expected a number, got {item!r} ({_type_name(item)})")
+        acceptance = _engine_check(
+            doc, where, functools.partial(AcceptanceConfig, policy=Policy.SYNTHETIC, **{key: item})
+        )
+        shown = "_".join(f"{v:g}" for v in item) if isinstance(item, tuple) else f"{item:g}"
+        choices.append(PolicyChoice(label=f"{SYNTHETIC_ID_PARTS[key]}={shown}", acceptance=acceptance))
+    return tuple(choices)
+
+
+def _policies(doc: LocatedYaml, key_path: KeyPath, value: Any) -> tuple[PolicyChoice, ...]:
+    """``policy:``: one value or a list of them (a sweep, as ``draft:``); a synthetic mapping may sweep its
+    parameter. A choice listed twice is an error (both would get one id)."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise doc.error(key_path, "expected an acceptance policy or a non-empty list of them, got an empty list")
+    seen: dict[PolicyChoice, str] = {}
+    for index, item in enumerate(items):
+        where = (*key_path, index) if isinstance(value, list) else key_path
+        for choice in _policy(doc, where, item):
+            if choice in seen:
+                raise doc.error(where, f"{choice.label} is listed twice (also as {seen[choice]}): give each value once")
+            seen[choice] = key_name(where)
+    return tuple(seen)
 
 
 def _adaptive_k(doc: LocatedYaml, key_path: KeyPath, value: Any) -> AdaptiveK | None:
@@ -472,7 +529,7 @@ CASE_KEYS: dict[str, Parser] = {
     "dtype": _one_or_many(_dtype, "a dtype"),
     "batch_size": _one_or_many(_integer(1), "a batch size"),
     "temperature": _one_or_many(_temperature, "a temperature"),
-    "policy": _one_or_many(_policy, "an acceptance policy"),
+    "policy": _policies,
     "max_new_tokens": _one_or_many(_max_new_tokens, "a number of new tokens"),
     "top_k": _optional(_top_k),
     "top_p": _optional(_top_p),
@@ -545,6 +602,17 @@ def _group(doc: LocatedYaml, index: int, defaults: dict[str, Any], entry: Any) -
             _engine_check(doc, key_path, generation)
     if not group.draft and ("k" in values or "adaptive_k" in values or "policy" in values):
         raise doc.error(key_path, "k, adaptive_k and policy need a `draft`: a case without one is autoregressive")
+    # Policy parameters that depend on K (synthetic acceptance_rates must cover K, acceptance_length <= K + 1).
+    policy_path = (*key_path, "policy") if "policy" in values else ("defaults", "policy")
+    adaptive = group.adaptive_k
+    for choice in group.policy:
+        for k in group.k:
+            _engine_check(doc, policy_path, functools.partial(SpeculationConfig, k=k, acceptance=choice.acceptance))
+        if adaptive is not None:
+            check = functools.partial(
+                SpeculationConfig, k=adaptive.start_k, adaptive=adaptive.config, acceptance=choice.acceptance
+            )
+            _engine_check(doc, policy_path, check)
     return group
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from specdec import report
 from specdec.config import (
@@ -77,10 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", default="auto", help=f"one of {', '.join(DTYPE_CHOICES)} (default auto)")
     gen.add_argument(
         "--policy",
-        help=f"acceptance policy: {', '.join(p.value for p in Policy)} (default lossless; lossy-* change the output)",
+        help=f"acceptance policy: {', '.join(p.value for p in Policy)} (default lossless; lossy-* and synthetic "
+        "change the output)",
     )
     gen.add_argument("--threshold", type=_float, help="lossy-threshold: probability floor (default 0.3)")
     gen.add_argument("--topk-agreement", type=_int, help="lossy-topk: accept within the target's top N (default 3)")
+    gen.add_argument(
+        "--acceptance-rate", type=_float, help="synthetic: mean acceptance rate (accepted / drafted), in (0, 1]"
+    )
+    gen.add_argument(
+        "--acceptance-rates",
+        metavar="P1,P2,...",
+        help="synthetic: per draft position, the chance that the first i drafts are all accepted (one per position)",
+    )
+    gen.add_argument(
+        "--acceptance-length",
+        type=_float,
+        help="synthetic: mean tokens per step, the bonus token included, in [1, K+1]",
+    )
     gen.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, metrics)")
     gen.add_argument("--steps", action="store_true", help="with --json, include per-step metrics")
     gen.set_defaults(run=_generate)
@@ -95,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Flags that do nothing in some combinations: (flag, argparse dest, when it applies, what is missing otherwise).
 # Each is refused (exit 2) where it would do nothing, since the run would not be what its command line says. --seed is
 # not among them: it seeds every random draw, and at temperature 0 a fixed seed is harmless.
-SPECULATION_FLAGS = ("--k", "--adaptive-k", "--policy", "--threshold", "--topk-agreement")
+SYNTHETIC_FLAGS = ("--acceptance-rate", "--acceptance-rates", "--acceptance-length")
+SPECULATION_FLAGS = ("--k", "--adaptive-k", "--policy", "--threshold", "--topk-agreement", *SYNTHETIC_FLAGS)
 ADAPTIVE_FLAGS = ("--min-k", "--max-k", "--adaptive-window", "--adaptive-step", "--target-acceptance")
 
 
@@ -119,6 +134,8 @@ def _check_flags_apply(args: argparse.Namespace, policy: Policy) -> None:
         reasons.append(("--threshold", f"it only applies with --policy {Policy.LOSSY_THRESHOLD.value}"))
     if policy is not Policy.LOSSY_TOPK:
         reasons.append(("--topk-agreement", f"it only applies with --policy {Policy.LOSSY_TOPK.value}"))
+    if policy is not Policy.SYNTHETIC:
+        reasons += [(f, f"it only applies with --policy {Policy.SYNTHETIC.value}") for f in SYNTHETIC_FLAGS]
     if args.temperature == 0.0:
         greedy = "temperature 0 is greedy decoding; give --temperature > 0 to sample"
         reasons += [("--top-k", greedy), ("--top-p", greedy)]
@@ -149,19 +166,72 @@ def _configs(args: argparse.Namespace) -> tuple[GenerationConfig, SpeculationCon
         )
     acceptance_defaults = AcceptanceConfig()
     policy = Policy.parse(_or(args.policy, Policy.LOSSLESS.value))
-    acceptance = AcceptanceConfig(
-        policy=policy,
-        threshold=_or(args.threshold, acceptance_defaults.threshold),
-        topk_agreement=_or(args.topk_agreement, acceptance_defaults.topk_agreement),
+    synthetic = _synthetic_parameter(args, policy)
+    acceptance = _with_flag(
+        synthetic,
+        lambda: AcceptanceConfig(
+            policy=policy,
+            threshold=_or(args.threshold, acceptance_defaults.threshold),
+            topk_agreement=_or(args.topk_agreement, acceptance_defaults.topk_agreement),
+            **({synthetic[0]: synthetic[2]} if synthetic else {}),
+        ),
     )
     k = args.k
     if k is None:  # the default K, within the adaptive bounds when those are given
         k = SpeculationConfig().k
         if adaptive is not None:
             k = min(max(k, adaptive.min_k), adaptive.max_k)
-    speculation = SpeculationConfig(k=k, adaptive=adaptive, acceptance=acceptance)
+    speculation = _with_flag(synthetic, lambda: SpeculationConfig(k=k, adaptive=adaptive, acceptance=acceptance))
     _check_flags_apply(args, policy)
     return generation, speculation
+
+
+def _synthetic_parameter(args: argparse.Namespace, policy: Policy) -> tuple[str, str, Any] | None:
+    """(AcceptanceConfig field, flag, value) of the one synthetic flag given; refuses a synthetic flag without
+    ``--policy synthetic``, ``--policy synthetic`` without one, and two of them, each in one line."""
+    given = [flag for flag in SYNTHETIC_FLAGS if _given(args, flag)]
+    if policy is not Policy.SYNTHETIC:
+        if given and (args.draft is not None or args.draft_method is not None):
+            why = f"it only applies with --policy {Policy.SYNTHETIC.value}"
+            raise ConfigError(f"{given[0]} does nothing here: {why}; remove it or add what it needs")
+        return None
+    if len(given) != 1:
+        choices = ", ".join(SYNTHETIC_FLAGS)
+        if not given:
+            raise ConfigError(f"--policy synthetic needs the acceptance to force: one of {choices}")
+        raise ConfigError(f"{' and '.join(given)}: give only one of {choices}")
+    flag = given[0]
+    value: Any = getattr(args, _dest(flag))
+    if flag == "--acceptance-rates":
+        value = tuple(_rates(str(value)))
+    return _dest(flag), flag, value
+
+
+def _rates(text: str) -> list[float]:
+    parts = [part.strip() for part in text.split(",")]
+    if not text.strip() or any(part == "" for part in parts):
+        raise ConfigError(
+            f"--acceptance-rates {text!r} has an empty entry: give comma-separated numbers, one per draft position, "
+            "e.g. 0.9,0.8,0.7,0.6"
+        )
+    try:
+        return [float(part) for part in parts]
+    except ValueError:
+        raise ConfigError(
+            f"--acceptance-rates {text!r}: expected comma-separated numbers, e.g. 0.9,0.8,0.7,0.6"
+        ) from None
+
+
+def _with_flag(synthetic: tuple[str, str, Any] | None, build: Callable[[], T]) -> T:
+    """``build()``, its ConfigError prefixed with the synthetic flag and value it concerns (if one was given)."""
+    try:
+        return build()
+    except ConfigError as error:
+        if synthetic is None or synthetic[0] not in str(error):
+            raise
+        flag, value = synthetic[1], synthetic[2]
+        shown = ",".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}"
+        raise ConfigError(f"{flag} {shown}: {error}") from None
 
 
 def _or(value: T | None, default: T) -> T:
@@ -222,6 +292,8 @@ def _generate(args: argparse.Namespace) -> int:
         print(result.text)
         print()
         print(report.metrics_table(result.metrics))
+    if result.metrics.synthetic is not None:  # on standard error too, so that no reader of the output misses it
+        print(f"specdec: note: {report.synthetic_note(result.metrics.synthetic)}", file=sys.stderr)
     return 0
 
 

@@ -18,13 +18,16 @@ class Policy(str, Enum):
 
     ``LOSSLESS`` is exact: at temperature 0 the longest prefix of drafted tokens that equals the target's argmax, at
     temperature > 0 speculative (rejection) sampling. The three ``LOSSY_*`` policies are the seeds' heuristics: they
-    accept tokens the target would not have produced, so their output differs from the target's own.
+    accept tokens the target would not have produced, so their output differs from the target's own. ``SYNTHETIC``
+    is NOT lossless either: it decides how many drafted tokens to keep from a seeded schedule, whatever the target
+    says (``specdec.synthetic_acceptance``), to measure cost at a chosen acceptance without a trained draft.
     """
 
     LOSSLESS = "lossless"
     LOSSY_THRESHOLD = "lossy-threshold"  # accept when the target gives the drafted token probability >= threshold
     LOSSY_TOPK = "lossy-topk"  # accept when the drafted token is among the target's top `topk_agreement` tokens
     LOSSY_TYPICAL = "lossy-typical"  # typical acceptance (Cai et al. 2024, Medusa)
+    SYNTHETIC = "synthetic"  # forced acceptance at a requested rate, rates or length (vLLM's synthetic sampler)
 
     @property
     def is_lossless(self) -> bool:
@@ -98,15 +101,31 @@ class AdaptiveKConfig:
         _require(self.max_k >= self.min_k, f"adaptive max_k ({self.max_k}) must be >= min_k ({self.min_k})")
 
 
+SYNTHETIC_PARAMETERS = ("acceptance_rate", "acceptance_rates", "acceptance_length")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class AcceptanceConfig:
-    """The acceptance policy and the parameters of the lossy ones."""
+    """The acceptance policy and the parameters of the lossy and synthetic ones.
+
+    ``SYNTHETIC`` takes exactly one of (vLLM's meanings, ``specdec.synthetic_acceptance`` has the details):
+    ``acceptance_rate`` (the mean acceptance rate, accepted / drafted tokens, in (0, 1]), ``acceptance_rates`` (per
+    draft position i, the probability that the first i drafted tokens are all accepted; non-increasing, in [0, 1],
+    one per position up to K) or ``acceptance_length`` (mean tokens per step counting the bonus token, in [1, K + 1]).
+    """
 
     policy: Policy = Policy.LOSSLESS
     threshold: float = 0.3  # LOSSY_THRESHOLD
     topk_agreement: int = 3  # LOSSY_TOPK
     typical_epsilon: float = 0.3  # LOSSY_TYPICAL: hard probability floor
     typical_delta: float = 0.09  # LOSSY_TYPICAL: entropy-scaled floor, delta * exp(-H)
+    acceptance_rate: float | None = None  # SYNTHETIC: mean accepted / drafted
+    acceptance_rates: tuple[float, ...] | None = None  # SYNTHETIC: P(first i drafts accepted), i = 1..
+    acceptance_length: float | None = None  # SYNTHETIC: mean tokens per step, bonus included
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy", Policy.parse(self.policy))
@@ -114,6 +133,54 @@ class AcceptanceConfig:
         _require(self.topk_agreement >= 1, f"topk_agreement must be >= 1, got {self.topk_agreement!r}")
         _require(self.typical_epsilon > 0.0, f"typical_epsilon must be > 0, got {self.typical_epsilon!r}")
         _require(self.typical_delta > 0.0, f"typical_delta must be > 0, got {self.typical_delta!r}")
+        if self.acceptance_rates is not None and not isinstance(self.acceptance_rates, tuple):
+            rates = self.acceptance_rates
+            _require(
+                isinstance(rates, (list, tuple)),
+                f"acceptance_rates must be a list of numbers (one per draft position), got {rates!r}",
+            )
+            object.__setattr__(self, "acceptance_rates", tuple(rates))
+        given = [name for name in SYNTHETIC_PARAMETERS if getattr(self, name) is not None]
+        if self.policy is not Policy.SYNTHETIC:
+            _require(not given, f"{', '.join(given)} only applies with policy synthetic, not {self.policy.value}")
+            return
+        _require(
+            len(given) == 1,
+            "policy synthetic needs exactly one of acceptance_rate, acceptance_rates or acceptance_length, got "
+            + (", ".join(given) if given else "none"),
+        )
+        self._check_synthetic()
+
+    def _check_synthetic(self) -> None:
+        rate, rates, length = self.acceptance_rate, self.acceptance_rates, self.acceptance_length
+        if rate is not None:
+            _require(_is_number(rate) and 0.0 < rate <= 1.0, f"acceptance_rate must be in (0, 1], got {rate!r}")
+        if rates is not None:
+            _require(len(rates) > 0, "acceptance_rates is empty: give one rate per draft position, e.g. [0.9, 0.8]")
+            bad = [r for r in rates if not (_is_number(r) and 0.0 <= r <= 1.0)]
+            if bad:
+                raise ConfigError(
+                    f"acceptance_rates entries must be numbers in [0, 1], got {bad[0]!r} in {list(rates)}"
+                )
+            rising = [i for i in range(1, len(rates)) if rates[i] > rates[i - 1]]
+            _require(
+                not rising,
+                f"acceptance_rates must not increase (entry i is the chance that the first i drafts are all "
+                f"accepted), got {list(rates)}",
+            )
+        if length is not None:
+            _require(_is_number(length) and length >= 1.0, f"acceptance_length must be >= 1, got {length!r}")
+
+    @property
+    def synthetic(self) -> dict[str, float | list[float]] | None:
+        """The synthetic parameter as given (``{"acceptance_rate": 0.8}``), or None for other policies."""
+        if self.policy is not Policy.SYNTHETIC:
+            return None
+        for name in SYNTHETIC_PARAMETERS:
+            value = getattr(self, name)
+            if value is not None:
+                return {name: list(value) if isinstance(value, tuple) else value}
+        return None
 
 
 @dataclass(frozen=True)
@@ -131,6 +198,19 @@ class SpeculationConfig:
             _require(
                 a.min_k <= self.k <= a.max_k,
                 f"k ({self.k}) must lie in the adaptive bounds [{a.min_k}, {a.max_k}]",
+            )
+        rates, length = self.acceptance.acceptance_rates, self.acceptance.acceptance_length
+        if rates is not None:
+            _require(
+                len(rates) >= self.max_k,
+                f"acceptance_rates has {len(rates)} entries but K can reach {self.max_k}: give one rate per draft "
+                "position up to K",
+            )
+        if length is not None:
+            _require(
+                length <= self.max_k + 1,
+                f"acceptance_length must be in [1, K + 1] = [1, {self.max_k + 1}] (tokens per step, the bonus token "
+                f"included), got {length!r}",
             )
 
     @property

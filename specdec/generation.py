@@ -182,7 +182,7 @@ class Generation:
             verify_ids = torch.cat([verify_ids, proposal.tokens], dim=1)  # ... and the drafts: [B, W + 1]
             batch.tokens[:, length : length + drafted] = proposal.tokens
         target_logits = engine.target.forward(verify_ids)  # [B, W + 1, V]
-        verdict = self.verifier.verify(proposal.tokens, proposal.probs, target_logits, self._generator)
+        verdict = self.verifier.verify(proposal.tokens, proposal.probs, target_logits, self._generator, requested_k)
         next_column = (length + verdict.num_accepted).reshape(1, 1).expand(batch.batch_size, 1)
         batch.tokens.scatter_(1, next_column, verdict.next_tokens[:, None])
         if self._eos.numel() > 0:
@@ -329,6 +329,7 @@ class Generation:
             verify_time_s=sum(s.verify_ms for s in steps) / 1000.0,
             peak_device_memory_bytes=peak_device_memory_bytes(engine.device),
             peak_rss_bytes=peak_rss_bytes(),
+            synthetic=speculation.acceptance.synthetic if speculative else None,
         )
 
 

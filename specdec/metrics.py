@@ -92,6 +92,7 @@ class RunMetrics:
     verify_time_s: float
     peak_device_memory_bytes: int | None  # None on CPU
     peak_rss_bytes: int
+    synthetic: dict[str, Any] | None = None  # the synthetic policy's parameter as given; None: the output is real
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -38,6 +38,17 @@ def positions(rates: Sequence[float | None]) -> str:
     return " ".join(fmt(rate, 2) for rate in rates) or "-"
 
 
+def synthetic_note(synthetic: Mapping[str, Any]) -> str:
+    """What a synthetic run's report says about its output: ``synthetic acceptance (acceptance_rate=0.8): NOT
+    lossless, ...``."""
+    (name, value), *_ = synthetic.items()
+    shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
+    return (
+        f"synthetic acceptance ({name}={shown}): NOT lossless; acceptance was forced, so the output is not the "
+        "target's (it measures cost at that acceptance)"
+    )
+
+
 def metrics_table(metrics: RunMetrics) -> str:
     """The run metrics that matter to a reader, one per line."""
     mib = 1024 * 1024
@@ -48,6 +59,7 @@ def metrics_table(metrics: RunMetrics) -> str:
         ("device / dtype", f"{metrics.device} / {metrics.dtype}"),
         ("decoder path / verifier", f"{metrics.decoder_path} / {metrics.verifier_backend}"),
         ("policy, K", f"{metrics.policy}, " + ("adaptive" if metrics.adaptive_k else str(metrics.k))),
+        *([("output", synthetic_note(metrics.synthetic))] if metrics.synthetic is not None else []),
         ("new tokens", metrics.new_tokens),
         ("drafted per step", metrics.mean_drafted),
         ("acceptance rate", metrics.acceptance_rate),

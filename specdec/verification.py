@@ -16,6 +16,9 @@ Batches: rows advance together, so a step keeps ``n = min_b n_b`` tokens. A row 
 longer emits its accepted ``d_{n+1}`` as the step's last token; the others emit their recovered token. Stopping a
 row's run early at a point chosen independently of that row keeps every emitted token exact, so this stays lossless.
 
+The ``synthetic`` policy is not lossless: the number kept is decided beforehand by a seeded schedule
+(:mod:`specdec.synthetic_acceptance`) and the target only supplies the token after them (:func:`synthetic_verify`).
+
 This module holds pure tensor functions (the references for the GPU kernels) and the thin :class:`Verifier` that
 chooses among them.
 """
@@ -30,6 +33,7 @@ import torch
 
 from specdec.config import AcceptanceConfig, GenerationConfig, Policy
 from specdec.sampling import logits_to_probs, sample
+from specdec.synthetic_acceptance import SyntheticAcceptance
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,31 @@ def lossy_accepted(
     return keep | is_best
 
 
+def synthetic_verify(
+    draft_tokens: torch.Tensor,
+    target_logits: torch.Tensor,
+    num_accepted: int,
+    generation: GenerationConfig,
+    generator: torch.Generator | None,
+) -> Verdict:
+    """Keep the first ``num_accepted`` drafted tokens of every row (decided beforehand, not by the target), then the
+    target's own token at that position, as after a real rejection (or the bonus token when all were kept): its
+    argmax at temperature 0, else a sample of its sampling distribution ``p_(n+1)``.
+
+    draft_tokens: [B, K]; target_logits: [B, K + 1, V]; 0 <= num_accepted <= K.
+    """
+    batch = draft_tokens.shape[0]
+    logits_n = target_logits[:, num_accepted]  # [B, V]
+    if generation.greedy:
+        own_choice = logits_n.argmax(dim=-1)
+    else:
+        own_choice = sample(logits_to_probs(logits_n, generation), generator)
+    device = target_logits.device  # torch.full fills on the device: no host-to-device copy in the step
+    n = torch.full((), num_accepted, dtype=torch.long, device=device)
+    row_accepted = torch.full((batch,), num_accepted, dtype=torch.long, device=device)
+    return Verdict(num_accepted=n, row_accepted=row_accepted, next_tokens=own_choice)
+
+
 class Verifier:
     """Chooses the verification function for a policy and sampling setting, from a kernel set.
 
@@ -166,6 +195,9 @@ class Verifier:
         self.generation = generation
         self.kernels = kernels
         self.backend = kernels.name if kernels is not None else "torch"
+        self.synthetic = (
+            SyntheticAcceptance(acceptance, generation.seed) if acceptance.policy is Policy.SYNTHETIC else None
+        )
 
     def target_probs(self, target_logits: torch.Tensor) -> torch.Tensor:
         """The distribution the policy compares drafts with: the sampling distribution, or softmax at T=0."""
@@ -179,8 +211,14 @@ class Verifier:
         draft_probs: torch.Tensor | None,
         target_logits: torch.Tensor,
         generator: torch.Generator | None,
+        k: int | None = None,
     ) -> Verdict:
-        """draft_tokens: [B, K]; draft_probs: [B, K, V] or None; target_logits: [B, K + 1, V]."""
+        """draft_tokens: [B, W]; draft_probs: [B, W, V] or None; target_logits: [B, W + 1, V]. ``k``: the K the step
+        asked for (W <= K; the synthetic schedule is the one at K, default W)."""
+        if self.synthetic is not None:
+            drafted = draft_tokens.shape[1]
+            kept = self.synthetic.decide(k if k is not None else drafted, drafted)
+            return synthetic_verify(draft_tokens, target_logits, kept, self.generation, generator)
         if self.acceptance.policy.is_lossless:
             if self.generation.greedy:
                 greedy = self.kernels.greedy_verify if self.kernels is not None else greedy_verify
