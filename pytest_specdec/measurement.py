@@ -11,13 +11,14 @@ from typing import Any
 
 from pytest_specdec.machine import Environment
 from specdec.engine import GenerationResult
+from specdec.hf_engine import HFResult
 
 
 @dataclass(frozen=True)
 class Round:
     """One timed pass over all of a case's prompt batches."""
 
-    results: tuple[GenerationResult, ...]  # one per batch
+    results: tuple[GenerationResult | HFResult, ...]  # one per batch (transformers' modes: HFResult)
     seconds: float  # host clock around the pass, device synchronised before it stops
 
     @property
@@ -42,7 +43,7 @@ def output_hash(token_ids: Sequence[Any]) -> str:
 class Measurement:
     """A case's metrics. Deterministic ones come from the last round (all rounds agree when ``repeatable``)."""
 
-    acceptance_rate: float | None  # accepted / drafted over all batches; None for the autoregressive case
+    acceptance_rate: float | None  # accepted / drafted over all batches; None for `ar` and where not exposed
     tokens_per_forward: float  # tokens a row advances per target forward, over all batches
     tokens_per_second: float  # of the fastest timed round: interference only ever slows a round down
     round_tokens_per_second: tuple[float, ...]
@@ -51,7 +52,7 @@ class Measurement:
     repeatable: bool  # every round produced the same tokens
     mean_k: float
     peak_memory_bytes: int  # device peak on CUDA/MPS, peak RSS of the process on CPU
-    time_to_first_token_s: float  # median over rounds of the mean over batches
+    time_to_first_token_s: float | None  # median over rounds of the mean over batches (None: not measured)
     decoder_path: str
     verifier_backend: str
 
@@ -59,16 +60,17 @@ class Measurement:
     def from_rounds(cls, rounds: Sequence[Round]) -> Measurement:
         last = rounds[-1]
         metrics = [r.metrics for r in last.results]
-        drafted = sum(m.drafted_tokens for m in metrics)
-        accepted = sum(m.accepted_tokens for m in metrics)
+        drafted = _total([m.drafted_tokens for m in metrics])  # None where transformers did not expose them
+        accepted = _total([m.accepted_tokens for m in metrics])
         forwards = sum(m.target_forwards for m in metrics)
         advanced = sum(m.mean_tokens_per_forward * m.target_forwards for m in metrics)  # tokens per row, summed
         steps = sum(m.steps for m in metrics)
         peaks = [m.peak_device_memory_bytes for r in rounds for m in (x.metrics for x in r.results)]
         device_peaks = [p for p in peaks if p is not None]
         hashes = {output_hash(r.token_ids) for r in rounds}
+        first_token = [[x.metrics.time_to_first_token_s for x in r.results] for r in rounds]
         return cls(
-            acceptance_rate=accepted / drafted if drafted else None,
+            acceptance_rate=accepted / drafted if drafted and accepted is not None else None,
             tokens_per_forward=advanced / forwards if forwards else 0.0,
             tokens_per_second=max(r.tokens_per_second for r in rounds),
             round_tokens_per_second=tuple(r.tokens_per_second for r in rounds),
@@ -77,12 +79,19 @@ class Measurement:
             repeatable=len(hashes) == 1,
             mean_k=sum(m.mean_k * m.steps for m in metrics) / steps if steps else 0.0,
             peak_memory_bytes=max(device_peaks) if device_peaks else max(m.peak_rss_bytes for m in metrics),
-            time_to_first_token_s=statistics.median(
-                statistics.fmean(x.metrics.time_to_first_token_s for x in r.results) for r in rounds
+            time_to_first_token_s=(
+                statistics.median(statistics.fmean(times) for times in first_token)  # type: ignore[arg-type]
+                if all(t is not None for times in first_token for t in times)
+                else None
             ),
             decoder_path=metrics[0].decoder_path,
             verifier_backend=metrics[0].verifier_backend,
         )
+
+
+def _total(counts: Sequence[int | None]) -> int | None:
+    """The sum, or None when any count is unknown."""
+    return None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
-"""Running a case: build the engine from cached models and time rounds over the prompt batches, through
-pytest-benchmark's fixture when there is one (so its autosave, JSON and compare see the same rounds)."""
+"""Running a case: build its engine from cached models and time rounds over the prompt batches, through
+pytest-benchmark's fixture when there is one (so its autosave, JSON and compare see the same rounds).
+
+A case runs on the project's engine (``SpeculativeEngine``) or on transformers' own ``generate`` (``HFEngine``, the
+case's ``engine``); both are a :class:`CaseEngine`, and nothing below ``build_engine`` tells them apart."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -14,8 +17,11 @@ from pytest_specdec.cases import Case
 from pytest_specdec.measurement import Measurement, Round
 from pytest_specdec.models import ModelCache
 from pytest_specdec.prompts import batches
+from pytest_specdec.suite import SPECDEC
+from specdec.config import GenerationConfig, SpeculationConfig
 from specdec.device import synchronize
 from specdec.engine import SpeculativeEngine
+from specdec.hf_engine import HFEngine
 
 OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -41,21 +47,37 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def build_engine(case: Case, models: ModelCache) -> SpeculativeEngine:
+class CaseEngine(Protocol):
+    """What a case runs on: ``generate`` returns the generated ``token_ids`` and ``metrics`` that
+    :meth:`Measurement.from_rounds` reads (``specdec.metrics.RunMetrics`` or ``specdec.hf_engine.HFRunMetrics``)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def generate(self, prompts: Any, generation: GenerationConfig, speculation: SpeculationConfig | None) -> Any: ...
+
+
+def build_engine(case: Case, models: ModelCache) -> CaseEngine:
     """The case's engine; loading errors (SpecdecError) propagate for the caller to skip or fail on."""
     keys = case.models
     target = models.get(keys[0])
     draft = models.get(keys[1]) if len(keys) > 1 else None
-    return SpeculativeEngine(target, case.draft_spec(draft))  # the case's drafting method (make_drafter)
+    if case.engine == SPECDEC:
+        return SpeculativeEngine(target, case.draft_spec(draft))  # the case's drafting method (make_drafter)
+    max_ngram = case.draft_options.get("max_ngram") if case.draft_method == "ngram" else None
+    return HFEngine(target, case.engine, draft=draft, max_ngram=max_ngram)
 
 
-def measure(case: Case, engine: SpeculativeEngine, benchmark: Any | None = None) -> Measurement:
+def measure(case: Case, engine: CaseEngine, benchmark: Any | None = None) -> Measurement:
     """``case.warmup_rounds`` untimed and ``case.rounds`` timed passes over all prompt batches.
 
     With ``benchmark`` (pytest-benchmark's fixture) the rounds run through ``benchmark.pedantic``; without it (an
     autoregressive reference measured for a deselected case) the same loop runs here.
     """
-    prompts = case.prompts.materialize(engine.target.vocab_size)
+    prompts = case.prompts.materialize(engine.vocab_size)
     prompt_batches = batches(prompts, case.batch_size)  # [n_batches][batch_size] prompts
     rounds: list[Round] = []
 

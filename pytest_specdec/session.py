@@ -21,6 +21,7 @@ from pytest_specdec.runner import build_engine, is_out_of_memory, measure
 from pytest_specdec.settings import Settings
 from specdec.config import Policy
 from specdec.errors import DeviceError, ModelLoadError, SpecdecError
+from specdec.hf_engine import HFUnavailableError
 
 OUTCOME_RANK = {"not run": 0, "passed": 1, "skipped": 2, "failed": 3}
 INTERRUPTED = "the run was interrupted (Ctrl-C or SIGTERM) while this case ran"
@@ -125,6 +126,8 @@ class BenchSession:
             pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         try:
             return measure(case, engine, benchmark)
+        except HFUnavailableError as error:  # hf-compile that this torch/transformers cannot compile here
+            pytest.skip(str(error))
         except SpecdecError as error:
             pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         except Exception as error:
@@ -184,6 +187,7 @@ class BenchSession:
             {
                 "suite": case.suite,
                 "case": case.id,
+                "engine": case.engine,
                 "target": case.target,
                 "draft": case.draft,
                 "draft_method": case.draft_method,

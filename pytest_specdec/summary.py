@@ -11,7 +11,7 @@ from specdec import report
 if TYPE_CHECKING:
     from pytest_specdec.session import CaseResult
 
-HEADERS = ("case", "draft", "K", "acceptance", "tokens/fwd", "tokens/s", "speedup", "verdict")
+HEADERS = ("case", "engine", "draft", "K", "acceptance", "tokens/fwd", "tokens/s", "speedup", "verdict")
 
 
 def verdict_cell(result: CaseResult, updating: bool) -> str:
@@ -37,6 +37,7 @@ def table_rows(results: Sequence[CaseResult], updating: bool) -> list[tuple[Any,
         rows.append(
             (
                 r.case.id,
+                r.case.engine,
                 r.case.draft_method or "-",
                 _k_cell(r),
                 m.acceptance_rate if m is not None else None,
@@ -74,6 +75,7 @@ def records(results: Sequence[CaseResult], updating: bool) -> list[dict[str, Any
                 "suite": case.suite,
                 "case": case.id,
                 "group": case.group,
+                "engine": case.engine,
                 "draft_method": case.draft_method,
                 "draft": case.draft,
                 "draft_options": " ".join(f"{key}={value}" for key, value in case.draft_options.items()) or None,
