@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import transformers
 
 from pytest_specdec.cases import expand
 from pytest_specdec.errors import SuiteError
@@ -192,3 +193,15 @@ def test_engines_are_gated_and_selected_like_any_case(bench):
     assert [line for line in selected.outlines if "::" in line] == [
         "bench_suites/suite.yaml::e[engine=hf-static,cpu,fp32,bs=1]"
     ]
+
+
+def test_an_hf_compile_case_that_cannot_compile_skips_with_the_reason(bench, monkeypatch):
+    broken = transformers.CompileConfig(backend="no-such-backend", mode=None)  # torch.compile fails for real
+    monkeypatch.setattr(transformers, "CompileConfig", lambda: broken)
+    bench.suite(
+        "defaults: {{rounds: 1, warmup_rounds: 0, max_new_tokens: 4, prompts: [hello]}}\n"
+        "cases: [{{name: c, target: {target}, engine: hf-compile}}]\n"
+    )
+    result = bench.run("--specdec-suite", "suite")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["skipped (1 case): hf-compile is unavailable with torch *no-such-backend*"])
