@@ -200,14 +200,33 @@ class HFEngine:
                 f"{self.mode} runs one prompt at a time (transformers' assisted generation), got {len(rows)}"
             )
         ids, mask = self._left_padded(rows)  # [B, P], [B, P]
-        model: Any = self.target_model.model
-        counter = _ForwardCounter(self.device)
-        drafts = _DraftCounter()
+        counter, drafts = _ForwardCounter(self.device), _DraftCounter()
         if not generation.greedy:
-            torch.manual_seed(generation.seed)
+            torch.manual_seed(generation.seed)  # transformers samples from torch's global generator
         reset_peak_memory(self.device)
         synchronize(self.device)
         started = time.perf_counter()
+        out = self._run(ids, mask, generation, k, counter, drafts)  # [B, P + N]
+        synchronize(self.device)
+        total = time.perf_counter() - started
+        generated = out[:, ids.shape[1] :]  # [B, N]
+        token_ids = [self._cut_at_eos(row, generation) for row in generated.tolist()]
+        first_token = counter.first_forward_end - started if counter.first_forward_end is not None else None
+        metrics = self._metrics(token_ids, generated.shape[1], ids.shape[1], k, counter, drafts, first_token, total)
+        texts = [decode_ids(self.target_model, row) for row in token_ids]
+        return HFResult(token_ids=token_ids, texts=texts, metrics=metrics)
+
+    def _run(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        generation: GenerationConfig,
+        k: int | None,
+        counter: _ForwardCounter,
+        drafts: _DraftCounter,
+    ) -> torch.Tensor:
+        """One ``generate`` call, instrumented; ``hf-compile`` that cannot compile raises HFUnavailableError."""
+        model: Any = self.target_model.model
         with self._instrumented(model, counter, drafts), self._assistant_settings(k), torch.inference_mode():
             try:
                 out = model.generate(ids, attention_mask=mask, **self._generate_options(generation, k))
@@ -219,21 +238,35 @@ class HFEngine:
                     f"{HF_COMPILE} is unavailable with torch {torch.__version__} and transformers "
                     f"{transformers.__version__} here: {type(error).__name__}: {first_line}"
                 ) from error
-        synchronize(self.device)
-        total = time.perf_counter() - started
         if self.mode == HF_COMPILE and getattr(model, "_compiled_call", None) is None:
             raise HFUnavailableError(
                 f"{HF_COMPILE} is unavailable: transformers {transformers.__version__} did not compile the forward "
                 f"of {self.target_model.name!r} (its automatic-compilation criteria were not met)"
             )
-        generated = out[:, ids.shape[1] :]  # [B, N]
-        token_ids = [self._cut_at_eos(row, generation) for row in generated.tolist()]
+        return out
+
+    def _metrics(
+        self,
+        token_ids: list[list[int]],
+        columns: int,
+        prompt_tokens: int,
+        k: int | None,
+        counter: _ForwardCounter,
+        drafts: _DraftCounter,
+        time_to_first_token: float | None,
+        total: float,
+    ) -> HFRunMetrics:
+        """``columns``: tokens every row advanced (the batch's generated width)."""
+        drafted: int | None
+        accepted: int | None
+        if self.mode not in SPECULATIVE_MODES:
+            drafted = accepted = 0
+        elif drafts.wrapped:
+            drafted, accepted = drafts.drafted, drafts.accepted
+        else:  # this transformers gives no access to its candidate generator: unknown, not zero
+            drafted = accepted = None
         new_tokens = sum(len(row) for row in token_ids)
-        known = drafts.wrapped and self.mode in SPECULATIVE_MODES
-        drafted = drafts.drafted if known else (0 if self.mode not in SPECULATIVE_MODES else None)
-        accepted = drafts.accepted if known else (0 if self.mode not in SPECULATIVE_MODES else None)
-        forwards = max(counter.forwards, 1)
-        metrics = HFRunMetrics(
+        return HFRunMetrics(
             engine=self.mode,
             target=self.target_model.name,
             draft=self.draft_model.name if self.draft_model is not None else None,
@@ -244,25 +277,21 @@ class HFEngine:
             mean_k=float(k) if k is not None else 0.0,
             device=str(self.device),
             dtype=dtype_name(self.target_model.dtype),
-            batch_size=len(rows),
-            prompt_tokens=ids.shape[1],
+            batch_size=len(token_ids),
+            prompt_tokens=prompt_tokens,
             new_tokens=new_tokens,
             steps=counter.forwards if self.mode in SPECULATIVE_MODES else max(counter.forwards - 1, 0),
             drafted_tokens=drafted,
             accepted_tokens=accepted,
             acceptance_rate=accepted / drafted if drafted and accepted is not None else None,
-            mean_tokens_per_forward=generated.shape[1] / forwards,
+            mean_tokens_per_forward=columns / max(counter.forwards, 1),
             target_forwards=counter.forwards,
-            time_to_first_token_s=(
-                counter.first_forward_end - started if counter.first_forward_end is not None else None
-            ),
+            time_to_first_token_s=time_to_first_token,
             total_time_s=total,
             tokens_per_second=new_tokens / total if total > 0 else 0.0,
             peak_device_memory_bytes=peak_device_memory_bytes(self.device),
             peak_rss_bytes=peak_rss_bytes(),
         )
-        texts = [decode_ids(self.target_model, row) for row in token_ids]
-        return HFResult(token_ids=token_ids, texts=texts, metrics=metrics)
 
     # ------------------------------------------------------------------------------------------------ details
     def _left_padded(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
