@@ -106,7 +106,8 @@ def hf_figures(
 ) -> dict[str, Any]:
     """transformers on the same prompt: ``hf_static_tokens_per_s``, ``hf_compile_tokens_per_s`` and, with a draft,
     ``hf_assisted_tokens_per_s`` at ``k`` (with its acceptance and tokens per forward); a mode that cannot run here
-    is null with ``<mode>_unavailable`` saying why. ``hf_best``: the fastest mode, quoted as the comparison."""
+    is null with ``<mode>_unavailable`` saying why (``hf_compile_unavailable``...). ``hf_best``: the fastest mode,
+    quoted as the comparison."""
     row: dict[str, Any] = {}
     # (mode, assistant, untimed runs first: hf-compile compiles in its first call and records CUDA graphs in the next)
     modes: list[tuple[str, LoadedModel | None, int]] = [(HF_STATIC, None, 1), (HF_COMPILE, None, 2)]
@@ -118,9 +119,11 @@ def hf_figures(
         speculation = SpeculationConfig(k=k) if mode == HF_ASSISTED and k is not None else None
         try:
             timed = time_hf(HFEngine(target, mode, draft=assistant), prompt, generation, speculation, warmups, 1)
-        except HFUnavailableError as error:
-            row[f"{key}_tokens_per_s"], row[f"{key}_unavailable"] = None, str(error)
-            log(f"  {mode}: {error}")
+        except Exception as error:  # HFUnavailableError, or a mode this model cannot run: reported, not fatal
+            reason = str(error) if isinstance(error, HFUnavailableError) else f"{type(error).__name__}: {error}"
+            row[f"{key}_tokens_per_s"], row[f"{key}_unavailable"] = None, reason.splitlines()[0][:400]
+            log(f"  {mode}: not run ({row[f'{key}_unavailable']})")
+            torch.cuda.empty_cache()
             continue
         assert timed.hf is not None
         speeds[mode] = row[f"{key}_tokens_per_s"] = timed.tokens_per_second
