@@ -106,8 +106,8 @@ def hf_figures(
 ) -> dict[str, Any]:
     """transformers on the same prompt: ``hf_static_tokens_per_s``, ``hf_compile_tokens_per_s`` and, with a draft,
     ``hf_assisted_tokens_per_s`` at ``k`` (with its acceptance and tokens per forward); a mode that cannot run here
-    is null with ``<mode>_unavailable`` saying why (``hf_compile_unavailable``...). ``hf_best``: the fastest mode,
-    quoted as the comparison."""
+    is null, and ``hf_static_unavailable`` / ``hf_compile_unavailable`` / ``hf_assisted_unavailable`` says why.
+    ``hf_best``: the fastest mode, quoted as the comparison."""
     row: dict[str, Any] = {}
     # (mode, assistant, untimed runs first: hf-compile compiles in its first call and records CUDA graphs in the next)
     modes: list[tuple[str, LoadedModel | None, int]] = [(HF_STATIC, None, 1), (HF_COMPILE, None, 2)]
