@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import transformers
+from tiny_models import loaded, make_model
 
 from pytest_specdec.cases import expand
 from pytest_specdec.errors import SuiteError
 from pytest_specdec.suite import parse_suite
+from specdec import GenerationConfig
+from specdec.hf_engine import HF_COMPILE, HFEngine, HFUnavailableError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -195,9 +198,20 @@ def test_engines_are_gated_and_selected_like_any_case(bench):
     ]
 
 
-def test_an_hf_compile_case_that_cannot_compile_skips_with_the_reason(bench, monkeypatch):
-    broken = transformers.CompileConfig(backend="no-such-backend", mode=None)  # torch.compile fails for real
-    monkeypatch.setattr(transformers, "CompileConfig", lambda: broken)
+@pytest.fixture(scope="module")
+def broken_compile() -> transformers.CompileConfig:
+    """A compile config whose torch.compile fails for real (an unknown backend), tried once here first: pytester
+    forgets the modules imported while its fixture lives, and torch's compiler modules register themselves in torch
+    when imported, so a second import (by a later test that compiles) would fail. A module fixture runs before it."""
+    broken = transformers.CompileConfig(backend="no-such-backend", mode=None)
+    tiny = loaded(make_model("llama", seed=0, layers=1), "tiny")
+    with pytest.raises(HFUnavailableError):
+        HFEngine(tiny, HF_COMPILE, compile_config=broken).generate([5, 6, 7], GenerationConfig(max_new_tokens=2))
+    return broken
+
+
+def test_an_hf_compile_case_that_cannot_compile_skips_with_the_reason(broken_compile, bench, monkeypatch):
+    monkeypatch.setattr(transformers, "CompileConfig", lambda: broken_compile)
     bench.suite(
         "defaults: {{rounds: 1, warmup_rounds: 0, max_new_tokens: 4, prompts: [hello]}}\n"
         "cases: [{{name: c, target: {target}, engine: hf-compile}}]\n"
