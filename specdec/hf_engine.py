@@ -22,10 +22,10 @@ What is measured, and how (nothing is estimated):
 
 - target forwards: a forward hook on the target model counts them (it runs eagerly, outside transformers' compiled
   region, so it adds no graph guards and no recompilation), so tokens per forward is real;
-- drafted and accepted tokens (``hf-assisted``, ``hf-lookup``): read from transformers' candidate generator, by
-  wrapping the ``get_candidates`` (tokens proposed) and ``update_candidate_strategy`` (``num_matches``: tokens
-  accepted) of the generator ``generate`` builds. Where this transformers has no such generator to wrap, both are
-  None (acceptance unknown), never invented;
+- drafted and accepted tokens (``hf-assisted``, ``hf-lookup``), in all and per draft position: read from
+  transformers' candidate generator, by wrapping the ``get_candidates`` (tokens proposed) and
+  ``update_candidate_strategy`` (``num_matches``: tokens accepted) of the generator ``generate`` builds. Where this
+  transformers has no such generator to wrap, they are None (acceptance unknown), never invented;
 - time to first token: when the target's first forward ended (the device synchronised once, in the hook), since
   the first token is chosen from its logits; with a drafter that forward comes after the first draft, so it counts.
 """
@@ -87,6 +87,9 @@ class HFRunMetrics:
     steps: int  # target forwards after the prefill (assisted: every forward verifies candidates)
     drafted_tokens: int | None
     accepted_tokens: int | None
+    drafted_by_position: list[int] | None  # per draft position i: steps that drafted a token there
+    reached_by_position: list[int] | None  # ... that drafted it with every earlier position accepted
+    accepted_by_position: list[int] | None  # ... that accepted it ([] without drafting; None: not exposed)
     acceptance_rate: float | None  # accepted / drafted; None when unknown or nothing was drafted
     mean_tokens_per_forward: float  # tokens a row advances per target forward, the first token included
     target_forwards: int  # counted by a forward hook
@@ -124,23 +127,41 @@ class _ForwardCounter:
 
 
 class _DraftCounter:
-    """Drafted and accepted tokens, read from the candidate generator transformers builds for one call."""
+    """Each step's drafted and accepted tokens, read from the candidate generator transformers builds for one call
+    (``get_candidates`` proposes, ``update_candidate_strategy`` is told ``num_matches``, once per step each)."""
 
     def __init__(self) -> None:
-        self.drafted = 0
-        self.accepted = 0
+        self.steps: list[tuple[int, int]] = []  # (drafted, accepted) per verification step
         self.wrapped = False  # whether a candidate generator was seen (else the counts are unknown)
+        self._drafted = 0  # of the step in progress
+
+    @property
+    def drafted(self) -> int:
+        return sum(d for d, _ in self.steps)
+
+    @property
+    def accepted(self) -> int:
+        return sum(a for _, a in self.steps)
+
+    def by_position(self) -> tuple[list[int], list[int], list[int]]:
+        """Per draft position i: steps that drafted a token there, steps that reached it (drafted it with every
+        earlier position accepted), steps that accepted it."""
+        width = max((d for d, _ in self.steps), default=0)
+        drafted = [sum(d > i for d, _ in self.steps) for i in range(width)]
+        reached = [sum(d > i and a >= i for d, a in self.steps) for i in range(width)]
+        accepted = [sum(a > i for _, a in self.steps) for i in range(width)]
+        return drafted, reached, accepted
 
     def wrap(self, generator: Any) -> Any:
         get_candidates, update = generator.get_candidates, generator.update_candidate_strategy
 
         def counted_get_candidates(input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             candidates = get_candidates(input_ids, *args, **kwargs)  # ([B, S + drafted] ids, logits or None)
-            self.drafted += int(candidates[0].shape[1] - input_ids.shape[1])
+            self._drafted = int(candidates[0].shape[1] - input_ids.shape[1])
             return candidates
 
         def counted_update(input_ids: torch.Tensor, scores: torch.Tensor, num_matches: Any, *args: Any) -> Any:
-            self.accepted += int(num_matches)
+            self.steps.append((self._drafted, int(num_matches)))
             return update(input_ids, scores, num_matches, *args)
 
         generator.get_candidates = counted_get_candidates
@@ -259,12 +280,13 @@ class HFEngine:
         """``columns``: tokens every row advanced (the batch's generated width)."""
         drafted: int | None
         accepted: int | None
+        positions: tuple[list[int] | None, list[int] | None, list[int] | None]
         if self.mode not in SPECULATIVE_MODES:
-            drafted = accepted = 0
+            drafted, accepted, positions = 0, 0, ([], [], [])
         elif drafts.wrapped:
-            drafted, accepted = drafts.drafted, drafts.accepted
+            drafted, accepted, positions = drafts.drafted, drafts.accepted, drafts.by_position()
         else:  # this transformers gives no access to its candidate generator: unknown, not zero
-            drafted = accepted = None
+            drafted, accepted, positions = None, None, (None, None, None)
         new_tokens = sum(len(row) for row in token_ids)
         return HFRunMetrics(
             engine=self.mode,
@@ -283,6 +305,9 @@ class HFEngine:
             steps=counter.forwards if self.mode in SPECULATIVE_MODES else max(counter.forwards - 1, 0),
             drafted_tokens=drafted,
             accepted_tokens=accepted,
+            drafted_by_position=positions[0],
+            reached_by_position=positions[1],
+            accepted_by_position=positions[2],
             acceptance_rate=accepted / drafted if drafted and accepted is not None else None,
             mean_tokens_per_forward=columns / max(counter.forwards, 1),
             target_forwards=counter.forwards,

@@ -52,6 +52,7 @@ def test_static_greedy_equals_specdec_and_plain_generate_and_counts_one_forward_
         assert metrics.target_forwards == MAX_NEW  # the prefill gives the first token, each forward after it one
         assert metrics.steps == MAX_NEW - 1 and metrics.mean_tokens_per_forward == 1.0
         assert (metrics.drafted_tokens, metrics.accepted_tokens, metrics.acceptance_rate) == (0, 0, None)
+        assert _positions(metrics) == ([], [], [])
         assert metrics.time_to_first_token_s is not None and 0 < metrics.time_to_first_token_s <= metrics.total_time_s
 
 
@@ -77,10 +78,17 @@ def test_assisted_generation_counts_drafted_and_accepted_tokens(target):
             assert 0 <= m.accepted_tokens <= m.drafted_tokens <= k * m.target_forwards
             assert m.steps == m.target_forwards  # every forward verifies candidates (the first one too)
             assert m.mean_tokens_per_forward == MAX_NEW / m.target_forwards
+            assert sum(m.accepted_by_position) == m.accepted_tokens and sum(m.drafted_by_position) == m.drafted_tokens
+            assert m.reached_by_position[0] == m.drafted_by_position[0]  # position 0 is reached whenever drafted
+            assert all(a <= r <= d for a, r, d in zip(*_positions(m), strict=True))
             if draft is copy:  # the same weights: every drafted token is the target's own
                 assert m.acceptance_rate == 1.0 and m.target_forwards == -(-MAX_NEW // (k + 1))
     assert copy.model.generation_config.num_assistant_tokens_schedule == "heuristic"  # restored after each call
     assert not target.model._forward_hooks and "_get_candidate_generator" not in vars(target.model)
+
+
+def _positions(metrics) -> tuple[list[int], list[int], list[int]]:
+    return metrics.accepted_by_position, metrics.reached_by_position, metrics.drafted_by_position
 
 
 def test_prompt_lookup_drafts_from_a_repeating_prompt_and_keeps_the_output(target):
@@ -147,3 +155,15 @@ def test_bad_combinations_are_refused_with_what_to_do():
         HFEngine(target, "hf-dynamic")
     with pytest.raises(ConfigError, match="one prompt at a time"):
         HFEngine(target, HF_LOOKUP).generate(PROMPTS, FIXED)
+
+
+def test_acceptance_by_position_counts_steps_that_reached_and_accepted_each_position():
+    from specdec.hf_engine import _DraftCounter
+
+    counter = _DraftCounter()
+    counter.steps = [(3, 3), (3, 1), (2, 0)]  # (drafted, accepted) of three steps
+    drafted, reached, accepted = counter.by_position()
+    assert drafted == [3, 3, 1]
+    assert reached == [3, 2, 1]  # position 1 after an accepted position 0 (two steps), position 2 once
+    assert accepted == [2, 1, 1]
+    assert (counter.drafted, counter.accepted) == (8, 4)
