@@ -163,7 +163,7 @@ def test_acceptance_by_position_counts_steps_that_reached_and_accepted_each_posi
     counter = _DraftCounter()
     counter.steps = [(3, 3), (3, 1), (2, 0)]  # (drafted, accepted) of three steps
     drafted, reached, accepted = counter.by_position()
-    assert drafted == [3, 3, 1]
+    assert drafted == [3, 3, 2]
     assert reached == [3, 2, 1]  # position 1 after an accepted position 0 (two steps), position 2 once
     assert accepted == [2, 1, 1]
     assert (counter.drafted, counter.accepted) == (8, 4)
