@@ -1,8 +1,11 @@
 """Suite entries expanded into cases: one per combination, with short stable ids, plus the autoregressive case each
 speculative case is measured against.
 
-Ids read ``GROUP[(DRAFT,)K,DEVICE,DTYPE,bs=B(,t=T)(,POLICY)(,n=N)]``:
+Ids read ``GROUP[(engine=ENGINE,)(DRAFT,)K,DEVICE,DTYPE,bs=B(,t=T)(,POLICY)(,n=N)]``:
 
+- the engine only for transformers' modes (``engine=hf-static``, ``engine=hf-assisted``, ``engine=hf-lookup``), so
+  that the ids of the project's own engine are those they were before engines existed; ``hf-static`` and
+  ``hf-compile`` cases have no K;
 - the drafting method (``ngram``; ``ngram-max_ngram=2`` where one method is swept with several options), except
   for a group whose only draft is a draft model, whose ids stay ``GROUP[k=4,...]``;
 - ``k=4`` (fixed K), ``k=auto`` (adaptive K) or ``ar`` (the autoregressive case: the target alone);
@@ -24,14 +27,25 @@ from typing import Any
 from pytest_specdec.errors import SuiteError
 from pytest_specdec.gating import Tolerances
 from pytest_specdec.prompts import PromptSet
-from pytest_specdec.suite import MODEL_METHOD, SHORT_DTYPES, CaseGroup, DraftChoice, PolicyChoice, Suite
+from pytest_specdec.suite import (
+    HF,
+    MODEL_METHOD,
+    SHORT_DTYPES,
+    SPECDEC,
+    CaseGroup,
+    DraftChoice,
+    PolicyChoice,
+    Suite,
+)
 from specdec.config import GenerationConfig, SpeculationConfig
 from specdec.drafters import DraftSpec
+from specdec.hf_engine import HF_ASSISTED, HF_COMPILE, HF_LOOKUP, HF_STATIC
 
 AUTOREGRESSIVE = "ar"
 WARN_CASES = 1_000  # a suite with more cases collects with a warning that names the sweeps multiplying them
 MAX_CASES = 50_000  # a suite with more is refused before its cases are built (hours of benchmarks per 1,000 cases)
-SWEPT = ("device", "dtype", "batch_size", "temperature", "max_new_tokens", "policy", "draft", "k")
+SWEPT = ("device", "dtype", "batch_size", "temperature", "max_new_tokens", "policy", "draft", "k", "engine")
+NO_K = "-"  # the K label of hf-static and hf-compile cases, which draft nothing and are not the autoregressive case
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class Case:
     markers: tuple[str, ...]
     tolerances: Tolerances
     baseline_id: str | None  # the autoregressive case this one's speedup is measured against
+    engine: str = SPECDEC  # SPECDEC or one of transformers' modes (specdec.hf_engine.HF_MODES)
 
     @property
     def draft(self) -> str | None:
@@ -87,12 +102,13 @@ class Case:
 
     @property
     def is_autoregressive(self) -> bool:
-        return self.speculation is None
+        """The engine's own autoregressive case: every other case of its combination is measured against it."""
+        return self.speculation is None and self.engine == SPECDEC
 
     @property
     def k_label(self) -> str:
         if self.speculation is None:
-            return AUTOREGRESSIVE
+            return AUTOREGRESSIVE if self.engine == SPECDEC else NO_K
         return "auto" if self.speculation.adaptive is not None else str(self.speculation.k)
 
     @property
@@ -123,6 +139,8 @@ class Case:
         }
         if self.synthetic is not None:  # exact values (the label rounds them); absent otherwise, so that the
             definition["synthetic"] = self.synthetic  # digests of every other case stay as they were
+        if self.engine != SPECDEC:  # only then: the digests (and baselines) of the engine's own cases stay as they were
+            definition["engine"] = self.engine
         return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
 
     def _draft_definition(self) -> Any:
@@ -155,15 +173,17 @@ def _draft_part(group: CaseGroup, drafting: DraftChoice | None) -> list[str]:
 def _id(
     group: CaseGroup,
     drafting: DraftChoice | None,
-    k_part: str,
+    k_part: str | None,
     device: str,
     dtype: str,
     batch: int,
     temp: float,
     policy: str,
     n: int,
+    engine: str = SPECDEC,
 ) -> str:
-    parts = [*_draft_part(group, drafting), k_part, device, SHORT_DTYPES[dtype], f"bs={batch}"]
+    parts = [f"engine={engine}"] if engine != SPECDEC else []
+    parts += [*_draft_part(group, drafting), *([k_part] if k_part else []), device, SHORT_DTYPES[dtype], f"bs={batch}"]
     if temp > 0:
         parts.append(f"t={_format_number(temp)}")
     if policy not in ("lossless", "none"):
@@ -187,8 +207,28 @@ def _speculations(group: CaseGroup) -> list[tuple[DraftChoice, str, SpeculationC
     return out
 
 
+def _hf_cases(group: CaseGroup, device: str) -> list[tuple[str, DraftChoice | None, SpeculationConfig | None]]:
+    """transformers' modes of the group on ``device``: (mode, drafting, speculation). ``hf`` is ``hf-static``, plus
+    ``hf-compile`` on CUDA (where transformers compiles by default; on a CPU compiling takes long: ask for
+    ``hf-compile`` by name); ``hf-assisted`` is one case per draft and K (prompt lookup for ``ngram``)."""
+    out: list[tuple[str, DraftChoice | None, SpeculationConfig | None]] = []
+    for engine in group.engine:
+        if engine == HF:
+            out.append((HF_STATIC, None, None))
+            if device.partition(":")[0] == "cuda":
+                out.append((HF_COMPILE, None, None))
+        elif engine in (HF_STATIC, HF_COMPILE):
+            out.append((engine, None, None))
+        elif engine == HF_ASSISTED:
+            for drafting in group.draft:
+                mode = HF_ASSISTED if drafting.method == MODEL_METHOD else HF_LOOKUP
+                out += [(mode, drafting, SpeculationConfig(k=k)) for k in group.k]
+    return out
+
+
 def expand_group(suite: str, group: CaseGroup) -> list[Case]:
-    """The group's autoregressive cases first, then its speculative ones, in the order the suite lists values."""
+    """The group's autoregressive cases first, then its speculative ones, then transformers' (``engine``), in the
+    order the suite lists values."""
     cases: list[Case] = []
     for device, dtype, batch, temperature, new_tokens in itertools.product(
         group.device, group.dtype, group.batch_size, group.temperature, group.max_new_tokens
@@ -224,7 +264,7 @@ def expand_group(suite: str, group: CaseGroup) -> list[Case]:
             baseline_id=None,
         )
         cases.append(reference)
-        for drafting, k_part, speculation, policy in _speculations(group):
+        for drafting, k_part, speculation, policy in _speculations(group) if SPECDEC in group.engine else []:
             case_id = _id(group, drafting, k_part, device, dtype, batch, temperature, policy.label, new_tokens)
             cases.append(
                 replace(
@@ -236,14 +276,34 @@ def expand_group(suite: str, group: CaseGroup) -> list[Case]:
                     baseline_id=baseline_id,
                 )
             )
+        for engine, hf_drafting, hf_speculation in _hf_cases(group, device):
+            hf_k_part = f"k={hf_speculation.k}" if hf_speculation is not None else None
+            policy_label = "lossless" if hf_speculation is not None else "none"
+            case_id = _id(
+                group, hf_drafting, hf_k_part, device, dtype, batch, temperature, policy_label, new_tokens, engine
+            )
+            cases.append(
+                replace(
+                    reference,
+                    id=case_id,
+                    drafting=hf_drafting,
+                    speculation=hf_speculation,
+                    policy=policy_label,
+                    baseline_id=baseline_id,
+                    engine=engine,
+                )
+            )
     return cases
 
 
 def case_count(group: CaseGroup) -> int:
     """How many cases ``group`` expands to (without building them)."""
     speculative = len(group.draft) * len(group.policy) * (len(group.k) + (group.adaptive_k is not None))
-    combinations = len(group.device) * len(group.dtype) * len(group.batch_size)
-    return combinations * len(group.temperature) * len(group.max_new_tokens) * (1 + speculative)
+    if SPECDEC not in group.engine:
+        speculative = 0
+    per_device = sum(1 + speculative + len(_hf_cases(group, device)) for device in group.device)
+    combinations = len(group.dtype) * len(group.batch_size)
+    return per_device * combinations * len(group.temperature) * len(group.max_new_tokens)
 
 
 def sweep_report(suite: Suite) -> str:

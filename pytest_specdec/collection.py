@@ -15,7 +15,7 @@ from pytest_specdec.baselines import BaselineError
 from pytest_specdec.cases import AUTOREGRESSIVE, WARN_CASES, Case, expand, sweep_report
 from pytest_specdec.errors import SuiteError
 from pytest_specdec.session import BenchSession
-from pytest_specdec.suite import SHORT_DTYPES, parse_suite
+from pytest_specdec.suite import SHORT_DTYPES, SPECDEC, parse_suite
 from specdec.device import mps_available
 
 SESSION_KEY = pytest.StashKey[BenchSession]()
@@ -46,26 +46,36 @@ def case_keywords(case: Case) -> set[str]:
     ``bfloat16``), and the benchmark group is set when the case runs, not with a ``benchmark`` marker (which
     contains ``ar``). Numbers are exact with ``-m``: see :func:`case_marker`.
     """
-    words = {case.k_label if case.is_autoregressive else f"k{case.k_label}", f"bs{case.batch_size}"}
-    words |= {"greedy" if case.generation.greedy else "sampled", case.device.replace(":", "")}
+    words = {f"bs{case.batch_size}", "greedy" if case.generation.greedy else "sampled", case.device.replace(":", "")}
     words |= {SHORT_DTYPES[case.dtype], case.policy, case.suite, case.group}
     if case.synthetic is not None:  # its label (syn=0.8) holds an "=", which -k cannot write
         words.add(case.policy_name)
+    if case.is_autoregressive:
+        words.add(case.k_label)
+    elif case.speculation is not None:
+        words.add(f"k{case.k_label}")
     if case.draft_method is not None:
         words.add(case.draft_method)
+    if case.engine != SPECDEC:  # hf-static, hf-compile, hf-assisted, hf-lookup (-k hf: all of them)
+        words.add(case.engine)
     return words
 
 
 def case_marker(case: Case) -> pytest.MarkDecorator:
     """The ``specdec`` marker with the case's values, for exact selection: ``-m "specdec(k=4)"`` (``k`` is an
     integer, ``'auto'`` or ``'ar'``), ``draft`` (the drafting method, ``'ar'`` for the autoregressive case), ``bs``,
-    ``device``, ``dtype`` (short name), ``policy``, ``sampled``, ``n`` (new tokens), ``suite``, ``entry``."""
-    k: int | str = case.speculation.k if case.speculation and not case.speculation.adaptive else case.k_label
+    ``device``, ``dtype`` (short name), ``policy``, ``sampled``, ``n`` (new tokens), ``suite``, ``entry``, ``engine``
+    (``specdec``, ``hf-static``, ...). transformers' ``hf-static`` and ``hf-compile`` cases have ``k=None`` and
+    ``draft='none'``."""
+    k: int | str | None = case.speculation.k if case.speculation and not case.speculation.adaptive else case.k_label
+    if case.speculation is None and not case.is_autoregressive:
+        k = None
     return pytest.mark.specdec(
         suite=case.suite,
         entry=case.group,
+        engine=case.engine,
         k=k,
-        draft=case.draft_method or AUTOREGRESSIVE,
+        draft=case.draft_method or (AUTOREGRESSIVE if case.is_autoregressive else "none"),
         bs=case.batch_size,
         device=case.device,
         dtype=SHORT_DTYPES[case.dtype],

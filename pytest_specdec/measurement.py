@@ -11,14 +11,15 @@ from typing import Any
 
 from pytest_specdec.machine import Environment
 from specdec.engine import GenerationResult
-from specdec.metrics import PositionCounts, itl_percentiles, time_per_output_token
+from specdec.hf_engine import HFResult, HFRunMetrics
+from specdec.metrics import PositionCounts, RunMetrics, StepMetrics, itl_percentiles, time_per_output_token
 
 
 @dataclass(frozen=True)
 class Round:
     """One timed pass over all of a case's prompt batches."""
 
-    results: tuple[GenerationResult, ...]  # one per batch
+    results: tuple[GenerationResult | HFResult, ...]  # one per batch (transformers' modes: HFResult)
     seconds: float  # host clock around the pass, device synchronised before it stops
     categories: tuple[str | None, ...]  # per batch: its prompts' category (None for a set without categories)
     batch_seconds: tuple[float, ...]  # per batch: host clock around its generate call (which ends synchronised)
@@ -35,7 +36,7 @@ class Round:
     def token_ids(self) -> list[list[list[int]]]:  # [batch][row][token]
         return [r.token_ids for r in self.results]
 
-    def of_category(self, category: str) -> list[tuple[GenerationResult, float]]:
+    def of_category(self, category: str) -> list[tuple[GenerationResult | HFResult, float]]:
         """The results of the batches of ``category`` with their seconds."""
         batches = zip(self.results, self.categories, self.batch_seconds, strict=True)
         return [(result, seconds) for result, label, seconds in batches if label == category]
@@ -51,28 +52,28 @@ class Tally:
     """Counts summed over generation runs (batches), of which acceptance, tokens per forward and tau are ratios: so
     they aggregate exactly, over batches as over categories."""
 
-    drafted: int  # drafted tokens
-    accepted: int  # accepted drafted tokens
+    drafted: int | None  # drafted tokens (None: transformers did not expose them)
+    accepted: int | None  # accepted drafted tokens (None: likewise)
     steps: int  # target forwards after the prefill
     target_forwards: int  # steps + one prefill per batch
     advanced: int  # tokens a row advanced, prefill's first token included, summed over batches
     positions: PositionCounts  # per draft position, summed over batches
 
     @classmethod
-    def of(cls, results: Iterable[GenerationResult]) -> Tally:
+    def of(cls, results: Iterable[GenerationResult | HFResult]) -> Tally:
         metrics = [r.metrics for r in results]
         return cls(
-            drafted=sum(m.drafted_tokens for m in metrics),
-            accepted=sum(m.accepted_tokens for m in metrics),
+            drafted=_total([m.drafted_tokens for m in metrics]),
+            accepted=_total([m.accepted_tokens for m in metrics]),
             steps=sum(m.steps for m in metrics),
             target_forwards=sum(m.target_forwards for m in metrics),
             advanced=sum(round(m.mean_tokens_per_forward * m.target_forwards) for m in metrics),
-            positions=sum((m.position_counts for m in metrics), PositionCounts()),
+            positions=sum((_positions(m) for m in metrics), PositionCounts()),
         )
 
     @property
     def acceptance_rate(self) -> float | None:
-        return self.accepted / self.drafted if self.drafted else None
+        return self.accepted / self.drafted if self.drafted and self.accepted is not None else None
 
     @property
     def tokens_per_forward(self) -> float:
@@ -81,7 +82,7 @@ class Tally:
     @property
     def mean_accepted_length(self) -> float | None:
         """Tokens committed per step, bonus included: each step commits its accepted tokens + 1."""
-        return (self.accepted + self.steps) / self.steps if self.steps else None
+        return (self.accepted + self.steps) / self.steps if self.steps and self.accepted is not None else None
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class Measurement:
     """A case's metrics. Deterministic ones come from the last round (all rounds agree when ``repeatable``); the
     definitions of tau, acceptance by position, TTFT, TPOT and ITL are those of :mod:`specdec.metrics`."""
 
-    acceptance_rate: float | None  # accepted / drafted over all batches; None for the autoregressive case
+    acceptance_rate: float | None  # accepted / drafted over all batches; None for `ar` and where not exposed
     tokens_per_forward: float  # tokens a row advances per target forward, over all batches
     tokens_per_second: float  # of the fastest timed round: interference only ever slows a round down
     round_tokens_per_second: tuple[float, ...]
@@ -123,7 +124,7 @@ class Measurement:
     verifier_backend: str
     mean_accepted_length: float | None  # tau over all batches' steps; None when no step ran
     positions: PositionCounts  # acceptance counts per draft position over all batches
-    ttft_s: float  # median over rounds of the mean over batches
+    ttft_s: float | None  # median over rounds of the mean over batches (None: not measured, transformers' modes)
     tpot_s: float | None  # median over rounds of (the round's decode seconds / its tokens after the first)
     itl_p50_s: float | None  # percentiles of every step's inter-token latency in every timed round
     itl_p90_s: float | None
@@ -166,13 +167,14 @@ class Measurement:
         device_peaks = [p for p in peaks if p is not None]
         hashes = {output_hash(r.token_ids) for r in rounds}
         itl_p50, itl_p90, itl_p99 = itl_percentiles(
-            [step.itl_ms / 1000.0 for r in rounds for result in r.results for step in result.steps]
+            [step.itl_ms / 1000.0 for r in rounds for result in r.results for step in step_timings(result)]
         )
-        tpots = [time_per_output_token([step for result in r.results for step in result.steps]) for r in rounds]
+        tpots = [time_per_output_token([s for result in r.results for s in step_timings(result)]) for r in rounds]
         known_tpots = [t for t in tpots if t is not None]
-        fastest = max(rounds, key=lambda r: r.tokens_per_second).results
-        fastest_steps = sum(x.metrics.steps for x in fastest)
-        step_time = sum(x.metrics.draft_time_s + x.metrics.verify_time_s for x in fastest)
+        fastest = [x.metrics for x in max(rounds, key=lambda r: r.tokens_per_second).results]
+        fastest_steps = sum(m.steps for m in fastest)
+        step_time = sum(m.draft_time_s + m.verify_time_s for m in fastest if isinstance(m, RunMetrics))
+        first_token = [[x.metrics.time_to_first_token_s for x in r.results] for r in rounds]
         return cls(
             acceptance_rate=tally.acceptance_rate,
             tokens_per_forward=tally.tokens_per_forward,
@@ -187,8 +189,10 @@ class Measurement:
             verifier_backend=metrics[0].verifier_backend,
             mean_accepted_length=tally.mean_accepted_length,
             positions=tally.positions,
-            ttft_s=statistics.median(
-                statistics.fmean(x.metrics.time_to_first_token_s for x in r.results) for r in rounds
+            ttft_s=(
+                statistics.median(statistics.fmean(times) for times in first_token)  # type: ignore[arg-type]
+                if all(t is not None for times in first_token for t in times)
+                else None
             ),
             tpot_s=statistics.median(known_tpots) if known_tpots else None,
             itl_p50_s=itl_p50,
@@ -205,7 +209,7 @@ class Measurement:
             if len(reference_rounds) == len(rounds)
             else (),
             steady_speedup=_steady_speedup(rounds, reference_rounds),
-            step_seconds=step_time / fastest_steps if fastest_steps and tally.drafted else None,
+            step_seconds=step_time / fastest_steps if fastest_steps and step_time and tally.drafted else None,
         )
 
     def category_report(self, reference: Measurement | None) -> dict[str, dict[str, Any]]:
@@ -249,9 +253,10 @@ def steady_seconds(rounds: Sequence[Round]) -> float | None:
     total = 0.0
     for batch in range(len(rounds[0].results)):
         runs = [r.results[batch] for r in rounds]  # this batch in every round
-        if len({len(run.steps) for run in runs}) != 1:
+        steps = [step_timings(run) for run in runs]
+        if not steps[0] or len({len(s) for s in steps}) != 1:  # no step timings, or rounds that differ
             return None
-        step_seconds = [[s.itl_ms / 1000.0 for s in run.steps] for run in runs]  # [round][step], whole steps
+        step_seconds = [[s.itl_ms / 1000.0 for s in run_steps] for run_steps in steps]  # [round][step], whole steps
         outside = min(run.metrics.total_time_s - sum(steps) for run, steps in zip(runs, step_seconds, strict=True))
         total += max(outside, 0.0) + sum(min(column) for column in zip(*step_seconds, strict=True))
     return total
@@ -266,6 +271,27 @@ def _steady_speedup(rounds: Sequence[Round], reference_rounds: Sequence[Round]) 
     if not mine or not theirs:
         return None
     return (rounds[-1].new_tokens / mine) / (reference_rounds[-1].new_tokens / theirs)
+
+
+def step_timings(result: GenerationResult | HFResult) -> list[StepMetrics]:
+    """The run's per-step timings ([] for transformers' modes, which expose none)."""
+    return result.steps if isinstance(result, GenerationResult) else []
+
+
+def _positions(metrics: RunMetrics | HFRunMetrics) -> PositionCounts:
+    """Per-position counts of one run (empty where transformers did not expose them)."""
+    if isinstance(metrics, RunMetrics):
+        return metrics.position_counts
+    counts = (metrics.accepted_by_position, metrics.reached_by_position, metrics.drafted_by_position)
+    if any(c is None for c in counts):
+        return PositionCounts()
+    accepted, reached, drafted = (tuple(c or ()) for c in counts)
+    return PositionCounts(accepted, reached, drafted)
+
+
+def _total(counts: Sequence[int | None]) -> int | None:
+    """The sum, or None when any count is unknown."""
+    return None if any(c is None for c in counts) else sum(c for c in counts if c is not None)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
-"""Running a case: build the engine from cached models and time rounds over the prompt batches, through
-pytest-benchmark's fixture when there is one (so its autosave, JSON and compare see the same rounds)."""
+"""Running a case: build its engine from cached models and time rounds over the prompt batches, through
+pytest-benchmark's fixture when there is one (so its autosave, JSON and compare see the same rounds).
+
+A case runs on the project's engine (``SpeculativeEngine``) or on transformers' own ``generate`` (``HFEngine``, the
+case's ``engine``); both are a :class:`CaseEngine`, and nothing below ``build_engine`` tells them apart."""
 
 from __future__ import annotations
 
@@ -7,15 +10,18 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 
 from pytest_specdec.cases import Case
 from pytest_specdec.measurement import Measurement, Round
 from pytest_specdec.models import ModelCache
+from pytest_specdec.suite import SPECDEC
+from specdec.config import GenerationConfig, SpeculationConfig
 from specdec.device import synchronize
 from specdec.engine import SpeculativeEngine
+from specdec.hf_engine import HFEngine
 
 OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -41,12 +47,28 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def build_engine(case: Case, models: ModelCache) -> SpeculativeEngine:
+class CaseEngine(Protocol):
+    """What a case runs on: ``generate`` returns the generated ``token_ids`` and ``metrics`` that
+    :meth:`Measurement.from_rounds` reads (``specdec.metrics.RunMetrics`` or ``specdec.hf_engine.HFRunMetrics``)."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def generate(self, prompts: Any, generation: GenerationConfig, speculation: SpeculationConfig | None) -> Any: ...
+
+
+def build_engine(case: Case, models: ModelCache) -> CaseEngine:
     """The case's engine; loading errors (SpecdecError) propagate for the caller to skip or fail on."""
     keys = case.models
     target = models.get(keys[0])
     draft = models.get(keys[1]) if len(keys) > 1 else None
-    return SpeculativeEngine(target, case.draft_spec(draft))  # the case's drafting method (make_drafter)
+    if case.engine == SPECDEC:
+        return SpeculativeEngine(target, case.draft_spec(draft))  # the case's drafting method (make_drafter)
+    max_ngram = case.draft_options.get("max_ngram") if case.draft_method == "ngram" else None
+    return HFEngine(target, case.engine, draft=draft, max_ngram=max_ngram)
 
 
 @dataclass(frozen=True)
@@ -54,11 +76,11 @@ class Reference:
     """The autoregressive case a speculative case is paired with, and its engine (the same loaded target)."""
 
     case: Case
-    engine: SpeculativeEngine
+    engine: CaseEngine
 
 
 def measure(
-    case: Case, engine: SpeculativeEngine, benchmark: Any | None = None, reference: Reference | None = None
+    case: Case, engine: CaseEngine, benchmark: Any | None = None, reference: Reference | None = None
 ) -> Measurement:
     """``case.warmup_rounds`` untimed and ``case.rounds`` timed passes over all prompt batches.
 
@@ -68,11 +90,11 @@ def measure(
     pytest-benchmark's clock, through its ``setup``): each timed pair saw the same machine state, and the pair's
     ratio of tokens/s is one sample of the speedup (``Measurement.paired_speedups``).
     """
-    prompt_batches = case.prompts.batches(engine.target.vocab_size, case.batch_size)  # each within one category
+    prompt_batches = case.prompts.batches(engine.vocab_size, case.batch_size)  # each within one category
     rounds: list[Round] = []
     reference_rounds: list[Round] = []
 
-    def timed_pass(run_case: Case, run_engine: SpeculativeEngine, into: list[Round]) -> None:
+    def timed_pass(run_case: Case, run_engine: CaseEngine, into: list[Round]) -> None:
         started = time.perf_counter()
         results, seconds = [], []
         for batch in prompt_batches:

@@ -21,6 +21,7 @@ from pytest_specdec.runner import Reference, build_engine, is_out_of_memory, mea
 from pytest_specdec.settings import Settings
 from specdec.analysis import expected_tokens_per_step
 from specdec.errors import DeviceError, ModelLoadError, SpecdecError
+from specdec.hf_engine import HFUnavailableError
 from specdec.synthetic_acceptance import unconditional_rates
 
 OUTCOME_RANK = {"not run": 0, "passed": 1, "skipped": 2, "failed": 3}
@@ -156,6 +157,8 @@ class BenchSession:
             pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         try:
             return measure(case, engine, benchmark, self._pair(case))
+        except HFUnavailableError as error:  # hf-compile that this torch/transformers cannot compile here
+            pytest.skip(str(error))
         except SpecdecError as error:
             pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         except Exception as error:
@@ -244,6 +247,7 @@ class BenchSession:
             {
                 "suite": case.suite,
                 "case": case.id,
+                "engine": case.engine,
                 "target": case.target,
                 "draft": case.draft,
                 "draft_method": case.draft_method,

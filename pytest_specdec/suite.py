@@ -26,6 +26,7 @@ from specdec.config import AcceptanceConfig, AdaptiveKConfig, GenerationConfig, 
 from specdec.device import DEVICE_CHOICES, DTYPE_CHOICES, DTYPE_SHORT_NAMES, dtype_name, resolve_dtype
 from specdec.drafters import METHODS, DraftSpec, make_drafter, method_names, option_names
 from specdec.errors import ConfigError, ModelLoadError
+from specdec.hf_engine import HF_ASSISTED, HF_COMPILE, HF_STATIC
 from specdec.loading import ZOO_PREFIX
 from specdec.zoo import list_zoo, resolve_zoo
 
@@ -42,6 +43,10 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MARKER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 ADAPTIVE_KEYS = (*(f.name for f in fields(AdaptiveKConfig)), "start_k")
 POLICY_KEYS = ("name", *(f.name for f in fields(AcceptanceConfig) if f.name != "policy"))
+SPECDEC = "specdec"  # the engine of this project (the default)
+HF = "hf"  # transformers' generate: HF_STATIC, and HF_COMPILE where transformers compiles by default (CUDA)
+ENGINES = (SPECDEC, HF, HF_STATIC, HF_COMPILE, HF_ASSISTED)  # what `engine:` takes
+HF_ASSISTED_DRAFTS = ("model", "ngram")  # assisted generation with a draft model; prompt lookup for ngram
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,7 @@ class CaseGroup:
     warmup_rounds: int
     markers: tuple[str, ...]
     tolerances: Tolerances
+    engine: tuple[str, ...] = (SPECDEC,)  # swept: SPECDEC, HF, HF_STATIC, HF_COMPILE, HF_ASSISTED
 
 
 @dataclass(frozen=True)
@@ -338,6 +344,14 @@ def _threads(doc: LocatedYaml, key_path: KeyPath, value: Any) -> int:
     return int(threads)
 
 
+def _engine(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
+    if not isinstance(value, str) or value not in ENGINES:
+        close = difflib.get_close_matches(str(value), ENGINES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise doc.error(key_path, f"unknown engine {value!r}{hint}: expected one of {', '.join(ENGINES)}")
+    return value
+
+
 def _marker(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
     if not isinstance(value, str) or not MARKER.match(value):
         raise doc.error(key_path, f"expected a marker name (a Python identifier such as slow), got {value!r}")
@@ -541,6 +555,7 @@ CASE_KEYS: dict[str, Parser] = {
     "warmup_rounds": _integer(0),
     "markers": _one_or_many(_marker, "a marker name"),
     "tolerances": _tolerances,
+    "engine": _one_or_many(_engine, "an engine"),
 }
 DEFAULTS: dict[str, Any] = {
     "draft": (),
@@ -561,6 +576,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_rounds": 1,
     "markers": (),
     "tolerances": {},
+    "engine": (SPECDEC,),
 }
 REQUIRED = ("name", "target", "prompts")
 
@@ -613,7 +629,44 @@ def _group(doc: LocatedYaml, index: int, defaults: dict[str, Any], entry: Any) -
                 SpeculationConfig, k=adaptive.start_k, adaptive=adaptive.config, acceptance=choice.acceptance
             )
             _engine_check(doc, policy_path, check)
+    _check_engines(doc, _where(doc, index, "engine", values), group)
     return group
+
+
+def _where(doc: LocatedYaml, index: int, key: str, values: dict[str, Any]) -> KeyPath:
+    """Where a group's ``key`` was written: in the entry, else in ``defaults`` (else the entry itself)."""
+    if key in values:
+        return ("cases", index, key)
+    defaults = doc.data.get("defaults") if isinstance(doc.data, dict) else None
+    return ("defaults", key) if isinstance(defaults, dict) and key in defaults else ("cases", index)
+
+
+def _check_engines(doc: LocatedYaml, key_path: KeyPath, group: CaseGroup) -> None:
+    """What transformers' modes can run: ``hf`` already holds ``hf-static`` and ``hf-compile``; ``hf-assisted``
+    drafts with a draft model or prompt lookup (``ngram``), one prompt at a time."""
+    both = [engine for engine in (HF_STATIC, HF_COMPILE) if engine in group.engine]
+    if HF in group.engine and both:
+        raise doc.error(key_path, f"{HF!r} already runs {HF_STATIC} (and {HF_COMPILE} on CUDA): remove {both[0]!r}")
+    if HF_ASSISTED not in group.engine:
+        return
+    if not group.draft:
+        raise doc.error(
+            key_path, f"engine {HF_ASSISTED} needs a `draft`: a draft model, or {{method: ngram}} for prompt lookup"
+        )
+    others = [choice.method for choice in group.draft if choice.method not in HF_ASSISTED_DRAFTS]
+    if others:
+        raise doc.error(
+            key_path,
+            f"engine {HF_ASSISTED} runs transformers' assisted generation with a draft model, or its prompt lookup "
+            f"for {{method: ngram}}; transformers has no {others[0]!r} drafter: sweep that draft in another entry "
+            f"without {HF_ASSISTED}",
+        )
+    if any(size > 1 for size in group.batch_size):
+        raise doc.error(
+            key_path,
+            f"engine {HF_ASSISTED} runs one prompt at a time (transformers' assisted generation takes batch 1): "
+            "give it an entry with batch_size 1",
+        )
 
 
 def parse_suite(path: Path) -> Suite:

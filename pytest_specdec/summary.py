@@ -11,7 +11,19 @@ from specdec import report
 if TYPE_CHECKING:
     from pytest_specdec.session import CaseResult
 
-HEADERS = ("case", "draft", "K", "acceptance", "tokens/fwd", "tau", "tokens/s", "ttft ms", "speedup", "verdict")
+HEADERS = (
+    "case",
+    "engine",
+    "draft",
+    "K",
+    "acceptance",
+    "tokens/fwd",
+    "tau",
+    "tokens/s",
+    "ttft ms",
+    "speedup",
+    "verdict",
+)
 
 
 def verdict_cell(result: CaseResult, updating: bool) -> str:
@@ -37,13 +49,14 @@ def table_rows(results: Sequence[CaseResult], updating: bool) -> list[tuple[Any,
         rows.append(
             (
                 r.case.id,
+                r.case.engine,
                 r.case.draft_method or "-",
                 _k_cell(r),
                 m.acceptance_rate if m is not None else None,
                 f"{m.tokens_per_forward:.2f}" if m is not None else None,
                 f"{m.mean_accepted_length:.2f}" if m is not None and m.mean_accepted_length is not None else None,
                 f"{m.tokens_per_second:.1f}" if m is not None else None,
-                f"{m.ttft_s * 1000:.1f}" if m is not None else None,
+                f"{m.ttft_s * 1000:.1f}" if m is not None and m.ttft_s is not None else None,
                 f"{speedup:.2f}x" if speedup is not None else None,
                 verdict_cell(r, updating),
             )
@@ -102,6 +115,7 @@ def records(results: Sequence[CaseResult], updating: bool) -> list[dict[str, Any
                 "suite": case.suite,
                 "case": case.id,
                 "group": case.group,
+                "engine": case.engine,
                 "draft_method": case.draft_method,
                 "draft": case.draft,
                 "draft_options": " ".join(f"{key}={value}" for key, value in case.draft_options.items()) or None,

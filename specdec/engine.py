@@ -44,7 +44,7 @@ class SpeculativeEngine:
         self.target_model = target
         self.device = target.device
         self.kernels = kernels_for(target.device)
-        self.eos_ids = _eos_ids(target)
+        self.eos_ids = eos_ids(target)
         spec = DraftSpec.for_model(draft) if isinstance(draft, LoadedModel) else draft
         if isinstance(spec, DraftSpec):
             self.target: Decoder = make_decoder(target, spec.vocab_size(target), decoder)
@@ -57,83 +57,16 @@ class SpeculativeEngine:
 
     # ----------------------------------------------------------------------------------------------- prompts
     def encode(self, prompts: Prompts) -> list[list[int]]:
-        """Token ids per row from text, one id list, a list of id lists (or texts), or a [P] or [B, P] integer tensor.
-
-        Ids must be integers (Python or NumPy ints, integer tensors): a float is refused, never truncated.
-        """
-
-        def as_id(value: object) -> int | None:  # int(value) for an integer of any kind, else None
-            index = getattr(value, "__index__", None)
-            if index is None or isinstance(value, bool):
-                return None
-            try:
-                return int(index())
-            except (TypeError, RuntimeError):  # a float tensor has __index__ but refuses it
-                return None
-
-        if isinstance(prompts, torch.Tensor):
-            dtype = prompts.dtype
-            is_integer = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
-            if prompts.dim() not in (1, 2) or not is_integer:
-                raise ConfigError(
-                    f"a prompt tensor must hold integer token ids as [P] or [B, P], got shape {list(prompts.shape)} "
-                    f"of {prompts.dtype}; pass token ids as a 1-D or 2-D integer tensor (e.g. dtype=torch.long)"
-                )
-            raw_rows: list[list[object]] = (prompts[None] if prompts.dim() == 1 else prompts).tolist()
-        elif isinstance(prompts, str):
-            raw_rows = [list(self._encode_text(prompts))]
-        elif len(prompts) > 0 and not any(isinstance(p, (str, Sequence, torch.Tensor)) for p in prompts):
-            raw_rows = [list(prompts)]  # one row of ids
-        else:
-            raw_rows = []
-            for prompt in prompts:
-                if isinstance(prompt, str):
-                    raw_rows.append(list(self._encode_text(prompt)))
-                elif isinstance(prompt, (Sequence, torch.Tensor)):
-                    raw_rows.append(list(prompt))
-                else:
-                    raise ConfigError(
-                        f"prompt {prompt!r} is neither text nor a list of token ids: pass one text, a list of texts, "
-                        "one list of ids or a list of id lists"
-                    )
-        if not raw_rows or any(len(r) == 0 for r in raw_rows):
-            raise ConfigError("the prompt is empty: give at least one token of text")
-        rows: list[list[int]] = []
-        for raw in raw_rows:
-            ids = [as_id(t) for t in raw]
-            not_ids = [t for t, i in zip(raw, ids, strict=True) if i is None]
-            if not_ids:
-                raise ConfigError(
-                    f"prompt token ids must be integers, got {not_ids[:5]!r}: pass ints (or an integer tensor); "
-                    "a float id is never rounded"
-                )
-            rows.append(cast(list[int], ids))
-        vocab = self.target.vocab_size
-        for row in rows:
-            bad = [t for t in row if not 0 <= t < vocab]
-            if bad:
-                raise ConfigError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
-        return rows
-
-    def _encode_text(self, text: str) -> list[int]:
-        """Any non-empty text (whitespace too: indentation is a legitimate code prompt) that encodes to a token."""
-        if text == "":
-            raise ConfigError("the prompt is empty: give at least one token of text")
-        tokenizer = self.target_model.tokenizer
-        if tokenizer is None:
-            why = self.target_model.no_tokenizer_reason or "it has no tokenizer"
-            raise ConfigError(
-                f"model {self.target_model.name!r} cannot encode text: {why}; the model still runs on token ids "
-                "(pass them to the Python API's generate), or save its tokenizer there with `tokenizer.save_pretrained`"
-            )
-        ids = list(tokenizer.encode(text))
-        if not ids:
-            raise ConfigError(f"the prompt {text!r} encodes to no tokens: give text the tokenizer keeps")
-        return ids
+        """Token ids per row (see :func:`encode_prompts`), checked against the target decoder's vocabulary."""
+        return encode_prompts(self.target_model, prompts, self.target.vocab_size)
 
     def decode(self, ids: list[int]) -> str:
-        tokenizer = self.target_model.tokenizer
-        return tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else ""
+        return decode_ids(self.target_model, ids)
+
+    @property
+    def vocab_size(self) -> int:
+        """Width of the target's output layer as the engine decodes it (prompt ids must be below it)."""
+        return self.target.vocab_size
 
     def _check_length(self, prompt_length: int, generation: GenerationConfig) -> None:
         total = prompt_length + generation.max_new_tokens
@@ -147,11 +80,7 @@ class SpeculativeEngine:
 
     @property
     def pad_id(self) -> int:
-        tokenizer = self.target_model.tokenizer
-        pad = getattr(tokenizer, "pad_token_id", None)
-        if pad is None:
-            pad = self.eos_ids[0] if self.eos_ids else 0
-        return int(pad)
+        return pad_id(self.target_model, self.eos_ids)
 
     # ------------------------------------------------------------------------------------------- generation
     def start(
@@ -218,7 +147,96 @@ class SpeculativeEngine:
         self._lock.release()
 
 
-def _eos_ids(loaded: LoadedModel) -> list[int]:
+def encode_prompts(loaded: LoadedModel, prompts: Prompts, vocab_size: int) -> list[list[int]]:
+    """Token ids per row from text, one id list, a list of id lists (or texts), or a [P] or [B, P] integer tensor.
+
+    Ids must be integers (Python or NumPy ints, integer tensors): a float is refused, never truncated.
+    """
+
+    def as_id(value: object) -> int | None:  # int(value) for an integer of any kind, else None
+        index = getattr(value, "__index__", None)
+        if index is None or isinstance(value, bool):
+            return None
+        try:
+            return int(index())
+        except (TypeError, RuntimeError):  # a float tensor has __index__ but refuses it
+            return None
+
+    if isinstance(prompts, torch.Tensor):
+        dtype = prompts.dtype
+        is_integer = not (dtype.is_floating_point or dtype.is_complex or dtype == torch.bool)
+        if prompts.dim() not in (1, 2) or not is_integer:
+            raise ConfigError(
+                f"a prompt tensor must hold integer token ids as [P] or [B, P], got shape {list(prompts.shape)} "
+                f"of {prompts.dtype}; pass token ids as a 1-D or 2-D integer tensor (e.g. dtype=torch.long)"
+            )
+        raw_rows: list[list[object]] = (prompts[None] if prompts.dim() == 1 else prompts).tolist()
+    elif isinstance(prompts, str):
+        raw_rows = [list(_encode_text(loaded, prompts))]
+    elif len(prompts) > 0 and not any(isinstance(p, (str, Sequence, torch.Tensor)) for p in prompts):
+        raw_rows = [list(prompts)]  # one row of ids
+    else:
+        raw_rows = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                raw_rows.append(list(_encode_text(loaded, prompt)))
+            elif isinstance(prompt, (Sequence, torch.Tensor)):
+                raw_rows.append(list(prompt))
+            else:
+                raise ConfigError(
+                    f"prompt {prompt!r} is neither text nor a list of token ids: pass one text, a list of texts, "
+                    "one list of ids or a list of id lists"
+                )
+    if not raw_rows or any(len(r) == 0 for r in raw_rows):
+        raise ConfigError("the prompt is empty: give at least one token of text")
+    rows: list[list[int]] = []
+    for raw in raw_rows:
+        ids = [as_id(t) for t in raw]
+        not_ids = [t for t, i in zip(raw, ids, strict=True) if i is None]
+        if not_ids:
+            raise ConfigError(
+                f"prompt token ids must be integers, got {not_ids[:5]!r}: pass ints (or an integer tensor); "
+                "a float id is never rounded"
+            )
+        rows.append(cast(list[int], ids))
+    for row in rows:
+        bad = [t for t in row if not 0 <= t < vocab_size]
+        if bad:
+            raise ConfigError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab_size})")
+    return rows
+
+
+def _encode_text(loaded: LoadedModel, text: str) -> list[int]:
+    """Any non-empty text (whitespace too: indentation is a legitimate code prompt) that encodes to a token."""
+    if text == "":
+        raise ConfigError("the prompt is empty: give at least one token of text")
+    tokenizer = loaded.tokenizer
+    if tokenizer is None:
+        why = loaded.no_tokenizer_reason or "it has no tokenizer"
+        raise ConfigError(
+            f"model {loaded.name!r} cannot encode text: {why}; the model still runs on token ids "
+            "(pass them to the Python API's generate), or save its tokenizer there with `tokenizer.save_pretrained`"
+        )
+    ids = list(tokenizer.encode(text))
+    if not ids:
+        raise ConfigError(f"the prompt {text!r} encodes to no tokens: give text the tokenizer keeps")
+    return ids
+
+
+def decode_ids(loaded: LoadedModel, ids: list[int]) -> str:
+    tokenizer = loaded.tokenizer
+    return tokenizer.decode(ids, skip_special_tokens=True) if tokenizer is not None else ""
+
+
+def pad_id(loaded: LoadedModel, eos: list[int]) -> int:
+    """The id left padding uses: the tokenizer's pad token, else the first end-of-sequence id, else 0."""
+    pad = getattr(loaded.tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = eos[0] if eos else 0
+    return int(pad)
+
+
+def eos_ids(loaded: LoadedModel) -> list[int]:
     """End-of-sequence ids as `generate` sees them: the generation config's, else the model config's."""
     config = getattr(loaded.model, "generation_config", None) or loaded.model.config
     eos = getattr(config, "eos_token_id", None)

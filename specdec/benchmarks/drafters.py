@@ -4,10 +4,12 @@
         [--draft zoo:tiny-code-draft] [--prompts zoo:code-repeat,zoo:code-heldout] [--count 8] [--ks 2,4,8]
 
 For each prompt set: the engine's autoregressive run, every drafting method at every K, and transformers' own
-`generate` (dynamic cache, static cache), prompt lookup (`prompt_lookup_num_tokens=K`) and assisted generation with
-the same draft model, all greedy, on the same prompts, in one process. Each configuration runs every prompt once to
-warm up, then ``--repeats`` times; its speed is total new tokens over the median total time. Prints a table per
-prompt set and writes ``drafters_report.json`` under ``--out``.
+`generate` through ``specdec.hf_engine`` (``hf-static``: a static cache; ``hf-lookup``: prompt lookup,
+``prompt_lookup_num_tokens=K``; ``hf-assisted``: assisted generation with the same draft model), all greedy, on the
+same prompts, in one process. Each configuration runs every prompt once to warm up, then ``--repeats`` times; its
+speed is total new tokens over the median total time. transformers' rows carry their tokens per target forward and,
+for lookup and assisted generation, the acceptance read from its candidate generator. Prints a table per prompt set
+and writes ``drafters_report.json`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from specdec.config import GenerationConfig, SpeculationConfig
 from specdec.device import synchronize
 from specdec.drafters import make_drafter
 from specdec.engine import SpeculativeEngine
+from specdec.hf_engine import HF_ASSISTED, HF_LOOKUP, HF_STATIC, HFEngine
 from specdec.loading import LoadedModel, load_model
 from specdec.zoo.prompts import load_prompt_set
 
@@ -83,30 +86,33 @@ def engine_row(
 
 
 def hf_row(
-    label: str, target: LoadedModel, prompts: list[list[int]], max_new: int, repeats: int, **options: Any
+    engine: HFEngine, prompts: list[list[int]], max_new: int, repeats: int, k: int | None = None
 ) -> dict[str, Any] | None:
-    model = target.model
-    settings = {"max_new_tokens": max_new, "min_new_tokens": max_new, "do_sample": False, **options}
+    """transformers' generate in ``engine``'s mode on every prompt (K for lookup and assisted generation)."""
+    generation = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False)
+    speculation = SpeculationConfig(k=k) if k is not None else None
 
     def run(prompt: list[int]) -> int:
-        ids = torch.tensor([prompt], device=target.device)
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), **settings)  # type: ignore[operator]
-        return int(out.shape[1] - ids.shape[1])
+        return engine.generate(prompt, generation, speculation).metrics.new_tokens
 
     try:
-        seconds = timed_total(run, prompts, repeats, target.device)
+        seconds = timed_total(run, prompts, repeats, engine.device)
     except Exception as error:  # a configuration this transformers cannot run is reported, not fatal
-        log(f"{label}: not run ({type(error).__name__}: {str(error).splitlines()[0][:160]})")
+        log(f"{engine.mode}: not run ({type(error).__name__}: {str(error).splitlines()[0][:160]})")
         return None
+    runs = [engine.generate(prompt, generation, speculation).metrics for prompt in prompts]  # counts: one more pass
+    tokens, forwards = sum(m.new_tokens for m in runs), sum(m.target_forwards for m in runs)
+    unknown = any(m.drafted_tokens is None or m.accepted_tokens is None for m in runs)  # not exposed: null
+    drafted = None if unknown else sum(m.drafted_tokens or 0 for m in runs)
+    accepted = None if unknown else sum(m.accepted_tokens or 0 for m in runs)
     return {
-        "engine": "hf",
-        "method": label,
-        "k": options.get("prompt_lookup_num_tokens"),
-        "tokens_per_s": len(prompts) * max_new / seconds,
-        "tokens_per_forward": None,
-        "acceptance": None,
-        "drafted_per_token": None,
+        "engine": engine.mode,
+        "method": engine.mode,
+        "k": k,
+        "tokens_per_s": tokens / seconds,
+        "tokens_per_forward": tokens / forwards,
+        "acceptance": accepted / drafted if drafted and accepted is not None else None,
+        "drafted_per_token": drafted / tokens if drafted is not None else None,
         "seconds": seconds,
     }
 
@@ -140,38 +146,13 @@ def prompt_set_section(
     save(_section(name, prompts, rows))
     if args.hf:
         log(f"{name}: transformers generate")
-        rows.append(hf_row("hf generate (dynamic cache)", target, prompts, args.max_new_tokens, args.repeats))
-        rows.append(
-            hf_row(
-                "hf generate (static cache)",
-                target,
-                prompts,
-                args.max_new_tokens,
-                args.repeats,
-                cache_implementation="static",
-            )
-        )
+        rows.append(hf_row(HFEngine(target, HF_STATIC), prompts, args.max_new_tokens, args.repeats))
         for k in args.hf_ks:
-            rows.append(
-                hf_row(
-                    "hf prompt lookup",
-                    target,
-                    prompts,
-                    args.max_new_tokens,
-                    args.repeats,
-                    prompt_lookup_num_tokens=k,
-                )
-            )
+            rows.append(hf_row(HFEngine(target, HF_LOOKUP), prompts, args.max_new_tokens, args.repeats, k))
         if draft is not None:
-            draft.model.generation_config.num_assistant_tokens_schedule = "constant"
+            assisted = HFEngine(target, HF_ASSISTED, draft=draft)
             for k in args.hf_ks:
-                draft.model.generation_config.num_assistant_tokens = k
-                row = hf_row(
-                    "hf assisted", target, prompts, args.max_new_tokens, args.repeats, assistant_model=draft.model
-                )
-                if row is not None:
-                    row["k"] = k
-                rows.append(row)
+                rows.append(hf_row(assisted, prompts, args.max_new_tokens, args.repeats, k))
     return _section(name, prompts, rows)
 
 

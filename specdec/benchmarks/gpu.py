@@ -4,6 +4,12 @@
 
 Prints a table per section and writes ``gpu_report.json`` under ``--out``. Batch 1, bfloat16, a 128-token prompt
 and 256 new tokens unless told otherwise. Synthetic models come from the zoo (random weights of real shapes).
+
+transformers is measured as a careful user runs it (``specdec.hf_engine``): ``generate`` with a static cache
+(``hf_static``), the static cache with transformers' torch.compile of the decode step (``hf_compile``; null with
+``hf_compile_unavailable`` giving the reason where it cannot compile), and for pairs assisted generation with the same
+draft at ``--hf-k`` (``hf_assisted``). ``hf_best`` names the fastest of them, and the engine is quoted against it
+(``engine_over_hf_best``, ``spec_over_hf_best``).
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import torch
 import transformers
 
 from specdec import report
-from specdec.benchmarks.timing import copy_bandwidth, hf_generate, time_call, time_engine, weight_bytes
+from specdec.benchmarks.timing import copy_bandwidth, time_engine, time_hf, weight_bytes
 from specdec.config import GenerationConfig, SpeculationConfig
 from specdec.engine import SpeculativeEngine
+from specdec.hf_engine import HF_ASSISTED, HF_COMPILE, HF_STATIC, HFEngine, HFUnavailableError
 from specdec.loading import LoadedModel, load_model
 
 
@@ -81,12 +88,52 @@ def autoregressive_section(
     }
     log(f"  engine {timed.tokens_per_second:.1f} tok/s ({row['engine_fraction_of_floor']:.0%} of floor {floor:.0f})")
     if hf:
-        hf_timed = time_call(hf_generate(target.model, prompt, max_new), target.device, repeats=1)
-        row["hf_generate_tokens_per_s"] = hf_timed.tokens_per_second
-        row["engine_over_hf"] = timed.tokens_per_second / hf_timed.tokens_per_second
-        log(f"  HF generate {hf_timed.tokens_per_second:.1f} tok/s; engine/HF = {row['engine_over_hf']:.1f}x")
+        row |= hf_figures(target, prompt, generation)
+        if row["hf_best_tokens_per_s"]:
+            row["engine_over_hf_best"] = timed.tokens_per_second / row["hf_best_tokens_per_s"]
+            log(f"  engine / strongest HF ({row['hf_best']}) = {row['engine_over_hf_best']:.2f}x")
     del engine, target
     torch.cuda.empty_cache()
+    return row
+
+
+def hf_figures(
+    target: LoadedModel,
+    prompt: list[int],
+    generation: GenerationConfig,
+    draft: LoadedModel | None = None,
+    k: int | None = None,
+) -> dict[str, Any]:
+    """transformers on the same prompt: ``hf_static_tokens_per_s``, ``hf_compile_tokens_per_s`` and, with a draft,
+    ``hf_assisted_tokens_per_s`` at ``k`` (with its acceptance and tokens per forward); a mode that cannot run here
+    is null, and ``hf_static_unavailable`` / ``hf_compile_unavailable`` / ``hf_assisted_unavailable`` says why.
+    ``hf_best``: the fastest mode, quoted as the comparison."""
+    row: dict[str, Any] = {}
+    # (mode, assistant, untimed runs first: hf-compile compiles in its first call and records CUDA graphs in the next)
+    modes: list[tuple[str, LoadedModel | None, int]] = [(HF_STATIC, None, 1), (HF_COMPILE, None, 2)]
+    if draft is not None and k is not None:
+        modes.append((HF_ASSISTED, draft, 1))
+    speeds: dict[str, float] = {}
+    for mode, assistant, warmups in modes:
+        key = mode.replace("-", "_")  # hf_static, hf_compile, hf_assisted
+        speculation = SpeculationConfig(k=k) if mode == HF_ASSISTED and k is not None else None
+        try:
+            timed = time_hf(HFEngine(target, mode, draft=assistant), prompt, generation, speculation, warmups, 1)
+        except Exception as error:  # HFUnavailableError, or a mode this model cannot run: reported, not fatal
+            reason = str(error) if isinstance(error, HFUnavailableError) else f"{type(error).__name__}: {error}"
+            row[f"{key}_tokens_per_s"], row[f"{key}_unavailable"] = None, reason.splitlines()[0][:400]
+            log(f"  {mode}: not run ({row[f'{key}_unavailable']})")
+            torch.cuda.empty_cache()
+            continue
+        assert timed.hf is not None
+        speeds[mode] = row[f"{key}_tokens_per_s"] = timed.tokens_per_second
+        if mode == HF_ASSISTED:
+            row["hf_assisted_k"] = k
+            row["hf_assisted_acceptance"] = timed.hf.metrics.acceptance_rate
+            row["hf_assisted_tokens_per_forward"] = timed.hf.metrics.mean_tokens_per_forward
+        log(f"  {mode} {timed.tokens_per_second:.1f} tok/s")
+    best = max(speeds, key=speeds.__getitem__) if speeds else None
+    row["hf_best"], row["hf_best_tokens_per_s"] = best, speeds.get(best) if best else None
     return row
 
 
@@ -100,26 +147,37 @@ def speculative_rows(
     hf_k: int | None,
 ) -> list[dict[str, Any]]:
     """Every K at every temperature, each against the engine's own autoregressive run at that temperature. Greedy
-    rows also time HF assisted generation at ``hf_k``; sampled rows (speculative sampling) have no HF counterpart
-    here, since HF's assisted sampling is a different algorithm."""
+    rows are also quoted against the strongest of transformers' static cache, compiled static cache and assisted
+    generation at ``hf_k`` (:func:`hf_figures`, measured once per pair); sampled rows (speculative sampling) have no
+    HF counterpart here, since HF's assisted sampling is a different algorithm."""
     spec_engine = SpeculativeEngine(target, draft)
     rows = []
+    hf: dict[str, Any] = {}
+    if hf_k is not None and 0.0 in temperatures:
+        log(f"  transformers on {target.name} (+ {draft.name} assisted at K={hf_k})")
+        greedy = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False)
+        hf = hf_figures(target, prompt, greedy, draft, hf_k)
     for temperature in temperatures:
         generation = GenerationConfig(max_new_tokens=max_new, temperature=temperature, stop_at_eos=False)
         ar = time_engine(SpeculativeEngine(target), prompt, generation)
         ar_token_s = 1.0 / ar.tokens_per_second
         for k in ks:
             row = speculative_row(spec_engine, prompt, generation, k, ar_token_s)
-            if hf_k == k and generation.greedy:
-                call = hf_generate(target.model, prompt, max_new, draft.model, k)
-                hf_timed = time_call(call, target.device, repeats=1)
-                row["hf_assisted_tokens_per_s"] = hf_timed.tokens_per_second
-                row["spec_over_hf_assisted"] = row["spec_tokens_per_s"] / hf_timed.tokens_per_second
+            if hf and generation.greedy:
+                row |= hf
+                if hf.get("hf_best_tokens_per_s"):
+                    row["spec_over_hf_best"] = row["spec_tokens_per_s"] / hf["hf_best_tokens_per_s"]
+                if k == hf_k and hf.get("hf_assisted_tokens_per_s"):
+                    row["spec_over_hf_assisted"] = row["spec_tokens_per_s"] / hf["hf_assisted_tokens_per_s"]
             log(
                 f"  T={temperature:g} K={k} acceptance {row['acceptance']:.2f} spec {row['spec_tokens_per_s']:.1f} "
                 f"tok/s speedup {row['speedup']:.2f}x (analytic {row['analytic_speedup']:.2f}x), "
                 f"draft {row['draft_cost_fraction']:.1%} of the target per token"
-                + (f", HF assisted {row['hf_assisted_tokens_per_s']:.1f}" if "hf_assisted_tokens_per_s" in row else "")
+                + (
+                    f", {row['spec_over_hf_best']:.2f}x HF's strongest ({row['hf_best']})"
+                    if "spec_over_hf_best" in row
+                    else ""
+                )
             )
             rows.append({"target": target.name, "draft": draft.name} | row)
     return rows
@@ -212,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             for mix in mixes
         )
         + ",zoo:synthetic/gpt2@mix=0.3+zoo:synthetic/distilgpt2@mix=0.3",
-        help="TARGET+DRAFT pairs, comma-separated, speculated at every --ks (HF assisted at --hf-k)",
+        help="TARGET+DRAFT pairs, comma-separated, speculated at every --ks (HF: static, compiled, assisted at --hf-k)",
     )
     parser.add_argument("--ks", default="2,4,6")
     parser.add_argument(
@@ -222,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "under greedy decoding over long outputs, docs/performance.md; sampling keeps acceptance partial)",
     )
     parser.add_argument("--hf-k", type=int, default=4)
-    parser.add_argument("--no-hf", action="store_true")
+    parser.add_argument("--no-hf", action="store_true", help="leave out transformers (static, compile, assisted)")
     parser.add_argument(
         "--ablate-draft-chain",
         action="store_true",
@@ -285,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.empty_cache()
     if out["speculative"]:
         keys = ["target", "draft", "temperature", "k", "acceptance", "draft_cost_fraction", "spec_tokens_per_s",
-                "speedup", "analytic_speedup", "fraction_of_analytic", "spec_over_hf_assisted"]  # fmt: skip
+                "speedup", "analytic_speedup", "fraction_of_analytic", "hf_best", "spec_over_hf_best",
+                "spec_over_hf_assisted"]  # fmt: skip
         print(report.table([[r.get(k) for k in keys] for r in out["speculative"]], keys))
     save()
     log(f"wrote {path}")

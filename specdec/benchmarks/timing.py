@@ -1,18 +1,15 @@
-"""Timing helpers shared by the benchmarks: device bandwidth, engine runs and Hugging Face references."""
+"""Timing helpers shared by the benchmarks: device bandwidth, engine runs and transformers' own generate."""
 
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel
 
 from specdec.config import GenerationConfig, SpeculationConfig
-from specdec.device import synchronize
 from specdec.engine import GenerationResult, SpeculativeEngine
+from specdec.hf_engine import HFEngine, HFResult
 
 
 @dataclass(frozen=True)
@@ -22,7 +19,8 @@ class Timed:
     tokens_per_second: float
     seconds: float  # median wall time of one run
     runs: int
-    result: GenerationResult | None = None  # the last engine run (metrics, steps)
+    result: GenerationResult | None = None  # the median engine run (metrics, steps)
+    hf: HFResult | None = None  # the median run of transformers' generate (its metrics)
 
 
 def copy_bandwidth(device: torch.device, gigabytes: float = 2.0, repeats: int = 10) -> float:
@@ -75,36 +73,24 @@ def _seconds(result: GenerationResult) -> float:
     return result.metrics.total_time_s
 
 
-def time_call(call: Callable[[], int], device: torch.device, repeats: int = 2) -> Timed:
-    """Time ``call`` (which returns the number of new tokens) after one warm-up run."""
-    call()
-    times, tokens = [], 0
-    for _ in range(repeats):
-        synchronize(device)
-        started = time.perf_counter()
-        tokens = call()
-        synchronize(device)
-        times.append(time.perf_counter() - started)
-    median = statistics.median(times)
-    return Timed(tokens_per_second=tokens / median, seconds=median, runs=repeats)
+def time_hf(
+    engine: HFEngine,
+    prompt: list[int],
+    generation: GenerationConfig,
+    speculation: SpeculationConfig | None = None,
+    warmups: int = 2,
+    repeats: int = 3,
+) -> Timed:
+    """transformers' generate in one of its modes (``specdec.hf_engine``): ``warmups`` untimed runs (``hf-compile``
+    compiles in the first and records its CUDA graphs in the next), then the median of ``repeats``. Raises
+    :class:`~specdec.hf_engine.HFUnavailableError` where the mode cannot run here."""
+    for _ in range(warmups):
+        engine.generate(prompt, generation, speculation)
+    results = sorted((engine.generate(prompt, generation, speculation) for _ in range(repeats)), key=_hf_seconds)
+    median = statistics.median(_hf_seconds(r) for r in results)
+    middle = results[len(results) // 2]
+    return Timed(tokens_per_second=middle.metrics.new_tokens / median, seconds=median, runs=repeats, hf=middle)
 
 
-def hf_generate(
-    model: PreTrainedModel, prompt: list[int], max_new_tokens: int, assistant: PreTrainedModel | None = None, k: int = 4
-) -> Callable[[], int]:
-    """A call of transformers' own `generate` (greedy; assisted generation with a fixed K when `assistant`)."""
-    device = next(model.parameters()).device
-    ids = torch.tensor([prompt], device=device)
-    options: dict = {"max_new_tokens": max_new_tokens, "min_new_tokens": max_new_tokens, "do_sample": False}
-    if assistant is not None:
-        assistant.generation_config.num_assistant_tokens = k
-        assistant.generation_config.num_assistant_tokens_schedule = "constant"
-        assistant.generation_config.assistant_confidence_threshold = 0.0
-        options["assistant_model"] = assistant
-
-    def call() -> int:
-        with torch.inference_mode():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), **options)  # type: ignore[operator]
-        return int(out.shape[1] - ids.shape[1])
-
-    return call
+def _hf_seconds(result: HFResult) -> float:
+    return result.metrics.total_time_s

@@ -82,7 +82,7 @@ def test_a_planted_slowdown_fails_against_the_baseline(bench):
             "  (measured twice: the first attempt regressed (speedup *))",
         ]
     )
-    result.stdout.re_match_lines([r"pair\[k=4,cpu,fp32,bs=1\] +model +4 +1\.000 .* REGRESSION: speedup"])
+    result.stdout.re_match_lines([r"pair\[k=4,cpu,fp32,bs=1\] +specdec +model +4 +1\.000 .* REGRESSION: speedup"])
 
 
 def test_an_acceptance_drop_fails_against_the_baseline(bench):

@@ -72,6 +72,7 @@ def test_cases_carry_device_and_suite_markers(bench):
     assert by_id["lossy[k=2,cpu,fp32,bs=2,lossy-topk,n=16]"].get_closest_marker("specdec").kwargs == {
         "suite": "suite",
         "entry": "lossy",
+        "engine": "specdec",
         "k": 2,
         "draft": "model",
         "bs": 2,

@@ -145,7 +145,7 @@ def test_a_model_free_case_runs_losslessly_and_its_reports_name_the_method(bench
     )  # fmt: skip
     result.assert_outcomes(passed=3)
     result.stdout.re_match_lines(
-        [r"lookup\[ar,cpu,fp32,bs=1\] +- +ar ", r"lookup\[ngram,k=3,cpu,fp32,bs=1\] +ngram +3 "]
+        [r"lookup\[ar,cpu,fp32,bs=1\] +specdec +- +ar ", r"lookup\[ngram,k=3,cpu,fp32,bs=1\] +specdec +ngram +3 "]
     )
     rows = {r["case"]: r for r in json.loads((bench.path / "r.json").read_text())["suites"]["suite"]}
     ar, ngram, skip = (

@@ -50,15 +50,15 @@ def test_the_summary_table_and_its_json_and_csv(bench):
     result.stdout.fnmatch_lines(
         [
             "*= specdec suite suite (test-machine) =*",
-            "case * draft * K * acceptance * tokens/fwd * tau * tokens/s * ttft ms * speedup * verdict",
+            "case * engine * draft * K * acceptance * tokens/fwd * tau * tokens/s * ttft ms * speedup * verdict",
         ]
     )
     result.stdout.re_match_lines(
         [
-            r"pair\[ar,cpu,fp32,bs=1\] +- +ar +- +1 +1 +[\d.]+ +[\d.]+ +- +no baseline",
-            r"pair\[k=auto,cpu,fp32,bs=2\] +model +auto \([\d.]+\) +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+x "
-            r"+no baseline",
-            r"random\[k=4,cpu,fp32,bs=1\] +model +4 .*",
+            r"pair\[ar,cpu,fp32,bs=1\] +specdec +- +ar +- +1 +1 +[\d.]+ +[\d.]+ +- +no baseline",
+            r"pair\[k=auto,cpu,fp32,bs=2\] +specdec +model +auto \([\d.]+\) +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+"
+            r" +[\d.]+x +no baseline",
+            r"random\[k=4,cpu,fp32,bs=1\] +specdec +model +4 .*",
         ]
     )
     report = json.loads((bench.path / "out" / "r.json").read_text())
