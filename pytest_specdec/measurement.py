@@ -275,7 +275,8 @@ def _steady_speedup(rounds: Sequence[Round], reference_rounds: Sequence[Round]) 
 
 def step_timings(result: GenerationResult | HFResult) -> list[StepMetrics]:
     """The run's per-step timings ([] for transformers' modes, which expose none)."""
-    return result.steps if isinstance(result, GenerationResult) else []
+    steps = getattr(result, "steps", None)  # GenerationResult.steps; an HFResult has none
+    return steps if isinstance(steps, list) else []
 
 
 def _positions(metrics: RunMetrics | HFRunMetrics) -> PositionCounts:

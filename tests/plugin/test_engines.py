@@ -160,7 +160,7 @@ def test_every_engine_runs_on_the_same_prompts_with_the_target_s_own_greedy_outp
     result.stdout.re_match_lines(
         [
             r"e\[ar,cpu,fp32,bs=1\] +specdec +- +ar ",
-            r"e\[engine=hf-static,cpu,fp32,bs=1\] +hf-static +- +- +- +1 +[\d.]+ +[\d.]+x ",
+            r"e\[engine=hf-static,cpu,fp32,bs=1\] +hf-static +- +- +- +1 +1 +[\d.]+ +[\d.]+ +[\d.]+x ",
             r"e\[engine=hf-assisted,model,k=3,cpu,fp32,bs=1\] +hf-assisted +model +3 +1\.000 ",
             r"e\[engine=hf-lookup,ngram,k=3,cpu,fp32,bs=1\] +hf-lookup +ngram +3 ",
         ]
