@@ -258,10 +258,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         + ("may download" if s.allow_download else "local cache only (--specdec-allow-download)"),
     ]
     if session.compared is not None:
-        run = session.compared
         lines.append(
-            f"specdec gate: the saved run {run.path} ({run.created_at or 'time unknown'}, commit "
-            f"{(run.commit or '?')[:12]}), not the baselines"
+            f"specdec gate: the saved run {session.compared.path} ({session.compared.describe()}), not the baselines"
         )
     if s.history:
         lines.append(f"specdec history: {len(session.history)} earlier run(s) from {', '.join(s.history)}")

@@ -46,6 +46,21 @@ class SavedRun:
     def metric(self, suite: str, case: str, name: str) -> Any:
         return self.cases.get((suite, case), {}).get(name)
 
+    def describe(self) -> str:
+        """When, at which commit and on what it ran: ``"2026-12-01T10:00:00, commit 0123456789ab, torch 2.13.0,
+        transformers 5.24.0, NVIDIA H200 (driver 570.86.15, CUDA 12.8)"`` (what the file records)."""
+        parts = [self.created_at or "time unknown", f"commit {(self.commit or '?')[:12]}"]
+        info = self.machine_info.get("specdec")
+        if isinstance(info, dict):
+            parts += [f"{name} {info[name]}" for name in ("torch", "transformers") if info.get(name)]
+            gpus = ", ".join(dict.fromkeys(info.get("gpus") or []))
+            details = ", ".join(
+                f"{label} {info[key]}" for label, key in (("driver", "gpu_driver"), ("CUDA", "cuda")) if info.get(key)
+            )
+            device = gpus or f"{info.get('cpu', '?')} ({info.get('cpu_capability', '?')})"
+            parts.append(f"{device} ({details})" if gpus and details else device)
+        return ", ".join(parts)
+
 
 def read_run(path: Path) -> SavedRun:
     """A pytest-benchmark JSON file or a ``--specdec-report-json`` file; anything else is a :class:`SavedRunError`."""

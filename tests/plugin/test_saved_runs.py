@@ -13,6 +13,7 @@ from pytest_benchmark.logger import PytestBenchmarkWarning
 
 import pytest_specdec
 from pytest_specdec.machine import parse_nvidia_driver
+from pytest_specdec.saved_runs import SavedRun
 
 MACHINE_CLASS = "test-machine"  # as tests/plugin/conftest.py pins it
 SUITE = """
@@ -204,3 +205,26 @@ def test_a_report_path_outside_the_invocation_folder_warns_that_it_moved_the_roo
     moved = bench.run("--specdec-suite", "suite", "--specdec-report-html", str(elsewhere / "r.html"), "--collect-only")
     assert moved.ret == 0
     moved.stdout.fnmatch_lines(["*PytestConfigWarning: --specdec-report-html *: pytest took this path for a test*"])
+
+
+@pytest.mark.parametrize(
+    ("info", "shown"),
+    [
+        (
+            {"gpus": ["NVIDIA H200", "NVIDIA H200"], "gpu_driver": "570.86.15", "cuda": "12.8"},
+            "NVIDIA H200 (driver 570.86.15, CUDA 12.8)",
+        ),
+        ({"cpu": "AMD EPYC", "cpu_capability": "AVX512"}, "AMD EPYC (AVX512)"),
+    ],
+)
+def test_the_gate_line_says_when_and_on_what_the_saved_run_ran(info, shown):
+    run = SavedRun(
+        path=Path("runs/0001_x.json"),
+        label="0001",
+        created_at="2026-12-01T10:00:00",
+        commit="0123456789abcdef",
+        machine_info={"specdec": {"torch": "2.13.0", "transformers": "5.24.0", **info}},
+        cases={},
+        from_benchmark=True,
+    )
+    assert run.describe() == f"2026-12-01T10:00:00, commit 0123456789ab, torch 2.13.0, transformers 5.24.0, {shown}"
