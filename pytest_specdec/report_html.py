@@ -129,7 +129,7 @@ def _reasons(rows: Sequence[Row]) -> list[str]:
             f"<li>{escape(outcome)} ({count} case{'s' if count > 1 else ''}): {escape(reason)}</li>"
             for outcome, reason, count in reasons
         )
-        parts.append(f'<ul class="reasons">{items}</ul>')
+        parts.append(f'<h3>Failures and skips</h3><ul class="reasons">{items}</ul>')
     return parts
 
 

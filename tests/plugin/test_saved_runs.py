@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
+import torch
 from pytest_benchmark.logger import PytestBenchmarkWarning
 
 import pytest_specdec
-from pytest_specdec.machine import parse_nvidia_driver
+from pytest_specdec.machine import benchmark_machine_info, parse_nvidia_driver
 from pytest_specdec.saved_runs import SavedRun
 
 MACHINE_CLASS = "test-machine"  # as tests/plugin/conftest.py pins it
@@ -54,7 +56,7 @@ def test_saved_runs_carry_the_machine_software_and_each_case_s_digest(bench):
     info = data["machine_info"]["specdec"]
     assert info["machine_class"] == MACHINE_CLASS
     assert info["torch"] and info["transformers"] and info["cpu"] and info["cpu_capability"] and info["cores"] >= 1
-    assert "gpus" not in info  # on CUDA: the GPUs, CUDA and the driver (tested on the GPU machine)
+    assert ("gpus" in info) is torch.cuda.is_available()  # with CUDA and the driver: tested below on a GPU
     (case,) = data["benchmarks"]
     assert len(case["extra_info"]["digest"]) == 16
 
@@ -228,3 +230,12 @@ def test_the_gate_line_says_when_and_on_what_the_saved_run_ran(info, shown):
         from_benchmark=True,
     )
     assert run.describe() == f"2026-12-01T10:00:00, commit 0123456789ab, torch 2.13.0, transformers 5.24.0, {shown}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_machine_info_names_the_gpus_cuda_and_the_driver():
+    info = benchmark_machine_info()
+    assert info["gpus"] and all(isinstance(name, str) and name for name in info["gpus"])
+    assert info["cuda"] == torch.version.cuda
+    assert re.fullmatch(r"\d+\.\d+(\.\d+)?", info["gpu_driver"] or ""), info.get("gpu_driver")
