@@ -124,7 +124,7 @@ class BenchSession:
         except BaselineError as error:
             pytest.fail(str(error), pytrace=False)
         if baseline is not None and not baseline.digest:  # a run saved before digests were: taken as unchanged
-            baseline = replace(baseline, digest=result.record.digest)
+            baseline = replace(baseline, digest=case.digest())
         result.verdict = compare(result.record, baseline, case.tolerances)
         if speedup_note and result.verdict.status is not Status.REGRESSION:
             note = "; ".join(n for n in (result.verdict.note, speedup_note) if n)

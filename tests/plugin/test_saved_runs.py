@@ -160,6 +160,23 @@ def test_a_saved_run_with_a_damaged_metric_is_refused_naming_the_case(bench):
     assert expected in result.stderr.str()
 
 
+def test_a_changed_entry_is_stale_against_a_saved_run_and_one_saved_without_digests_is_taken_as_unchanged(bench):
+    bench.suite(SUITE)
+    storage = "--benchmark-storage=runs"
+    bench.run("--specdec-suite", "suite", "-k", "k1", "--benchmark-autosave", storage).assert_outcomes(passed=1)
+    (path,) = saved_runs(bench.path / "runs")
+    edit_saved_run(path, {K1: {"digest": "0" * 16}})
+    stale = bench.run("--specdec-suite", "suite", "-k", "k1", storage, "--specdec-compare=1", "--specdec-strict")
+    stale.assert_outcomes(failed=1)
+    stale.stdout.fnmatch_lines(
+        ["*stale baseline for pair?k=1,cpu,fp32,bs=1? in runs/*/0001_*.json (--specdec-strict)*"]
+    )
+    edit_saved_run(path, {K1: {"digest": None}})
+    unchanged = bench.run("--specdec-suite", "suite", "-k", "k1", storage, "--specdec-compare=1", "--specdec-strict")
+    unchanged.assert_outcomes(passed=1)
+    assert "stale baseline" not in unchanged.stdout.str()
+
+
 def test_history_needs_the_html_report_and_reads_only_runs_it_understands(bench):
     bench.suite(SUITE)
     alone = bench.run("--specdec-suite", "suite", "--specdec-history=runs/*.json")
