@@ -135,9 +135,51 @@ def machine_info() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info["cuda"] = torch.version.cuda
+        info["gpu_driver"] = gpu_driver()
     if mps_available():
         info["mps"] = True
     return info
+
+
+def benchmark_machine_info(machine_class: str | None = None) -> dict[str, Any]:
+    """What pytest-benchmark's ``machine_info`` gets under ``"specdec"``: the machine class, :func:`machine_info`
+    (CPU model and ISA, cores; GPUs, CUDA and driver) and :func:`software` (torch, transformers, ...)."""
+    return {"machine_class": machine_class or detect_machine_class(), **machine_info(), **software()}
+
+
+NVIDIA_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+
+
+def parse_nvidia_driver(text: str) -> str | None:
+    """The driver version in ``/proc/driver/nvidia/version``'s NVRM line (``"... Kernel Module  550.54.15  ..."``,
+    or ``"... Open Kernel Module for x86_64  570.86.15  ..."``)."""
+    for line in text.splitlines():
+        if line.startswith("NVRM version:"):
+            match = re.search(r"\s(\d{3,}\.\d+(?:\.\d+)?)\s", line + " ")
+            return match.group(1) if match else None
+    return None
+
+
+@functools.cache
+def gpu_driver() -> str | None:
+    """The NVIDIA driver's version (from the kernel module, else ``nvidia-smi``), or None where neither says."""
+    try:
+        version = parse_nvidia_driver(NVIDIA_DRIVER_FILE.read_text())
+    except OSError:
+        version = None
+    if version is not None:
+        return version
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
 
 
 def commit_info(folder: Path) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import signal
+import sys
 import threading
 from collections.abc import Generator
 from pathlib import Path
@@ -72,6 +73,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--specdec-report-json", metavar="PATH", default=None, help="also write the summary as JSON")
     group.addoption("--specdec-report-csv", metavar="PATH", default=None, help="also write the summary as CSV")
+    group.addoption(
+        "--specdec-report-html",
+        metavar="PATH",
+        default=None,
+        help="also write one self-contained HTML page: the summary tables and plots (plots: pip install specdec[plot])",
+    )
+    group.addoption(
+        "--specdec-report-md",
+        metavar="PATH",
+        default=None,
+        help="also write a markdown summary (for a CI job summary such as $GITHUB_STEP_SUMMARY)",
+    )
+    group.addoption(
+        "--specdec-history",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="earlier runs for the HTML report's history: pytest-benchmark saves (e.g. '.benchmarks/*/*.json') or "
+        "--specdec-report-json files; repeatable",
+    )
+    group.addoption(
+        "--specdec-compare",
+        metavar="NNNN|PATH",
+        default=None,
+        help="gate this run against a saved pytest-benchmark run (its number in --benchmark-storage, or a JSON "
+        "path) instead of the baselines",
+    )
     parser.addini("specdec_baselines_dir", "folder of baseline files, relative to the rootdir", default="baselines")
 
 
@@ -89,12 +117,18 @@ def pytest_configure(config: pytest.Config) -> None:
         names[path.stem] = path
     if settings.update_baselines:
         _check_baselines_writable(settings)
-    _warn_if_a_suite_path_moved_the_rootdir(config)
+    _warn_if_a_path_moved_the_rootdir(config)
 
     from pytest_specdec.collection import SESSION_KEY
+    from pytest_specdec.saved_runs import SavedRunError
     from pytest_specdec.session import BenchSession
 
-    config.stash[SESSION_KEY] = BenchSession(settings, config.rootpath)
+    bench = BenchSession(settings, config.rootpath)
+    try:
+        bench.read_saved_runs(config.invocation_params.dir)
+    except SavedRunError as error:
+        raise pytest.UsageError(str(error)) from None
+    config.stash[SESSION_KEY] = bench
     _interrupt_on_sigterm(config)
     suite_args = [str(p) for p in settings.suites]
     if config.args_source is pytest.Config.ArgsSource.ARGS:
@@ -128,6 +162,14 @@ def _refuse_untimed_runs(config: pytest.Config) -> None:
             "--specdec-update-baselines with --benchmark-disable would record untimed passes as baselines: "
             "leave out --benchmark-disable to update them"
         )
+    if config.getoption("specdec_update_baselines") and config.getoption("specdec_compare"):
+        raise pytest.UsageError(
+            "--specdec-compare with --specdec-update-baselines: an update gates nothing; leave out one of them"
+        )
+    if config.getoption("specdec_history") and not config.getoption("specdec_report_html"):
+        raise pytest.UsageError(
+            "--specdec-history feeds the HTML report's history plots: add --specdec-report-html PATH"
+        )
 
 
 def _check_baselines_writable(settings: Settings) -> None:
@@ -143,24 +185,40 @@ def _check_baselines_writable(settings: Settings) -> None:
             )
 
 
-def _warn_if_a_suite_path_moved_the_rootdir(config: pytest.Config) -> None:
+PATH_OPTIONS = (  # options whose value pytest may take for a test path (when it exists) before plugins load
+    "--specdec-suite",
+    "--specdec-compare",
+    "--specdec-report-json",
+    "--specdec-report-csv",
+    "--specdec-report-html",
+    "--specdec-report-md",
+    "--benchmark-storage",
+    "--benchmark-json",
+)
+
+
+def _warn_if_a_path_moved_the_rootdir(config: pytest.Config) -> None:
     """pytest picks the rootdir before plugins load, so it reads the value of ``--specdec-suite PATH`` (two words)
     as a test path: a suite outside the invocation folder moves the rootdir, and the default baselines folder with
-    it. ``--specdec-suite=PATH`` (one word) does not. Say so rather than write baselines somewhere unexpected."""
+    it (and the commit the reports name). ``--specdec-suite=PATH`` (one word) does not. The same holds for every
+    option whose value is an existing path (a report written by an earlier run, the benchmark storage). Say so
+    rather than write baselines somewhere unexpected."""
     if config.getoption("specdec_baselines_dir") or config.option.rootdir:
         return  # the user chose where baselines go
     args = list(config.invocation_params.args)
     invocation = config.invocation_params.dir.resolve()
     for option, value in itertools.pairwise(args):
-        if option != "--specdec-suite" or not str(value).endswith((".yaml", ".yml")):
+        if option not in PATH_OPTIONS:
             continue
         path = (invocation / str(value)).resolve()
+        if not path.exists():
+            continue  # pytest takes only existing paths for test paths
         if invocation != path and invocation not in path.parents and config.rootpath.resolve() != invocation:
             config.issue_config_time_warning(
                 pytest.PytestConfigWarning(
-                    f"--specdec-suite {value}: pytest took this path for a test path before the plugin loaded, so "
+                    f"{option} {value}: pytest took this path for a test path before the plugin loaded, so "
                     f"the rootdir moved to {config.rootpath} and the baselines with it; write "
-                    f"--specdec-suite={value} (one word) to keep the invocation's rootdir"
+                    f"{option}={value} (one word) to keep the invocation's rootdir"
                 ),
                 stacklevel=2,
             )
@@ -199,7 +257,27 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         "specdec hub models: "
         + ("may download" if s.allow_download else "local cache only (--specdec-allow-download)"),
     ]
+    if session.compared is not None:
+        lines.append(
+            f"specdec gate: the saved run {session.compared.path} ({session.compared.describe()}), not the baselines"
+        )
+    if s.history:
+        lines.append(f"specdec history: {len(session.history)} earlier run(s) from {', '.join(s.history)}")
     return lines
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-benchmark's (absent under -p no:benchmark)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, object]) -> None:
+    """Saved runs and ``--benchmark-json`` record the GPU, its driver and CUDA, the CPU model and ISA, torch and
+    transformers under ``machine_info["specdec"]`` (pytest-benchmark prints both machine_infos when
+    ``--benchmark-compare`` finds they differ). Without a suite, only when the run imported torch itself."""
+    session = _bench(config)
+    if session is None and "torch" not in sys.modules:
+        return
+    from pytest_specdec.machine import benchmark_machine_info
+
+    machine_class = session.settings.machine_class if session is not None else None
+    machine_info["specdec"] = benchmark_machine_info(machine_class)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -307,7 +385,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.write_sep("=", f"specdec suite {name} ({bench.settings.machine_class})")
         terminalreporter.write_line(summary.render(results, updating))
         missing = sum(1 for r in results if r.verdict is not None and r.verdict.status is Status.NO_BASELINE)
-        if missing and not updating:
+        if missing and bench.compared is not None:
+            terminalreporter.write_line(f"{missing} case(s) are not in the saved run {bench.compared.path}")
+        elif missing and not updating:
             terminalreporter.write_line(
                 f"{missing} case(s) have no baseline in {run.baseline_file}: record with --specdec-update-baselines"
             )

@@ -4,13 +4,13 @@ life of one case: load, measure, compare, record."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pytest_specdec import summary
+from pytest_specdec import report_html, report_md, summary
 from pytest_specdec.baselines import BaselineError, BaselineUpdate, baseline_path, load_baselines, write_baselines
 from pytest_specdec.cases import Case
 from pytest_specdec.gating import Status, Verdict, compare
@@ -18,6 +18,7 @@ from pytest_specdec.machine import Environment, commit_info, environment, machin
 from pytest_specdec.measurement import CaseRecord, Measurement
 from pytest_specdec.models import ModelCache
 from pytest_specdec.runner import Reference, build_engine, is_out_of_memory, measure
+from pytest_specdec.saved_runs import SavedRun, compared_records, find_saved_run, read_history, read_run, storage_folder
 from pytest_specdec.settings import Settings
 from specdec.analysis import expected_tokens_per_step
 from specdec.errors import DeviceError, ModelLoadError, SpecdecError
@@ -78,7 +79,23 @@ class BenchSession:
         self.reports_written: list[Path] = []
         self.errors: list[str] = []  # what went wrong at the end (writing baselines or reports), shown last
         self.commit = commit_info(rootpath)
+        self.compared: SavedRun | None = None  # --specdec-compare: the saved run that gates instead of baselines
+        self.history: list[SavedRun] = []  # --specdec-history: earlier runs for the HTML report
+        self._compared: dict[tuple[str, str], CaseRecord] = {}
         self._environments: dict[tuple[str, int | None], Environment] = {}
+
+    def read_saved_runs(self, invocation: Path) -> None:
+        """``--specdec-compare`` and ``--specdec-history``, read before anything runs (a ``SavedRunError`` names the
+        file or the run that is missing)."""
+        settings = self.settings
+        if settings.compare is not None:
+            from pytest_benchmark.utils import get_machine_id
+
+            storage = storage_folder(settings.benchmark_storage, invocation)
+            self.compared = read_run(find_saved_run(settings.compare, storage, invocation, get_machine_id()))
+            self._compared = compared_records(self.compared)
+        if settings.history:
+            self.history = read_history(settings.history, invocation)
 
     # -------------------------------------------------------------------------------------------------- setup
     def add_suite(self, name: str, path: Path) -> SuiteRun:
@@ -89,7 +106,10 @@ class BenchSession:
         return run
 
     def baselines(self, suite: str) -> dict[str, CaseRecord]:
+        """What gates the suite's cases: its baseline file, or the saved run of ``--specdec-compare``."""
         run = self.suites[suite]
+        if run.baselines is None and self.compared is not None:
+            run.baselines = {case: record for (name, case), record in self._compared.items() if name == suite}
         if run.baselines is None:
             try:
                 run.baselines = load_baselines(run.baseline_file, self.settings.machine_class)
@@ -98,6 +118,10 @@ class BenchSession:
                     raise
                 run.baselines = {}  # an update rewrites an unreadable file
         return run.baselines
+
+    def gate_file(self, suite: str) -> Path:
+        """The file this suite's cases are gated against (shown in a regression's message)."""
+        return self.compared.path if self.compared is not None else self.suites[suite].baseline_file
 
     def environment(self, device: str, threads: int | None) -> Environment:
         key = (device, threads)
@@ -113,6 +137,8 @@ class BenchSession:
             baseline = self.baselines(case.suite).get(case.id)
         except BaselineError as error:
             pytest.fail(str(error), pytrace=False)
+        if baseline is not None and not baseline.digest:  # a run saved before digests were: taken as unchanged
+            baseline = replace(baseline, digest=case.digest())
         try:
             verdict = self._attempt(case, benchmark, baseline, result)
             if _timing_only(verdict) and not self.settings.update_baselines:
@@ -124,7 +150,7 @@ class BenchSession:
         self._extra_info(benchmark, case, result)
         if self.settings.update_baselines:
             return
-        baseline_file = self._display(self.suites[case.suite].baseline_file)
+        baseline_file = self._display(self.gate_file(case.suite))
         if result.verdict.failed:
             pytest.fail(result.verdict.message(baseline_file), pytrace=False)
         if self.settings.strict and result.verdict.status in (Status.NO_BASELINE, Status.STALE):
@@ -262,6 +288,7 @@ class BenchSession:
                 "device": case.device,
                 "device_model": record.environment.device_model,
                 "dtype": case.dtype,
+                "digest": record.digest,
                 "acceptance_rate": measurement.acceptance_rate,
                 "tokens_per_forward": measurement.tokens_per_forward,
                 "mean_accepted_length": measurement.mean_accepted_length,
@@ -362,7 +389,8 @@ class BenchSession:
             self.updates.append(update)
 
     def write_reports(self) -> None:
-        """``--specdec-report-json/csv``: the summary rows of every suite (an unwritable path goes to ``errors``)."""
+        """``--specdec-report-json/csv/md/html``: the summary rows of every suite (an unwritable path goes to
+        ``errors``)."""
         settings, updating = self.settings, self.settings.update_baselines
         by_suite = self.results_by_suite()
         if not by_suite:
@@ -372,10 +400,15 @@ class BenchSession:
             "machine": machine_info(),
             "software": software(),
             "commit": self.commit,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "compared_with": str(self.compared.path) if self.compared is not None else None,
         }
+        rows = {name: summary.records(results, updating) for name, results in by_suite.items()}
         for path, render in (
             (settings.report_json, lambda: summary.to_json(by_suite, header, updating)),
             (settings.report_csv, lambda: summary.to_csv(by_suite, updating)),
+            (settings.report_md, lambda: report_md.render(rows, header)),
+            (settings.report_html, lambda: report_html.render(rows, header, self.history, settings.history)),
         ):
             if path is None:
                 continue

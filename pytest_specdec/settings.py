@@ -28,6 +28,11 @@ class Settings:
     allow_download: bool
     report_json: Path | None
     report_csv: Path | None
+    report_html: Path | None
+    report_md: Path | None
+    history: tuple[str, ...]  # globs of earlier runs for the HTML report, relative to the invocation folder
+    compare: str | None  # a saved pytest-benchmark run (number or path) that gates this run instead of baselines
+    benchmark_storage: str  # pytest-benchmark's --benchmark-storage, where --specdec-compare NNNN looks
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Settings:
@@ -56,6 +61,11 @@ class Settings:
             allow_download=bool(config.getoption("specdec_allow_download")),
             report_json=_optional_path(invocation, config.getoption("specdec_report_json")),
             report_csv=_optional_path(invocation, config.getoption("specdec_report_csv")),
+            report_html=_optional_path(invocation, config.getoption("specdec_report_html")),
+            report_md=_optional_path(invocation, config.getoption("specdec_report_md")),
+            history=tuple(config.getoption("specdec_history") or ()),
+            compare=config.getoption("specdec_compare"),
+            benchmark_storage=str(config.getoption("benchmark_storage", None) or "file://./.benchmarks"),
         )
 
 

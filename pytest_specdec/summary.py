@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pytest_specdec.gating import Status
 from specdec import report
 
 if TYPE_CHECKING:
@@ -24,6 +25,19 @@ HEADERS = (
     "speedup",
     "verdict",
 )
+# right-aligned where that is up to us
+NUMBER_COLUMNS = frozenset({"acceptance", "tokens/fwd", "tau", "tokens/s", "ttft ms", "speedup"})
+VERDICTS = (  # what a case counts as in the reports' verdict counts, worst first
+    Status.REGRESSION.value,
+    "failed",
+    "interrupted",
+    Status.STALE.value,
+    Status.NO_BASELINE.value,
+    Status.IMPROVED.value,
+    Status.PASS.value,
+    "skipped",
+    "not run",
+)
 
 
 def verdict_cell(result: CaseResult, updating: bool) -> str:
@@ -35,33 +49,57 @@ def verdict_cell(result: CaseResult, updating: bool) -> str:
     return f"{text}; recorded" if updating and result.outcome == "passed" else text
 
 
-def _k_cell(result: CaseResult) -> str:
-    label = result.case.k_label
-    if label == "auto" and result.measurement is not None:
-        return f"auto ({result.measurement.mean_k:.1f})"
+def _k_cell(record: Mapping[str, Any]) -> str:
+    label = str(record["k"])
+    if label == "auto" and record.get("mean_k") is not None:
+        return f"auto ({record['mean_k']:.1f})"
     return label
 
 
-def table_rows(results: Sequence[CaseResult], updating: bool) -> list[tuple[Any, ...]]:
-    rows = []
-    for r in results:
-        m, speedup = r.measurement, r.record.speedup if r.record is not None else None
-        rows.append(
-            (
-                r.case.id,
-                r.case.engine,
-                r.case.draft_method or "-",
-                _k_cell(r),
-                m.acceptance_rate if m is not None else None,
-                f"{m.tokens_per_forward:.2f}" if m is not None else None,
-                f"{m.mean_accepted_length:.2f}" if m is not None and m.mean_accepted_length is not None else None,
-                f"{m.tokens_per_second:.1f}" if m is not None else None,
-                f"{m.ttft_s * 1000:.1f}" if m is not None and m.ttft_s is not None else None,
-                f"{speedup:.2f}x" if speedup is not None else None,
-                verdict_cell(r, updating),
-            )
-        )
-    return rows
+def table_row(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """One row of the summary table (terminal, HTML and markdown alike) from one of :func:`records`' rows."""
+    tokens_per_forward, tokens_per_second = record["tokens_per_forward"], record["tokens_per_second"]
+    speedup, tau, ttft = record["speedup"], record["mean_accepted_length"], record["ttft_s"]
+    return (
+        record["case"],
+        record["engine"],
+        record["draft_method"] or "-",
+        _k_cell(record),
+        record["acceptance_rate"],
+        f"{tokens_per_forward:.2f}" if tokens_per_forward is not None else None,
+        f"{tau:.2f}" if tau is not None else None,
+        f"{tokens_per_second:.1f}" if tokens_per_second is not None else None,
+        f"{ttft * 1000:.1f}" if ttft is not None else None,
+        f"{speedup:.2f}x" if speedup is not None else None,
+        record["verdict"],
+    )
+
+
+def reasons(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, int]]:
+    """Each distinct skip or failure reason once, sorted: (outcome, reason, how many cases). A regression's
+    reason is its verdict, shown in the table, so it is left out."""
+    counts = Counter(
+        (r["outcome"], r["reason"])
+        for r in rows
+        if r["outcome"] in ("skipped", "failed", "interrupted") and r["reason"] and r["status"] != Status.REGRESSION
+    )
+    return [(outcome, reason, count) for (outcome, reason), count in sorted(counts.items())]
+
+
+def verdict_kind(row: Mapping[str, Any]) -> str:
+    """One of :data:`VERDICTS` for a row of :func:`records`: a regression (failed, or recorded by an update), an
+    outcome that left no verdict (failed, skipped, ...), else the gate's status."""
+    if row["status"] == Status.REGRESSION.value:
+        return Status.REGRESSION.value
+    if row["outcome"] in ("failed", "interrupted", "skipped", "not run") or row["status"] is None:
+        return str(row["outcome"])
+    return str(row["status"])
+
+
+def verdict_counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many rows count as each verdict, worst first (verdicts no row has are left out)."""
+    counts = Counter(verdict_kind(r) for r in rows)
+    return {kind: counts[kind] for kind in VERDICTS if counts[kind]}
 
 
 def category_table(results: Sequence[CaseResult]) -> str:
@@ -89,24 +127,25 @@ def category_table(results: Sequence[CaseResult]) -> str:
 def render(results: Sequence[CaseResult], updating: bool) -> str:
     """The table, the per-category table when a case has categories, then each distinct skip or failure reason
     once (with how many cases it concerns)."""
-    text = report.table(table_rows(results, updating), HEADERS)
+    rows = records(results, updating)
+    text = report.table([table_row(r) for r in rows], HEADERS)
     by_category = category_table(results)
     if by_category:
         text += "\n\n" + by_category
-    reasons = Counter(
-        (r.outcome, r.reason)
-        for r in results
-        if r.outcome in ("skipped", "failed", "interrupted")
-        and r.reason
-        and not (r.verdict is not None and r.verdict.failed)
-    )
-    for (outcome, reason), count in sorted(reasons.items()):
+    for outcome, reason, count in reasons(rows):
         text += f"\n{outcome} ({count} case{'s' if count > 1 else ''}): {reason}"
     return text
 
 
+def _regressions(result: CaseResult) -> str | None:
+    """Every regressed metric with its baseline, value now and tolerance, in one line (None when none)."""
+    checks = result.verdict.regressions() if result.verdict is not None else []
+    return "; ".join(c.describe() for c in checks) or None
+
+
 def records(results: Sequence[CaseResult], updating: bool) -> list[dict[str, Any]]:
-    """One flat dict per case: the table's columns and everything else a report needs."""
+    """One flat dict per case: the table's columns and everything else a report needs. Every report (terminal,
+    JSON, CSV, HTML, markdown) is rendered from these rows."""
     rows = []
     for r in results:
         m, record, case = r.measurement, r.record, r.case
@@ -116,6 +155,7 @@ def records(results: Sequence[CaseResult], updating: bool) -> list[dict[str, Any
                 "case": case.id,
                 "group": case.group,
                 "engine": case.engine,
+                "target": case.target,
                 "draft_method": case.draft_method,
                 "draft": case.draft,
                 "draft_options": " ".join(f"{key}={value}" for key, value in case.draft_options.items()) or None,
@@ -130,6 +170,8 @@ def records(results: Sequence[CaseResult], updating: bool) -> list[dict[str, Any
                 "max_new_tokens": case.generation.max_new_tokens,
                 "outcome": r.outcome,
                 "verdict": verdict_cell(r, updating),
+                "status": r.verdict.status.value if r.verdict is not None else None,
+                "regressions": _regressions(r),
                 "acceptance_rate": m.acceptance_rate if m else None,
                 "tokens_per_forward": m.tokens_per_forward if m else None,
                 "mean_accepted_length": m.mean_accepted_length if m else None,

@@ -8,9 +8,12 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+import pytest_specdec
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the skipping case needs a machine without CUDA")
 MACHINE_CLASS = "test-machine"  # as tests/plugin/conftest.py pins it
@@ -179,6 +182,26 @@ def test_pytest_xdist_is_refused_with_one_line(bench):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --specdec-suite cannot run under pytest-xdist (-n 2): *without -n/--dist"])
     assert not (bench.path / "baselines").exists()
+
+
+def test_plain_tests_still_run_under_pytest_xdist_with_the_plugin_loaded(pytester, monkeypatch):
+    pytest.importorskip("xdist")
+    monkeypatch.setenv("PYTHONPATH", str(Path(pytest_specdec.__file__).parent.parent))  # this checkout's plugin
+    pytester.makepyfile(
+        test_units="""
+import pytest
+
+@pytest.mark.parametrize("n", range(4))
+def test_unit(n):
+    assert n >= 0
+
+def test_benchmarked(benchmark):
+    benchmark(sum, range(10))
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-n", "2")
+    result.assert_outcomes(passed=5)
+    result.stdout.fnmatch_lines(["*2 workers*"])
 
 
 def test_benchmark_disable_cannot_update_baselines(bench):
