@@ -4,6 +4,9 @@
 # two acceptance levels, against HF), and the h100 benchmark suite through the pytest plugin without its slow 8B case.
 # PARTS=drafters (its own call): every drafting method on CUDA (exactness tests, the drafters-gpu suite with its
 # baselines written to $OUT/baselines, and the drafters benchmark on the 1B shape against transformers).
+# PARTS=harness (its own call, issue 11): the synthetic-acceptance and transformers tests on CUDA, the 8B-shaped
+# synthetic acceptance sweep (acceptance 0.5..0.95 x K 2..8) and the engines-gpu suite on the 1B shape at K 4
+# (specdec, hf-static, hf-compile, hf-assisted, hf-lookup), each with its JSON, HTML report and log in $OUT.
 # Logs and JSON go to $OUT (default results/gpu). Each part stops itself (SIGINT) before the call's limit and keeps
 # what it measured.
 #
@@ -48,5 +51,16 @@ if [[ " $PARTS " == *" drafters "* ]]; then
   timeout -s INT "${LIMIT:-240}" python3 -m pytest --specdec-suite drafters-gpu --specdec-update-baselines \
     --specdec-baselines-dir "$OUT/baselines" -p no:cacheprovider --specdec-report-json "$OUT/drafters-gpu-summary.json" \
     2>&1 | tee "$OUT/drafters-gpu-suite.log" || status=1
+fi
+if [[ " $PARTS " == *" harness "* ]]; then
+  timeout -s INT "${LIMIT:-100}" python3 -m pytest tests/test_synthetic_acceptance.py tests/test_gpu_hf.py \
+    tests/plugin/test_saved_runs.py -k "cuda or gpu or fast_path or synthetic" -q -p no:cacheprovider -rs 2>&1 \
+    | tail -40 > "$OUT/harness-tests.log" || status=1
+  timeout -s INT "${LIMIT:-200}" python3 -m pytest --specdec-suite synthetic-acceptance-gpu -k llama-8b -p no:cacheprovider \
+    --specdec-report-json "$OUT/synthetic.json" --specdec-report-html "$OUT/synthetic.html" 2>&1 \
+    | grep -v "^tests\|^bench_suites" | tail -60 > "$OUT/synthetic.log" || status=1
+  timeout -s INT "${LIMIT:-180}" python3 -m pytest --specdec-suite engines-gpu -m "not slow" -k "not k2" \
+    -p no:cacheprovider --specdec-report-json "$OUT/engines.json" --specdec-report-html "$OUT/engines.html" 2>&1 \
+    | tail -60 > "$OUT/engines.log" || status=1
 fi
 exit $status
