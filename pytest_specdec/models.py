@@ -86,8 +86,13 @@ class ModelCache:
 
 
 def _collect_garbage() -> None:
+    """Free what the models held. A device whose context died (a CUDA illegal memory access is sticky: every later
+    call raises it again) cannot free anything; that was already reported by the case that hit it."""
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    if hasattr(torch, "mps") and torch.backends.mps.is_available():
-        torch.mps.empty_cache()
+    try:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if hasattr(torch, "mps") and torch.backends.mps.is_available():
+            torch.mps.empty_cache()
+    except RuntimeError:  # torch.AcceleratorError derives from RuntimeError
+        pass

@@ -59,10 +59,11 @@ def _k_cell(record: Mapping[str, Any]) -> str:
 def table_row(record: Mapping[str, Any]) -> tuple[Any, ...]:
     """One row of the summary table (terminal, HTML and markdown alike) from one of :func:`records`' rows."""
     tokens_per_forward, tokens_per_second = record["tokens_per_forward"], record["tokens_per_second"]
-    speedup, tau, ttft = record["speedup"], record["mean_accepted_length"], record["ttft_s"]
+    # rows of earlier reports (--specdec-history) may predate engine, tau and ttft
+    speedup, tau, ttft = record["speedup"], record.get("mean_accepted_length"), record.get("ttft_s")
     return (
         record["case"],
-        record["engine"],
+        record.get("engine", "specdec"),
         record["draft_method"] or "-",
         _k_cell(record),
         record["acceptance_rate"],
