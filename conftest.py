@@ -19,3 +19,11 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
 
     if pluginmanager.get_plugin("specdec") is None and not pluginmanager.is_registered(plugin):
         pluginmanager.register(plugin, "specdec")
+
+
+def pytest_benchmark_group_stats(config, benchmarks, group_by):  # type: ignore[no-untyped-def]
+    """``pytest-benchmark compare`` (run from this folder) reads its hooks from this file only: group names then carry
+    each saved run's machine and software (``pytest_specdec.plugin``)."""
+    from pytest_specdec.plugin import pytest_benchmark_group_stats as group_stats
+
+    return group_stats(config=config, benchmarks=benchmarks, group_by=group_by)

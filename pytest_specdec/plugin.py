@@ -11,10 +11,10 @@ import itertools
 import signal
 import sys
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -278,6 +278,20 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
     machine_class = session.settings.machine_class if session is not None else None
     machine_info["specdec"] = benchmark_machine_info(machine_class)
+
+
+def pytest_benchmark_group_stats(
+    config: pytest.Config | None, benchmarks: Iterable[dict[str, Any]], group_by: str
+) -> list[tuple[str | None, list[dict[str, Any]]]]:
+    """pytest-benchmark's own grouping, each group of saved runs named with their machine and software (the GPU or
+    CPU model, CUDA and driver, torch, transformers), so that ``pytest-benchmark compare`` and
+    ``--benchmark-compare`` show them. The ``pytest-benchmark`` command reads hooks only from ``./conftest.py``:
+    this checkout's re-exports this one (docs/suites.md says how to do the same in another project)."""
+    from pytest_benchmark.plugin import pytest_benchmark_group_stats as grouped
+
+    from pytest_specdec.saved_runs import label_groups
+
+    return label_groups(grouped(config=config, benchmarks=list(benchmarks), group_by=group_by))
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -215,3 +215,50 @@ def _validate(path: Path, case: str, info: Mapping[str, Any]) -> None:
         raise SavedRunError(
             f"{path}: case {case!r}: extra_info.output_hash must be text, got {json.dumps(info.get('output_hash'))}"
         )
+
+
+def machine_label(info: Mapping[str, Any]) -> str:
+    """One line naming the machine and software of a saved run, from its ``machine_info["specdec"]``:
+    ``NVIDIA H200 (CUDA 13.0, driver 580.159.04), torch 2.11.0, transformers 5.17.0`` or
+    ``AMD EPYC (AVX512, 2 cores), torch 2.13.0+cpu, transformers 5.24.0`` ("" for a run saved without it)."""
+    if not info:
+        return ""
+    gpus = info.get("gpus") or []
+    if gpus:
+        names = ", ".join(dict.fromkeys(str(g.get("name", g)) if isinstance(g, Mapping) else str(g) for g in gpus))
+        shown = (("CUDA", "cuda"), ("driver", "gpu_driver"))
+        details = ", ".join(f"{name} {info[key]}" for name, key in shown if info.get(key))
+        device = f"{names} ({details})" if details else names
+    else:
+        device = f"{info.get('cpu', '?')} ({info.get('cpu_capability', '?')}, {info.get('cores', '?')} cores)"
+    software = ", ".join(f"{name} {info[name]}" for name in ("torch", "transformers") if info.get(name))
+    return ", ".join(part for part in (device, software) if part)
+
+
+def label_groups(
+    groups: list[tuple[str | None, list[dict[str, Any]]]],
+) -> list[tuple[str | None, list[dict[str, Any]]]]:
+    """pytest-benchmark's groups of saved benchmarks (each with the ``path`` of its file), each name followed by the
+    machine and software of the runs in it (``| 0001, 0002: AMD EPYC (...), torch ...``), so that
+    ``pytest-benchmark compare`` shows them. Benchmarks of the live run (no ``path``) are left as they are."""
+    labels: dict[str, str] = {}
+    for bench in (b for _, benches in groups for b in benches if b.get("path")):
+        path = str(bench["path"])
+        if path not in labels:
+            try:
+                data = json.loads(Path(path).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = {}
+            labels[path] = machine_label((data.get("machine_info") or {}).get("specdec") or {})
+    labelled = []
+    for name, benches in groups:
+        runs: dict[str, list[str]] = {}
+        for bench in benches:
+            label = labels.get(str(bench.get("path")), "")
+            if label:
+                runs.setdefault(label, []).append(Path(str(bench["path"])).name.split("_")[0])
+        if runs:
+            machines = "; ".join(f"{', '.join(dict.fromkeys(ids))}: {label}" for label, ids in runs.items())
+            name = f"{name or ''} | {machines}".lstrip(" |")
+        labelled.append((name, benches))
+    return labelled

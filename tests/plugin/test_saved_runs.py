@@ -7,6 +7,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -256,3 +258,45 @@ def test_on_cuda_machine_info_names_the_gpus_cuda_and_the_driver():
     assert info["gpus"] and all(isinstance(name, str) and name for name in info["gpus"])
     assert info["cuda"] == torch.version.cuda
     assert re.fullmatch(r"\d+\.\d+(\.\d+)?", info["gpu_driver"] or ""), info.get("gpu_driver")
+
+
+COMPARE_CONFTEST = """
+def pytest_benchmark_group_stats(config, benchmarks, group_by):
+    from pytest_specdec.plugin import pytest_benchmark_group_stats as group_stats
+
+    return group_stats(config=config, benchmarks=benchmarks, group_by=group_by)
+"""
+
+
+def test_pytest_benchmark_compare_names_each_saved_run_s_machine_and_software(bench):
+    bench.suite(SUITE)
+    for _ in range(2):
+        bench.run(
+            "--specdec-suite", "suite", "-k", "k1", "--benchmark-autosave", "--benchmark-storage=runs"
+        ).assert_outcomes(passed=1)
+    first, second = saved_runs(bench.path / "runs")
+    gpu = {"gpus": ["NVIDIA H200"], "cuda": "13.0", "gpu_driver": "580.159.04", "torch": "2.11.0+cu130"}
+    edit_saved_run(second, {}, {**gpu, "transformers": "5.17.0"})
+    info = json.loads(first.read_text())["machine_info"]["specdec"]
+    folder = bench.path / "compare"
+    folder.mkdir()
+    (folder / "conftest.py").write_text(COMPARE_CONFTEST)  # the command reads hooks from ./conftest.py only
+    done = subprocess.run(
+        [sys.executable, "-c", "from pytest_benchmark.cli import main; main()", "compare", str(first), str(second)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    shown = done.stdout + done.stderr  # the table goes to stderr
+    cpu = f"{info['cpu']} ({info['cpu_capability']}, {info['cores']} cores), torch {info['torch']}"
+    assert f"0001: {cpu}, transformers {info['transformers']}" in shown
+    assert "0002: NVIDIA H200 (CUDA 13.0, driver 580.159.04), torch 2.11.0+cu130, transformers 5.17.0" in shown
+
+
+def test_a_run_saved_without_the_plugin_s_machine_info_keeps_its_group_name():
+    from pytest_specdec.saved_runs import label_groups, machine_label
+
+    assert machine_label({}) == ""
+    groups = [("suite: x", [{"name": "x", "path": "/nonexistent/0001_abc.json"}]), ("live", [{"name": "y"}])]
+    assert label_groups(groups) == groups
