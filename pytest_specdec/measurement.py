@@ -6,7 +6,7 @@ import hashlib
 import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pytest_specdec.machine import Environment
@@ -150,6 +150,17 @@ class Measurement:
         return self.positions.unconditional()
 
     step_seconds: float | None = None  # mean draft + verification time of a step, in the fastest round (None: ar)
+    # What it was computed from, so that a second attempt can pool its rounds with these (pooled_with):
+    rounds: tuple[Round, ...] = field(default=(), repr=False, compare=False)
+    reference_rounds: tuple[Round, ...] = field(default=(), repr=False, compare=False)
+    category_prompts: Mapping[str, int] | None = field(default=None, repr=False, compare=False)
+
+    def pooled_with(self, later: Measurement) -> Measurement:
+        """This measurement and ``later`` (a second attempt of the same case) as one: every timed round of both, so
+        the steady time takes each step's fastest time over twice the rounds."""
+        return Measurement.from_rounds(
+            self.rounds + later.rounds, self.category_prompts, self.reference_rounds + later.reference_rounds
+        )
 
     @classmethod
     def from_rounds(
@@ -176,6 +187,9 @@ class Measurement:
         step_time = sum(m.draft_time_s + m.verify_time_s for m in fastest if isinstance(m, RunMetrics))
         first_token = [[x.metrics.time_to_first_token_s for x in r.results] for r in rounds]
         return cls(
+            rounds=tuple(rounds),
+            reference_rounds=tuple(reference_rounds),
+            category_prompts=category_prompts,
             acceptance_rate=tally.acceptance_rate,
             tokens_per_forward=tally.tokens_per_forward,
             tokens_per_second=max(r.tokens_per_second for r in rounds),

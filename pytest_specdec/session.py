@@ -61,10 +61,11 @@ def _timing_only(verdict: Verdict) -> bool:
 
 
 def _second_attempt(first: Verdict, second: Verdict) -> Verdict:
-    """A case whose timing regressed is measured once more and judged on the second attempt alone: a burst of
-    interference on a shared machine rarely spans two attempts, a real loss always does. The verdict says so."""
+    """A case whose timing regressed is measured once more and judged on the rounds of both attempts (each step's
+    fastest time over twice the rounds): a burst of interference on a shared machine rarely covers a step in all of
+    them, a real loss always does. The verdict says so."""
     shown = ", ".join(f"{c.metric} {c.now:.4g}" for c in first.regressions() if isinstance(c.now, float))
-    note = f"measured twice: the first attempt regressed ({shown})"
+    note = f"measured twice, judged on both attempts' rounds: the first attempt alone regressed ({shown})"
     return Verdict(second.status, second.checks, "; ".join(n for n in (second.note, note) if n))
 
 
@@ -142,8 +143,9 @@ class BenchSession:
         try:
             verdict = self._attempt(case, benchmark, baseline, result)
             if _timing_only(verdict) and not self.settings.update_baselines:
-                # a burst of interference or a real loss? measure once more, outside pytest-benchmark's clock
-                verdict = _second_attempt(verdict, self._attempt(case, None, baseline, result))
+                # a burst of interference or a real loss? measure once more (outside pytest-benchmark's clock) and
+                # judge both attempts' rounds together
+                verdict = _second_attempt(verdict, self._attempt(case, None, baseline, result, result.measurement))
             result.verdict = verdict
         finally:
             self.models.release(case.models)
@@ -160,9 +162,18 @@ class BenchSession:
                 pytrace=False,
             )
 
-    def _attempt(self, case: Case, benchmark: Any | None, baseline: CaseRecord | None, result: CaseResult) -> Verdict:
-        """Measure ``case`` once (into ``result``) and judge it against ``baseline``."""
-        result.measurement = self._measure(case, benchmark)
+    def _attempt(
+        self,
+        case: Case,
+        benchmark: Any | None,
+        baseline: CaseRecord | None,
+        result: CaseResult,
+        earlier: Measurement | None = None,
+    ) -> Verdict:
+        """Measure ``case`` once (into ``result``, pooled with an ``earlier`` attempt's rounds if given) and judge it
+        against ``baseline``."""
+        measurement = self._measure(case, benchmark)
+        result.measurement = earlier.pooled_with(measurement) if earlier is not None else measurement
         reference = self._reference(case)
         speedup, speedup_note = self._speedup(case, result.measurement, reference)
         result.by_category = result.measurement.category_report(reference)

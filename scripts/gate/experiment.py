@@ -2,7 +2,8 @@
 
 Runs a suite N times against its committed baselines as CI does (``--specdec-strict``, the CI machine class), once
 with unchanged code and once with a 15% loss of speedup planted in the draft path by the test-only plugin
-``scripts/gate/slow_draft.py``, and writes every run's verdicts and speedups to a JSON file and a markdown table:
+``scripts/gate/slow_draft.py`` (those runs stop at their first failing case, ``-x``: whether the run fails is what
+counts), and writes every run's verdicts and speedups to a JSON file and a markdown table:
 
     python scripts/gate/experiment.py --runs 10 --out results/gate          # both experiments
     python scripts/gate/experiment.py --runs 10 --only planted --out ...     # one of them
@@ -29,9 +30,9 @@ def run_once(suite: str, machine_class: str, planted: bool, report: Path) -> dic
     env = {**os.environ, "SPECDEC_MACHINE_CLASS": machine_class}
     command = [sys.executable, "-m", "pytest", "--specdec-suite", suite, "--specdec-strict", "-p", "no:randomly"]
     command += ["--specdec-report-json", str(report), "-q"]
-    if planted:
+    if planted:  # the run fails at its first failing case (-x): that is the verdict counted
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), env.get("PYTHONPATH")]))
-        command += ["-p", "slow_draft"]
+        command += ["-p", "slow_draft", "-x"]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
