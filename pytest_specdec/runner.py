@@ -26,6 +26,15 @@ from specdec.hf_engine import HFEngine
 OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
+def is_device_lost(error: BaseException) -> bool:
+    """A CUDA error that leaves the context unusable (an illegal memory access, a device-side assert): every later
+    call on that device raises it again, so nothing more can run there in this process."""
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        sign in text for sign in ("illegal memory access", "device-side assert", "unspecified launch failure")
+    )
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """CUDA's OutOfMemoryError, or the RuntimeError that MPS and the CPU allocator raise."""
     return isinstance(error, (OutOfMemoryError, MemoryError)) or (

@@ -17,7 +17,7 @@ from pytest_specdec.gating import Status, Verdict, compare
 from pytest_specdec.machine import Environment, commit_info, environment, machine_info, software
 from pytest_specdec.measurement import CaseRecord, Measurement
 from pytest_specdec.models import ModelCache
-from pytest_specdec.runner import Reference, build_engine, is_out_of_memory, measure
+from pytest_specdec.runner import Reference, build_engine, is_device_lost, is_out_of_memory, measure
 from pytest_specdec.saved_runs import SavedRun, compared_records, find_saved_run, read_history, read_run, storage_folder
 from pytest_specdec.settings import Settings
 from specdec.analysis import expected_tokens_per_step
@@ -55,6 +55,11 @@ class SuiteRun:
 TIMING_METRICS = frozenset({"speedup", "tokens_per_second"})
 
 
+def error_line(error: BaseException) -> str:
+    """The first line of an exception's message."""
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 def _timing_only(verdict: Verdict) -> bool:
     """Whether ``verdict`` failed on timing metrics alone (deterministic metrics do not change on a second try)."""
     return verdict.failed and all(c.metric in TIMING_METRICS for c in verdict.regressions())
@@ -79,6 +84,7 @@ class BenchSession:
         self.updates: list[BaselineUpdate] = []
         self.reports_written: list[Path] = []
         self.errors: list[str] = []  # what went wrong at the end (writing baselines or reports), shown last
+        self.lost_devices: dict[str, str] = {}  # device -> which case made it unusable (a sticky CUDA error)
         self.commit = commit_info(rootpath)
         self.compared: SavedRun | None = None  # --specdec-compare: the saved run that gates instead of baselines
         self.history: list[SavedRun] = []  # --specdec-history: earlier runs for the HTML report
@@ -134,6 +140,8 @@ class BenchSession:
     def run_case(self, case: Case, benchmark: Any) -> None:
         """The body of every suite case: skip, fail or pass with the verdict against the baseline."""
         result = self.results[case.key] = CaseResult(case=case)
+        if case.device in self.lost_devices:
+            pytest.skip(f"{case.device} is unusable for the rest of this session: {self.lost_devices[case.device]}")
         try:
             baseline = self.baselines(case.suite).get(case.id)
         except BaselineError as error:
@@ -199,6 +207,10 @@ class BenchSession:
         except SpecdecError as error:
             pytest.fail(f"{type(error).__name__}: {error}", pytrace=False)
         except Exception as error:
+            if is_device_lost(error):
+                self.lost_devices[case.device] = f"{case.id} lost the device ({error_line(error)})"
+                message = f"{type(error).__name__} on {case.device} running {case.id}: {error_line(error)}"
+                pytest.fail(message, pytrace=False)
             if not is_out_of_memory(error):
                 raise
             del engine

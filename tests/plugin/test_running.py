@@ -137,3 +137,41 @@ def test_a_suite_replaces_the_testpaths_but_not_explicit_paths(bench, given):
     result = bench.run("--specdec-suite", "suite", "--collect-only", "-q", *args)
     assert any("test_unit.py::test_unit" in line for line in result.outlines) == (given == "tests")
     assert any(line.startswith("bench_suites/suite.yaml::local[") for line in result.outlines)
+
+
+def test_a_case_that_loses_the_device_fails_and_the_cases_after_it_on_that_device_skip(bench):
+    """A sticky CUDA error (an illegal memory access) makes every later call on the device fail: the case that hit it
+    fails with the error, the cases after it on that device skip saying why, and the session still ends cleanly."""
+    bench.suite(
+        """
+defaults: {{rounds: 1, warmup_rounds: 0, max_new_tokens: 4, prompts: ["def parse_args("]}}
+cases:
+  - name: pair
+    target: {target}
+    draft: {same}
+    k: [1, 2, 3]
+"""
+    )
+    bench.pytester.makeconftest(
+        """
+import pytest
+import torch
+from specdec.engine import SpeculativeEngine
+
+
+@pytest.fixture(autouse=True)
+def _device_lost_at_k2(request, monkeypatch):
+    if "k=2" in request.node.name:
+        def generate(self, *args, **kwargs):
+            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
+        monkeypatch.setattr(SpeculativeEngine, "generate", generate)
+"""
+    )
+    result = bench.run("--specdec-suite", "suite")
+    result.assert_outcomes(passed=2, failed=1, skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*AcceleratorError on cpu running pair?k=2,cpu,fp32,bs=1?: CUDA error: an illegal memory access*",
+            "skipped (1 case): cpu is unusable for the rest of this session: pair?k=2,cpu,fp32,bs=1? lost the device*",
+        ]
+    )
