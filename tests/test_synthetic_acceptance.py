@@ -79,6 +79,25 @@ def test_the_generator_tracks_each_position_within_two_tokens_whatever_the_seed(
         assert len(set(kept)) == 5  # every outcome occurs: steps look random, not periodic in one value
 
 
+def mean_rate_over_one_generation(decider: SyntheticAcceptance, k: int, tokens: int = TOKENS) -> float:
+    """accepted / drafted when ``decider`` alone decides a generation's steps, cut by the token budget as the
+    engine cuts them (a step drafts at most the tokens left but one)."""
+    new, accepted, drafted = 1, 0, 0
+    while new < tokens:
+        budget = min(k, tokens - new - 1)
+        kept = decider.decide(k, budget) if budget > 0 else 0
+        accepted, drafted, new = accepted + kept, drafted + budget, new + kept + 1
+    return accepted / drafted
+
+
+@pytest.mark.parametrize("k", [2, 5, 8])
+def test_a_mean_rate_holds_within_002_at_every_k_and_rate_whatever_the_seed(k):
+    for rate in (0.5, 0.7, 0.85, 0.95):
+        for seed in range(40):
+            decider = SyntheticAcceptance(synthetic(acceptance_rate=rate), seed)
+            assert abs(mean_rate_over_one_generation(decider, k) - rate) <= TOLERANCE, (rate, seed)
+
+
 @pytest.mark.parametrize(
     ("parameter", "k", "message"),
     [
@@ -109,7 +128,7 @@ def test_synthetic_parameters_need_the_synthetic_policy():
 
 # --------------------------------------------------------------------------------------------- on the zoo pair
 @pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
-@pytest.mark.parametrize("k", [2, 4])
+@pytest.mark.parametrize("k", [2, 4, 8])
 def test_a_requested_rate_is_measured_within_002(engine, k, temperature):
     result = run(engine, k, temperature, acceptance_rate=0.7)
     assert result.metrics.new_tokens == TOKENS and result.metrics.policy == "synthetic"
