@@ -7,6 +7,7 @@
 # PARTS=harness (its own call, issue 11): the synthetic-acceptance and transformers tests on CUDA, the 8B-shaped
 # synthetic acceptance sweep (acceptance 0.5..0.95 x K 2..8) and the engines-gpu suite on the 1B shape at K 4
 # (specdec, hf-static, hf-compile, hf-assisted, hf-lookup), each with its JSON, HTML report and log in $OUT.
+# PARTS=engines: harness without the synthetic sweep (the CUDA tests of the harness and the engines-gpu suite).
 # Logs and JSON go to $OUT (default results/gpu). Each part stops itself (SIGINT) before the call's limit and keeps
 # what it measured.
 #
@@ -52,15 +53,19 @@ if [[ " $PARTS " == *" drafters "* ]]; then
     --specdec-baselines-dir "$OUT/baselines" -p no:cacheprovider --specdec-report-json "$OUT/drafters-gpu-summary.json" \
     2>&1 | tee "$OUT/drafters-gpu-suite.log" || status=1
 fi
-if [[ " $PARTS " == *" harness "* ]]; then
+if [[ " $PARTS " == *" harness "* || " $PARTS " == *" engines "* ]]; then
   timeout -s INT "${LIMIT:-100}" python3 -m pytest tests/test_synthetic_acceptance.py tests/test_gpu_hf.py \
-    tests/plugin/test_saved_runs.py -k "cuda or gpu or fast_path or synthetic" -q -p no:cacheprovider -rs 2>&1 \
-    | tail -40 > "$OUT/harness-tests.log" || status=1
+    tests/test_hf_engine.py tests/plugin/test_saved_runs.py -k "cuda or gpu or fast_path or synthetic or cache" -q \
+    -p no:cacheprovider -rs 2>&1 | tail -40 > "$OUT/harness-tests.log" || status=1
+fi
+if [[ " $PARTS " == *" harness "* ]]; then
   timeout -s INT "${LIMIT:-200}" python3 -m pytest --specdec-suite synthetic-acceptance-gpu -k llama-8b -p no:cacheprovider \
     --specdec-report-json "$OUT/synthetic.json" --specdec-report-html "$OUT/synthetic.html" 2>&1 \
     | grep -v "^tests\|^bench_suites" | tail -60 > "$OUT/synthetic.log" || status=1
+fi
+if [[ " $PARTS " == *" harness "* || " $PARTS " == *" engines "* ]]; then
   timeout -s INT "${LIMIT:-180}" python3 -m pytest --specdec-suite engines-gpu -m "not slow" -k "not k2" \
-    -p no:cacheprovider --specdec-report-json "$OUT/engines.json" --specdec-report-html "$OUT/engines.html" 2>&1 \
-    | tail -60 > "$OUT/engines.log" || status=1
+    -p no:cacheprovider --specdec-report-json "$OUT/engines.json" --specdec-report-html "$OUT/engines.html" \
+    --specdec-report-md "$OUT/engines.md" 2>&1 | tail -60 > "$OUT/engines.log" || status=1
 fi
 exit $status

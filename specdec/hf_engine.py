@@ -3,9 +3,14 @@
 Modes (the ``engine`` names the suites, reports and the GPU speed report use):
 
 - ``hf-static``: ``model.generate`` with ``cache_implementation="static"`` and transformers' automatic compilation
-  turned off (``disable_compile=True``): the preallocated cache alone;
+  turned off (``disable_compile=True``): the preallocated cache alone. Its length (``max_cache_len``) is the prompt
+  plus the new tokens rounded up to a multiple of :data:`CACHE_BUCKET`, as a user sizes it for the worst case across
+  calls: prompts of different lengths then share one cache shape;
 - ``hf-compile``: the static cache with transformers' automatic ``torch.compile`` of the decode forward
-  (``compile_config``; on a CUDA GPU this is what ``cache_implementation="static"`` does by default). A failure to
+  (``compile_config``; on a CUDA GPU this is what ``cache_implementation="static"`` does by default), with the
+  bucketed cache and static shapes (``CompileConfig(dynamic=False)`` unless a config is given). On the H200
+  (torch 2.11, transformers 5.17) the default config, after calls whose cache lengths differed, failed with an
+  illegal memory access inside the CUDA graphs; one cache shape compiles once and captures once. A failure to
   compile, or transformers declining to compile this model, raises :class:`HFUnavailableError` naming the reason,
   never a silent eager run under the compile label. On a CPU it compiles too (transformers'
   ``_compile_all_devices``), slowly: about 40 s for a 2-layer model on a busy 2-core machine;
@@ -58,6 +63,7 @@ HF_COMPILE = "hf-compile"
 HF_ASSISTED = "hf-assisted"
 HF_LOOKUP = "hf-lookup"
 HF_MODES = (HF_STATIC, HF_COMPILE, HF_ASSISTED, HF_LOOKUP)
+CACHE_BUCKET = 1024  # static cache lengths are rounded up to a multiple of this (tokens)
 SPECULATIVE_MODES = (HF_ASSISTED, HF_LOOKUP)  # the modes that draft K tokens per step
 DECODER_PATH = "transformers"  # what ``decoder_path`` / ``verifier_backend`` say for these runs
 
@@ -108,6 +114,11 @@ class HFResult:
     token_ids: list[list[int]]  # generated ids per row, prompt excluded, ending at the row's EOS if it met one
     texts: list[str]
     metrics: HFRunMetrics
+
+
+def bucketed_cache_length(tokens: int) -> int:
+    """``tokens`` rounded up to a multiple of :data:`CACHE_BUCKET`."""
+    return -(-tokens // CACHE_BUCKET) * CACHE_BUCKET
 
 
 class _ForwardCounter:
@@ -250,7 +261,8 @@ class HFEngine:
         model: Any = self.target_model.model
         with self._instrumented(model, counter, drafts), self._assistant_settings(k), torch.inference_mode():
             try:
-                out = model.generate(ids, attention_mask=mask, **self._generate_options(generation, k))
+                options = self._generate_options(generation, k, ids.shape[1])
+                out = model.generate(ids, attention_mask=mask, **options)
             except Exception as error:
                 if self.mode != HF_COMPILE or "out of memory" in str(error).lower():
                     raise
@@ -329,7 +341,7 @@ class HFEngine:
             mask[index, length - len(row) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _generate_options(self, generation: GenerationConfig, k: int | None) -> dict[str, Any]:
+    def _generate_options(self, generation: GenerationConfig, k: int | None, prompt_tokens: int) -> dict[str, Any]:
         """``generate``'s keyword arguments. Sampling settings are all explicit (the model's generation config only
         fills what is left unset); without ``stop_at_eos`` no token ends a row, as in the engine."""
         options: dict[str, Any] = {
@@ -345,10 +357,11 @@ class HFEngine:
             options["top_p"] = generation.top_p if generation.top_p is not None else 1.0
         if self.mode in (HF_STATIC, HF_COMPILE):
             options["cache_implementation"] = "static"
+            options["max_cache_len"] = bucketed_cache_length(prompt_tokens + generation.max_new_tokens)
         if self.mode == HF_STATIC:
             options["disable_compile"] = True
         if self.mode == HF_COMPILE:
-            config = self.compile_config or transformers.CompileConfig()
+            config = self.compile_config or transformers.CompileConfig(dynamic=False)
             config._compile_all_devices = True  # compile on a CPU too (transformers compiles on CUDA by default)
             options["compile_config"] = config
         if self.mode == HF_ASSISTED:

@@ -53,6 +53,22 @@ def test_static_and_compiled_generate_give_the_target_s_greedy_output_and_count_
         assert counters["stats"]["unique_graphs"] == graphs  # the hook made nothing recompile
 
 
+def test_compiled_generate_survives_prompts_of_different_lengths_after_the_static_mode():
+    # the engines-gpu suite's order on one model object: hf-static over several prompts, then hf-compile over the
+    # same prompts, warm-up and timed rounds; on the H200 this once ended in an illegal memory access
+    target = on_cuda(make_model("llama", seed=3, layers=2), "llama")
+    prompts = [PROMPT, PROMPT * 3, PROMPT[:2], PROMPT * 40]  # 6, 18, 2 and 240 tokens
+    ours = SpeculativeEngine(target)
+    want = [ours.generate(prompt, FIXED).token_ids for prompt in prompts]
+    for mode in (HF_STATIC, HF_COMPILE):
+        engine = HFEngine(target, mode)
+        for call in range(3):
+            for prompt, expected in zip(prompts, want, strict=True):
+                assert engine.generate(prompt, FIXED).token_ids == expected, (mode, call, len(prompt))
+                assert ours.generate(prompt, FIXED).token_ids == expected  # the engine's CUDA graphs in between
+    torch.cuda.synchronize()
+
+
 def test_the_speed_report_quotes_the_strongest_transformers_mode():
     target = on_cuda(make_model("llama", seed=3, layers=2), "llama")
     draft = on_cuda(make_model("llama", seed=4, layers=1), "draft")

@@ -211,7 +211,7 @@ def broken_compile() -> transformers.CompileConfig:
 
 
 def test_an_hf_compile_case_that_cannot_compile_skips_with_the_reason(broken_compile, bench, monkeypatch):
-    monkeypatch.setattr(transformers, "CompileConfig", lambda: broken_compile)
+    monkeypatch.setattr(transformers, "CompileConfig", lambda **options: broken_compile)
     bench.suite(
         "defaults: {{rounds: 1, warmup_rounds: 0, max_new_tokens: 4, prompts: [hello]}}\n"
         "cases: [{{name: c, target: {target}, engine: hf-compile}}]\n"
