@@ -56,7 +56,7 @@ fi
 if [[ " $PARTS " == *" harness "* || " $PARTS " == *" engines "* ]]; then
   timeout -s INT "${LIMIT:-100}" python3 -m pytest tests/test_synthetic_acceptance.py tests/test_gpu_hf.py \
     tests/test_hf_engine.py tests/plugin/test_saved_runs.py -k "cuda or gpu or fast_path or synthetic or cache" -q \
-    -p no:cacheprovider -rs 2>&1 | tail -40 > "$OUT/harness-tests.log" || status=1
+    -p no:cacheprovider -rs > "$OUT/harness-tests.log" 2>&1 || status=1
 fi
 if [[ " $PARTS " == *" harness "* ]]; then
   timeout -s INT "${LIMIT:-200}" python3 -m pytest --specdec-suite synthetic-acceptance-gpu -k llama-8b -p no:cacheprovider \

