@@ -65,8 +65,11 @@ def test_static_and_compiled_generate_give_the_target_s_greedy_output_and_count_
 def test_the_engine_s_graphs_survive_hf_static_then_hf_compile_on_the_same_model():
     # the engines-gpu suite's order, in a process of its own (an illegal memory access would poison this one);
     # the script interleaves the engine with hf-static, then hf-compile, over prompts of different lengths
-    script = Path(__file__).parent.parent / "scripts" / "diag" / "hf_compile_bisect.py"
-    run = subprocess.run([sys.executable, str(script), "no-zoo-pair"], capture_output=True, text=True, timeout=300)
+    root = Path(__file__).parent.parent
+    script = root / "scripts" / "diag" / "hf_compile_bisect.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "no-zoo-pair"], cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
 
 
