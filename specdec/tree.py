@@ -98,16 +98,6 @@ def path_of(parents: list[int], node: int) -> list[int]:
     return path[::-1]
 
 
-def distinct_siblings(tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
-    """Whether siblings carry distinct tokens in every row. tokens: [B, W], parents: [W] -> [] bool (device).
-
-    Deterministic tree proposals (no probabilities) must have distinct siblings to be verified losslessly."""
-    same_parent = parents.to(tokens.device)[:, None] == parents.to(tokens.device)[None, :]  # [W, W]
-    upper = torch.ones_like(same_parent).triu(diagonal=1)
-    clash = (tokens[:, :, None] == tokens[:, None, :]) & (same_parent & upper)[None]  # [B, W, W]
-    return ~clash.any()
-
-
 def require_batch_of_one(batch_size: int, drafter_name: str) -> None:
     """Trees are verified for one sequence at a time: each row would keep a different path."""
     if batch_size != 1:

@@ -14,7 +14,6 @@ from specdec.tree import (
     chain_parents,
     check_parents,
     depths,
-    distinct_siblings,
     path_of,
     path_table,
     tree_attention,
@@ -41,9 +40,6 @@ def test_tree_helpers_on_a_small_tree():
     assert torch.equal(chain, torch.ones(6, 6, dtype=torch.bool).tril())
     with pytest.raises(ValueError, match="topological"):
         check_parents(torch.tensor([-1, 2, 0]), 3)
-    tokens = torch.tensor([[5, 5, 7, 8, 9, 9, 6]])  # nodes 0 and 1 are siblings with the same token
-    assert not bool(distinct_siblings(tokens, PARENTS))
-    assert bool(distinct_siblings(torch.tensor([[5, 6, 7, 8, 9, 9, 4]]), PARENTS))  # 4 and 5 are cousins
 
 
 def _plain_logits(model, ids: list[int]) -> torch.Tensor:
