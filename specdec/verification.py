@@ -243,6 +243,14 @@ def tree_sample_verify(
     return tree_sample_from_noise(draft_tokens, draft_probs, parents, target_probs, uniforms, exponentials)
 
 
+def residual_after_rejection(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``norm(max(0, p - q))``, the distribution left to the next sibling after one drawn from ``q`` was rejected;
+    ``p`` itself where nothing is left (``p == q``: a rejection had probability 0). p, q: [B, V] -> [B, V]."""
+    residual = (p - q).clamp_min(0.0)
+    mass = residual.sum(dim=-1, keepdim=True)
+    return torch.where(mass > 0, residual / mass.clamp_min(1e-30), p)
+
+
 def tree_sample_from_noise(
     draft_tokens: torch.Tensor,
     draft_probs: torch.Tensor,
@@ -277,9 +285,7 @@ def tree_sample_from_noise(
         q = draft_probs[:, node]  # [B, V]
         is_child = current == parent  # [B]
         accept = is_child & (uniforms[:, node] * q.gather(1, token).squeeze(1) <= p.gather(1, token).squeeze(1))
-        residual = (p - q).clamp_min(0.0)
-        mass = residual.sum(dim=-1, keepdim=True)
-        residual = torch.where(mass > 0, residual / mass.clamp_min(1e-30), p)  # no mass left: p == q, keep p
+        residual = residual_after_rejection(p, q)
         rejected = is_child & ~accept
         p = torch.where(accept[:, None], target_probs[:, node + 1], torch.where(rejected[:, None], residual, p))
         current = torch.where(accept, node, current)
