@@ -200,7 +200,7 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ValueError(f"cannot find the {count} decoder layers of {type(model).__name__}")
 
 
-class capture_features:  # noqa: N801 (a context manager, used like a function)
+class capture_features:
     """Catch the hidden states a :class:`FeatureRequest` asks for with forward hooks, whatever transformers'
     ``output_hidden_states`` puts last in its tuple (the normed state in some releases, the last layer's output in
     others): the input of the output head for ``layers=()``, else the outputs of the decoder layers. Without a
@@ -227,7 +227,7 @@ class capture_features:  # noqa: N801 (a context manager, used like a function)
             for index in request.layers:
 
                 def read_layer(module: torch.nn.Module, args: object, output: object, index: int = index) -> None:
-                    captured.layer_outputs[index] = output[0] if isinstance(output, tuple) else output  # type: ignore[index,assignment]
+                    captured.layer_outputs[index] = output[0] if isinstance(output, tuple) else output  # type: ignore[assignment]
 
                 self.handles.append(layers[index].register_forward_hook(read_layer))
         return captured

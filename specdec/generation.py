@@ -218,7 +218,8 @@ class Generation:
         # Nothing drafted: one token, known without asking the device. Otherwise the step's one host sync reads the
         # number accepted (and a tree's path, and any EOS offsets waiting to be read with it).
         last_step = batch.new_tokens + drafted + 1 >= generation.max_new_tokens
-        accepted, path = 0, []
+        accepted = 0
+        path: list[int] = []  # a tree's kept nodes, read by the sync
         if drafted > 0 or len(self._pending_eos) >= self._eos_check_every or last_step:
             accepted, path = self._sync(verdict.num_accepted if drafted > 0 else None, verdict.path)
         batch.length = length + accepted + 1

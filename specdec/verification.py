@@ -277,7 +277,7 @@ def tree_sample_from_noise(
     draft_tokens: [B, W]; draft_probs: [B, W, V]; parents: [W] (host); target_probs: [B, S, V]; uniforms: [B, W] in
     [0, 1); exponentials: [B, V] of Exp(1).
     """
-    batch, width = draft_tokens.shape
+    batch = draft_tokens.shape[0]
     current = torch.full((batch,), -1, dtype=torch.long, device=target_probs.device)  # drafted index, -1: root
     p = target_probs[:, 0]  # [B, V]
     for node, parent in enumerate(parents.tolist()):

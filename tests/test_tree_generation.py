@@ -8,7 +8,7 @@ from tiny_models import loaded, make_model
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine, make_drafter
 from specdec.config import AcceptanceConfig, Policy
-from specdec.drafters.base import DraftProposal
+from specdec.drafters.base import DraftProposal, FeatureRequest
 from specdec.errors import ConfigError
 from specdec.tree import path_of
 
@@ -132,3 +132,38 @@ def test_model_tree_options_are_validated():
         make_drafter("model", model=draft, branching=0)
     spec = make_drafter("model", model=draft, branching=3, max_nodes=8)
     assert spec.options.branch_depths(4) == [4, 2, 2]
+
+
+class FeatureOracle(OracleTreeDrafter):
+    """The oracle tree drafter, reading the target's final normed hidden states as a head drafter would."""
+
+    def __init__(self, truth: list[int], width: int, seed: int) -> None:
+        super().__init__(truth, width, seed)
+        self.features = FeatureRequest()
+        self.received: list[tuple[torch.Tensor, int]] = []
+
+    def read_features(self, features: torch.Tensor, length: int) -> None:
+        self.received.append((features.clone(), length))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("decoder", ["generic", "fast"])
+def test_features_arrive_once_per_committed_position_as_a_plain_forward_computes_them(family, decoder):
+    target = make_model(family, seed=31)
+    truth = reference(target, PROMPT, 16)
+    drafter = FeatureOracle(truth, width=6, seed=2)
+    engine = SpeculativeEngine(loaded(target, "t"), drafter, decoder)
+    result = engine.generate(PROMPT, GenerationConfig(max_new_tokens=16), SpeculationConfig(k=3))
+    assert result.token_ids[0] == truth
+    first, first_length = drafter.received[0]
+    assert first.shape[1] == len(PROMPT) and first_length == len(PROMPT) + 1
+    lengths = [length for _, length in drafter.received]
+    steps = [s for s in result.steps]
+    assert all(f.shape[1] == s.accepted + 1 for (f, _), s in zip(drafter.received[1:], steps, strict=True))
+    assert lengths[1:] == [len(PROMPT) + 1 + sum(s.accepted + 1 for s in steps[: i + 1]) for i in range(len(steps))]
+    together = torch.cat([f for f, _ in drafter.received], dim=1)[0]  # [committed - 1, D]
+    sequence = PROMPT + truth
+    with torch.no_grad():
+        plain = target.base_model(input_ids=torch.tensor([sequence])).last_hidden_state[0]  # final normed states
+    assert together.shape[0] == lengths[-1] - 1
+    torch.testing.assert_close(together, plain[: together.shape[0]], rtol=1e-4, atol=1e-4)

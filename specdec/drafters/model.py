@@ -47,7 +47,7 @@ def branch_parents(branch_depths: list[int]) -> torch.Tensor:
     parents: list[int] = []
     for depth in branch_depths:
         start = len(parents)
-        parents.extend([-1] + list(range(start, start + depth - 1)))
+        parents.extend([-1, *range(start, start + depth - 1)])
     return torch.tensor(parents, dtype=torch.long)
 
 

@@ -23,7 +23,6 @@ from specdec.drafters.suffix import SuffixDrafter, SuffixOptions
 from specdec.errors import ConfigError, IncompatibleModelsError
 from specdec.loading import LoadedModel, shared_vocab_size
 
-
 Builder = Callable[["DraftSpec", LoadedModel, Decoder, str], Drafter]
 
 

@@ -122,9 +122,7 @@ class FastDecoder:
         self._device_length.add_(seq)
         return logits[..., : self.vocab_size].float()
 
-    def _forward_eager(
-        self, input_ids: torch.Tensor, last_only: bool, tree: TreeAttention | None
-    ) -> torch.Tensor:
+    def _forward_eager(self, input_ids: torch.Tensor, last_only: bool, tree: TreeAttention | None) -> torch.Tensor:
         """A forward outside the graphs: a token tree (positions from its depths, its mask in the attention) and/or
         the features the engine asked for (kept in ``self.features``)."""
         assert self._cache is not None, "prepare() must be called before forward()"
