@@ -81,7 +81,9 @@ class Drafter(Protocol):
     def propose(
         self, batch: SequenceBatch, k: int, generation: GenerationConfig, generator: torch.Generator | None
     ) -> DraftProposal:
-        """Draft at most ``k`` tokens continuing ``batch.tokens[:, :batch.length]``."""
+        """Draft at most ``k`` tokens continuing ``batch.tokens[:, :batch.length]`` (a tree: at most ``k`` deep; a
+        drafter whose trees hold more than ``k`` nodes says how many at most with ``max_width(k) -> int``, so that
+        the target's cache has room for them)."""
         ...
 
     def observe(self, batch: SequenceBatch, num_accepted: int) -> None:
