@@ -155,9 +155,10 @@ class HFDecoder:
         visible = torch.zeros((size, capacity), dtype=torch.bool, device=device)  # [S, M]
         visible[:, :start] = True
         visible[:, start : start + size] = tree.visible
-        visible = visible[None].expand(self.pad_lengths.shape[0], -1, -1)  # [B, S, M]
-        if self.attention_mask is not None:
-            visible = visible & self.attention_mask[:, None, :capacity].bool()
+        visible = visible[None].repeat(self.pad_lengths.shape[0], 1, 1)  # [B, S, M]
+        if self.attention_mask is not None:  # left padding (the mask may be shorter than a reused cache)
+            width = min(self.attention_mask.shape[1], capacity)
+            visible[:, :, :width] &= self.attention_mask[:, None, :width].bool()
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=device)
         return mask.masked_fill(~visible, torch.finfo(self.dtype).min)[:, None]  # [B, 1, S, M]
 
