@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_sampling_lossless import ALPHA, chi_square_pvalue
+from test_sampling_lossless import ALPHA, chi_square_pvalue, exact_target_distributions, tiny_pair  # noqa: F401
+from test_sampling_lossless import VOCAB as ENGINE_VOCAB
+from tiny_models import loaded
 
-from specdec import verification
+from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine, make_drafter, verification
 from specdec.tree import path_of
 
 VOCAB = 5
@@ -115,3 +117,41 @@ def test_tree_greedy_verify_keeps_the_deepest_matching_path():
     # node 3 (below node 0) is the deepest matching path; node 5 matches its parent node 2 (2), but node 2 is wrong
     assert int(verdict.num_accepted) == 2 and verdict.path is not None
     assert verdict.path[0, :2].tolist() == [0, 3] and int(verdict.next_tokens[0]) == 4
+
+
+ENGINE_CALLS = 3000
+
+
+def _engine_pvalues(tiny_pair) -> tuple[float, float, int]:
+    """A model-drafted tree (top-2 at the root, then greedy chains, verified with one-hot q) over the tiny
+    target/draft pair, one sequence per call: the p-values of the first two tokens' joint and the third's marginal
+    against the target's, and the drafted tokens accepted at the first step."""
+    target, draft = tiny_pair
+    prompt = [3, 1, 4]
+    joint, marginal3 = exact_target_distributions(target, prompt, GenerationConfig(temperature=1.0))
+    engine = SpeculativeEngine(loaded(target, "t"), make_drafter("model", model=loaded(draft, "d"), branching=2))
+    rows, accepted = [], 0
+    for call in range(ENGINE_CALLS):
+        config = GenerationConfig(max_new_tokens=4, temperature=1.0, seed=100_000 + call, stop_at_eos=False)
+        result = engine.generate(prompt, config, SpeculationConfig(k=2))
+        rows.append(result.token_ids[0][:3])
+        accepted += result.steps[0].accepted
+        assert result.steps[0].tree_size == 4  # two branches, each 2 deep
+    tokens = torch.tensor(rows)
+    return (
+        chi_square_pvalue(tokens[:, 0] * ENGINE_VOCAB + tokens[:, 1], joint),
+        chi_square_pvalue(tokens[:, 2], marginal3),
+        accepted,
+    )
+
+
+def test_the_engine_samples_the_target_joint_distribution_with_model_trees(tiny_pair):
+    first_two, third, accepted = _engine_pvalues(tiny_pair)
+    assert 0.1 * ENGINE_CALLS < accepted < 1.9 * ENGINE_CALLS  # accepted drafts and rejections are both exercised
+    assert first_two > ALPHA and third > ALPHA
+
+
+def test_the_engine_level_check_catches_a_tree_sampler_without_the_residual(tiny_pair, monkeypatch):
+    monkeypatch.setattr(verification, "residual_after_rejection", lambda p, q: p)
+    first_two, third, _ = _engine_pvalues(tiny_pair)
+    assert min(first_two, third) < 1e-6
