@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_sampling_lossless import ALPHA, chi_square_pvalue, exact_target_distributions, tiny_pair  # noqa: F401
+from test_sampling_lossless import ALPHA, chi_square_pvalue, exact_target_distributions, make_tiny_pair
 from test_sampling_lossless import VOCAB as ENGINE_VOCAB
 from tiny_models import loaded
 
@@ -120,6 +120,11 @@ def test_tree_greedy_verify_keeps_the_deepest_matching_path():
 
 
 ENGINE_CALLS = 3000
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+    return make_tiny_pair()
 
 
 def _engine_pvalues(tiny_pair) -> tuple[float, float, int]:
