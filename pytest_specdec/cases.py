@@ -145,10 +145,11 @@ class Case:
 
     def _draft_definition(self) -> Any:
         """The draft in the digest: a draft model by its name (as before drafting methods, so that baselines
-        recorded then stay valid), any other method by its name and every option, defaults filled in."""
+        recorded then stay valid; so too with the model options it gained later, e.g. ``branching``, at their
+        defaults), any other method by its name and every option, defaults filled in."""
         if self.drafting is None:
             return None
-        if self.drafting.method == MODEL_METHOD and not self.draft_options:
+        if self.drafting.method == MODEL_METHOD and self.drafting.options == type(self.drafting.options)():
             return _portable(self.drafting.model or "")
         return {"method": self.drafting.method, "model": self.draft and _portable(self.draft), **self.draft_options}
 

@@ -12,8 +12,10 @@ from typing import Protocol
 
 import torch
 
+from specdec.drafters.base import FeatureRequest
 from specdec.kv_cache import KVCache, cache_keyword
 from specdec.loading import LoadedModel
+from specdec.tree import TreeAttention
 
 
 class Decoder(Protocol):
@@ -29,6 +31,8 @@ class Decoder(Protocol):
     dtype: torch.dtype
     vocab_size: int  # logits are cut to this width (the vocabulary shared with the other model)
     forwards: int  # forward calls since the last `prepare`
+    feature_request: FeatureRequest | None  # set by the engine: every forward then computes these features ...
+    features: torch.Tensor | None  # ... [B, S, F] for the forward's S input tokens (a tree's: per node)
 
     @property
     def cache_length(self) -> int: ...
@@ -40,10 +44,19 @@ class Decoder(Protocol):
         padded; max_length: the longest sequence (prompt + new tokens) this batch will reach.
         """
 
-    def forward(self, input_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, last_only: bool = False, tree: TreeAttention | None = None
+    ) -> torch.Tensor:
         """Score ``input_ids`` [B, S], appended at ``cache_length``. Returns float32 logits [B, S, vocab_size],
-        or [B, 1, vocab_size] for the last position only with ``last_only``."""
+        or [B, 1, vocab_size] for the last position only with ``last_only``.
+
+        ``tree``: the S tokens are a token tree, root first (:mod:`specdec.tree`): token s sits at the root's
+        position + ``tree.depths[s]`` and sees the committed cache, its ancestors and itself."""
         ...
+
+    def keep_path(self, start: int, columns: torch.Tensor) -> None:
+        """Move the cached entries at ``columns`` [n] int64 (increasing) to columns [start, start + n): after a tree
+        step, the kept path next to the root. Costs O(n) per layer; the length is unchanged (roll back after)."""
 
     def greedy_chain(self, input_ids: torch.Tensor, k: int) -> torch.Tensor:
         """Greedy drafting: read ``input_ids`` [B, S], then ``k - 1`` more tokens, each the argmax after the last.
@@ -83,6 +96,8 @@ class HFDecoder:
         self.attention_mask: torch.Tensor | None = None
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._cache_keyword = cache_keyword(self.model)
+        self.feature_request: FeatureRequest | None = None
+        self.features: torch.Tensor | None = None
 
     @property
     def cache_length(self) -> int:
@@ -95,30 +110,61 @@ class HFDecoder:
             self.cache = KVCache(self.model, batch_size, max_length)
         self.cache.reset()
         self.pad_lengths = pad_lengths
+        if attention_mask is not None and attention_mask.shape[1] < max_length:  # room beyond the batch (a tree)
+            attention_mask = torch.nn.functional.pad(attention_mask, (0, max_length - attention_mask.shape[1]), value=1)
         self.attention_mask = attention_mask
         self.forwards = 0
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, last_only: bool = False, tree: TreeAttention | None = None
+    ) -> torch.Tensor:
         assert self.cache is not None, "prepare() must be called before forward()"
         start = self.cache.length
-        columns = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
-        position_ids = (columns[None, :] - self.pad_lengths[:, None]).clamp_min(0)  # [B, S]
-        extra = {"logits_to_keep": 1} if last_only and self._takes_logits_to_keep else {}
-        output = self.model(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=self.attention_mask,
-            use_cache=True,
-            **{self._cache_keyword: self.cache.hf_cache},
-            **extra,
-        )
-        self.cache.advance(input_ids.shape[1])
+        seq = input_ids.shape[1]
+        offsets = tree.depths if tree is not None else torch.arange(seq, device=input_ids.device)  # [S]
+        position_ids = (start + offsets[None, :] - self.pad_lengths[:, None]).clamp_min(0)  # [B, S]
+        attention_mask = self.attention_mask if tree is None else self._tree_mask(start, tree)
+        request = self.feature_request
+        keep_all = request is not None or not last_only
+        extra = {"logits_to_keep": 1} if not keep_all and self._takes_logits_to_keep else {}
+        with capture_features(self.model, request) as captured:
+            output = self.model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                attention_mask=attention_mask,
+                use_cache=True,
+                **{self._cache_keyword: self.cache.hf_cache},
+                **extra,
+            )
+        self.features = captured.features() if request is not None else None
+        self.cache.advance(seq)
         self.forwards += 1
         logits = output.logits  # [B, S or 1, V_model]
         if last_only:
             logits = logits[:, -1:]
         return logits[..., : self.vocab_size].float()
+
+    def _tree_mask(self, start: int, tree: TreeAttention) -> torch.Tensor:
+        """The 4-D additive mask of a tree forward at cache column ``start``: [B, 1, S, M] in the model's dtype
+        (0 where visible, the dtype's minimum elsewhere), M the cache's capacity. Transformers hands a 4-D mask to
+        the attention as it is (``masking_utils._preprocess_mask_arguments``), for SDPA and eager attention alike."""
+        assert self.cache is not None
+        capacity, size = self.cache.max_length, tree.size
+        device = tree.visible.device
+        visible = torch.zeros((size, capacity), dtype=torch.bool, device=device)  # [S, M]
+        visible[:, :start] = True
+        visible[:, start : start + size] = tree.visible
+        visible = visible[None].repeat(self.pad_lengths.shape[0], 1, 1)  # [B, S, M]
+        if self.attention_mask is not None:  # left padding (the mask may be shorter than a reused cache)
+            width = min(self.attention_mask.shape[1], capacity)
+            visible[:, :, :width] &= self.attention_mask[:, None, :width].bool()
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=device)
+        return mask.masked_fill(~visible, torch.finfo(self.dtype).min)[:, None]  # [B, 1, S, M]
+
+    def keep_path(self, start: int, columns: torch.Tensor) -> None:
+        assert self.cache is not None
+        self.cache.keep_path(start, columns)
 
     def greedy_chain(self, input_ids: torch.Tensor, k: int) -> torch.Tensor:
         return greedy_chain_loop(self.forward, input_ids, k)
@@ -126,3 +172,67 @@ class HFDecoder:
     def rollback(self, length: int) -> None:
         assert self.cache is not None
         self.cache.rollback(length)
+
+
+class _Captured:
+    """Hidden states caught by forward hooks during one forward (see :class:`capture_features`)."""
+
+    def __init__(self, request: FeatureRequest | None) -> None:
+        self.request = request
+        self.layer_outputs: dict[int, torch.Tensor] = {}
+        self.head_input: torch.Tensor | None = None
+
+    def features(self) -> torch.Tensor:
+        """[B, S, F] as ``FeatureRequest`` defines them."""
+        assert self.request is not None
+        if not self.request.layers:
+            assert self.head_input is not None
+            return self.head_input
+        return torch.cat([self.layer_outputs[i] for i in self.request.layers], dim=-1)
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder layers of a causal LM (``model.model.layers`` for Llama/Qwen2, ``model.transformer.h`` for
+    GPT-2, ...): the first module list as long as the config's layer count."""
+    count = model.config.num_hidden_layers  # type: ignore[union-attr]
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return module
+    raise ValueError(f"cannot find the {count} decoder layers of {type(model).__name__}")
+
+
+class capture_features:
+    """Catch the hidden states a :class:`FeatureRequest` asks for with forward hooks, whatever transformers'
+    ``output_hidden_states`` puts last in its tuple (the normed state in some releases, the last layer's output in
+    others): the input of the output head for ``layers=()``, else the outputs of the decoder layers. Without a
+    request nothing is hooked."""
+
+    def __init__(self, model: torch.nn.Module, request: FeatureRequest | None) -> None:
+        self.model = model
+        self.captured = _Captured(request)
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> _Captured:
+        request, captured = self.captured.request, self.captured
+        if request is None:
+            return captured
+        if not request.layers:
+            head = self.model.get_output_embeddings()  # type: ignore[operator]
+
+            def read_head(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                captured.head_input = args[0]
+
+            self.handles.append(head.register_forward_pre_hook(read_head))
+        else:
+            layers = decoder_layers(self.model)
+            for index in request.layers:
+
+                def read_layer(module: torch.nn.Module, args: object, output: object, index: int = index) -> None:
+                    captured.layer_outputs[index] = output[0] if isinstance(output, tuple) else output  # type: ignore[assignment]
+
+                self.handles.append(layers[index].register_forward_hook(read_layer))
+        return captured
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self.handles:
+            handle.remove()

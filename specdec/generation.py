@@ -9,6 +9,12 @@ Host syncs: a step that drafted reads the number accepted (one sync; pending end
 that drafted nothing needs no sync on an accelerator: end-of-sequence flags are read every ``EOS_CHECK_EVERY`` steps
 (the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens. Step timings
 (draft, verify and inter-token latency) come from the step clock, which adds no sync (``specdec.metrics``).
+
+A token-tree proposal (``DraftProposal.parents``, :mod:`specdec.tree`) runs the same step: the target scores the root
+and every node in one tree forward, the verifier keeps one root-to-node path, whose tokens are written into the
+batch; the step's one sync reads the path with the number accepted, and the target's cache moves the path's keys
+and values next to the root before rolling back. A drafter that reads the target's hidden states (``features``)
+gets those of the newly committed positions after the prefill and after every step (``FeatureReader``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 
 from specdec.config import GenerationConfig, SpeculationConfig
 from specdec.device import dtype_name, peak_device_memory_bytes, peak_rss_bytes, reset_peak_memory, synchronize
-from specdec.drafters.base import DraftProposal, empty_proposal
+from specdec.drafters.base import DraftProposal, FeatureRequest, empty_proposal
 from specdec.errors import ConfigError
 from specdec.k_control import make_controller
 from specdec.metrics import (
@@ -38,6 +44,7 @@ from specdec.metrics import (
 from specdec.sampling import next_token
 from specdec.seeding import make_generator, seed_everything
 from specdec.sequence import SequenceBatch
+from specdec.tree import check_parents, depths, require_batch_of_one, tree_attention
 from specdec.verification import Verifier
 
 if TYPE_CHECKING:
@@ -111,6 +118,10 @@ class Generation:
         self._started = 0.0
         self._streamed = [0] * len(rows)  # new tokens per row already handed out by `new_tokens`
         self._result: GenerationResult | None = None
+        drafter = engine.drafter
+        self._feature_request: FeatureRequest | None = getattr(drafter, "features", None)
+        max_width = getattr(drafter, "max_width", None)  # a tree drafter may propose more nodes than K
+        self._tree_room = max(0, max_width(speculation.max_k) - 1) if max_width is not None else 0
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Generation:
@@ -148,7 +159,8 @@ class Generation:
         reset_peak_memory(engine.device)
         synchronize(engine.device)
         self._started = time.perf_counter()
-        engine.target.prepare(batch.pad_lengths, batch.attention_mask, batch.max_length)
+        engine.target.feature_request = self._feature_request
+        engine.target.prepare(batch.pad_lengths, batch.attention_mask, batch.max_length + self._tree_room)
         logits = engine.target.forward(batch.tokens[:, : self.prompt_length], last_only=True)
         batch.tokens[:, self.prompt_length] = next_token(logits[:, -1], self.generation, self._generator)
         batch.length = self.prompt_length + 1
@@ -158,6 +170,9 @@ class Generation:
         self.row_ends = [1 if is_eos else None for is_eos in first_is_eos]
         if engine.drafter is not None:
             engine.drafter.start(batch)
+            if self._feature_request is not None:
+                assert engine.target.features is not None
+                engine.drafter.read_features(engine.target.features, batch.length)  # type: ignore[attr-defined]
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -172,60 +187,98 @@ class Generation:
         if budget > 0:
             assert drafter is not None
             proposal = drafter.propose(batch, budget, generation, self._generator)
-            self._check_width(proposal, budget)
         drafted = proposal.width
+        parents = proposal.parents if drafted > 0 else None
+        tree_depth = self._check_proposal(proposal, budget) if drafted > 0 else 0
         drafted_mark = self._clock.mark()
 
         length = batch.length
         verify_ids = batch.tokens[:, length - 1 : length]  # [B, 1]: the last committed token ...
         if drafted > 0:
             verify_ids = torch.cat([verify_ids, proposal.tokens], dim=1)  # ... and the drafts: [B, W + 1]
-            batch.tokens[:, length : length + drafted] = proposal.tokens
-        target_logits = engine.target.forward(verify_ids)  # [B, W + 1, V]
-        verdict = self.verifier.verify(proposal.tokens, proposal.probs, target_logits, self._generator, requested_k)
+            if parents is None:
+                batch.tokens[:, length : length + drafted] = proposal.tokens
+        tree = tree_attention(parents, engine.device) if parents is not None else None
+        target_logits = engine.target.forward(verify_ids, tree=tree)  # [B, W + 1, V]
+        verdict = self.verifier.verify(
+            proposal.tokens, proposal.probs, target_logits, self._generator, requested_k, parents
+        )
+        if verdict.path is not None:  # a tree: the kept path's tokens, then the next token
+            path_tokens = proposal.tokens.gather(1, verdict.path.clamp_min(0))  # [B, W]
+            room = min(drafted, batch.max_length - length)
+            batch.tokens[:, length : length + room] = path_tokens[:, :room]
         next_column = (length + verdict.num_accepted).reshape(1, 1).expand(batch.batch_size, 1)
         batch.tokens.scatter_(1, next_column, verdict.next_tokens[:, None])
         if self._eos.numel() > 0:
             window = batch.tokens[:, length : length + drafted + 1]
             self._pending_eos.append((length, _first_eos_offsets(window, self._eos, verdict.num_accepted)))
+        features = engine.target.features if self._feature_request is not None else None
         verified_mark = self._clock.mark()
 
         # Nothing drafted: one token, known without asking the device. Otherwise the step's one host sync reads the
-        # number accepted (and any EOS offsets waiting to be read with it).
+        # number accepted (and a tree's path, and any EOS offsets waiting to be read with it).
         last_step = batch.new_tokens + drafted + 1 >= generation.max_new_tokens
         accepted = 0
+        path: list[int] = []  # a tree's kept nodes, read by the sync
         if drafted > 0 or len(self._pending_eos) >= self._eos_check_every or last_step:
-            accepted = self._sync(verdict.num_accepted if drafted > 0 else None)
+            accepted, path = self._sync(verdict.num_accepted if drafted > 0 else None, verdict.path)
         batch.length = length + accepted + 1
+        if path and path[:accepted] != list(range(accepted)):  # the path is not already next to the root
+            columns = torch.tensor([length + node for node in path[:accepted]], device=engine.device)
+            engine.target.keep_path(length, columns)
         engine.target.rollback(batch.length - 1)
         if drafter is not None:
+            if features is not None:  # the root's and the kept tokens' (block indices 0 and 1 + node)
+                kept = path[:accepted] if parents is not None else list(range(accepted))
+                drafter.read_features(features[:, [0] + [1 + node for node in kept]], batch.length)  # type: ignore[attr-defined]
             drafter.observe(batch, accepted)
         self.controller.update(drafted, accepted)
         record = StepRecord(k=requested_k, drafted=drafted, accepted=accepted)
+        if parents is not None:
+            record.tree_size, record.tree_depth = drafted, tree_depth
         record.marks = (start_mark, drafted_mark, verified_mark)
         record.previous, self._emitted_mark = self._emitted_mark, verified_mark
         self.records.append(record)
+
+    def _check_proposal(self, proposal: DraftProposal, budget: int) -> int:
+        """Check a non-empty proposal against a budget of ``budget`` tokens; returns a tree's depth (0: a chain).
+        A chain holds at most ``budget`` tokens; a tree any number of nodes, at most ``budget`` deep."""
+        if proposal.parents is None:
+            self._check_width(proposal, budget)
+            return 0
+        name = self.engine.drafter.name if self.engine.drafter is not None else "drafter"
+        require_batch_of_one(self.batch.batch_size, name)
+        self.verifier.check_trees(name)
+        check_parents(proposal.parents, proposal.width)
+        depth = int(depths(proposal.parents).max())
+        if depth > budget:
+            raise RuntimeError(f"the drafter proposed a tree {depth} deep, deeper than the {budget} tokens asked for")
+        return depth
 
     @staticmethod
     def _check_width(proposal: DraftProposal, budget: int) -> None:
         if not 0 <= proposal.width <= budget:
             raise RuntimeError(f"the drafter proposed {proposal.width} tokens, more than the {budget} asked for")
 
-    def _sync(self, num_accepted: torch.Tensor | None) -> int:
-        """One device-to-host transfer: the number accepted (0 if None) and the pending EOS offsets, which mark
-        finished rows in ``row_ends`` and are then cleared."""
+    def _sync(self, num_accepted: torch.Tensor | None, path: torch.Tensor | None = None) -> tuple[int, list[int]]:
+        """One device-to-host transfer: the number accepted (0 if None), a tree's kept path ([B, W], row 0 read;
+        [] without one) and the pending EOS offsets, which mark finished rows in ``row_ends`` and are then cleared."""
         pending = self._pending_eos
         parts = [num_accepted.reshape(1)] if num_accepted is not None else []
+        width = path.shape[1] if path is not None and num_accepted is not None else 0
+        if path is not None and width:
+            parts.append(path[0])
         host = torch.cat(parts + [offsets for _, offsets in pending]).tolist() if parts or pending else []
         accepted = int(host[0]) if num_accepted is not None else 0
-        offsets = host[1:] if num_accepted is not None else host  # len(pending) blocks of one per row
+        kept = [int(node) for node in host[1 : 1 + width]]
+        offsets = host[1 + width :] if num_accepted is not None else host  # len(pending) blocks of one per row
         rows = len(self.row_ends)
         for index, (column, _) in enumerate(pending):
             for row, offset in enumerate(offsets[index * rows : (index + 1) * rows]):
                 if self.row_ends[row] is None and offset < EOS_NOT_FOUND:
                     self.row_ends[row] = column - self.prompt_length + int(offset) + 1
         pending.clear()
-        return accepted
+        return accepted, kept
 
     # -------------------------------------------------------------------------------------------------- outputs
     def _row_limits(self) -> list[int]:
@@ -288,6 +341,7 @@ class Generation:
         speculative = drafter is not None
         largest_k = min(speculation.max_k, generation.max_new_tokens - 1)  # the most any step could draft
         positions = PositionCounts.of_steps(steps)
+        trees = [s.tree_size for s in steps if s.tree_size]
         itl_p50, itl_p90, itl_p99 = itl_percentiles([s.itl_ms / 1000.0 for s in steps])
         return RunMetrics(
             target=engine.target.name,
@@ -330,6 +384,7 @@ class Generation:
             peak_device_memory_bytes=peak_device_memory_bytes(engine.device),
             peak_rss_bytes=peak_rss_bytes(),
             synthetic=speculation.acceptance.synthetic if speculative else None,
+            mean_tree_size=sum(trees) / len(trees) if trees else None,
         )
 
 

@@ -80,6 +80,20 @@ class KVCache:
                 layer.cumulative_length_int = length
         self._length = length
 
+    @torch.inference_mode()
+    def keep_path(self, start: int, columns: torch.Tensor) -> None:
+        """Move the entries at ``columns`` [n] int64 (increasing, all below ``length``) to columns [start, start + n)
+        in every layer: after a tree step, the kept path next to its root. Copies n columns per layer (the source is
+        read whole before writing, so overlapping ranges are safe), allocates no cache; roll back after."""
+        for layer in self._layers:
+            keys, values = layer.keys, layer.values  # [B, Hkv, M, Dh]
+            if keys is None or values is None:
+                continue
+            index = columns.to(keys.device)
+            target = torch.arange(start, start + index.shape[0], device=keys.device)
+            keys.index_copy_(2, target, keys.index_select(2, index))
+            values.index_copy_(2, target, values.index_select(2, index))
+
     def reset(self) -> None:
         """Empty the cache for a new sequence (same storage)."""
         self.rollback(0)

@@ -11,6 +11,10 @@ every row of the batch, since rows advance together by the shortest accepted pre
   that reached it (drafted at least i + 1 tokens and accepted every earlier one); *unconditional* = steps that
   accepted position i / steps that drafted at least i + 1 tokens. A batch accepts a position when every row does,
   as ``acceptance_rate`` counts. The raw counts are kept so that they add up exactly over batches.
+- **token trees**: a tree step drafts (and verifies) ``tree_size`` nodes and accepts one root-to-node path, so
+  ``drafted`` counts nodes and ``accepted`` the path's length; ``acceptance_rate`` is then accepted / nodes. Its
+  positions are depths: a tree ``d`` deep offers positions 0..d-1 to ``PositionCounts`` (the path's i-th node is
+  position i), so acceptance by position reads as acceptance by depth.
 - **TTFT**: from the prefill's start to the first token read on the host.
 - **ITL** (inter-token latency), as vLLM's serving benchmark counts it for speculative decoding: one sample per
   step, the time from the previous step's tokens (the prefill's first token for the first step) to this step's,
@@ -47,6 +51,13 @@ class StepMetrics:
     draft_ms: float
     verify_ms: float  # the target forward and the acceptance decision
     itl_ms: float  # since the previous tokens (the prefill's first token, or the previous step's)
+    tree_size: int = 0  # nodes of a token-tree proposal, all verified (= drafted); 0 for a chain
+    tree_depth: int = 0  # the tree's depth (the most tokens it could commit before the bonus); 0 for a chain
+
+    @property
+    def positions(self) -> int:
+        """Draft positions this step offered: a chain's length, a tree's depth (a tree's position is its depth)."""
+        return self.tree_depth if self.tree_size else self.drafted
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,7 @@ class RunMetrics:
     peak_device_memory_bytes: int | None  # None on CPU
     peak_rss_bytes: int
     synthetic: dict[str, Any] | None = None  # the synthetic policy's parameter as given; None: the output is real
+    mean_tree_size: float | None = None  # mean nodes per tree step (steps that drafted a tree); None: no tree
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,7 +121,8 @@ class PositionCounts:
     ``drafted[i]``: steps that drafted at least i + 1 tokens; ``reached[i]``: of those, the steps that accepted
     every position before i; ``accepted[i]``: the steps that accepted position i too. A step that drafted W tokens
     and accepted n adds 1 to ``drafted[:W]``, ``reached[:min(n + 1, W)]`` and ``accepted[:n]``; so
-    ``sum(accepted)`` is the run's accepted tokens and ``sum(drafted)`` its drafted tokens.
+    ``sum(accepted)`` is the run's accepted tokens and ``sum(drafted)`` its drafted tokens. A tree step offers its
+    depth d instead of W (position = depth): ``drafted[:d]``; there ``sum(drafted)`` counts depths, not nodes.
     """
 
     accepted: tuple[int, ...] = ()
@@ -118,10 +131,10 @@ class PositionCounts:
 
     @classmethod
     def of_steps(cls, steps: Sequence[StepMetrics]) -> PositionCounts:
-        width = max((s.drafted for s in steps), default=0)
+        width = max((s.positions for s in steps), default=0)
         accepted, reached, drafted = [0] * width, [0] * width, [0] * width
         for step in steps:
-            for i in range(step.drafted):
+            for i in range(step.positions):
                 drafted[i] += 1
                 reached[i] += i <= step.accepted
                 accepted[i] += i < step.accepted
@@ -214,6 +227,8 @@ class StepRecord:
     k: int
     drafted: int
     accepted: int
+    tree_size: int = 0  # nodes of a tree proposal (0: a chain)
+    tree_depth: int = 0
     marks: tuple[int, int, int] = field(default=(0, 0, 0))  # start, drafted, verified
     previous: int = 0  # the mark at which the tokens before this step's were known (prefill's or previous step's)
 
@@ -227,4 +242,6 @@ class StepRecord:
             draft_ms=clock.elapsed_ms(start, drafted),
             verify_ms=clock.elapsed_ms(drafted, verified),
             itl_ms=clock.elapsed_ms(self.previous, verified),
+            tree_size=self.tree_size,
+            tree_depth=self.tree_depth,
         )

@@ -19,6 +19,13 @@ row's run early at a point chosen independently of that row keeps every emitted 
 The ``synthetic`` policy is not lossless: the number kept is decided beforehand by a seeded schedule
 (:mod:`specdec.synthetic_acceptance`) and the target only supplies the token after them (:func:`synthetic_verify`).
 
+**Token trees** (``parents`` given, see :mod:`specdec.tree`): the target scores the root and every drafted node in
+one forward (``p`` at block index 0 for the root, ``1 + i`` for node ``i``), and the verifier keeps one
+root-to-node path, reported in :attr:`Verdict.path`. Greedy: the deepest node whose whole path equals the target's
+argmax chain (:func:`tree_greedy_verify`). Sampling: recursive rejection sampling over siblings (SpecInfer, Miao et
+al. 2024; EAGLE; Sequoia for siblings drawn without replacement), :func:`tree_sample_from_noise`. Only the
+lossless policy verifies trees: the lossy and synthetic policies are defined for chains.
+
 This module holds pure tensor functions (the references for the GPU kernels) and the thin :class:`Verifier` that
 chooses among them.
 """
@@ -32,8 +39,10 @@ from typing import Any
 import torch
 
 from specdec.config import AcceptanceConfig, GenerationConfig, Policy
+from specdec.errors import ConfigError
 from specdec.sampling import logits_to_probs, sample
 from specdec.synthetic_acceptance import SyntheticAcceptance
+from specdec.tree import ancestors, path_table
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,9 @@ class Verdict:
     num_accepted: torch.Tensor  # []: drafted tokens every row keeps this step (min over rows)
     row_accepted: torch.Tensor  # [B]: each row's own longest accepted prefix (>= num_accepted)
     next_tokens: torch.Tensor  # [B]: the token at position num_accepted (recovered, bonus or an accepted draft)
+    # [B, W] int64, trees only (None for a chain): the kept path's drafted-node indices in depth order, then -1;
+    # its first num_accepted entries are the accepted tokens' nodes
+    path: torch.Tensor | None = None
 
 
 def accepted_prefix_length(accepted: torch.Tensor) -> torch.Tensor:
@@ -183,6 +195,104 @@ def synthetic_verify(
     return Verdict(num_accepted=n, row_accepted=row_accepted, next_tokens=own_choice)
 
 
+def tree_greedy_verify(draft_tokens: torch.Tensor, parents: torch.Tensor, target_logits: torch.Tensor) -> Verdict:
+    """Exact-match verification of a token tree at temperature 0: keep the deepest node whose whole path equals the
+    target's argmax chain, then the target's argmax after it. The output is the target's own greedy output.
+
+    draft_tokens: [B, W]; parents: [W] (host); target_logits: [B, S, V], S = W + 1, root first.
+    """
+    device = target_logits.device
+    choice = target_logits.argmax(dim=-1)  # [B, S]: the target's next token after each block token
+    parent_block = (parents + 1).to(device)  # [W]: block index of each node's parent
+    wrong = draft_tokens != choice[:, parent_block]  # [B, W]
+    visible = ancestors(parents).to(device)  # [S, S]
+    depth = visible.sum(dim=1) - 1  # [S]
+    path_ok = ~(visible[None, 1:, 1:] & wrong[:, None, :]).any(dim=-1)  # [B, W]: no wrong node on the path
+    ok = torch.nn.functional.pad(path_ok, (1, 0), value=True)  # [B, S]: the root is always kept
+    best = torch.where(ok, depth, -1).argmax(dim=1)  # [B]: the deepest kept block token (the first among equals)
+    return _tree_verdict(best, depth, choice.gather(1, best[:, None]).squeeze(1), parents)
+
+
+def _tree_verdict(best: torch.Tensor, depth: torch.Tensor, next_tokens: torch.Tensor, parents: torch.Tensor) -> Verdict:
+    """best: [B] block index of each row's deepest kept token; depth: [S]; next_tokens: [B]."""
+    row_accepted = depth[best]  # [B]
+    path = path_table(parents).to(best.device)[best]  # [B, W]
+    return Verdict(num_accepted=row_accepted.min(), row_accepted=row_accepted, next_tokens=next_tokens, path=path)
+
+
+def tree_sample_verify(
+    draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor | None,
+    parents: torch.Tensor,
+    target_probs: torch.Tensor,
+    generator: torch.Generator | None,
+) -> Verdict:
+    """Lossless verification of a sampled (or deterministic) token tree; the random draws are made here.
+
+    draft_tokens: [B, W]; draft_probs: [B, W, V], ``q_i`` the distribution node i was drawn from, or None for a
+    deterministic proposal (``q_i`` one-hot on its token); parents: [W] (host); target_probs: [B, S, V].
+    """
+    batch, width = draft_tokens.shape
+    if draft_probs is None:
+        draft_probs = torch.zeros_like(target_probs[:, 1:])
+        draft_probs.scatter_(-1, draft_tokens.unsqueeze(-1), 1.0)
+    device = target_probs.device
+    uniforms = torch.rand((batch, width), generator=generator, device=device, dtype=torch.float32)
+    exponentials = torch.empty((batch, target_probs.shape[-1]), device=device, dtype=torch.float32)
+    exponentials.exponential_(generator=generator)
+    return tree_sample_from_noise(draft_tokens, draft_probs, parents, target_probs, uniforms, exponentials)
+
+
+def residual_after_rejection(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``norm(max(0, p - q))``, the distribution left to the next sibling after one drawn from ``q`` was rejected;
+    ``p`` itself where nothing is left (``p == q``: a rejection had probability 0). p, q: [B, V] -> [B, V]."""
+    residual = (p - q).clamp_min(0.0)
+    mass = residual.sum(dim=-1, keepdim=True)
+    return torch.where(mass > 0, residual / mass.clamp_min(1e-30), p)
+
+
+def tree_sample_from_noise(
+    draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor,
+    parents: torch.Tensor,
+    target_probs: torch.Tensor,
+    uniforms: torch.Tensor,
+    exponentials: torch.Tensor,
+) -> Verdict:
+    """Recursive rejection sampling over siblings, given its random draws.
+
+    Start at the root with ``p`` the target's distribution there. Try the current node's children in index order:
+    child ``c`` (drawn from ``q_c``) is accepted when ``u_c * q_c(c) <= p(c)`` (probability ``min(1, p/q)``), and
+    then becomes the current node, ``p`` the target's distribution after it; a rejection replaces ``p`` by the
+    residual ``norm(max(0, p - q_c))`` and the next sibling is tried against it. When no child is accepted (or
+    there is none) the next token is drawn from the current ``p`` by the exponential race ``argmax p / E``.
+
+    Each candidate is either accepted with ``min(p, q)`` or leaves ``max(0, p - q)`` to its successors, so the
+    emitted token follows ``p`` whatever the siblings (SpecInfer's multi-step speculative sampling for siblings
+    drawn independently from one ``q``; Sequoia's for siblings drawn without replacement, each with its own
+    renormalised ``q``; one-hot ``q`` for deterministic ones, where a repeated sibling has ``p = 0`` and is never
+    accepted). One pass over the nodes in topological order visits every child of the current node in order,
+    because a node's children come after it and the rejected siblings of an accepted node before its children.
+
+    draft_tokens: [B, W]; draft_probs: [B, W, V]; parents: [W] (host); target_probs: [B, S, V]; uniforms: [B, W] in
+    [0, 1); exponentials: [B, V] of Exp(1).
+    """
+    batch = draft_tokens.shape[0]
+    current = torch.full((batch,), -1, dtype=torch.long, device=target_probs.device)  # drafted index, -1: root
+    p = target_probs[:, 0]  # [B, V]
+    for node, parent in enumerate(parents.tolist()):
+        token = draft_tokens[:, node : node + 1]  # [B, 1]
+        q = draft_probs[:, node]  # [B, V]
+        is_child = current == parent  # [B]
+        accept = is_child & (uniforms[:, node] * q.gather(1, token).squeeze(1) <= p.gather(1, token).squeeze(1))
+        residual = residual_after_rejection(p, q)
+        rejected = is_child & ~accept
+        p = torch.where(accept[:, None], target_probs[:, node + 1], torch.where(rejected[:, None], residual, p))
+        current = torch.where(accept, node, current)
+    depth = ancestors(parents).sum(dim=1).to(target_probs.device) - 1  # [S]
+    return _tree_verdict(current + 1, depth, (p / exponentials).argmax(dim=-1), parents)
+
+
 class Verifier:
     """Chooses the verification function for a policy and sampling setting, from a kernel set.
 
@@ -212,9 +322,13 @@ class Verifier:
         target_logits: torch.Tensor,
         generator: torch.Generator | None,
         k: int | None = None,
+        parents: torch.Tensor | None = None,
     ) -> Verdict:
         """draft_tokens: [B, W]; draft_probs: [B, W, V] or None; target_logits: [B, W + 1, V]. ``k``: the K the step
-        asked for (W <= K; the synthetic schedule is the one at K, default W)."""
+        asked for (W <= K; the synthetic schedule is the one at K, default W). ``parents``: [W] (host) for a token
+        tree, None for a chain."""
+        if parents is not None:
+            return self.verify_tree(draft_tokens, draft_probs, parents, target_logits, generator)
         if self.synthetic is not None:
             drafted = draft_tokens.shape[1]
             kept = self.synthetic.decide(k if k is not None else drafted, drafted)
@@ -235,3 +349,25 @@ class Verifier:
         else:
             own_choice = sample(_at(target_probs, n), generator)
         return _finish(draft_tokens, row_accepted, own_choice, n)
+
+    def check_trees(self, drafter_name: str) -> None:
+        """Refuse token trees under a policy that is not lossless on them (lossy and synthetic: chains only)."""
+        if not self.acceptance.policy.is_lossless:
+            raise ConfigError(
+                f"drafter {drafter_name!r} proposes token trees, which only the lossless policy verifies; the "
+                f"{self.acceptance.policy.value} policy is defined for chains (draft chains: branching=1)"
+            )
+
+    def verify_tree(
+        self,
+        draft_tokens: torch.Tensor,
+        draft_probs: torch.Tensor | None,
+        parents: torch.Tensor,
+        target_logits: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> Verdict:
+        """A token tree (PyTorch functions on every device: the tree has no Triton kernel yet)."""
+        self.check_trees("this drafter")
+        if self.generation.greedy:
+            return tree_greedy_verify(draft_tokens, parents, target_logits)
+        return tree_sample_verify(draft_tokens, draft_probs, parents, self.target_probs(target_logits), generator)

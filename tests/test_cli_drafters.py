@@ -18,8 +18,9 @@ PROMPT = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n     
         ("--draft-method", "suffix", "--draft-option", "min_match=1"),
         ("--draft-method", "layerskip", "--draft-option", "layers=3"),
         ("--draft", "zoo:tiny-code-draft", "--draft-method", "model"),
+        ("--draft", "zoo:tiny-code-draft", "--draft-method", "model", "--draft-option", "branching=2"),
     ],
-    ids=["ngram", "suffix", "layerskip", "model"],
+    ids=["ngram", "suffix", "layerskip", "model", "model-tree"],
 )
 def test_each_method_runs_and_reports_acceptance_and_tokens_per_forward(capsys, extra):
     code, out, err = run_cli(
@@ -31,6 +32,7 @@ def test_each_method_runs_and_reports_acceptance_and_tokens_per_forward(capsys, 
     assert metrics["draft_method"] == extra[extra.index("--draft-method") + 1]
     assert metrics["mean_tokens_per_forward"] >= 1.0
     assert metrics["drafted_tokens"] > 0 and metrics["acceptance_rate"] is not None
+    assert (metrics["mean_tree_size"] is not None) == ("branching=2" in extra)
 
 
 @pytest.mark.parametrize(

@@ -111,6 +111,10 @@ CALLS = 1500
 
 @pytest.fixture(scope="module")
 def tiny_pair():
+    return make_tiny_pair()
+
+
+def make_tiny_pair():
     """A target and a perturbed copy of it: similar enough to accept often, not always."""
     target = make_model("llama", seed=21, layers=2, vocab=VOCAB)
     draft = copy.deepcopy(target)

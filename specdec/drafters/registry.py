@@ -17,17 +17,11 @@ from typing import Any
 from specdec.decoder import Decoder
 from specdec.drafters.base import Drafter
 from specdec.drafters.layerskip import LayerSkipOptions, layer_skip_drafter
-from specdec.drafters.model import ModelDrafter
+from specdec.drafters.model import ModelDrafter, ModelOptions
 from specdec.drafters.ngram import NgramDrafter, NgramOptions
 from specdec.drafters.suffix import SuffixDrafter, SuffixOptions
 from specdec.errors import ConfigError, IncompatibleModelsError
 from specdec.loading import LoadedModel, shared_vocab_size
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """A draft model has no options of its own: ``--draft`` names it."""
-
 
 Builder = Callable[["DraftSpec", LoadedModel, Decoder, str], Drafter]
 
@@ -49,7 +43,7 @@ def _build_model(spec: DraftSpec, target: LoadedModel, target_decoder: Decoder, 
         raise IncompatibleModelsError(
             f"target {target.name!r} is on {target.device} but draft {spec.model.name!r} is on {spec.model.device}"
         )
-    return ModelDrafter(make_decoder(spec.model, target_decoder.vocab_size, decoder))
+    return ModelDrafter(make_decoder(spec.model, target_decoder.vocab_size, decoder), options=spec.options)
 
 
 METHODS: dict[str, DraftMethod] = {

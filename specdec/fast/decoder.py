@@ -5,6 +5,9 @@ Each forward shape (number of new tokens S, all logits or the last only) is capt
 first time it runs, and replayed after that: the draft's one-token step and the target's (K + 1)-token verification
 become one launch each. The cache length lives on the device (the graphs read it) and on the host (the engine
 reads it); a rollback sets both, copying nothing.
+
+Token-tree forwards and forwards that compute the target's features (``feature_request``) run eagerly, never from a
+graph: the graphs are keyed by shape only, and a tree's mask is data.
 """
 
 from __future__ import annotations
@@ -15,10 +18,12 @@ from collections.abc import Callable
 import torch
 
 from specdec.decoder import greedy_chain_loop
+from specdec.drafters.base import FeatureRequest
 from specdec.errors import ConfigError, UnsupportedModelError
 from specdec.fast.models import FastModel, build_fast_model, unsupported_reason
 from specdec.kernels import Kernels, kernels_for
 from specdec.loading import LoadedModel
+from specdec.tree import TreeAttention
 
 GRAPH_MAX_TOKENS = 16  # forwards of more new tokens (prefill) run eagerly
 
@@ -54,6 +59,8 @@ class FastDecoder:
         self._pad_lengths = torch.zeros(0, dtype=torch.long, device=self.device)
         self._key_valid = torch.zeros(0, dtype=torch.bool, device=self.device)
         self._graphs: dict[tuple[object, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.feature_request: FeatureRequest | None = None  # set by the engine when its drafter reads features
+        self.features: torch.Tensor | None = None  # [B, S, F]: the last forward's features (with a feature_request)
 
     @property
     def cache_length(self) -> int:
@@ -115,13 +122,45 @@ class FastDecoder:
         self._device_length.add_(seq)
         return logits[..., : self.vocab_size].float()
 
-    @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+    def _forward_eager(self, input_ids: torch.Tensor, last_only: bool, tree: TreeAttention | None) -> torch.Tensor:
+        """A forward outside the graphs: a token tree (positions from its depths, its mask in the attention) and/or
+        the features the engine asked for (kept in ``self.features``)."""
+        assert self._cache is not None, "prepare() must be called before forward()"
         seq = input_ids.shape[1]
-        logits = self._graphed((seq, last_only), input_ids, lambda ids: self._forward(ids, last_only))
+        columns = self._length + torch.arange(seq, device=self.device)  # [S]
+        offsets = tree.depths if tree is not None else torch.arange(seq, device=self.device)  # [S]
+        positions = (self._length + offsets[None, :] - self._pad_lengths[:, None]).clamp_min(0)  # [B, S]
+        request = self.feature_request
+        logits, self.features = self.model.run(
+            input_ids, columns, positions, self._key_valid, self._cache, last_only,
+            tree.visible if tree is not None else None, request.layers if request is not None else None,
+        )  # fmt: skip
+        self._device_length.add_(seq)
+        return logits[..., : self.vocab_size].float()
+
+    @torch.inference_mode()
+    def forward(
+        self, input_ids: torch.Tensor, last_only: bool = False, tree: TreeAttention | None = None
+    ) -> torch.Tensor:
+        """``tree``: the new tokens form a token tree (root first), see :mod:`specdec.tree`."""
+        seq = input_ids.shape[1]
+        if tree is not None or self.feature_request is not None:
+            logits = self._forward_eager(input_ids, last_only, tree)
+        else:
+            logits = self._graphed((seq, last_only), input_ids, lambda ids: self._forward(ids, last_only))
         self._length += seq
         self.forwards += 1
         return logits
+
+    @torch.inference_mode()
+    def keep_path(self, start: int, columns: torch.Tensor) -> None:
+        """Move the cached keys and values at ``columns`` [n] int64 (increasing cache columns) to the consecutive
+        columns [start, start + n), every layer at once; the cache's length is unchanged (roll back after)."""
+        assert self._cache is not None
+        n = columns.shape[0]
+        target = torch.arange(start, start + n, device=self.device)
+        for tensor in self._cache:  # [L, B, Hkv, M, Dh]
+            tensor.index_copy_(3, target, tensor.index_select(3, columns.to(self.device)))
 
     @torch.inference_mode()
     def greedy_chain(self, input_ids: torch.Tensor, k: int) -> torch.Tensor:

@@ -113,9 +113,26 @@ class FastGPT2:
         key_valid: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor],
         last_only: bool,
+        tree: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The logits of :meth:`run`."""
+        return self.run(input_ids, columns, positions, key_valid, cache, last_only, tree)[0]
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        columns: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        last_only: bool,
+        tree: torch.Tensor | None = None,
+        feature_layers: tuple[int, ...] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids: [B, S]; columns: [S] cache columns of the new tokens; positions: [B, S] position ids;
-        key_valid: [B, M] bool. Returns logits [B, S, V] (or [B, 1, V] with ``last_only``) in the model dtype."""
+        key_valid: [B, M] bool; tree: [S, S] bool visibility among the new tokens (a token tree) or None (causal).
+        Returns logits [B, S, V] (or [B, 1, V] with ``last_only``) in the model dtype, and with ``feature_layers``
+        the features [B, S, F] (see ``FeatureRequest``: () is the final normed state) else None."""
         k = self.kernels
         batch, seq = input_ids.shape
         cache_k, cache_v = cache
@@ -123,6 +140,7 @@ class FastGPT2:
         hidden = (F.embedding(input_ids, self.embed) + F.embedding(positions, self.position_embed)).view(
             batch * seq, -1
         )
+        taken: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers):  # hidden: [T, D], the residual stream
             normed = F.layer_norm(hidden, shape, *layer.ln_1, self.eps)
             qkv = torch.addmm(layer.qkv_bias, normed, layer.qkv)  # [T, 3 D]
@@ -130,12 +148,18 @@ class FastGPT2:
                 qkv.view(batch, seq, -1), positions, None, None,
                 cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
             )  # [B, S, H, Dh]  # fmt: skip
-            attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale)
+            attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale, tree)
             hidden = hidden + torch.addmm(layer.o_bias, attended.reshape(batch * seq, -1), layer.o)
             normed = F.layer_norm(hidden, shape, *layer.ln_2, self.eps)
             inner = F.gelu(torch.addmm(layer.fc_bias, normed, layer.fc), approximate=self.gelu)  # [T, I]
             hidden = hidden + torch.addmm(layer.proj_bias, inner, layer.proj)
+            if feature_layers and index in feature_layers:
+                taken[index] = hidden  # [T, D]: the layer's output, the residual stream
         normed = F.layer_norm(hidden, shape, *self.final_norm, self.eps).view(batch, seq, -1)
+        features = None
+        if feature_layers is not None:
+            parts = [taken[i] for i in feature_layers] if feature_layers else [normed]
+            features = torch.cat([part.view(batch, seq, -1) for part in parts], dim=-1)  # [B, S, F]
         if last_only:
             normed = normed[:, -1:]
-        return F.linear(normed, self.lm_head)  # [B, S or 1, V]
+        return F.linear(normed, self.lm_head), features  # [B, S or 1, V]

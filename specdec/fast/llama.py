@@ -126,28 +126,52 @@ class FastLlama:
         key_valid: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor],
         last_only: bool,
+        tree: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The logits of :meth:`run`."""
+        return self.run(input_ids, columns, positions, key_valid, cache, last_only, tree)[0]
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        columns: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        last_only: bool,
+        tree: torch.Tensor | None = None,
+        feature_layers: tuple[int, ...] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids: [B, S]; columns: [S] cache columns of the new tokens; positions: [B, S] rotary positions;
-        key_valid: [B, M] bool. Returns logits [B, S, V] (or [B, 1, V] with ``last_only``) in the model dtype."""
+        key_valid: [B, M] bool; tree: [S, S] bool visibility among the new tokens (a token tree) or None (causal).
+        Returns logits [B, S, V] (or [B, 1, V] with ``last_only``) in the model dtype, and with ``feature_layers``
+        the features [B, S, F] (see ``FeatureRequest``: () is the final normed state) else None."""
         k = self.kernels
         batch, seq = input_ids.shape
         cache_k, cache_v = cache
         hidden = F.embedding(input_ids, self.embed).view(batch * seq, -1)  # [T, D]
         residual = hidden
         normed = k.rms_norm(hidden, self.layers[0].input_norm, self.eps)
+        taken: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers):
             qkv = F.linear(normed, layer.qkv, layer.qkv_bias)  # [T, (H + 2 Hkv) Dh]
             q = k.rope_and_store(
                 qkv.view(batch, seq, -1), positions, self.cos_table, self.sin_table,
                 cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
             )  # [B, S, H, Dh]  # fmt: skip
-            attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale)
+            attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale, tree)
             out = F.linear(attended.reshape(batch * seq, -1), layer.o, layer.o_bias)  # [T, D]
             normed, residual = k.add_rms_norm(out, residual, layer.post_norm, self.eps)
             mlp = F.linear(k.silu_mul(F.linear(normed, layer.gate_up)), layer.down)  # [T, D]
             next_norm = self.layers[index + 1].input_norm if index + 1 < self.num_layers else self.final_norm
             normed, residual = k.add_rms_norm(mlp, residual, next_norm, self.eps)
+            if feature_layers and index in feature_layers:
+                taken[index] = residual  # [T, D]: the layer's output, the residual stream
         normed = normed.view(batch, seq, -1)
+        features = None
+        if feature_layers is not None:
+            parts = [taken[i] for i in feature_layers] if feature_layers else [normed]
+            features = torch.cat([part.view(batch, seq, -1) for part in parts], dim=-1)  # [B, S, F]
         if last_only:
             normed = normed[:, -1:]
-        return F.linear(normed, self.lm_head)  # [B, S or 1, V]
+        return F.linear(normed, self.lm_head), features  # [B, S or 1, V]

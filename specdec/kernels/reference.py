@@ -76,12 +76,16 @@ def decode_attention(
     columns: torch.Tensor,
     key_valid: torch.Tensor | None,
     scale: float,
+    tree: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of S new queries over the cache (grouped-query).
 
     q: [B, S, H, Dh]; cache_k, cache_v: [B, Hkv, M, Dh]; columns: [S] the queries' own cache columns (query s sees
     keys j <= columns[s]); key_valid: [B, M] bool (False on left padding) or None. A query always sees its own key,
     so that a padding position (which sees no valid key) stays finite. Returns [B, S, H, Dh].
+
+    tree: [S, S] bool or None. With a tree the S new tokens sit at consecutive columns (a token tree, root first):
+    query s sees every key before ``columns[0]`` and, among the new ones, key j where ``tree[s, j]``.
     """
     num_heads = q.shape[2]
     num_kv_heads, max_length = cache_k.shape[1], cache_k.shape[2]
@@ -91,6 +95,10 @@ def decode_attention(
     scores = torch.matmul(q.transpose(1, 2), keys.transpose(2, 3)).float() * scale  # [B, H, S, M]
     key_columns = torch.arange(max_length, device=q.device)[None, :]
     visible = (key_columns <= columns[:, None])[None, None]  # [1, 1, S, M]
+    if tree is not None:
+        among_new = torch.zeros((q.shape[1], max_length), dtype=torch.bool, device=q.device)
+        among_new.index_copy_(1, columns, tree)  # [S, M]: the tree's visibility at the new tokens' columns
+        visible = ((key_columns < columns[:1, None]) | among_new)[None, None]
     if key_valid is not None:
         own = (key_columns == columns[:, None])[None, None]
         visible = visible & (key_valid[:, None, None, :] | own)
