@@ -148,5 +148,6 @@ def _check_fit(config: EagleConfig, target: TargetParts) -> None:
             f"hidden {target.hidden_size} / vocab {target.vocab_size}"
         )
     if config.version == 1 and config.layer.hidden_size != target.hidden_size:
-        raise ValueError(f"an EAGLE-1/2 head must be as wide as its target ({target.hidden_size}), not "
-                         f"{config.layer.hidden_size}")
+        raise ValueError(
+            f"an EAGLE-1/2 head must be as wide as its target ({target.hidden_size}), not {config.layer.hidden_size}"
+        )

@@ -36,7 +36,8 @@ class ResBlock(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
         self.linear = nn.Linear(hidden, hidden)
-        nn.init.zeros_(self.linear.weight)  # starts as the identity: head i starts as the target's own head
+        nn.init.zeros_(self.linear.weight)  # as Medusa; zeroing the bias too makes a new head start as the
+        nn.init.zeros_(self.linear.bias)  # target's own head (x + SiLU(0) = x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D]
         return x + F.silu(self.linear(x))
