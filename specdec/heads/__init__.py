@@ -2,6 +2,7 @@
 and the zoo's trained heads for ``zoo:tiny-code-target``."""
 
 from specdec.heads.cache import HeadCache
+from specdec.heads.checkpoints import load_head_folder, load_heads
 from specdec.heads.eagle import Eagle3Head, EagleConfig, EagleHead, eagle3_layers
 from specdec.heads.layer import LayerShape
 from specdec.heads.medusa import MedusaConfig, MedusaHeads
@@ -17,5 +18,7 @@ __all__ = [
     "MedusaHeads",
     "TargetParts",
     "eagle3_layers",
+    "load_head_folder",
+    "load_heads",
     "target_features",
 ]

@@ -34,12 +34,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from torch import nn
+from transformers import PreTrainedModel
 
 from specdec.errors import IncompatibleModelsError, ModelLoadError, UnsupportedModelError
 from specdec.heads.eagle import Eagle3Head, EagleConfig, EagleHead, eagle3_layers
 from specdec.heads.layer import DraftAttention, LayerShape
 from specdec.heads.medusa import MedusaConfig, MedusaHeads
 from specdec.heads.target import TargetParts
+from specdec.loading import LoadedModel
 
 Head = MedusaHeads | EagleHead | Eagle3Head
 MEDUSA_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt", "model.safetensors", "pytorch_model.bin")
@@ -250,3 +252,23 @@ def _fill(
         if isinstance(sub, DraftAttention):
             sub.rotary = type(sub.rotary)(sub.shape.llama_config()).to(device)
     return module.eval()
+
+
+def load_heads(name: str | Path, target: LoadedModel | PreTrainedModel, dtype: torch.dtype | None = None) -> Head:
+    """Draft heads by name for ``target``: ``zoo:tiny-code-medusa``, ``zoo:tiny-code-eagle``, or a local folder in
+    any layout above. Built on the target's device, in its dtype unless ``dtype`` is given; refused (with both
+    shapes and the file named) when they do not fit the target."""
+    from specdec.zoo.registry import is_zoo_name, resolve_zoo
+
+    model = target.model if isinstance(target, LoadedModel) else target
+    if isinstance(name, str) and is_zoo_name(name):
+        entry = resolve_zoo(name)
+        if entry.kind != "heads" or entry.path is None:
+            raise ModelLoadError(f"{name!r} is a {entry.kind} model, not a set of draft heads")
+        folder = entry.path
+    else:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            raise ModelLoadError(f"head folder {str(folder)!r} does not exist")
+    parts = TargetParts.of(model)
+    return load_head_folder(folder, parts, dtype or parts.lm_head.dtype, parts.lm_head.device)
