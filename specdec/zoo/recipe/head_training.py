@@ -84,18 +84,31 @@ def collect(model: PreTrainedModel, rows: torch.Tensor, prompt_len: int, batch_s
     return HeadData(rows, torch.cat(features), torch.cat(choices), prompt_len)
 
 
-def medusa_loss(heads: MedusaHeads, data: HeadData, index: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
-    """Mean cross-entropy over heads of rows ``index``; also each head's top-1 accuracy."""
+def scored_positions(length: int, count: int | None) -> torch.Tensor:
+    """``count`` random positions of ``length`` (all when ``count`` is None or larger), sorted -> [n] int64.
+
+    Scoring the vocabulary at every position dominates the cost on a CPU; a random subset per step keeps the
+    gradient unbiased."""
+    if count is None or count >= length:
+        return torch.arange(length)
+    return torch.sort(torch.randperm(length)[:count]).values
+
+
+def medusa_loss(
+    heads: MedusaHeads, data: HeadData, index: torch.Tensor, positions: int | None = None
+) -> tuple[torch.Tensor, list[float]]:
+    """Mean cross-entropy over heads of rows ``index`` (at ``positions`` random positions per row); also each
+    head's top-1 accuracy."""
     tokens, features = data.tokens[index], data.features[index]  # [b, L], [b, L, D]
-    logits = heads(features)  # [M, b, L, V]
+    start = data.prompt_len - 1  # roots inside the continuation: every label is the target's
+    span = tokens.shape[1] - len(heads.heads) - 1 - start
+    at = (start + scored_positions(span, positions)).to(tokens.device)  # [n]
+    logits = heads(features[:, at])  # [M, b, n, V]
     losses, accuracy = [], []
     for i in range(logits.shape[0]):
-        shift = i + 2
-        start = max(data.prompt_len - shift, 0)  # labels inside the continuation only
-        pred = logits[i, :, start : tokens.shape[1] - shift]  # [b, L', V]
-        labels = tokens[:, start + shift :]  # [b, L']
-        losses.append(F.cross_entropy(pred.flatten(0, 1).float(), labels.flatten()))
-        accuracy.append((pred.argmax(-1) == labels).float().mean().item())
+        labels = tokens[:, at + i + 2]  # [b, n]
+        losses.append(F.cross_entropy(logits[i].flatten(0, 1).float(), labels.flatten()))
+        accuracy.append((logits[i].argmax(-1) == labels).float().mean().item())
     return torch.stack(losses).mean(), accuracy
 
 
@@ -126,9 +139,15 @@ def eagle_passes(head: EagleHead, tokens: torch.Tensor, features: torch.Tensor, 
 
 
 def eagle_loss(
-    head: EagleHead, data: HeadData, index: torch.Tensor, depth: int, feature_weight: float
+    head: EagleHead,
+    data: HeadData,
+    index: torch.Tensor,
+    depth: int,
+    feature_weight: float,
+    positions: int | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
-    """Unrolled EAGLE loss on rows ``index``; also each depth's top-1 agreement with the target's choice."""
+    """Unrolled EAGLE loss on rows ``index`` (cross-entropy at ``positions`` random positions per row, feature
+    regression at all); also each depth's top-1 agreement with the target's choice."""
     tokens, features, choices = data.tokens[index], data.features[index], data.choices[index]
     inputs, feats = tokens[:, 1:], features[:, :-1]  # x_{t+1}, f_t: [b, S] with S = L - 1
     next_features, labels = features[:, 1:], choices[:, 1:]  # f_{t+1}, c_{t+1}
@@ -136,11 +155,12 @@ def eagle_loss(
     accuracy = []
     for k, out in enumerate(eagle_passes(head, inputs, feats, depth), start=1):
         valid = slice(k - 1, None)  # entries whose draft root exists
-        logits = head.logits(out[:, valid])  # [b, S', V]
-        ce = F.cross_entropy(logits.flatten(0, 1).float(), labels[:, valid].flatten())
+        at = (k - 1 + scored_positions(out.shape[1] - (k - 1), positions)).to(out.device)  # [n]
+        logits = head.logits(out[:, at])  # [b, n, V]
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), labels[:, at].flatten())
         regression = F.smooth_l1_loss(out[:, valid].float(), next_features[:, valid])
         total = total + ce + feature_weight * regression
-        accuracy.append((logits.argmax(-1) == labels[:, valid]).float().mean().item())
+        accuracy.append((logits.argmax(-1) == labels[:, at]).float().mean().item())
     return total / depth, accuracy
 
 
@@ -209,8 +229,10 @@ def medusa_agreement(heads: MedusaHeads, data: HeadData) -> dict:
         logits = heads(features)  # [M, b, L, V]
         span = tokens.shape[1] - logits.shape[0] - 1  # positions where every head has a label
         start = data.prompt_len - 1
-        hits = [logits[i, :, start:span].argmax(-1) == tokens[:, start + i + 2 : span + i + 2] for i in
-                range(logits.shape[0])]
+        hits = [
+            logits[i, :, start:span].argmax(-1) == tokens[:, start + i + 2 : span + i + 2]
+            for i in range(logits.shape[0])
+        ]
         correct.append(torch.stack(hits))  # [M, b, span - start]
     hits = torch.cat(correct, dim=1).flatten(1)  # [M, n]
     chain = hits.cumprod(0)  # [M, n] all heads up to i right
@@ -251,8 +273,9 @@ def eagle_agreement(head: EagleHead, data: HeadData, depth: int) -> dict:
 
 
 @torch.no_grad()
-def raw_text_agreement(head: EagleHead, model: PreTrainedModel, tokens: torch.Tensor, seq_len: int = 256,
-                       windows: int = 16) -> float:
+def raw_text_agreement(
+    head: EagleHead, model: PreTrainedModel, tokens: torch.Tensor, seq_len: int = 256, windows: int = 16
+) -> float:
     """EAGLE depth 1 on held-out code itself (not the target's continuations): agreement with the target's
     choice, comparable with the draft model's teacher-forced agreement on held-out code."""
     n = min(tokens.numel() // seq_len, windows)

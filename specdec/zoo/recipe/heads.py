@@ -54,21 +54,22 @@ from specdec.zoo.tokenizer import end_of_text_id, load_zoo_tokenizer
 @dataclass(frozen=True)
 class HeadRecipe:
     greedy_rows: int = 384
-    sampled_rows: int = 384
+    sampled_rows: int = 256
     temperature: float = 0.8
     prompt_len: int = 16
     length: int = 128
-    eval_rows: int = 64
+    eval_rows: int = 48
     medusa_heads: int = 3
     medusa_layers: int = 1
-    medusa_steps: int = 300
+    medusa_steps: int = 200
     medusa_lr: float = 3e-3
-    eagle_steps: int = 500
-    eagle_lr: float = 2e-3
+    eagle_steps: int = 250
+    eagle_lr: float = 3e-3
     eagle_train_depth: int = 2
     eagle_eval_depth: int = 4
     feature_weight: float = 1.0
     batch_rows: int = 16
+    scored_positions: int = 32  # positions per row scored against the vocabulary each step (CPU cost)
     seed: int = 0
     max_files: int | None = None  # cap on corpus files (smoke tests)
 
@@ -117,20 +118,38 @@ def run(recipe: HeadRecipe, target_dir: Path, out: Path, device: torch.device, c
     t0 = time.perf_counter()
     rows = [continuation_rows(target, train_tokens, recipe.greedy_rows, recipe.prompt_len, recipe.length, generator)]
     if recipe.sampled_rows:
-        rows.append(continuation_rows(target, train_tokens, recipe.sampled_rows, recipe.prompt_len, recipe.length,
-                                      generator, temperature=recipe.temperature))
-    heldout_rows = continuation_rows(target, heldout_tokens, recipe.eval_rows, recipe.prompt_len, recipe.length,
-                                     generator)
+        rows.append(
+            continuation_rows(
+                target,
+                train_tokens,
+                recipe.sampled_rows,
+                recipe.prompt_len,
+                recipe.length,
+                generator,
+                temperature=recipe.temperature,
+            )
+        )
+    heldout_rows = continuation_rows(
+        target, heldout_tokens, recipe.eval_rows, recipe.prompt_len, recipe.length, generator
+    )
     train = collect(target, torch.cat(rows), recipe.prompt_len)
     heldout = collect(target, heldout_rows, recipe.prompt_len)
     data_seconds = round(time.perf_counter() - t0, 1)
     log(f"data: {tuple(train.tokens.shape)} train rows, {tuple(heldout.tokens.shape)} held-out rows ({data_seconds} s)")
 
-    medusa_config = MedusaConfig(recipe.medusa_heads, recipe.medusa_layers, parts.hidden_size, parts.vocab_size,
-                                 shared_lm_head=True)
+    medusa_config = MedusaConfig(
+        recipe.medusa_heads, recipe.medusa_layers, parts.hidden_size, parts.vocab_size, shared_lm_head=True
+    )
     medusa = MedusaHeads(medusa_config, parts).to(device)
-    medusa_run = train_loop("medusa", medusa, train, HeadLoop(recipe.medusa_steps, recipe.batch_rows, recipe.medusa_lr),
-                            lambda index: medusa_loss(medusa, train, index), generator, log)
+    medusa_run = train_loop(
+        "medusa",
+        medusa,
+        train,
+        HeadLoop(recipe.medusa_steps, recipe.batch_rows, recipe.medusa_lr),
+        lambda index: medusa_loss(medusa, train, index, recipe.scored_positions),
+        generator,
+        log,
+    )
     medusa_eval = medusa_agreement(medusa, heldout)
     log(f"medusa held-out: {medusa_eval}")
 
@@ -147,7 +166,9 @@ def run(recipe: HeadRecipe, target_dir: Path, out: Path, device: torch.device, c
     eagle = EagleHead(eagle_config, parts).to(device)
     eagle_run = train_loop(
         "eagle", eagle, train, HeadLoop(recipe.eagle_steps, recipe.batch_rows, recipe.eagle_lr),
-        lambda index: eagle_loss(eagle, train, index, recipe.eagle_train_depth, recipe.feature_weight), generator, log,
+        lambda index: eagle_loss(
+            eagle, train, index, recipe.eagle_train_depth, recipe.feature_weight, recipe.scored_positions
+        ), generator, log,
     )  # fmt: skip
     eagle_eval = eagle_agreement(eagle, heldout, recipe.eagle_eval_depth)
     eagle_eval["heldout_code_depth1_top1"] = round(raw_text_agreement(eagle, target, heldout_tokens), 4)
@@ -157,8 +178,12 @@ def run(recipe: HeadRecipe, target_dir: Path, out: Path, device: torch.device, c
         "recipe": asdict(recipe),
         "command": command,
         "environment": _environment(device),
-        "data": {"train_rows": list(train.tokens.shape), "heldout_rows": list(heldout.tokens.shape),
-                 "seconds": data_seconds, "corpus_files": len(corpus.files)},
+        "data": {
+            "train_rows": list(train.tokens.shape),
+            "heldout_rows": list(heldout.tokens.shape),
+            "seconds": data_seconds,
+            "corpus_files": len(corpus.files),
+        },
         "seconds_total": round(time.perf_counter() - started, 1),
     }
     _save(out / "medusa", medusa, medusa_config, {**record, "training": medusa_run, "heldout": medusa_eval}, log_lines)
@@ -167,11 +192,15 @@ def run(recipe: HeadRecipe, target_dir: Path, out: Path, device: torch.device, c
     return {"medusa": medusa_eval, "eagle": eagle_eval, **record}
 
 
-def _save(folder: Path, module: torch.nn.Module, config: MedusaConfig | EagleConfig, record: dict,
-          log_lines: list[str]) -> None:
+def _save(
+    folder: Path, module: torch.nn.Module, config: MedusaConfig | EagleConfig, record: dict, log_lines: list[str]
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().to(torch.float16).contiguous().cpu() for k, v in module.state_dict().items()
-               if v.is_floating_point()}
+    weights = {
+        k: v.detach().to(torch.float16).contiguous().cpu()
+        for k, v in module.state_dict().items()
+        if v.is_floating_point()
+    }
     weights.update({k: v.contiguous().cpu() for k, v in module.state_dict().items() if not v.is_floating_point()})
     save_file(weights, str(folder / "model.safetensors"))
     config.write(folder / "config.json")
@@ -198,11 +227,17 @@ def render_card(kind: str, config: MedusaConfig | EagleConfig, record: dict) -> 
             f"{recipe['eagle_train_depth']} drafting steps.",
         ]
         per = heldout["per_depth_top1"]
-        lines += ["", "| depth | top-1 agreement (earlier tokens right) | chain of depths 1..k all right |",
-                  "|---|---|---|"]
+        lines += [
+            "",
+            "| depth | top-1 agreement (earlier tokens right) | chain of depths 1..k all right |",
+            "|---|---|---|",
+        ]
         lines += [f"| {k + 1} | {per[k]} | {heldout['chain_accept_at_least'][k]} |" for k in range(len(per))]
-        lines += ["", f"Depth 1 on held-out code itself (not the target's continuations): "
-                      f"{heldout['heldout_code_depth1_top1']} (tiny-code-draft: 0.67 there, 0.91 on continuations)."]
+        lines += [
+            "",
+            f"Depth 1 on held-out code itself (not the target's continuations): "
+            f"{heldout['heldout_code_depth1_top1']} (tiny-code-draft: 0.67 there, 0.91 on continuations).",
+        ]
     lines += [
         "",
         f"Measured teacher-forced on {heldout['positions']} positions of the target's greedy continuations of "
@@ -233,7 +268,9 @@ def _environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "platform": platform.platform(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({torch.get_num_threads()} threads)",
     }
 
 
