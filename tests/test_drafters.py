@@ -131,7 +131,7 @@ def test_first_layers_view_equals_a_model_of_fewer_layers_and_leaves_the_target_
 
 
 def test_factory_validates_methods_and_options():
-    assert set(METHODS) == {"model", "ngram", "suffix", "layerskip"}
+    assert set(METHODS) == {"model", "ngram", "suffix", "layerskip", "medusa", "eagle"}
     assert make_drafter("ngram", max_ngram=4).options.max_ngram == 4
     with pytest.raises(ConfigError, match="unknown draft method 'eagle': expected one of model, ngram"):
         make_drafter("eagle")

@@ -35,7 +35,6 @@ from specdec.heads.medusa import MedusaConfig, MedusaHeads
 from specdec.heads.target import TargetParts
 from specdec.zoo.recipe.corpus import collect_corpus
 from specdec.zoo.recipe.head_training import (
-    HeadData,
     HeadLoop,
     collect,
     continuation_rows,
@@ -252,8 +251,8 @@ def render_card(kind: str, config: MedusaConfig | EagleConfig, record: dict) -> 
         f"- Data: {recipe['greedy_rows']} greedy and {recipe['sampled_rows']} sampled (T={recipe['temperature']}) "
         f"continuations of {recipe['prompt_len']}-token training-split prefixes, {recipe['length']} tokens each; the "
         "target's teacher-forced features and top-1 choices on them.",
-        f"- Steps: {record['training']['steps']} of {recipe['batch_rows']} rows; training {record['training']['seconds']} s; "
-        f"whole recipe (data, both heads, evaluation) {record['seconds_total']} s.",
+        f"- Steps: {record['training']['steps']} of {recipe['batch_rows']} rows; training "
+        f"{record['training']['seconds']} s; whole recipe (data, both heads, evaluation) {record['seconds_total']} s.",
         f"- Machine: {env['device']}, {env['platform']}; Python {env['python']}, torch {env['torch']}, "
         f"transformers {env['transformers']}.",
         "- Weights: float16 `model.safetensors`; `config.json` is the head's configuration (`head_type`).",
