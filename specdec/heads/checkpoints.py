@@ -30,6 +30,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import safe_open
@@ -44,6 +45,7 @@ from specdec.heads.target import TargetParts
 from specdec.loading import LoadedModel
 
 Head = MedusaHeads | EagleHead | Eagle3Head
+M = TypeVar("M", bound=nn.Module)
 MEDUSA_FILES = ("medusa_lm_head.safetensors", "medusa_lm_head.pt", "model.safetensors", "pytorch_model.bin")
 EAGLE_FILES = ("model.safetensors", "pytorch_model.bin")
 
@@ -224,9 +226,7 @@ def _weights_file(folder: Path, candidates: tuple[str, ...]) -> Path:
     raise ModelLoadError(f"head folder {str(folder)!r} has no weights file (looked for {', '.join(candidates)})")
 
 
-def _fill(
-    module: nn.Module, file: TensorFile, names: dict[str, str], dtype: torch.dtype, device: torch.device | str
-) -> nn.Module:
+def _fill(module: M, file: TensorFile, names: dict[str, str], dtype: torch.dtype, device: torch.device | str) -> M:
     """Assign the file's tensors to ``module`` (built on the meta device), checking every name and shape."""
     expected = module.state_dict()
     provided = {dst: src for src, dst in names.items()}

@@ -97,6 +97,9 @@ class EagleHead(nn.Module):
 class Eagle3Head(nn.Module):
     """EAGLE-3: ``fc``, ``midlayer``, ``norm``, ``lm_head``, buffers ``d2t`` and ``t2d`` (the published names)."""
 
+    d2t: torch.Tensor
+    t2d: torch.Tensor
+
     def __init__(self, config: EagleConfig, target: TargetParts) -> None:
         super().__init__()
         _check_fit(config, target)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,9 @@ class ResBlock(nn.Module):
 
 
 class MedusaHead(nn.Module):
+    blocks: nn.Sequential
+    lm_head: nn.Linear | None
+
     def __init__(self, config: MedusaConfig) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*(ResBlock(config.hidden_size) for _ in range(config.num_layers)))
@@ -62,14 +66,17 @@ class MedusaHeads(nn.Module):
         self.target = target
         self.heads = nn.ModuleList(MedusaHead(config) for _ in range(config.num_heads))
 
+    def _heads(self) -> list[MedusaHead]:
+        return [cast(MedusaHead, head) for head in self.heads]
+
     def hidden(self, features: torch.Tensor) -> torch.Tensor:
         """[..., D] target features -> [M, ..., D] each head's state before its vocabulary projection."""
-        return torch.stack([head.blocks(features) for head in self.heads])
+        return torch.stack([head.blocks(features) for head in self._heads()])
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """[..., D] target features (after the final norm) -> [M, ..., V] logits; head i scores token t + i + 2."""
         logits = []
-        for head in self.heads:
+        for head in self._heads():
             h = head.blocks(features)  # [..., D]
             weight = self.target.lm_head if head.lm_head is None else head.lm_head.weight  # [V, D]
             logits.append(F.linear(h, weight.to(h.dtype)))

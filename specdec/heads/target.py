@@ -27,10 +27,11 @@ class TargetParts:
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> TargetParts:
-        embedding = model.get_input_embeddings().weight
+        embedding: torch.Tensor = model.get_input_embeddings().weight  # type: ignore[assignment]  # loosely typed
         output = model.get_output_embeddings()
         assert output is not None, f"{type(model).__name__} has no output layer"
-        return cls(embedding.detach(), output.weight.detach(), int(model.config.num_hidden_layers))
+        weight: torch.Tensor = output.weight
+        return cls(embedding.detach(), weight.detach(), int(model.config.num_hidden_layers))
 
 
 @torch.no_grad()

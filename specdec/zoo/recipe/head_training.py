@@ -123,7 +123,9 @@ def eagle_passes(head: EagleHead, tokens: torch.Tensor, features: torch.Tensor, 
     positions = torch.arange(s, device=device).expand(b, s)  # [b, S]
     q = torch.arange(s, device=device)[:, None]  # [S, 1] query position
     p = torch.arange(s, device=device)[None, :]  # [1, S] key position
-    outputs, keys, values = [], [], []
+    outputs: list[torch.Tensor] = []
+    keys: list[torch.Tensor] = []
+    values: list[torch.Tensor] = []
     hidden_in = features
     for k in range(1, depth + 1):
         blocks = [p <= q - (k - 1)]  # pass-1 entries: real features up to the draft's root
@@ -234,13 +236,13 @@ def medusa_agreement(heads: MedusaHeads, data: HeadData) -> dict:
             for i in range(logits.shape[0])
         ]
         correct.append(torch.stack(hits))  # [M, b, span - start]
-    hits = torch.cat(correct, dim=1).flatten(1)  # [M, n]
-    chain = hits.cumprod(0)  # [M, n] all heads up to i right
+    all_hits = torch.cat(correct, dim=1).flatten(1)  # [M, n]
+    chain = all_hits.cumprod(0)  # [M, n] all heads up to i right
     return {
-        "per_head_top1": [round(v, 4) for v in hits.float().mean(1).tolist()],
+        "per_head_top1": [round(v, 4) for v in all_hits.float().mean(1).tolist()],
         "chain_accept_at_least": [round(v, 4) for v in chain.float().mean(1).tolist()],
         "mean_accepted_chain": round(chain.float().sum(0).mean().item(), 4),
-        "positions": int(hits.shape[1]),
+        "positions": int(all_hits.shape[1]),
     }
 
 
@@ -280,7 +282,7 @@ def raw_text_agreement(
     choice, comparable with the draft model's teacher-forced agreement on held-out code."""
     n = min(tokens.numel() // seq_len, windows)
     rows = tokens[: n * seq_len].view(n, seq_len)
-    agree = total = 0
+    agree, total = 0.0, 0
     for batch in rows.split(8):
         features, logits = target_features(model, batch)
         choices = logits.argmax(-1)
