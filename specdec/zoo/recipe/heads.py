@@ -2,8 +2,8 @@
 
 Self-distillation for ``zoo:tiny-code-target`` (see ``head_training.py`` for the losses):
 
-1. continuations of random training-split prefixes by the target itself (greedy, and sampled at ``temperature``);
-   held-out files only ever provide the evaluation rows;
+1. continuations of random training-split prefixes by the target itself (greedy, and sampled at ``temperature``),
+   and plain training-split windows; held-out files only ever provide the evaluation rows;
 2. the target's teacher-forced features and top-1 choices on those rows;
 3. Medusa heads (``medusa_heads`` heads, one residual block each, sharing the target's output layer);
 4. an EAGLE-1/2 head (one decoder layer at the target's width, the target's embedding and output layer shared),
@@ -46,14 +46,16 @@ from specdec.zoo.recipe.head_training import (
     train_loop,
 )
 from specdec.zoo.recipe.train import _encode
+from specdec.zoo.recipe.trainer import sample_windows
 from specdec.zoo.registry import TRAINED_DIR
 from specdec.zoo.tokenizer import end_of_text_id, load_zoo_tokenizer
 
 
 @dataclass(frozen=True)
 class HeadRecipe:
-    greedy_rows: int = 384
-    sampled_rows: int = 256
+    greedy_rows: int = 256
+    sampled_rows: int = 128
+    text_rows: int = 1024  # training-split windows as they are (teacher-forced only: no generation cost)
     temperature: float = 0.8
     prompt_len: int = 16
     length: int = 128
@@ -62,7 +64,7 @@ class HeadRecipe:
     medusa_layers: int = 1
     medusa_steps: int = 200
     medusa_lr: float = 3e-3
-    eagle_steps: int = 250
+    eagle_steps: int = 400
     eagle_lr: float = 3e-3
     eagle_train_depth: int = 2
     eagle_eval_depth: int = 4
@@ -128,6 +130,9 @@ def run(recipe: HeadRecipe, target_dir: Path, out: Path, device: torch.device, c
                 temperature=recipe.temperature,
             )
         )
+    if recipe.text_rows:
+        windows, last = sample_windows(train_tokens, recipe.text_rows, recipe.length - 1, generator)  # [n, L-1]
+        rows.append(torch.cat([windows, last[:, -1:]], dim=1))  # [n, L]
     heldout_rows = continuation_rows(
         target, heldout_tokens, recipe.eval_rows, recipe.prompt_len, recipe.length, generator
     )
@@ -249,8 +254,9 @@ def render_card(kind: str, config: MedusaConfig | EagleConfig, record: dict) -> 
         "",
         f"- Command: `{record['command']}`",
         f"- Data: {recipe['greedy_rows']} greedy and {recipe['sampled_rows']} sampled (T={recipe['temperature']}) "
-        f"continuations of {recipe['prompt_len']}-token training-split prefixes, {recipe['length']} tokens each; the "
-        "target's teacher-forced features and top-1 choices on them.",
+        f"continuations of {recipe['prompt_len']}-token training-split prefixes and {recipe['text_rows']} plain "
+        f"training-split windows, {recipe['length']} tokens each; the target's teacher-forced features and top-1 "
+        "choices on them.",
         f"- Steps: {record['training']['steps']} of {recipe['batch_rows']} rows; training "
         f"{record['training']['seconds']} s; whole recipe (data, both heads, evaluation) {record['seconds_total']} s.",
         f"- Machine: {env['device']}, {env['platform']}; Python {env['python']}, torch {env['torch']}, "
