@@ -286,7 +286,9 @@ def raw_text_agreement(
     for batch in rows.split(8):
         features, logits = target_features(model, batch)
         choices = logits.argmax(-1)
-        out, _ = head(batch[:, 1:], features[:, :-1], torch.arange(seq_len - 1).expand(batch.shape[0], -1))
+        out, _ = head(
+            batch[:, 1:], features[:, :-1], torch.arange(seq_len - 1, device=batch.device).expand(batch.shape[0], -1)
+        )
         agree += (head.logits(out).argmax(-1) == choices[:, 1:]).sum().item()
         total += choices[:, 1:].numel()
     return agree / max(total, 1)
