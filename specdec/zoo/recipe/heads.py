@@ -35,6 +35,7 @@ from specdec.heads.medusa import MedusaConfig, MedusaHeads
 from specdec.heads.target import TargetParts
 from specdec.zoo.recipe.corpus import collect_corpus
 from specdec.zoo.recipe.head_training import (
+    HeadData,
     HeadLoop,
     collect,
     continuation_rows,
@@ -53,18 +54,18 @@ from specdec.zoo.tokenizer import end_of_text_id, load_zoo_tokenizer
 
 @dataclass(frozen=True)
 class HeadRecipe:
-    greedy_rows: int = 256
-    sampled_rows: int = 128
-    text_rows: int = 1024  # training-split windows as they are (teacher-forced only: no generation cost)
+    greedy_rows: int = 512
+    sampled_rows: int = 256
+    text_rows: int = 2048  # training-split windows as they are (teacher-forced only: no generation cost)
     temperature: float = 0.8
     prompt_len: int = 16
     length: int = 128
     eval_rows: int = 48
     medusa_heads: int = 3
     medusa_layers: int = 1
-    medusa_steps: int = 200
+    medusa_steps: int = 400
     medusa_lr: float = 3e-3
-    eagle_steps: int = 400
+    eagle_steps: int = 1200
     eagle_lr: float = 3e-3
     eagle_train_depth: int = 2
     eagle_eval_depth: int = 4
@@ -137,6 +138,10 @@ def run(recipe: HeadRecipe, target_dir: Path, out: Path, device: torch.device, c
         target, heldout_tokens, recipe.eval_rows, recipe.prompt_len, recipe.length, generator
     )
     train = collect(target, torch.cat(rows), recipe.prompt_len)
+    generated = recipe.greedy_rows + recipe.sampled_rows  # Medusa learns the target's own continuations only
+    distilled = HeadData(
+        train.tokens[:generated], train.features[:generated], train.choices[:generated], recipe.prompt_len
+    )
     heldout = collect(target, heldout_rows, recipe.prompt_len)
     data_seconds = round(time.perf_counter() - t0, 1)
     log(f"data: {tuple(train.tokens.shape)} train rows, {tuple(heldout.tokens.shape)} held-out rows ({data_seconds} s)")
@@ -148,9 +153,9 @@ def run(recipe: HeadRecipe, target_dir: Path, out: Path, device: torch.device, c
     medusa_run = train_loop(
         "medusa",
         medusa,
-        train,
+        distilled,
         HeadLoop(recipe.medusa_steps, recipe.batch_rows, recipe.medusa_lr),
-        lambda index: medusa_loss(medusa, train, index, recipe.scored_positions),
+        lambda index: medusa_loss(medusa, distilled, index, recipe.scored_positions),
         generator,
         log,
     )
