@@ -5,6 +5,7 @@ from specdec.drafters import DraftSpec, make_drafter
 from specdec.engine import SpeculativeEngine
 from specdec.errors import SpecdecError
 from specdec.generation import Generation, GenerationResult
+from specdec.heads import load_heads
 from specdec.loading import LoadedModel, load_model
 from specdec.metrics import RunMetrics, StepMetrics
 
@@ -24,6 +25,7 @@ __all__ = [
     "SpeculationConfig",
     "SpeculativeEngine",
     "StepMetrics",
+    "load_heads",
     "load_model",
     "make_drafter",
 ]

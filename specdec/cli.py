@@ -18,7 +18,14 @@ from specdec.config import (
 from specdec.device import DEVICE_CHOICES, DTYPE_CHOICES
 from specdec.errors import ConfigError, SpecdecError
 
-DRAFT_METHODS = ("model", "ngram", "suffix", "layerskip")  # specdec.drafters.METHODS, named here for a fast --help
+DRAFT_METHODS = (
+    "model",
+    "ngram",
+    "suffix",
+    "layerskip",
+    "medusa",
+    "eagle",
+)  # specdec.drafters.METHODS, named here for a fast --help
 
 T = TypeVar("T")
 

@@ -283,6 +283,11 @@ def load_model(name: str, device: str | torch.device = "auto", dtype: str | torc
         from specdec import zoo  # imported on demand: synthetic builders pull in more of transformers
 
         entry = zoo.resolve_zoo(name)
+        if entry.kind == "heads":
+            raise ModelLoadError(
+                f"{name!r} is a set of draft heads for zoo:{entry.target}, not a causal LM: load it with "
+                f"specdec.load_heads({name!r}, target) or draft with it (--draft-method medusa/eagle)"
+            )
         if entry.kind == "synthetic":
             model, tokenizer = zoo.build_synthetic(entry, torch_device, torch_dtype)
             return _ready(name, model, tokenizer, torch_device, torch_dtype, "zoo")

@@ -38,7 +38,7 @@ def test_each_method_runs_and_reports_acceptance_and_tokens_per_forward(capsys, 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--draft-method", "eagle"), "unknown --draft-method 'eagle': expected one of model, ngram, suffix"),
+        (("--draft-method", "hydra"), "unknown --draft-method 'hydra': expected one of model, ngram, suffix"),
         (("--draft-method", "ngram", "--draft-option", "n=2"), "unknown option 'n' for draft method 'ngram'"),
         (("--draft-method", "ngram", "--draft-option", "max_ngram"), "is not KEY=VALUE"),
         (("--draft-method", "ngram", "--draft", "zoo:tiny-code-draft"), "drafts without a model: remove --draft"),

@@ -131,10 +131,12 @@ def test_first_layers_view_equals_a_model_of_fewer_layers_and_leaves_the_target_
 
 
 def test_factory_validates_methods_and_options():
-    assert set(METHODS) == {"model", "ngram", "suffix", "layerskip"}
+    assert set(METHODS) == {"model", "ngram", "suffix", "layerskip", "medusa", "eagle"}
     assert make_drafter("ngram", max_ngram=4).options.max_ngram == 4
-    with pytest.raises(ConfigError, match="unknown draft method 'eagle': expected one of model, ngram"):
-        make_drafter("eagle")
+    with pytest.raises(ConfigError, match="unknown draft method 'hydra': expected one of model, ngram"):
+        make_drafter("hydra")
+    with pytest.raises(ConfigError, match="tree must be dynamic or chain"):
+        make_drafter("eagle", tree="beam")
     with pytest.raises(ConfigError, match="unknown option 'n' for draft method 'ngram': its options are max_ngram"):
         make_drafter("ngram", n=3)
     with pytest.raises(ConfigError, match="must be int"):

@@ -16,7 +16,9 @@ from typing import Any
 
 from specdec.decoder import Decoder
 from specdec.drafters.base import Drafter
+from specdec.drafters.eagle import EagleDrafter, EagleOptions
 from specdec.drafters.layerskip import LayerSkipOptions, layer_skip_drafter
+from specdec.drafters.medusa import MedusaDrafter, MedusaOptions
 from specdec.drafters.model import ModelDrafter, ModelOptions
 from specdec.drafters.ngram import NgramDrafter, NgramOptions
 from specdec.drafters.suffix import SuffixDrafter, SuffixOptions
@@ -61,6 +63,14 @@ METHODS: dict[str, DraftMethod] = {
         DraftMethod(
             "layerskip", LayerSkipOptions, False, "the target's own first L layers (self-speculation)",
             lambda spec, target, decoder, choice: layer_skip_drafter(spec.options, target, decoder),
+        ),
+        DraftMethod(
+            "medusa", MedusaOptions, False, "Medusa heads on the target's last hidden state (a static tree)",
+            lambda spec, target, decoder, choice: MedusaDrafter(spec.options, target),
+        ),
+        DraftMethod(
+            "eagle", EagleOptions, False, "an EAGLE head continuing the target's features (EAGLE-2 tree or chain)",
+            lambda spec, target, decoder, choice: EagleDrafter(spec.options, target),
         ),
     )
 }  # fmt: skip

@@ -3,6 +3,8 @@
 Names (after the ``zoo:`` prefix):
 
 - ``tiny-code-target``, ``tiny-code-draft``: the trained pair (folders under ``models/tiny-code``).
+- ``tiny-code-medusa``, ``tiny-code-eagle``: draft heads trained for ``tiny-code-target`` (not causal LMs: load them
+  with ``specdec.load_heads(name, target)``).
 - ``synthetic/<shape>`` or ``synthetic/<shape>@mix=<m>``: a random-weight model of a stored real shape
   (``configs/<shape>.json``). ``mix`` in [0, 1) steers agreement between any two shapes of one vocabulary family:
   at 0 they agree everywhere, towards 1 their own random layers take over and agreement falls towards chance
@@ -29,11 +31,12 @@ CONFIG_DIR = ZOO_DIR / "configs"
 @dataclass(frozen=True)
 class ZooEntry:
     name: str  # without the prefix, e.g. "tiny-code-target" or "synthetic/llama-3.2-1b@mix=0.3"
-    kind: Literal["trained", "synthetic"]
-    path: Path | None  # trained: the from_pretrained folder; synthetic: the stored config.json
+    kind: Literal["trained", "synthetic", "heads"]
+    path: Path | None  # trained: the from_pretrained folder; heads: their folder; synthetic: the stored config.json
     description: str
     shape: str | None = None  # synthetic: the stored shape, e.g. "llama-3.2-1b"
     mix: float | None = None  # synthetic: the agreement knob in [0, 1)
+    target: str | None = None  # heads: the zoo entry they draft for
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,12 @@ TRAINED: dict[str, tuple[str, str]] = {
     "tiny-code-draft": ("draft", "1.7M-parameter Llama distilled from tiny-code-target"),
 }
 
+HEADS: dict[str, tuple[str, str]] = {
+    "tiny-code-medusa": ("medusa", "3 Medusa heads for tiny-code-target (models/tiny-code/medusa/MODEL_CARD.md)"),
+    "tiny-code-eagle": ("eagle", "an EAGLE-1/2 head for tiny-code-target (models/tiny-code/eagle/MODEL_CARD.md)"),
+}
+HEADS_TARGET = "tiny-code-target"
+
 
 def is_zoo_name(name: str) -> bool:
     return name.startswith(ZOO_PREFIX)
@@ -81,7 +90,7 @@ def is_zoo_name(name: str) -> bool:
 
 def list_zoo() -> list[ZooEntry]:
     """Every entry with its default knob (synthetic names also take ``@mix=M``)."""
-    entries = [resolve_zoo(name) for name in TRAINED]
+    entries = [resolve_zoo(name) for name in [*TRAINED, *HEADS]]
     entries += [resolve_zoo(SYNTHETIC_PREFIX + shape) for shape in SHAPES]
     return entries
 
@@ -92,6 +101,9 @@ def resolve_zoo(name: str) -> ZooEntry:
     if bare in TRAINED:
         folder, description = TRAINED[bare]
         return ZooEntry(bare, "trained", TRAINED_DIR / folder, description)
+    if bare in HEADS:
+        folder, description = HEADS[bare]
+        return ZooEntry(bare, "heads", TRAINED_DIR / folder, description, target=HEADS_TARGET)
     if bare.startswith(SYNTHETIC_PREFIX):
         shape, _, knobs = bare[len(SYNTHETIC_PREFIX) :].partition("@")
         if shape in SHAPES:
@@ -99,7 +111,7 @@ def resolve_zoo(name: str) -> ZooEntry:
             canonical = f"{SYNTHETIC_PREFIX}{shape}@mix={mix:g}"
             description = f"{SHAPES[shape].description}; random weights, mix={mix:g}"
             return ZooEntry(canonical, "synthetic", CONFIG_DIR / f"{shape}.json", description, shape, mix)
-    known = ", ".join([*TRAINED, *(SYNTHETIC_PREFIX + s for s in SHAPES)])
+    known = ", ".join([*TRAINED, *HEADS, *(SYNTHETIC_PREFIX + s for s in SHAPES)])
     raise ModelLoadError(
         f"unknown zoo model {name!r}; known: {known} (synthetic ones also take @mix=M with 0 <= M < 1, "
         "e.g. zoo:synthetic/llama-3.1-8b@mix=0.3)"
