@@ -452,15 +452,18 @@ def _draft_options(doc: LocatedYaml, key_path: KeyPath, method: str, options: di
 def draft_label(choice: DraftChoice, choices: tuple[DraftChoice, ...]) -> str:
     """How ``choice`` reads in case ids among the swept ``choices``: the method alone (``ngram``), with the options
     in which its variants differ where one method is swept with several (``ngram-max_ngram=2``), and for several
-    draft models each model's short name (``model-tiny-code-draft``)."""
+    draft models each model's short name (``model-tiny-code-draft``), with the options in which one model's variants
+    differ (``model-tiny-code-draft-branching=3``)."""
     same = [c for c in choices if c.method == choice.method]
     if len(same) == 1:
         return choice.method
+    head = choice.method
     if choice.method == MODEL_METHOD:
         name = (choice.model or "").removeprefix(ZOO_PREFIX).rstrip("/").rsplit("/", 1)[-1]
-        return f"{MODEL_METHOD}-{name}"
+        head = f"{MODEL_METHOD}-{name}"
+        same = [c for c in same if c.model == choice.model]  # one model's variants differ in their options
     differing = [f.name for f in fields(choice.options) if len({getattr(c.options, f.name) for c in same}) > 1]
-    return "-".join([choice.method, *(f"{key}={_option_text(getattr(choice.options, key))}" for key in differing)])
+    return "-".join([head, *(f"{key}={_option_text(getattr(choice.options, key))}" for key in differing)])
 
 
 def _option_text(value: Any) -> str:

@@ -204,3 +204,14 @@ def test_the_code_repeat_prompt_set_is_shipped_with_kinds():
     rows = [json.loads(line) for line in (ROOT / "specdec/zoo/models/tiny-code/code-repeat.jsonl").open()]
     assert len(rows) >= 10 and len({r["id"] for r in rows}) == len(rows)
     assert all(r["prompt"].strip() and r["kind"] for r in rows)
+
+
+def test_the_heads_suite_compares_chain_and_tree_for_each_drafting_method():
+    cases = expand(parse_suite(ROOT / "bench_suites" / "heads.yaml"))
+    ids = [c.id for c in cases]
+    assert len(set(ids)) == len(ids)
+    assert "heldout[model-tiny-code-draft-branching=3,k=4,cpu,fp32,bs=1]" in ids  # a model's variants by option
+    assert "heldout[model-tiny-code-draft-branching=1,k=4,cpu,fp32,bs=1]" in ids
+    speculative = [c for c in cases if not c.is_autoregressive]
+    assert {c.draft_method for c in speculative} == {"model", "ngram", "medusa", "eagle"}
+    assert {c.speculation.k for c in speculative if c.speculation} == {4}
