@@ -54,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate with TARGET, speculating with DRAFT. Models: zoo:NAME, a local folder, or a hub id.",
     )
     gen.add_argument("--target", required=True, help="target model: zoo:NAME, a local folder, or a hub id")
-    gen.add_argument("--draft", help="draft model (same vocabulary); omit for autoregressive decoding")
+    gen.add_argument(
+        "--draft",
+        help="draft model (same vocabulary), or with --draft-method medusa|eagle the heads (zoo name or folder); "
+        "omit for autoregressive decoding",
+    )
     gen.add_argument(
         "--draft-method",
         help=f"how to draft: {', '.join(DRAFT_METHODS)} (default: model with --draft; neither: autoregressive)",
@@ -245,6 +249,9 @@ def _or(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
+HEAD_METHODS = ("medusa", "eagle")  # drafting methods whose --draft names trained heads, not a draft model
+
+
 def _draft_method(args: argparse.Namespace) -> str | None:
     """The drafting method the flags ask for (None: autoregressive), checked against --draft."""
     method = args.draft_method or ("model" if args.draft else None)
@@ -254,7 +261,7 @@ def _draft_method(args: argparse.Namespace) -> str | None:
         raise ConfigError(f"unknown --draft-method {method!r}: expected one of {', '.join(DRAFT_METHODS)}")
     if method == "model" and not args.draft:
         raise ConfigError("--draft-method model needs --draft NAME (the draft model)")
-    if method != "model" and args.draft:
+    if method != "model" and method not in HEAD_METHODS and args.draft:
         raise ConfigError(f"--draft-method {method} drafts without a model: remove --draft {args.draft}")
     return method
 
@@ -278,6 +285,12 @@ def _generate(args: argparse.Namespace) -> int:
     from specdec.drafters import make_drafter, parse_options
 
     options = parse_options(method, args.draft_option) if method is not None else {}
+    if method in HEAD_METHODS and args.draft:  # --draft names the heads' weights (a zoo name or a folder)
+        if "heads" in options:
+            raise ConfigError(
+                f"--draft {args.draft} and --draft-option heads=... both name the {method} heads: give one"
+            )
+        options["heads"] = args.draft
     if method is not None and method != "model":
         make_drafter(method, **options)  # refuse bad options before loading anything
     prompt = _read_prompt(args)

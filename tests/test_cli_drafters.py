@@ -19,8 +19,10 @@ PROMPT = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n     
         ("--draft-method", "layerskip", "--draft-option", "layers=3"),
         ("--draft", "zoo:tiny-code-draft", "--draft-method", "model"),
         ("--draft", "zoo:tiny-code-draft", "--draft-method", "model", "--draft-option", "branching=2"),
+        ("--draft-method", "eagle", "--draft", "zoo:tiny-code-eagle"),
+        ("--draft-method", "medusa", "--draft", "zoo:tiny-code-medusa", "--draft-option", "tree=chain"),
     ],
-    ids=["ngram", "suffix", "layerskip", "model", "model-tree"],
+    ids=["ngram", "suffix", "layerskip", "model", "model-tree", "eagle", "medusa-chain"],
 )
 def test_each_method_runs_and_reports_acceptance_and_tokens_per_forward(capsys, extra):
     code, out, err = run_cli(
@@ -32,7 +34,9 @@ def test_each_method_runs_and_reports_acceptance_and_tokens_per_forward(capsys, 
     assert metrics["draft_method"] == extra[extra.index("--draft-method") + 1]
     assert metrics["mean_tokens_per_forward"] >= 1.0
     assert metrics["drafted_tokens"] > 0 and metrics["acceptance_rate"] is not None
-    assert (metrics["mean_tree_size"] is not None) == ("branching=2" in extra)
+    assert (metrics["mean_tree_size"] is not None) == ("branching=2" in extra or "eagle" in extra)
+    if "--draft" in extra and "model" not in extra:  # --draft names the heads
+        assert extra[extra.index("--draft") + 1] in metrics["draft"]
 
 
 @pytest.mark.parametrize(
@@ -43,6 +47,7 @@ def test_each_method_runs_and_reports_acceptance_and_tokens_per_forward(capsys, 
         (("--draft-method", "ngram", "--draft-option", "max_ngram"), "is not KEY=VALUE"),
         (("--draft-method", "ngram", "--draft", "zoo:tiny-code-draft"), "drafts without a model: remove --draft"),
         (("--draft-method", "model",), "--draft-method model needs --draft NAME"),
+        (("--draft-method", "eagle", "--draft", "zoo:tiny-code-eagle", "--draft-option", "heads=x"), "give one"),
         (("--draft-option", "max_ngram=2",), "--draft-option does nothing here"),
         (("--draft-method", "layerskip", "--draft-option", "layers=12"), "layers=12 but 'zoo:tiny-code-target' has 12"),
     ],
