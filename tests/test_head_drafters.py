@@ -1,5 +1,5 @@
-"""The Medusa and EAGLE drafters against the heads run without caches (the engine's feature channel and tree
-verification are landing separately: here the test hands the features over itself)."""
+"""The Medusa and EAGLE drafters against the heads run without caches: the test hands the features over itself, as
+the engine does (through the engine: tests/test_head_generation.py)."""
 
 from __future__ import annotations
 
