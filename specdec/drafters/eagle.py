@@ -206,12 +206,12 @@ class EagleDrafter:
                 all_tokens[:, chosen], inputs, torch.tensor([depth - 1] * len(chosen), device=device), extra
             )
             frontier = []
+            children = torch.log_softmax(self.head.logits(out).float(), -1).topk(opts.top_k, dim=-1)  # [B, S, k]
             for row, c in enumerate(chosen):
                 slot[c] = drafted + row
                 hidden_of[c] = out[:, row]
-                child = torch.log_softmax(self.head.logits(out[:, row]).float(), -1).topk(opts.top_k, dim=-1)
-                tokens.append(child.indices)
-                scores.append(all_scores[:, c : c + 1] + child.values)
+                tokens.append(children.indices[:, row])
+                scores.append(all_scores[:, c : c + 1] + children.values[:, row])
                 first = len(parents)
                 parents += [c] * opts.top_k
                 depth_of += [depth] * opts.top_k
