@@ -22,6 +22,7 @@ from specdec.heads.checkpoints import load_heads
 from specdec.heads.medusa import MedusaHeads
 from specdec.loading import LoadedModel
 from specdec.sequence import SequenceBatch
+from specdec.tree import chain_parents
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class MedusaDrafter:
             raise ConfigError(f"{options.heads!r} holds {type(heads).__name__}, not Medusa heads")
         self.heads = heads
         self.tree = static_tree(parse_tree(options.tree, heads.config.num_heads))
-        self.chain = bool((self.tree.parents == torch.arange(self.tree.width) - 1).all())  # verified as a chain
+        self.chain = torch.equal(self.tree.parents, chain_parents(self.tree.width))  # verified as a chain
         self.name = f"medusa({options.heads}, {self.tree.width} nodes)"
         self.features = FeatureRequest(layers=())
         self.buffer = FeatureBuffer()

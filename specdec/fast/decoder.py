@@ -118,7 +118,7 @@ class FastDecoder:
         steps = self._steps[:seq] if seq <= GRAPH_MAX_TOKENS else torch.arange(seq, device=self.device)
         columns = self._device_length + steps  # [S]
         positions = (columns[None, :] - self._pad_lengths[:, None]).clamp_min(0)  # [B, S]
-        logits = self.model.forward(input_ids, columns, positions, self._key_valid, self._cache, last_only)
+        logits, _ = self.model.run(input_ids, columns, positions, self._key_valid, self._cache, last_only)
         self._device_length.add_(seq)
         return logits[..., : self.vocab_size].float()
 

@@ -118,19 +118,6 @@ class FastLlama:
             torch.zeros(shape, dtype=self.dtype, device=self.device),
         )
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        columns: torch.Tensor,
-        positions: torch.Tensor,
-        key_valid: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor],
-        last_only: bool,
-        tree: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The logits of :meth:`run`."""
-        return self.run(input_ids, columns, positions, key_valid, cache, last_only, tree)[0]
-
     def run(
         self,
         input_ids: torch.Tensor,

@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import transformers
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
@@ -46,7 +44,7 @@ from specdec.zoo.recipe.head_training import (
     raw_text_agreement,
     train_loop,
 )
-from specdec.zoo.recipe.train import _encode
+from specdec.zoo.recipe.train import _encode, environment
 from specdec.zoo.recipe.trainer import sample_windows
 from specdec.zoo.registry import TRAINED_DIR
 from specdec.zoo.tokenizer import end_of_text_id, load_zoo_tokenizer
@@ -186,7 +184,7 @@ def run(recipe: HeadRecipe, target_dir: Path, out: Path, device: torch.device, c
     record = {
         "recipe": asdict(recipe),
         "command": command,
-        "environment": _environment(device),
+        "environment": environment(device),
         "data": {
             "train_rows": list(train.tokens.shape),
             "heldout_rows": list(heldout.tokens.shape),
@@ -270,18 +268,6 @@ def render_card(kind: str, config: MedusaConfig | EagleConfig, record: dict) -> 
         "",
     ]
     return "\n".join(lines)
-
-
-def _environment(device: torch.device) -> dict:
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "platform": platform.platform(),
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({torch.get_num_threads()} threads)",
-    }
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def run_recipe(recipe: Recipe, out: Path, device: torch.device, stage: str = "al
         result = train_target(target, train_tokens, loop, generator, probe=target_probe, log=log)
         record.update(
             recipe=asdict(recipe),
-            environment=_environment(device),
+            environment=environment(device),
             corpus={k: v for k, v in manifest.items() if k != "files"},
             tokens={"train": train_tokens.numel(), "heldout": heldout_tokens.numel()},
             tokenizer={"kind": "byte-level BPE", "vocab_size": len(tokenizer), "special": END_OF_TEXT},
@@ -278,7 +278,8 @@ def _save(model: PreTrainedModel, tokenizer, folder: Path) -> None:
     model.to(torch.float32)  # type: ignore[arg-type]  # transformers' decorated `to` confuses mypy
 
 
-def _environment(device: torch.device) -> dict:
+def environment(device: torch.device) -> dict:
+    """The software and machine a recipe ran on (recorded beside its results)."""
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
