@@ -10,6 +10,11 @@ Layout (schema version 1)::
 
 File-level machine, software and commit describe the last update; each case keeps its own environment and commit,
 so an update of some cases leaves the others' provenance intact.
+
+Repeated updates pool the speedup: an update at the same clean commit, on the same environment, of a case whose
+definition did not change adds its speedup to the entry's ``speedup_samples`` (the last ``SPEEDUP_SAMPLES``), and
+the entry's ``speedup`` is their median. One run's speedup carries a few percent of noise of its own; the median of
+several runs does not pass it on to every later comparison. Any other update starts the samples over.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import json
 import math
 import os
 import shutil
+import statistics
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,7 @@ NUMBER_FIELDS = {  # gated or shown numbers: finite when present; the flag says 
     "peak_memory_bytes": True,
 }
 TEXT_FIELDS = ("digest", "output_hash")
+SPEEDUP_SAMPLES = 5  # runs at one commit whose median speedup an entry keeps
 
 
 class BaselineError(Exception):
@@ -54,6 +61,7 @@ class BaselineUpdate:
     kept: tuple[str, ...]  # case ids of the file this run did not touch
     refused: tuple[str, ...]  # case ids that failed: never recorded
     backup: Path | None = None  # where the unreadable file this update replaced was kept
+    pooled: tuple[str, ...] = ()  # case ids whose speedup is now the median of several runs at this commit
 
 
 def unwritable(path: Path) -> str | None:
@@ -158,8 +166,10 @@ def write_baselines(
             stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             backup = path.with_name(f"{path.name}.corrupt-{stamp}")
             shutil.copy2(path, backup)
+    clean = bool(header.get("commit", {}).get("id")) and not header.get("commit", {}).get("dirty", True)
+    pooled = {case_id: _pooled(record, existing.get(case_id), clean) for case_id, record in records.items()}
     cases = dict(existing)
-    cases.update({case_id: record.to_dict() for case_id, record in records.items()})
+    cases.update({case_id: record.to_dict() for case_id, record in pooled.items()})
     document = {
         "schema_version": SCHEMA_VERSION,
         "suite": suite,
@@ -184,4 +194,23 @@ def write_baselines(
         kept=tuple(sorted(set(existing) - set(records))),
         refused=tuple(sorted(refused)),
         backup=backup,
+        pooled=tuple(sorted(case_id for case_id, record in pooled.items() if len(record.speedup_samples) > 1)),
     )
+
+
+def _pooled(record: CaseRecord, entry: dict[str, Any] | None, clean: bool) -> CaseRecord:
+    """``record`` with its speedup pooled with ``entry``'s samples where both come from the same clean commit, the
+    same case definition and the same environment (else a sample of its own)."""
+    if record.speedup is None:
+        return record
+    samples: tuple[float, ...] = (record.speedup,)
+    old = CaseRecord.from_dict(entry) if entry is not None else None
+    same = old is not None and (old.commit, old.digest, old.environment) == (
+        record.commit,
+        record.digest,
+        record.environment,
+    )
+    if clean and same and old is not None and old.speedup is not None:
+        samples = (old.speedup_samples or (old.speedup,)) + samples
+    samples = samples[-SPEEDUP_SAMPLES:]
+    return replace(record, speedup=statistics.median(samples), speedup_samples=samples)

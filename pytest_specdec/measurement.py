@@ -150,14 +150,14 @@ class Measurement:
         return self.positions.unconditional()
 
     step_seconds: float | None = None  # mean draft + verification time of a step, in the fastest round (None: ar)
-    # What it was computed from, so that a second attempt can pool its rounds with these (pooled_with):
+    # What it was computed from, so that a later attempt can pool its rounds with these (pooled_with):
     rounds: tuple[Round, ...] = field(default=(), repr=False, compare=False)
     reference_rounds: tuple[Round, ...] = field(default=(), repr=False, compare=False)
     category_prompts: Mapping[str, int] | None = field(default=None, repr=False, compare=False)
 
     def pooled_with(self, later: Measurement) -> Measurement:
-        """This measurement and ``later`` (a second attempt of the same case) as one: every timed round of both, so
-        the steady time takes each step's fastest time over twice the rounds."""
+        """This measurement and ``later`` (a later attempt of the same case) as one: every timed round of both, so
+        the steady time takes each step's fastest time over all their rounds."""
         return Measurement.from_rounds(
             self.rounds + later.rounds, self.category_prompts, self.reference_rounds + later.reference_rounds
         )
@@ -326,6 +326,9 @@ class CaseRecord:
     commit: str | None = None
     recorded_at: str | None = None  # ISO time
     synthetic: bool = False  # synthetic acceptance: its output is not the target's, so its hash is never gated
+    # the speedups of the updates that recorded this entry at one commit (``speedup`` is their median): pooled by
+    # ``baselines.write_baselines``; () in a run's own record
+    speedup_samples: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -336,4 +339,5 @@ class CaseRecord:
         values["environment"] = Environment.from_dict(data.get("environment") or {})
         values["greedy"] = bool(values["greedy"])
         values["synthetic"] = bool(values["synthetic"])
+        values["speedup_samples"] = tuple(float(x) for x in values["speedup_samples"] or ())
         return cls(**values)

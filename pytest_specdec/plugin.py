@@ -414,6 +414,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
                 else ""
             )
             + ")"
+            + (
+                f"; {len(update.pooled)} speedup(s) are the median of the runs recorded at this commit"
+                if update.pooled
+                else ""
+            )
             + (f"; the unreadable file it replaced is kept as {update.backup}" if update.backup else "")
         )
     for path in bench.reports_written:

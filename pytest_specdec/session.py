@@ -65,13 +65,18 @@ def _timing_only(verdict: Verdict) -> bool:
     return verdict.failed and all(c.metric in TIMING_METRICS for c in verdict.regressions())
 
 
-def _second_attempt(first: Verdict, second: Verdict) -> Verdict:
-    """A case whose timing regressed is measured once more and judged on the rounds of both attempts (each step's
-    fastest time over twice the rounds): a burst of interference on a shared machine rarely covers a step in all of
-    them, a real loss always does. The verdict says so."""
+MAX_ATTEMPTS = 3  # a case that regresses on timing alone is measured up to this many times (pooled rounds)
+
+
+def _after_attempts(first: Verdict, final: Verdict, attempts: int) -> Verdict:
+    """A case whose timing regressed is measured again, up to ``MAX_ATTEMPTS`` times, and judged on the rounds of
+    all its attempts (each step's fastest time over all of them): a burst of interference on a shared machine rarely
+    covers a step in every round, a real loss always does, and more rounds only bring the steady times of both
+    sides closer to their floors. The verdict says how many attempts it took."""
     shown = ", ".join(f"{c.metric} {c.now:.4g}" for c in first.regressions() if isinstance(c.now, float))
-    note = f"measured twice, judged on both attempts' rounds: the first attempt alone regressed ({shown})"
-    return Verdict(second.status, second.checks, "; ".join(n for n in (second.note, note) if n))
+    times = {2: "twice", 3: "3 times"}.get(attempts, f"{attempts} times")
+    note = f"measured {times}, judged on all attempts' rounds: the first attempt alone regressed ({shown})"
+    return Verdict(final.status, final.checks, "; ".join(n for n in (final.note, note) if n))
 
 
 class BenchSession:
@@ -149,12 +154,14 @@ class BenchSession:
         if baseline is not None and not baseline.digest:  # a run saved before digests were: taken as unchanged
             baseline = replace(baseline, digest=case.digest())
         try:
-            verdict = self._attempt(case, benchmark, baseline, result)
-            if _timing_only(verdict) and not self.settings.update_baselines:
-                # a burst of interference or a real loss? measure once more (outside pytest-benchmark's clock) and
-                # judge both attempts' rounds together
-                verdict = _second_attempt(verdict, self._attempt(case, None, baseline, result, result.measurement))
-            result.verdict = verdict
+            first = verdict = self._attempt(case, benchmark, baseline, result)
+            attempts = 1
+            while _timing_only(verdict) and attempts < MAX_ATTEMPTS and not self.settings.update_baselines:
+                # a burst of interference or a real loss? measure again (outside pytest-benchmark's clock) and judge
+                # all attempts' rounds together
+                verdict = self._attempt(case, None, baseline, result, result.measurement)
+                attempts += 1
+            result.verdict = verdict if attempts == 1 else _after_attempts(first, verdict, attempts)
         finally:
             self.models.release(case.models)
         self._extra_info(benchmark, case, result)

@@ -1,0 +1,82 @@
+"""Repeated baseline updates at one clean commit pool each case's speedup (the median of the last five runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from pytest_specdec.baselines import SPEEDUP_SAMPLES, load_baselines, write_baselines
+from pytest_specdec.machine import Environment
+from pytest_specdec.measurement import CaseRecord
+
+HERE = Environment("test-machine", "cpu (AVX2, 1 threads)", "3.11", "2.13", "5.24")
+CLEAN = {"commit": {"id": "c0ffee", "dirty": False}}
+RECORD = CaseRecord(
+    digest="d",
+    greedy=True,
+    acceptance_rate=0.6,
+    tokens_per_forward=2.0,
+    tokens_per_second=300.0,
+    speedup=1.5,
+    output_hash="abc",
+    new_tokens=192,
+    peak_memory_bytes=None,
+    environment=HERE,
+    commit="c0ffee",
+)
+
+
+def update(path, speedup: float, header=CLEAN, **changes):
+    record = dataclasses.replace(RECORD, speedup=speedup, **changes)
+    return write_baselines(
+        path, suite="s", machine_class="test-machine", records={"c": record}, refused=[], header=header
+    )
+
+
+def test_updates_at_one_clean_commit_keep_the_median_of_the_last_five(tmp_path):
+    path = tmp_path / "s.json"
+    first = update(path, 1.50)
+    assert first.pooled == () and load_baselines(path)["c"].speedup_samples == (1.5,)
+    second = update(path, 1.30)
+    assert second.pooled == ("c",) and load_baselines(path)["c"].speedup == pytest.approx(1.40)
+    for speedup in (1.90, 1.45, 1.42, 1.44):
+        update(path, speedup)
+    entry = load_baselines(path)["c"]
+    assert entry.speedup_samples == (1.30, 1.90, 1.45, 1.42, 1.44)  # the oldest of six dropped
+    assert len(entry.speedup_samples) == SPEEDUP_SAMPLES and entry.speedup == pytest.approx(1.44)
+    assert json.loads(path.read_text())["cases"]["c"]["speedup"] == pytest.approx(1.44)
+
+
+@pytest.mark.parametrize(
+    ("header", "changes"),
+    [
+        ({"commit": {"id": "c0ffee", "dirty": True}}, {}),  # uncommitted changes: the code may differ
+        ({"commit": {"id": None}}, {"commit": None}),  # outside git: nothing says the code is the same
+        (CLEAN, {"commit": "beef"}),  # another commit
+        (CLEAN, {"digest": "e"}),  # the case's definition changed
+        (CLEAN, {"environment": dataclasses.replace(HERE, torch="2.11")}),  # other software
+    ],
+    ids=["dirty", "no-git", "other-commit", "other-definition", "other-software"],
+)
+def test_any_other_update_starts_the_samples_over(tmp_path, header, changes):
+    path = tmp_path / "s.json"
+    update(path, 1.50)
+    again = update(path, 1.10, header=header, **changes)
+    entry = load_baselines(path)["c"]
+    assert again.pooled == () and entry.speedup == 1.10 and entry.speedup_samples == (1.10,)
+
+
+def test_the_autoregressive_case_has_no_samples(tmp_path):
+    path = tmp_path / "s.json"
+    update(path, 1.0)
+    write_baselines(
+        path,
+        suite="s",
+        machine_class="test-machine",
+        records={"ar": dataclasses.replace(RECORD, speedup=None)},
+        refused=[],
+        header=CLEAN,
+    )
+    assert load_baselines(path)["ar"].speedup is None and load_baselines(path)["ar"].speedup_samples == ()
