@@ -182,8 +182,11 @@ def gpu_driver() -> str | None:
     return lines[0].strip() if done.returncode == 0 and lines else None
 
 
-def commit_info(folder: Path) -> dict[str, Any]:
-    """The checked-out commit of ``folder`` (id, branch, dirty), or ``{"id": None}`` outside a git checkout."""
+def commit_info(folder: Path, baselines: Path | None = None) -> dict[str, Any]:
+    """The checked-out commit of ``folder`` (id, branch, dirty), or ``{"id": None}`` outside a git checkout.
+
+    ``dirty``: a tracked file differs from the commit, not counting those under ``baselines`` (an update rewrites
+    them; the code that measured is still the commit's)."""
 
     def git(*args: str) -> str | None:
         try:
@@ -195,7 +198,12 @@ def commit_info(folder: Path) -> dict[str, Any]:
     commit = git("rev-parse", "HEAD")
     if commit is None:
         return {"id": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
+    exclude: list[str] = []
+    if baselines is not None and baselines.resolve().is_relative_to(folder.resolve()):
+        inside = baselines.resolve().relative_to(folder.resolve())
+        if inside.parts:  # not the checkout itself
+            exclude = ["--", ".", f":(exclude){inside.as_posix()}"]
+    status = git("status", "--porcelain", "--untracked-files=no", *exclude)
     return {"id": commit, "branch": git("rev-parse", "--abbrev-ref", "HEAD"), "dirty": bool(status)}
 
 

@@ -90,7 +90,7 @@ class BenchSession:
         self.reports_written: list[Path] = []
         self.errors: list[str] = []  # what went wrong at the end (writing baselines or reports), shown last
         self.lost_devices: dict[str, str] = {}  # device -> which case made it unusable (a sticky CUDA error)
-        self.commit = commit_info(rootpath)
+        self.commit = commit_info(rootpath, settings.baselines_dir)
         self.compared: SavedRun | None = None  # --specdec-compare: the saved run that gates instead of baselines
         self.history: list[SavedRun] = []  # --specdec-history: earlier runs for the HTML report
         self._compared: dict[tuple[str, str], CaseRecord] = {}

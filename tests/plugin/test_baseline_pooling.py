@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 
 import pytest
 
 from pytest_specdec.baselines import SPEEDUP_SAMPLES, load_baselines, write_baselines
-from pytest_specdec.machine import Environment
+from pytest_specdec.machine import Environment, commit_info
 from pytest_specdec.measurement import CaseRecord
 
 HERE = Environment("test-machine", "cpu (AVX2, 1 threads)", "3.11", "2.13", "5.24")
@@ -80,3 +81,21 @@ def test_the_autoregressive_case_has_no_samples(tmp_path):
         header=CLEAN,
     )
     assert load_baselines(path)["ar"].speedup is None and load_baselines(path)["ar"].speedup_samples == ()
+
+
+def test_a_rewritten_baseline_file_does_not_make_the_checkout_dirty(tmp_path):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "baselines").mkdir()
+    (tmp_path / "baselines" / "s.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "start", "--allow-empty")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "files")
+    (tmp_path / "baselines" / "s.json").write_text('{"updated": true}')
+    assert commit_info(tmp_path, tmp_path / "baselines")["dirty"] is False  # repeated updates still pool
+    assert commit_info(tmp_path)["dirty"] is True
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert commit_info(tmp_path, tmp_path / "baselines")["dirty"] is True  # the code changed: no pooling
