@@ -1,11 +1,11 @@
-"""The ``specdec`` command line: ``specdec generate ...`` and ``specdec zoo list``."""
+"""The ``specdec`` command line: ``specdec generate ...``, ``specdec serve ...`` and ``specdec zoo list``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from specdec import report
 from specdec.config import (
@@ -17,6 +17,9 @@ from specdec.config import (
 )
 from specdec.device import DEVICE_CHOICES, DTYPE_CHOICES
 from specdec.errors import ConfigError, SpecdecError
+
+if TYPE_CHECKING:
+    from specdec.engine import SpeculativeEngine
 
 DRAFT_METHODS = (
     "model",
@@ -44,6 +47,29 @@ def _float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose the models and where they run (generate and serve)."""
+    parser.add_argument("--target", required=True, help="target model: zoo:NAME, a local folder, or a hub id")
+    parser.add_argument(
+        "--draft",
+        help="draft model (same vocabulary), or with --draft-method medusa|eagle the heads (zoo name or folder); "
+        "omit for autoregressive decoding",
+    )
+    parser.add_argument(
+        "--draft-method",
+        help=f"how to draft: {', '.join(DRAFT_METHODS)} (default: model with --draft; neither: autoregressive)",
+    )
+    parser.add_argument(
+        "--draft-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of the draft method (repeatable), e.g. max_ngram=4, layers=3",
+    )
+    parser.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
+    parser.add_argument("--dtype", default="auto", help=f"one of {', '.join(DTYPE_CHOICES)} (default auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specdec", description="Lossless speculative decoding for HF causal LMs.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,23 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate text with speculative decoding (or autoregressively without --draft)",
         description="Generate with TARGET, speculating with DRAFT. Models: zoo:NAME, a local folder, or a hub id.",
     )
-    gen.add_argument("--target", required=True, help="target model: zoo:NAME, a local folder, or a hub id")
-    gen.add_argument(
-        "--draft",
-        help="draft model (same vocabulary), or with --draft-method medusa|eagle the heads (zoo name or folder); "
-        "omit for autoregressive decoding",
-    )
-    gen.add_argument(
-        "--draft-method",
-        help=f"how to draft: {', '.join(DRAFT_METHODS)} (default: model with --draft; neither: autoregressive)",
-    )
-    gen.add_argument(
-        "--draft-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a setting of the draft method (repeatable), e.g. max_ngram=4, layers=3",
-    )
+    _model_flags(gen)
     gen.add_argument("--prompt", required=True, help="prompt text; - reads it from standard input")
     # Flags that only matter in some combinations default to None, so that one given where it does nothing is named.
     gen.add_argument("--k", type=_int, help="tokens drafted per step (default 4; start value if adaptive)")
@@ -84,8 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=_float, default=None, help="nucleus sampling mass")
     gen.add_argument("--seed", type=_int, default=0, help="seed for every random draw (default 0)")
     gen.add_argument("--max-new-tokens", type=_int, default=64, help="tokens to generate (default 64)")
-    gen.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICE_CHOICES)} (default auto)")
-    gen.add_argument("--dtype", default="auto", help=f"one of {', '.join(DTYPE_CHOICES)} (default auto)")
     gen.add_argument(
         "--policy",
         help=f"acceptance policy: {', '.join(p.value for p in Policy)} (default lossless; lossy-* and synthetic "
@@ -109,6 +117,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, metrics)")
     gen.add_argument("--steps", action="store_true", help="with --json, include per-step metrics")
     gen.set_defaults(run=_generate)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the models over an OpenAI-compatible HTTP API (needs the serve extra)",
+        description="Serve TARGET (speculating with DRAFT) at /v1/completions and /v1/chat/completions, with "
+        "/v1/models, /health and Prometheus /metrics. Needs: pip install 'specdec[serve]'.",
+    )
+    _model_flags(serve)
+    serve.add_argument("--k", type=_int, help="tokens drafted per step (default 4; start value if adaptive)")
+    serve.add_argument("--adaptive-k", action="store_true", help="adapt K to the recent acceptance rate")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    serve.add_argument("--port", type=_int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--max-concurrency", type=_int, default=16, help="requests admitted at once; more wait (default 16)"
+    )
+    serve.add_argument(
+        "--max-tokens-limit", type=_int, default=1024, help="the largest max_tokens a request may ask (default 1024)"
+    )
+    serve.add_argument("--served-model-name", help="the model name clients use (default: the --target argument)")
+    serve.add_argument(
+        "--log-level", default="warning", help="uvicorn's log level: critical, error, warning, info, debug"
+    )
+    serve.set_defaults(run=_serve)
 
     zoo = commands.add_parser("zoo", help="the built-in models")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
@@ -279,8 +310,9 @@ def _read_prompt(args: argparse.Namespace) -> str:
     return str(args.prompt)
 
 
-def _generate(args: argparse.Namespace) -> int:
-    generation, speculation = _configs(args)  # validate flags before reading any input or loading any model
+def _engine(args: argparse.Namespace) -> SpeculativeEngine:
+    """The engine the model flags ask for (--target, --draft, --draft-method, --draft-option, --device, --dtype);
+    draft options are checked before any model loads."""
     method = _draft_method(args)
     from specdec.drafters import make_drafter, parse_options
 
@@ -293,7 +325,6 @@ def _generate(args: argparse.Namespace) -> int:
         options["heads"] = args.draft
     if method is not None and method != "model":
         make_drafter(method, **options)  # refuse bad options before loading anything
-    prompt = _read_prompt(args)
     from specdec.engine import SpeculativeEngine
     from specdec.loading import load_model
 
@@ -304,7 +335,14 @@ def _generate(args: argparse.Namespace) -> int:
         draft = make_drafter("model", model=model, **options)
     elif method is not None:
         draft = make_drafter(method, **options)
-    engine = SpeculativeEngine(target, draft)
+    return SpeculativeEngine(target, draft)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    generation, speculation = _configs(args)  # validate flags before reading any input or loading any model
+    _draft_method(args)
+    prompt = _read_prompt(args)
+    engine = _engine(args)
     result = engine.generate(prompt, generation, speculation)
     if args.json:
         print(report.to_json(result.to_dict(with_steps=args.steps)))
@@ -315,6 +353,41 @@ def _generate(args: argparse.Namespace) -> int:
     if result.metrics.synthetic is not None:  # on standard error too, so that no reader of the output misses it
         print(f"specdec: note: {report.synthetic_note(result.metrics.synthetic)}", file=sys.stderr)
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from specdec.serving import ServeConfig, create_app
+    except ImportError as error:
+        raise SpecdecError(
+            f"specdec serve needs the serve extra ({error.name} is not installed): pip install 'specdec[serve]'"
+        ) from None
+    speculation = _speculation(args)
+    config = ServeConfig(
+        model_name=args.served_model_name or args.target,
+        max_concurrency=args.max_concurrency,
+        max_tokens_limit=args.max_tokens_limit,
+    )
+    engine = _engine(args)
+    app = create_app(engine, speculation, config)
+    print(
+        f"specdec: serving {config.model_name} ({engine.target.path}, {engine.device}) on "
+        f"http://{args.host}:{args.port}/v1",
+        file=sys.stderr,
+        flush=True,
+    )
+    # SIGINT / SIGTERM: uvicorn stops accepting, lets in-flight requests finish for a few seconds, then stops
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    return 0
+
+
+def _speculation(args: argparse.Namespace) -> SpeculationConfig:
+    """The server's K: fixed (--k) or adaptive (--adaptive-k), for every request."""
+    adaptive = AdaptiveKConfig() if args.adaptive_k else None
+    k = args.k if args.k is not None else SpeculationConfig().k
+    return SpeculationConfig(k=k, adaptive=adaptive)
 
 
 def _zoo_list(args: argparse.Namespace) -> int:

@@ -31,6 +31,14 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
+# The zoo's code models know no chat format; this template renders a conversation as Python comments, then opens
+# the assistant's turn, so that /v1/chat/completions can serve them (the answer continues as code or comment).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}# {{ message['role'] }}: {{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}# assistant:\n{% endif %}"
+)
+
+
 def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
     """The Hugging Face tokenizer object around a trained ``tokenizers.Tokenizer`` (what ``save_pretrained`` writes)."""
     return PreTrainedTokenizerFast(
@@ -40,6 +48,7 @@ def wrap_tokenizer(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
         pad_token=END_OF_TEXT,
         model_max_length=2048,
         clean_up_tokenization_spaces=False,
+        chat_template=CHAT_TEMPLATE,
     )
 
 

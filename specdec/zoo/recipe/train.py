@@ -32,7 +32,14 @@ from specdec.zoo.recipe.card import write_card
 from specdec.zoo.recipe.corpus import collect_corpus, extract_prompts, write_manifest, write_prompts
 from specdec.zoo.recipe.trainer import LoopConfig, distil_draft, greedy_rows, perplexity, train_target
 from specdec.zoo.registry import TRAINED_DIR
-from specdec.zoo.tokenizer import END_OF_TEXT, end_of_text_id, load_zoo_tokenizer, train_tokenizer, wrap_tokenizer
+from specdec.zoo.tokenizer import (
+    CHAT_TEMPLATE,
+    END_OF_TEXT,
+    end_of_text_id,
+    load_zoo_tokenizer,
+    train_tokenizer,
+    wrap_tokenizer,
+)
 
 
 @dataclass(frozen=True)
@@ -273,6 +280,7 @@ def _save(model: PreTrainedModel, tokenizer, folder: Path) -> None:
         "pad_token": END_OF_TEXT,
         "model_max_length": model.config.max_position_embeddings,
         "clean_up_tokenization_spaces": False,
+        "chat_template": CHAT_TEMPLATE,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=1) + "\n")
     model.to(torch.float32)  # type: ignore[arg-type]  # transformers' decorated `to` confuses mypy
