@@ -130,3 +130,13 @@ def test_sixteen_concurrent_streams_each_get_their_own_greedy_output(live, clien
 def test_models_and_health(live, client):
     assert [m.id for m in client.models.list()] == ["zoo:tiny-code-target"]
     assert httpx.get(f"{live.url}/health").json() == {"status": "ok"}
+
+
+def test_a_seeded_sampled_completion_is_the_engines_sampled_output(live, client):
+    kwargs = {"prompt": PROMPTS[3], "max_tokens": 16, "temperature": 0.8, "top_p": 0.95, "seed": 3}
+    first = client.completions.create(model="zoo:tiny-code-target", **kwargs).choices[0].text
+    again = client.completions.create(model="zoo:tiny-code-target", **kwargs).choices[0].text
+    expected = live.engine.generate(
+        PROMPTS[3], GenerationConfig(max_new_tokens=16, temperature=0.8, top_p=0.95, seed=3), SpeculationConfig(k=4)
+    )
+    assert first == again == expected.text
