@@ -62,7 +62,8 @@ cases:
     result.stdout.fnmatch_lines(["*ConfigError: prompt (* tokens) + max_new_tokens (600)*exceeds the context*"])
 
 
-def test_out_of_memory_fails_that_case_only(bench):
+def _raising_at_k2(bench, error: str) -> None:
+    """A suite of K 1, 2, 3 whose case at K 2 raises ``error`` (Python source of the exception) from generate."""
     bench.suite(
         """
 defaults: {{rounds: 1, warmup_rounds: 0, max_new_tokens: 4, prompts: ["def parse_args("]}}
@@ -74,20 +75,24 @@ cases:
 """
     )
     bench.pytester.makeconftest(
-        """
+        f"""
 import pytest
 import torch
 from specdec.engine import SpeculativeEngine
 
 
 @pytest.fixture(autouse=True)
-def _out_of_memory_at_k2(request, monkeypatch):
+def _raise_at_k2(request, monkeypatch):
     if "k=2" in request.node.name:
         def generate(self, *args, **kwargs):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            raise {error}
         monkeypatch.setattr(SpeculativeEngine, "generate", generate)
 """
     )
+
+
+def test_out_of_memory_fails_that_case_only(bench):
+    _raising_at_k2(bench, 'torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")')
     result = bench.run("--specdec-suite", "suite")
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*out of memory on cpu running pair?k=2,cpu,fp32,bs=1?: CUDA out of memory*"])
@@ -142,31 +147,7 @@ def test_a_suite_replaces_the_testpaths_but_not_explicit_paths(bench, given):
 def test_a_case_that_loses_the_device_fails_and_the_cases_after_it_on_that_device_skip(bench):
     """A sticky CUDA error (an illegal memory access) makes every later call on the device fail: the case that hit it
     fails with the error, the cases after it on that device skip saying why, and the session still ends cleanly."""
-    bench.suite(
-        """
-defaults: {{rounds: 1, warmup_rounds: 0, max_new_tokens: 4, prompts: ["def parse_args("]}}
-cases:
-  - name: pair
-    target: {target}
-    draft: {same}
-    k: [1, 2, 3]
-"""
-    )
-    bench.pytester.makeconftest(
-        """
-import pytest
-import torch
-from specdec.engine import SpeculativeEngine
-
-
-@pytest.fixture(autouse=True)
-def _device_lost_at_k2(request, monkeypatch):
-    if "k=2" in request.node.name:
-        def generate(self, *args, **kwargs):
-            raise torch.AcceleratorError("CUDA error: an illegal memory access was encountered")
-        monkeypatch.setattr(SpeculativeEngine, "generate", generate)
-"""
-    )
+    _raising_at_k2(bench, 'torch.AcceleratorError("CUDA error: an illegal memory access was encountered")')
     result = bench.run("--specdec-suite", "suite")
     result.assert_outcomes(passed=2, failed=1, skipped=1)
     result.stdout.fnmatch_lines(
