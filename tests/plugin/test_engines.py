@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import transformers
+from suite_text import suite_cases, suite_error
 from tiny_models import loaded, make_model
 
 from pytest_specdec.cases import expand
-from pytest_specdec.errors import SuiteError
 from pytest_specdec.suite import parse_suite
 from specdec import GenerationConfig
 from specdec.hf_engine import HF_COMPILE, HFEngine, HFUnavailableError
@@ -29,22 +29,8 @@ cases:
 """  # a case's keys start on line 6
 
 
-def _cases(tmp_path: Path, text: str):
-    path = tmp_path / "suite.yaml"
-    path.write_text(text)
-    return expand(parse_suite(path))
-
-
-def _error(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "suite.yaml"
-    path.write_text(text)
-    with pytest.raises(SuiteError) as error:
-        expand(parse_suite(path))
-    return str(error.value).removeprefix(str(path))
-
-
 def test_engines_expand_into_cases_with_the_mode_in_the_id(tmp_path):
-    cases = _cases(
+    cases = suite_cases(
         tmp_path,
         HEAD
         + "    draft: [zoo:tiny-code-draft, {method: ngram}]\n    k: [2, 4]\n    device: [cpu, cuda]\n"
@@ -79,7 +65,7 @@ def test_engines_expand_into_cases_with_the_mode_in_the_id(tmp_path):
 
 
 def test_without_specdec_only_the_autoregressive_case_of_the_engine_remains_as_denominator(tmp_path):
-    ids = [c.id for c in _cases(tmp_path, HEAD + "    engine: hf-compile\n")]
+    ids = [c.id for c in suite_cases(tmp_path, HEAD + "    engine: hf-compile\n")]
     assert ids == ["x[ar,cpu,fp32,bs=1]", "x[engine=hf-compile,cpu,fp32,bs=1]"]  # asked for by name: on a CPU too
 
 
@@ -92,8 +78,8 @@ def test_the_default_engine_keeps_ids_and_digests_of_the_recorded_baselines():
 
 
 def test_writing_the_default_engine_changes_nothing(tmp_path):
-    plain = _cases(tmp_path, HEAD + "    draft: zoo:tiny-code-draft\n")
-    spelled = _cases(tmp_path, HEAD + "    draft: zoo:tiny-code-draft\n    engine: specdec\n")
+    plain = suite_cases(tmp_path, HEAD + "    draft: zoo:tiny-code-draft\n")
+    spelled = suite_cases(tmp_path, HEAD + "    draft: zoo:tiny-code-draft\n    engine: specdec\n")
     assert [(c.id, c.digest()) for c in plain] == [(c.id, c.digest()) for c in spelled]
 
 
@@ -118,12 +104,12 @@ def test_writing_the_default_engine_changes_nothing(tmp_path):
     ids=["unknown", "typo", "assisted-without-draft", "assisted-with-suffix", "assisted-batch", "hf-twice", "repeat"],
 )
 def test_a_bad_engine_fails_collection_naming_line_and_key(tmp_path, text, expected):
-    assert _error(tmp_path, HEAD + text).startswith(expected)
+    assert suite_error(tmp_path, HEAD + text).startswith(expected)
 
 
 def test_an_engine_error_from_the_defaults_points_at_the_defaults(tmp_path):
     text = "defaults:\n  prompts: [hello]\n  engine: hf-assisted\ncases:\n  - {name: x, target: zoo:tiny-code-target}\n"
-    assert _error(tmp_path, text).startswith(":3: defaults.engine: engine hf-assisted needs a `draft`")
+    assert suite_error(tmp_path, text).startswith(":3: defaults.engine: engine hf-assisted needs a `draft`")
 
 
 def test_the_engines_suites_mix_every_engine_on_the_same_prompts():

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from suite_text import suite_error
 
 from pytest_specdec.cases import MAX_CASES, expand
-from pytest_specdec.errors import SuiteError
 from pytest_specdec.suite import parse_suite
 
 HEAD = """\
@@ -19,16 +19,6 @@ cases:
   - name: x
     target: zoo:tiny-code-target
 """  # a case's keys start on line 6
-
-
-def _error(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "suite.yaml"
-    path.write_text(text)
-    with pytest.raises(SuiteError) as error:
-        expand(parse_suite(path))
-    message = str(error.value)
-    assert message.startswith(f"{path}:"), message
-    return message[len(str(path)) :]
 
 
 def _parses(tmp_path: Path, text: str) -> list[str]:
@@ -60,7 +50,7 @@ def _parses(tmp_path: Path, text: str) -> list[str]:
     ids=["trained-typo", "synthetic-typo", "bad-knob", "empty"],
 )
 def test_a_zoo_name_the_zoo_lacks_is_an_error_with_a_suggestion(tmp_path, model, expected):
-    assert _error(tmp_path, HEAD.replace("zoo:tiny-code-target", model)).startswith(expected)
+    assert suite_error(tmp_path, HEAD.replace("zoo:tiny-code-target", model)).startswith(expected)
 
 
 def test_zoo_names_the_zoo_has_are_accepted(tmp_path):
@@ -71,13 +61,13 @@ def test_zoo_names_the_zoo_has_are_accepted(tmp_path):
 def test_a_local_model_folder_must_exist_and_be_a_folder(tmp_path):
     (tmp_path / "models" / "tiny-target").mkdir(parents=True)
     (tmp_path / "models" / "weights.bin").write_text("")
-    missing = _error(tmp_path, HEAD.replace("zoo:tiny-code-target", "./models/tiny-targt"))
+    missing = suite_error(tmp_path, HEAD.replace("zoo:tiny-code-target", "./models/tiny-targt"))
     assert missing == (
         f":5: cases[0].target: model folder './models/tiny-targt' does not exist (looked for "
         f"{tmp_path / 'models' / 'tiny-targt'}; a relative path starts at the suite file's folder) "
         "(did you mean './models/tiny-target'?)"
     )
-    a_file = _error(tmp_path, HEAD.replace("zoo:tiny-code-target", "./models/weights.bin"))
+    a_file = suite_error(tmp_path, HEAD.replace("zoo:tiny-code-target", "./models/weights.bin"))
     assert a_file.startswith(":5: cases[0].target: model folder './models/weights.bin' is a file, not a model folder")
     assert _parses(tmp_path, HEAD.replace("zoo:tiny-code-target", "./models/tiny-target/")) == ["x[ar,cpu,fp32,bs=1]"]
 
@@ -144,7 +134,7 @@ def test_a_zoo_typo_fails_collection_instead_of_skipping_every_case(bench):
     ],
 )
 def test_values_that_would_duplicate_cases_or_exhaust_the_machine_are_errors(tmp_path, extra, expected):
-    assert _error(tmp_path, HEAD + extra).startswith(expected)
+    assert suite_error(tmp_path, HEAD + extra).startswith(expected)
 
 
 def test_a_prompt_of_whitespace_is_a_prompt(tmp_path):
@@ -160,7 +150,7 @@ def test_a_sweep_beyond_the_cap_is_refused_before_its_cases_are_built(tmp_path):
     text = (
         HEAD + f"    draft: zoo:tiny-code-draft\n    k: {k}\n    batch_size: {batch}\n    temperature: {temperature}\n"
     )
-    assert _error(tmp_path, text) == (
+    assert suite_error(tmp_path, text) == (
         f":4: cases[0]: the suite sweeps 65,000 cases, more than {MAX_CASES:,}: cases[0] (x): 65,000 cases "
         "(batch_size 100 x temperature 10 x k 64); sweep fewer values per entry (or split the suite)"
     )

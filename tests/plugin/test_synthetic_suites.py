@@ -7,9 +7,9 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from suite_text import suite_cases, suite_error
 
 from pytest_specdec.cases import expand
-from pytest_specdec.errors import SuiteError
 from pytest_specdec.gating import Outcome, Tolerances, compare
 from pytest_specdec.machine import Environment
 from pytest_specdec.measurement import CaseRecord
@@ -26,20 +26,6 @@ cases:
 """  # a case's further keys start on line 7
 
 
-def cases(tmp_path: Path, text: str):
-    path = tmp_path / "suite.yaml"
-    path.write_text(text)
-    return expand(parse_suite(path))
-
-
-def error(tmp_path: Path, text: str) -> str:
-    path = tmp_path / "suite.yaml"
-    path.write_text(text)
-    with pytest.raises(SuiteError) as raised:
-        expand(parse_suite(path))
-    return str(raised.value)[len(str(path)) :]
-
-
 def test_synthetic_policies_sweep_and_read_in_ids(tmp_path):
     text = HEAD + (
         "    k: [2, 4]\n"
@@ -49,7 +35,7 @@ def test_synthetic_policies_sweep_and_read_in_ids(tmp_path):
         "      - {name: synthetic, acceptance_length: 2.5}\n"
         "      - lossless\n"
     )
-    found = cases(tmp_path, text)
+    found = suite_cases(tmp_path, text)
     ids = [c.id for c in found]
     assert ids == [
         "x[ar,cpu,fp32,bs=1]",
@@ -72,17 +58,17 @@ def test_synthetic_policies_sweep_and_read_in_ids(tmp_path):
 
 def test_a_list_of_rate_lists_sweeps_them(tmp_path):
     text = HEAD + "    k: 2\n    policy: {name: synthetic, acceptance_rates: [[0.9, 0.8], [0.7, 0.5]]}\n"
-    assert [c.id for c in cases(tmp_path, text)][1:] == [
+    assert [c.id for c in suite_cases(tmp_path, text)][1:] == [
         "x[k=2,cpu,fp32,bs=1,syn-rates=0.9_0.8]",
         "x[k=2,cpu,fp32,bs=1,syn-rates=0.7_0.5]",
     ]
 
 
 def test_the_digest_keeps_exact_values_and_other_cases_keep_theirs(tmp_path):
-    base = cases(tmp_path, HEAD + "    k: 2\n")
-    again = cases(tmp_path, HEAD + "    k: 2\n    policy: [lossless, {name: synthetic, acceptance_rate: 0.8}]\n")
+    base = suite_cases(tmp_path, HEAD + "    k: 2\n")
+    again = suite_cases(tmp_path, HEAD + "    k: 2\n    policy: [lossless, {name: synthetic, acceptance_rate: 0.8}]\n")
     assert [c.digest() for c in base] == [c.digest() for c in again[:2]]  # lossless cases: digests unchanged
-    close = cases(tmp_path, HEAD + "    k: 2\n    policy: {name: synthetic, acceptance_rate: 0.80000001}\n")
+    close = suite_cases(tmp_path, HEAD + "    k: 2\n    policy: {name: synthetic, acceptance_rate: 0.80000001}\n")
     assert close[1].id == again[2].id and close[1].digest() != again[2].digest()
 
 
@@ -122,7 +108,7 @@ def test_the_digest_keeps_exact_values_and_other_cases_keep_theirs(tmp_path):
     ],
 )
 def test_bad_synthetic_policies_fail_collection_naming_file_line_and_key(tmp_path, policy, expected):
-    message = error(tmp_path, HEAD + f"    policy: {policy}\n")
+    message = suite_error(tmp_path, HEAD + f"    policy: {policy}\n")
     assert matches(message, expected), message
 
 
