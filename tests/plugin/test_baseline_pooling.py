@@ -7,32 +7,19 @@ import json
 import subprocess
 
 import pytest
+from records import HERE, record
 
 from pytest_specdec.baselines import SPEEDUP_SAMPLES, load_baselines, write_baselines
-from pytest_specdec.machine import Environment, commit_info
-from pytest_specdec.measurement import CaseRecord
+from pytest_specdec.machine import commit_info
 
-HERE = Environment("test-machine", "cpu (AVX2, 1 threads)", "3.11", "2.13", "5.24")
 CLEAN = {"commit": {"id": "c0ffee", "dirty": False}}
-RECORD = CaseRecord(
-    digest="d",
-    greedy=True,
-    acceptance_rate=0.6,
-    tokens_per_forward=2.0,
-    tokens_per_second=300.0,
-    speedup=1.5,
-    output_hash="abc",
-    new_tokens=192,
-    peak_memory_bytes=None,
-    environment=HERE,
-    commit="c0ffee",
-)
+RECORD = record(commit="c0ffee")
 
 
 def update(path, speedup: float, header=CLEAN, **changes):
     record = dataclasses.replace(RECORD, speedup=speedup, **changes)
     return write_baselines(
-        path, suite="s", machine_class="test-machine", records={"c": record}, refused=[], header=header
+        path, suite="s", machine_class=HERE.machine_class, records={"c": record}, refused=[], header=header
     )
 
 
@@ -75,7 +62,7 @@ def test_the_autoregressive_case_has_no_samples(tmp_path):
     write_baselines(
         path,
         suite="s",
-        machine_class="test-machine",
+        machine_class=HERE.machine_class,
         records={"ar": dataclasses.replace(RECORD, speedup=None)},
         refused=[],
         header=CLEAN,

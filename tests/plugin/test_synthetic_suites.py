@@ -7,11 +7,11 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from records import record
 from suite_text import suite_cases, suite_error
 
 from pytest_specdec.cases import expand
 from pytest_specdec.gating import Outcome, Tolerances, compare
-from pytest_specdec.machine import Environment
 from pytest_specdec.measurement import CaseRecord
 from pytest_specdec.suite import parse_suite
 
@@ -140,20 +140,7 @@ def test_the_shipped_synthetic_suites_collect(suite, count, example):
 
 
 def test_a_synthetic_cases_output_hash_is_reported_never_gated():
-    here = Environment("cpu-x86_64-2c", "AMD EPYC (AVX512, 1 threads)", "3.11.7", "2.13.0+cpu", "5.23.0")
-    baseline = CaseRecord(
-        digest="d",
-        greedy=True,
-        acceptance_rate=0.8,
-        tokens_per_forward=3.0,
-        tokens_per_second=100.0,
-        speedup=2.0,
-        output_hash="abc",
-        new_tokens=128,
-        peak_memory_bytes=None,
-        environment=here,
-        synthetic=True,
-    )
+    baseline = record(acceptance_rate=0.8, tokens_per_forward=3.0, speedup=2.0, synthetic=True)
     verdict = compare(dataclasses.replace(baseline, output_hash="other"), baseline, Tolerances())
     hash_check = next(c for c in verdict.checks if c.metric == "output_hash")
     assert hash_check.outcome is Outcome.CHANGED and "synthetic acceptance: not gated" in hash_check.note
