@@ -10,7 +10,17 @@ from safetensors.torch import save_file
 from tiny_models import loaded, make_model
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine, load_model, make_drafter
-from specdec.heads import EagleConfig, EagleHead, LayerShape, MedusaConfig, MedusaHeads, TargetParts
+from specdec.heads import (
+    Eagle3Head,
+    EagleConfig,
+    EagleHead,
+    LayerShape,
+    MedusaConfig,
+    MedusaHeads,
+    TargetParts,
+    eagle3_layers,
+    write_random_eagle3,
+)
 from specdec.zoo.prompts import load_prompts
 
 GREEDY = GenerationConfig(max_new_tokens=40, stop_at_eos=False)
@@ -91,3 +101,18 @@ def test_a_sampled_eagle_chain_runs_with_its_draft_distributions(zoo_target, zoo
     again = engine.generate(zoo_prompts[0], sampled, SpeculationConfig(k=4))
     assert first.token_ids == again.token_ids and len(first.token_ids[0]) == 32
     assert first.metrics.accepted_tokens > 0
+
+
+@pytest.mark.parametrize("tree", ["chain", "dynamic"])
+def test_a_random_eagle3_head_of_the_target_s_shape_keeps_the_greedy_output(tree, tmp_path):
+    model = make_model("llama", seed=7, layers=6)
+    target = loaded(model, "llama")
+    folder = write_random_eagle3(model, tmp_path / "eagle3", draft_vocab_size=200)
+    engine = SpeculativeEngine(target, make_drafter("eagle", heads=str(folder), tree=tree))
+    head = engine.drafter.head  # type: ignore[union-attr]
+    assert isinstance(head, Eagle3Head) and head.config.draft_vocab_size == 200
+    assert head.config.feature_layers == eagle3_layers(6)
+    prompt = [5, 17, 99, 240, 31, 8, 77]
+    result = engine.generate(prompt, GREEDY, SpeculationConfig(k=4))
+    assert result.token_ids[0] == autoregressive(target, prompt, "fast")
+    assert result.metrics.drafted_tokens > 0

@@ -6,6 +6,7 @@ from specdec.heads.checkpoints import load_head_folder, load_heads
 from specdec.heads.eagle import Eagle3Head, EagleConfig, EagleHead, eagle3_layers
 from specdec.heads.layer import LayerShape
 from specdec.heads.medusa import MedusaConfig, MedusaHeads
+from specdec.heads.random import write_random_eagle3
 from specdec.heads.target import TargetParts, target_features
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "load_head_folder",
     "load_heads",
     "target_features",
+    "write_random_eagle3",
 ]
