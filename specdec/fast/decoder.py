@@ -6,8 +6,9 @@ first time it runs, and replayed after that: the draft's one-token step and the 
 become one launch each. The cache length lives on the device (the graphs read it) and on the host (the engine
 reads it); a rollback sets both, copying nothing.
 
-Token-tree forwards and forwards that compute the target's features (``feature_request``) run eagerly, never from a
-graph: the graphs are keyed by shape only, and a tree's mask is data.
+A forward that also returns the target's features (``feature_request``) is captured like any other (the features
+are a second output). A token tree's forward is captured per tree size, its visibility mask and depths being static
+inputs copied in before each replay, so a drafter with a fixed node budget replays one graph per step.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from specdec.loading import LoadedModel
 from specdec.tree import TreeAttention
 
 GRAPH_MAX_TOKENS = 16  # forwards of more new tokens (prefill) run eagerly
+TREE_GRAPH_MAX_TOKENS = 128  # token-tree forwards are captured up to this many tokens (root included)
+Outputs = tuple[torch.Tensor | None, ...]
 
 
 class FastDecoder:
@@ -55,10 +58,10 @@ class FastDecoder:
         self._length = 0
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._device_length = torch.zeros((), dtype=torch.long, device=self.device)
-        self._steps = torch.arange(GRAPH_MAX_TOKENS, device=self.device)
+        self._steps = torch.arange(TREE_GRAPH_MAX_TOKENS, device=self.device)
         self._pad_lengths = torch.zeros(0, dtype=torch.long, device=self.device)
         self._key_valid = torch.zeros(0, dtype=torch.bool, device=self.device)
-        self._graphs: dict[tuple[object, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self._graphs: dict[tuple[object, ...], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], Outputs]] = {}
         self.feature_request: FeatureRequest | None = None  # set by the engine when its drafter reads features
         self.features: torch.Tensor | None = None  # [B, S, F]: the last forward's features (with a feature_request)
 
@@ -111,32 +114,32 @@ class FastDecoder:
         self.rollback(0)
         self.forwards = 0
 
-    def _forward(self, input_ids: torch.Tensor, last_only: bool) -> torch.Tensor:
-        """The whole forward as device work only (so that it can be captured): logits [B, S or 1, vocab]."""
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        last_only: bool,
+        visible: torch.Tensor | None = None,
+        depths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The whole forward as device work only (so that it can be captured): logits [B, S or 1, vocab] and, with a
+        ``feature_request``, the features [B, S, F]. ``visible`` [S, S] and ``depths`` [S]: a token tree (root
+        first; positions from the depths, the mask in the attention)."""
         assert self._cache is not None, "prepare() must be called before forward()"
         seq = input_ids.shape[1]
-        steps = self._steps[:seq] if seq <= GRAPH_MAX_TOKENS else torch.arange(seq, device=self.device)
+        steps = self._steps[:seq] if seq <= self._steps.shape[0] else torch.arange(seq, device=self.device)
         columns = self._device_length + steps  # [S]
-        positions = (columns[None, :] - self._pad_lengths[:, None]).clamp_min(0)  # [B, S]
-        logits, _ = self.model.run(input_ids, columns, positions, self._key_valid, self._cache, last_only)
-        self._device_length.add_(seq)
-        return logits[..., : self.vocab_size].float()
-
-    def _forward_eager(self, input_ids: torch.Tensor, last_only: bool, tree: TreeAttention | None) -> torch.Tensor:
-        """A forward outside the graphs: a token tree (positions from its depths, its mask in the attention) and/or
-        the features the engine asked for (kept in ``self.features``)."""
-        assert self._cache is not None, "prepare() must be called before forward()"
-        seq = input_ids.shape[1]
-        columns = self._length + torch.arange(seq, device=self.device)  # [S]
-        offsets = tree.depths if tree is not None else torch.arange(seq, device=self.device)  # [S]
-        positions = (self._length + offsets[None, :] - self._pad_lengths[:, None]).clamp_min(0)  # [B, S]
+        offsets = depths if depths is not None else steps  # [S]
+        positions = (self._device_length + offsets[None, :] - self._pad_lengths[:, None]).clamp_min(0)  # [B, S]
         request = self.feature_request
-        logits, self.features = self.model.run(
-            input_ids, columns, positions, self._key_valid, self._cache, last_only,
-            tree.visible if tree is not None else None, request.layers if request is not None else None,
+        logits, features = self.model.run(
+            input_ids, columns, positions, self._key_valid, self._cache, last_only, visible,
+            request.layers if request is not None else None,
         )  # fmt: skip
         self._device_length.add_(seq)
-        return logits[..., : self.vocab_size].float()
+        return logits[..., : self.vocab_size].float(), features
+
+    def _logits(self, input_ids: torch.Tensor, last_only: bool) -> torch.Tensor:
+        return self._forward(input_ids, last_only)[0]
 
     @torch.inference_mode()
     def forward(
@@ -144,10 +147,19 @@ class FastDecoder:
     ) -> torch.Tensor:
         """``tree``: the new tokens form a token tree (root first), see :mod:`specdec.tree`."""
         seq = input_ids.shape[1]
-        if tree is not None or self.feature_request is not None:
-            logits = self._forward_eager(input_ids, last_only, tree)
+        layers = self.feature_request.layers if self.feature_request is not None else None
+        if tree is None:
+            logits, self.features = self._graphed(
+                (seq, last_only, layers), (input_ids,), lambda ids: self._forward(ids, last_only), GRAPH_MAX_TOKENS
+            )
         else:
-            logits = self._graphed((seq, last_only), input_ids, lambda ids: self._forward(ids, last_only))
+            logits, self.features = self._graphed(
+                ("tree", seq, last_only, layers),
+                (input_ids, tree.visible, tree.depths),
+                lambda ids, visible, depths: self._forward(ids, last_only, visible, depths),
+                TREE_GRAPH_MAX_TOKENS,
+            )
+        assert logits is not None
         self._length += seq
         self.forwards += 1
         return logits
@@ -168,32 +180,41 @@ class FastDecoder:
         if not self.chain_graph:
             return greedy_chain_loop(self.forward, input_ids, k)
         seq = input_ids.shape[1]
-        tokens = self._graphed(("chain", seq, k), input_ids, lambda ids: greedy_chain_loop(self._forward, ids, k))
+        (tokens,) = self._graphed(
+            ("chain", seq, k), (input_ids,), lambda ids: (greedy_chain_loop(self._logits, ids, k),), GRAPH_MAX_TOKENS
+        )
+        assert tokens is not None
         self._length += seq + k - 1
         self.forwards += k
         return tokens
 
     def _graphed(
-        self, key: tuple[object, ...], input_ids: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]
-    ) -> torch.Tensor:
-        """``run(input_ids)`` from a CUDA graph captured for ``key`` (captured at the first call, which runs for
-        real and warms up: Triton compiles, cuBLAS picks its kernels). Its output is valid until the next call."""
-        if not self.use_graphs or input_ids.shape[1] > GRAPH_MAX_TOKENS:
-            return run(input_ids)
+        self,
+        key: tuple[object, ...],
+        inputs: tuple[torch.Tensor, ...],
+        run: Callable[..., Outputs],
+        max_tokens: int,
+    ) -> Outputs:
+        """``run(*inputs)`` from a CUDA graph captured for ``key`` (captured at the first call, which runs for real
+        and warms up: Triton compiles, cuBLAS picks its kernels); ``inputs[0]`` is the token ids, whose width is
+        at most ``max_tokens`` for a graph. The outputs are valid until the next call."""
+        if not self.use_graphs or inputs[0].shape[1] > max_tokens:
+            return run(*inputs)
         entry = self._graphs.get(key)
         if entry is not None:
-            graph, static_input, static_output = entry
-            static_input.copy_(input_ids)
+            graph, static_inputs, static_outputs = entry
+            for static, given in zip(static_inputs, inputs, strict=True):
+                static.copy_(given)
             graph.replay()
-            return static_output
-        output = run(input_ids)
-        static_input = input_ids.clone()
+            return static_outputs
+        outputs = run(*inputs)
+        static_inputs = tuple(x.clone() for x in inputs)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):  # capturing executes nothing, so no state changes here
-            static_output = run(static_input)
-        self._graphs[key] = (graph, static_input, static_output)
-        return output
+            static_outputs = run(*static_inputs)
+        self._graphs[key] = (graph, static_inputs, static_outputs)
+        return outputs
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self._length:
