@@ -3,6 +3,7 @@ hf-static and hf-compile interleaved with the engine on a tiny Llama), with one 
 
     python scripts/diag/hf_compile_bisect.py            # every variant in a process of its own, a line each
     python scripts/diag/hf_compile_bisect.py VARIANT    # one variant (exit status 0: it passed)
+    python scripts/diag/hf_compile_bisect.py A,B,C      # these variants, each in a process of its own
 
 Measured on the H200 (torch 2.11, transformers 5.17), 2026-12-03: full, no-zoo-pair and gc-after-zoo crash (in the
 engine's CUDA-graph replay after hf-compile's first call); no-engine-graphs, no-inductor-graphs and no-static pass.
@@ -93,10 +94,10 @@ def run(variant: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
+    if len(sys.argv) > 1 and "," not in sys.argv[1]:
         run(sys.argv[1])
         sys.exit(0)
-    for variant in VARIANTS:
+    for variant in sys.argv[1].split(",") if len(sys.argv) > 1 else VARIANTS:
         started = time.time()
         done = subprocess.run([sys.executable, __file__, variant], capture_output=True, text=True, timeout=150)
         crashed = "illegal memory access" in done.stderr + done.stdout
