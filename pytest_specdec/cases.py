@@ -14,6 +14,10 @@ Ids read ``GROUP[(engine=ENGINE,)(DRAFT,)K,DEVICE,DTYPE,bs=B(,t=T)(,POLICY)(,n=N
   ``max_new_tokens``.
 
 The autoregressive case of a speculative case shares its group, device, dtype, batch size, temperature and length.
+
+Serving cases (``engine: openai``) read ``GROUP[engine=openai,(DRAFT,)K,DEVICE,DTYPE,c=C(,rate=R)(,t=T)(,n=N)]``
+with ``serve:`` (``K`` is ``ar`` for the server without the draft, which the speculative server's case is measured
+against at the same concurrency), and ``GROUP[engine=openai,c=C(,rate=R)(,t=T)(,n=N)]`` with ``endpoint:``.
 """
 
 from __future__ import annotations
@@ -24,12 +28,14 @@ import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from pytest_specdec.endpoints import Serving
 from pytest_specdec.errors import SuiteError
 from pytest_specdec.gating import Tolerances
 from pytest_specdec.prompts import PromptSet
 from pytest_specdec.suite import (
     HF,
     MODEL_METHOD,
+    OPENAI,
     SHORT_DTYPES,
     SPECDEC,
     CaseGroup,
@@ -44,7 +50,19 @@ from specdec.hf_engine import HF_ASSISTED, HF_COMPILE, HF_LOOKUP, HF_STATIC
 AUTOREGRESSIVE = "ar"
 WARN_CASES = 1_000  # a suite with more cases collects with a warning that names the sweeps multiplying them
 MAX_CASES = 50_000  # a suite with more is refused before its cases are built (hours of benchmarks per 1,000 cases)
-SWEPT = ("device", "dtype", "batch_size", "temperature", "max_new_tokens", "policy", "draft", "k", "engine")
+SWEPT = (
+    "device",
+    "dtype",
+    "batch_size",
+    "temperature",
+    "max_new_tokens",
+    "policy",
+    "draft",
+    "k",
+    "engine",
+    "concurrency",
+    "request_rate",
+)
 NO_K = "-"  # the K label of hf-static and hf-compile cases, which draft nothing and are not the autoregressive case
 
 
@@ -69,7 +87,8 @@ class Case:
     markers: tuple[str, ...]
     tolerances: Tolerances
     baseline_id: str | None  # the autoregressive case this one's speedup is measured against
-    engine: str = SPECDEC  # SPECDEC or one of transformers' modes (specdec.hf_engine.HF_MODES)
+    engine: str = SPECDEC  # SPECDEC, one of transformers' modes (specdec.hf_engine.HF_MODES) or OPENAI
+    serving: Serving | None = None  # engine openai: where the requests go and the load
 
     @property
     def draft(self) -> str | None:
@@ -102,13 +121,16 @@ class Case:
 
     @property
     def is_autoregressive(self) -> bool:
-        """The engine's own autoregressive case: every other case of its combination is measured against it."""
+        """The engine's own autoregressive case (or the autoregressive server of a serving case): every other case of
+        its combination is measured against it."""
+        if self.serving is not None:
+            return self.speculation is None and self.serving.serve is not None
         return self.speculation is None and self.engine == SPECDEC
 
     @property
     def k_label(self) -> str:
         if self.speculation is None:
-            return AUTOREGRESSIVE if self.engine == SPECDEC else NO_K
+            return AUTOREGRESSIVE if self.is_autoregressive else NO_K
         return "auto" if self.speculation.adaptive is not None else str(self.speculation.k)
 
     @property
@@ -118,7 +140,9 @@ class Case:
 
     @property
     def models(self) -> tuple[tuple[str, str, str], ...]:
-        """(name, device, dtype) of each model the case loads."""
+        """(name, device, dtype) of each model the case loads (none for a serving case: its server loads them)."""
+        if self.serving is not None:
+            return ()
         names = (self.target,) if self.draft is None else (self.target, self.draft)
         return tuple((name, self.device, self.dtype) for name in names)
 
@@ -139,6 +163,8 @@ class Case:
         }
         if self.synthetic is not None:  # exact values (the label rounds them); absent otherwise, so that the
             definition["synthetic"] = self.synthetic  # digests of every other case stay as they were
+        if self.serving is not None:
+            definition["serving"] = self.serving.definition()
         if self.engine != SPECDEC:  # only then: the digests (and baselines) of the engine's own cases stay as they were
             definition["engine"] = self.engine
         return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
@@ -227,9 +253,81 @@ def _hf_cases(group: CaseGroup, device: str) -> list[tuple[str, DraftChoice | No
     return out
 
 
+def _requests(group: CaseGroup, concurrency: int) -> int:
+    """Requests per round: the suite's ``requests``, else every prompt once and every slot used at least once."""
+    return group.requests if group.requests is not None else max(group.prompts.count, concurrency)
+
+
+def expand_serving_group(suite: str, group: CaseGroup) -> list[Case]:
+    """An ``engine: openai`` entry: per temperature, length, request rate and concurrency, with ``serve`` the
+    autoregressive server's case and (with a draft) the speculative server's, measured against it; with
+    ``endpoint`` one case."""
+    cases: list[Case] = []
+    serve = group.serve
+    device, dtype = group.device[0], group.dtype[0]
+    for temperature, new_tokens, rate, concurrency in itertools.product(
+        group.temperature, group.max_new_tokens, group.request_rate, group.concurrency
+    ):
+        generation = GenerationConfig(max_new_tokens=new_tokens, temperature=temperature, seed=group.seed)
+        tail = [f"c={concurrency}"] + ([f"rate={_format_number(rate)}"] if rate is not None else [])
+        tail += [f"t={_format_number(temperature)}"] if temperature > 0 else []
+        tail += [f"n={new_tokens}"] if len(group.max_new_tokens) > 1 else []
+        load = Serving(
+            endpoint=group.endpoint,
+            serve=serve.without_draft() if serve is not None else None,
+            concurrency=concurrency,
+            request_rate=rate,
+            requests=_requests(group, concurrency),
+            request_timeout_s=group.request_timeout,
+            case_timeout_s=group.case_timeout,
+        )
+        head = [f"engine={OPENAI}"] + ([AUTOREGRESSIVE, device, SHORT_DTYPES[dtype]] if serve is not None else [])
+        first = Case(
+            suite=suite,
+            group=group.name,
+            id=f"{group.name}[{','.join(head + tail)}]",
+            line=group.line,
+            target=group.target,
+            drafting=None,
+            device=device,
+            dtype=dtype,
+            batch_size=1,
+            generation=generation,
+            speculation=None,
+            policy="none",
+            threads=group.threads,
+            prompts=group.prompts,
+            rounds=group.rounds,
+            warmup_rounds=group.warmup_rounds,
+            markers=group.markers,
+            tolerances=group.tolerances,
+            baseline_id=None,
+            engine=OPENAI,
+            serving=load,
+        )
+        cases.append(first)
+        if serve is None or serve.drafting is None:
+            continue
+        head = [f"engine={OPENAI}", *_draft_part(group, serve.drafting), f"k={serve.k}", device, SHORT_DTYPES[dtype]]
+        cases.append(
+            replace(
+                first,
+                id=f"{group.name}[{','.join(head + tail)}]",
+                drafting=serve.drafting,
+                speculation=SpeculationConfig(k=serve.k),
+                policy="lossless",
+                baseline_id=first.id,
+                serving=replace(load, serve=serve),
+            )
+        )
+    return cases
+
+
 def expand_group(suite: str, group: CaseGroup) -> list[Case]:
     """The group's autoregressive cases first, then its speculative ones, then transformers' (``engine``), in the
     order the suite lists values."""
+    if OPENAI in group.engine:
+        return expand_serving_group(suite, group)
     cases: list[Case] = []
     for device, dtype, batch, temperature, new_tokens in itertools.product(
         group.device, group.dtype, group.batch_size, group.temperature, group.max_new_tokens
@@ -299,6 +397,10 @@ def expand_group(suite: str, group: CaseGroup) -> list[Case]:
 
 def case_count(group: CaseGroup) -> int:
     """How many cases ``group`` expands to (without building them)."""
+    if OPENAI in group.engine:
+        per_load = 1 + (group.serve is not None and group.serve.drafting is not None)
+        sweeps = len(group.temperature) * len(group.max_new_tokens) * len(group.request_rate)
+        return per_load * sweeps * len(group.concurrency)
     speculative = len(group.draft) * len(group.policy) * (len(group.k) + (group.adaptive_k is not None))
     if SPECDEC not in group.engine:
         speculative = 0

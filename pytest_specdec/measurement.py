@@ -6,13 +6,16 @@ import hashlib
 import json
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from pytest_specdec.machine import Environment
 from specdec.engine import GenerationResult
 from specdec.hf_engine import HFResult, HFRunMetrics
 from specdec.metrics import PositionCounts, RunMetrics, StepMetrics, itl_percentiles, time_per_output_token
+
+if TYPE_CHECKING:
+    from pytest_specdec.load import LoadStats
 
 
 @dataclass(frozen=True)
@@ -154,10 +157,18 @@ class Measurement:
     rounds: tuple[Round, ...] = field(default=(), repr=False, compare=False)
     reference_rounds: tuple[Round, ...] = field(default=(), repr=False, compare=False)
     category_prompts: Mapping[str, int] | None = field(default=None, repr=False, compare=False)
+    serving: LoadStats | None = None  # a serving case's latencies and throughputs (engine openai)
 
     def pooled_with(self, later: Measurement) -> Measurement:
         """This measurement and ``later`` (a later attempt of the same case) as one: every timed round of both, so
-        the steady time takes each step's fastest time over all their rounds."""
+        the steady time takes each step's fastest time over all their rounds. A serving case keeps no engine rounds:
+        its per-round speedups pool (their median is its speedup), and its fastest round counts."""
+        if self.serving is not None and later.serving is not None:
+            return replace(
+                later if later.tokens_per_second >= self.tokens_per_second else self,
+                paired_speedups=self.paired_speedups + later.paired_speedups,
+                round_tokens_per_second=self.round_tokens_per_second + later.round_tokens_per_second,
+            )
         return Measurement.from_rounds(
             self.rounds + later.rounds, self.category_prompts, self.reference_rounds + later.reference_rounds
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Generator, Iterable
 from pathlib import Path
@@ -123,7 +124,7 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_specdec.saved_runs import SavedRunError
     from pytest_specdec.session import BenchSession
 
-    bench = BenchSession(settings, config.rootpath)
+    bench = BenchSession(settings, config.rootpath, lambda: _serve_logs(config))
     try:
         bench.read_saved_runs(config.invocation_params.dir)
     except SavedRunError as error:
@@ -135,6 +136,15 @@ def pytest_configure(config: pytest.Config) -> None:
         config.args.extend(a for a in suite_args if a not in config.args)  # explicit paths run too
     else:
         config.args[:] = suite_args  # no paths given: run the suites only, not the testpaths
+
+
+def _serve_logs(config: pytest.Config) -> Path:
+    """Where the logs of the `specdec serve` processes that serving cases start go: under pytest's basetemp
+    (``--basetemp``; by default a numbered folder under the system's temporary folder), never in the checkout."""
+    factory = getattr(config, "_tmp_path_factory", None)  # pytest's tmp_path_factory, set by its tmpdir plugin
+    if factory is None:
+        return Path(tempfile.mkdtemp(prefix="specdec-serve-"))
+    return Path(factory.getbasetemp()) / "specdec-serve"
 
 
 def _bench(config: pytest.Config) -> BenchSession | None:

@@ -4,6 +4,8 @@ life of one case: load, measure, compare, record."""
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,14 @@ import pytest
 from pytest_specdec import report_html, report_md, summary
 from pytest_specdec.baselines import BaselineError, BaselineUpdate, baseline_path, load_baselines, write_baselines
 from pytest_specdec.cases import Case
+from pytest_specdec.endpoints import ServerPool
 from pytest_specdec.gating import Status, Verdict, compare
 from pytest_specdec.machine import Environment, commit_info, environment, machine_info, software
 from pytest_specdec.measurement import CaseRecord, Measurement
 from pytest_specdec.models import ModelCache
 from pytest_specdec.runner import Reference, build_engine, is_device_lost, is_out_of_memory, measure
 from pytest_specdec.saved_runs import SavedRun, compared_records, find_saved_run, read_history, read_run, storage_folder
+from pytest_specdec.serving import ServingError, measure_serving, serving_info
 from pytest_specdec.settings import Settings
 from specdec.analysis import expected_tokens_per_step
 from specdec.errors import DeviceError, ModelLoadError, SpecdecError
@@ -80,8 +84,10 @@ def _after_attempts(first: Verdict, final: Verdict, attempts: int) -> Verdict:
 
 
 class BenchSession:
-    def __init__(self, settings: Settings, rootpath: Path) -> None:
+    def __init__(self, settings: Settings, rootpath: Path, log_folder: Callable[[], Path] | None = None) -> None:
         self.settings = settings
+        # the `specdec serve` processes of serving cases; their logs go to log_folder() (pytest's basetemp)
+        self.servers = ServerPool(log_folder or (lambda: Path(tempfile.mkdtemp(prefix="specdec-serve-"))))
         self.models = ModelCache(settings.allow_download)
         self.suites: dict[str, SuiteRun] = {}
         self.results: dict[tuple[str, str], CaseResult] = {}  # by (suite, case id), in run order
@@ -201,6 +207,12 @@ class BenchSession:
         return verdict
 
     def _measure(self, case: Case, benchmark: Any | None) -> Measurement:
+        if case.serving is not None:
+            reference = self.suites[case.suite].cases.get(case.baseline_id or "") if case.baseline_id else None
+            try:
+                return measure_serving(case, self.servers, benchmark, reference)
+            except ServingError as error:
+                pytest.fail(str(error), pytrace=False)
         try:
             engine = build_engine(case, self.models)
         except (ModelLoadError, DeviceError) as error:
@@ -273,6 +285,11 @@ class BenchSession:
         reference = self.suites[case.suite].cases.get(case.baseline_id or "")
         if reference is None:
             return None
+        if reference.serving is not None:
+            try:
+                return measure_serving(reference, self.servers)
+            except ServingError:
+                return None
         try:
             engine = build_engine(reference, self.models)
             return measure(reference, engine)
@@ -345,6 +362,7 @@ class BenchSession:
                 "verifier_backend": measurement.verifier_backend,
                 "machine_class": self.settings.machine_class,
                 "verdict": verdict.status.value,
+                **serving_info(case, measurement),
             }
         )
 
@@ -452,6 +470,7 @@ class BenchSession:
 
     def close(self) -> None:
         self.models.clear()
+        self.servers.close()
 
     @staticmethod
     def _display(path: Path) -> str:

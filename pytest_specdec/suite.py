@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from pytest_specdec.endpoints import ServeSpec
 from pytest_specdec.gating import Tolerances
 from pytest_specdec.prompts import PromptSet, parse_prompts
 from pytest_specdec.yaml_source import KeyPath, LocatedYaml, key_name, load_yaml
@@ -45,7 +47,11 @@ ADAPTIVE_KEYS = (*(f.name for f in fields(AdaptiveKConfig)), "start_k")
 POLICY_KEYS = ("name", *(f.name for f in fields(AcceptanceConfig) if f.name != "policy"))
 SPECDEC = "specdec"  # the engine of this project (the default)
 HF = "hf"  # transformers' generate: HF_STATIC, and HF_COMPILE where transformers compiles by default (CUDA)
-ENGINES = (SPECDEC, HF, HF_STATIC, HF_COMPILE, HF_ASSISTED)  # what `engine:` takes
+OPENAI = "openai"  # an OpenAI-compatible HTTP endpoint: `endpoint:` or a `specdec serve` the plugin starts (`serve:`)
+ENGINES = (SPECDEC, HF, HF_STATIC, HF_COMPILE, HF_ASSISTED, OPENAI)  # what `engine:` takes
+SERVE_KEYS = ("target", "draft", "k", "device", "dtype")
+SERVING_KEYS = ("endpoint", "serve", "concurrency", "request_rate", "requests", "request_timeout", "case_timeout")
+ENDPOINT = re.compile(r"^https?://[^/\s:]+(:\d+)?(/\S*)?$")
 HF_ASSISTED_DRAFTS = ("model", "ngram")  # assisted generation with a draft model; prompt lookup for ngram
 
 
@@ -108,7 +114,15 @@ class CaseGroup:
     warmup_rounds: int
     markers: tuple[str, ...]
     tolerances: Tolerances
-    engine: tuple[str, ...] = (SPECDEC,)  # swept: SPECDEC, HF, HF_STATIC, HF_COMPILE, HF_ASSISTED
+    engine: tuple[str, ...] = (SPECDEC,)  # swept: SPECDEC, HF, HF_STATIC, HF_COMPILE, HF_ASSISTED; or OPENAI alone
+    # engine openai (serving cases): one of endpoint and serve, and the load to send
+    endpoint: str | None = None  # http://HOST:PORT/v1 of a running OpenAI-compatible server
+    serve: ServeSpec | None = None  # the `specdec serve` the plugin starts
+    concurrency: tuple[int, ...] = (1,)  # swept: requests in flight at most
+    request_rate: tuple[float | None, ...] = (None,)  # swept: requests/s (Poisson arrivals); None: all at once
+    requests: int | None = None  # per round; None: max(prompts, concurrency)
+    request_timeout: float = 120.0  # seconds, one request
+    case_timeout: float = 600.0  # seconds, one round of all the case's requests
 
 
 @dataclass(frozen=True)
@@ -352,6 +366,48 @@ def _engine(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
     return value
 
 
+def _positive_number(doc: LocatedYaml, key_path: KeyPath, value: Any) -> float:
+    number = _number(doc, key_path, value)
+    if number <= 0:
+        raise doc.error(key_path, f"expected a number > 0, got {value!r}")
+    return number
+
+
+def _endpoint(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
+    if not isinstance(value, str) or not ENDPOINT.match(value.strip()):
+        raise doc.error(
+            key_path,
+            f"expected the base URL of an OpenAI-compatible server, http://HOST:PORT/v1, got {value!r} "
+            f"({_type_name(value)})",
+        )
+    return value.strip().rstrip("/")
+
+
+def _serve(doc: LocatedYaml, key_path: KeyPath, value: Any) -> ServeSpec:
+    """``serve: {target: MODEL, draft: MODEL or {method: ...}, k: K, device: cpu, dtype: float32}``: the
+    ``specdec serve`` the plugin starts (``draft`` left out: an autoregressive server only)."""
+    if not isinstance(value, dict):
+        raise doc.error(key_path, f"expected a mapping with keys {', '.join(SERVE_KEYS)} (target required)")
+    _check_keys(doc, key_path, value, SERVE_KEYS, "serve")
+    if "target" not in value:
+        raise doc.error(key_path, "serve needs `target`: the model the server serves")
+    if isinstance(value.get("draft"), list):
+        raise doc.error((*key_path, "draft"), "serve takes one draft (one server): give one value, not a list")
+    drafting = _draft(doc, (*key_path, "draft"), value["draft"]) if value.get("draft") is not None else None
+    if drafting is not None:
+        drafting = dataclasses.replace(drafting, label=draft_label(drafting, (drafting,)))
+    if "k" in value and drafting is None:
+        raise doc.error((*key_path, "k"), "k needs a `draft` in serve: a server without one is autoregressive")
+    return ServeSpec(
+        target=_model(doc, (*key_path, "target"), value["target"]),
+        drafting=drafting,
+        k=_k(doc, (*key_path, "k"), value["k"]) if "k" in value else (4 if drafting is not None else 0),
+        device=_device(doc, (*key_path, "device"), value.get("device", "cpu")),
+        dtype=_dtype(doc, (*key_path, "dtype"), value.get("dtype", "float32")),
+        threads=None,
+    )
+
+
 def _marker(doc: LocatedYaml, key_path: KeyPath, value: Any) -> str:
     if not isinstance(value, str) or not MARKER.match(value):
         raise doc.error(key_path, f"expected a marker name (a Python identifier such as slow), got {value!r}")
@@ -559,6 +615,13 @@ CASE_KEYS: dict[str, Parser] = {
     "markers": _one_or_many(_marker, "a marker name"),
     "tolerances": _tolerances,
     "engine": _one_or_many(_engine, "an engine"),
+    "endpoint": _endpoint,
+    "serve": _serve,
+    "concurrency": _one_or_many(_integer(1), "a concurrency (requests in flight)"),
+    "request_rate": _one_or_many(_optional(_positive_number), "a request rate (requests/s) or null"),
+    "requests": _integer(1),
+    "request_timeout": _positive_number,
+    "case_timeout": _positive_number,
 }
 DEFAULTS: dict[str, Any] = {
     "draft": (),
@@ -604,6 +667,13 @@ def _group(doc: LocatedYaml, index: int, defaults: dict[str, Any], entry: Any) -
     values = _parse_mapping(doc, key_path, entry, tuple(CASE_KEYS))
     merged = {**DEFAULTS, **defaults, **values}
     merged["tolerances"] = Tolerances(**{**defaults.get("tolerances", {}), **values.get("tolerances", {})})
+    if OPENAI in merged["engine"]:
+        return _serving_group(doc, index, merged, values)
+    given = [key for key in SERVING_KEYS if key in merged]
+    if given:
+        raise doc.error(
+            _where(doc, index, given[0], values), f"{given[0]} applies to serving cases only: add `engine: openai`"
+        )
     for key in REQUIRED:
         if key not in merged:
             where = "" if key == "name" else " (here or in `defaults`)"
@@ -633,6 +703,54 @@ def _group(doc: LocatedYaml, index: int, defaults: dict[str, Any], entry: Any) -
             )
             _engine_check(doc, policy_path, check)
     _check_engines(doc, _where(doc, index, "engine", values), group)
+    return group
+
+
+def _serving_group(doc: LocatedYaml, index: int, merged: dict[str, Any], values: dict[str, Any]) -> CaseGroup:
+    """An ``engine: openai`` entry: exactly one of ``endpoint`` and ``serve``; the models are the server's."""
+    key_path: KeyPath = ("cases", index)
+    if merged["engine"] != (OPENAI,):
+        raise doc.error(
+            _where(doc, index, "engine", values),
+            f"engine {OPENAI} sends HTTP requests and cannot be swept with other engines: give it an entry of its own",
+        )
+    given = [key for key in ("endpoint", "serve") if key in merged]
+    if len(given) != 1:
+        where = _where(doc, index, given[1], values) if len(given) == 2 else key_path
+        problem = "both `endpoint` and `serve` are given" if given else "neither `endpoint` nor `serve` is given"
+        raise doc.error(
+            where,
+            f"engine {OPENAI} needs exactly one of `endpoint` (http://HOST:PORT/v1 of a running server) and `serve` "
+            f"(a specdec serve the plugin starts: {{target: ..., draft: ..., k: ...}}); {problem}",
+        )
+    for key in ("target", "draft", "k", "adaptive_k", "policy"):
+        if key in values or (key in merged and merged[key] != DEFAULTS.get(key)):
+            raise doc.error(
+                _where(doc, index, key, values),
+                f"{key} does not apply to engine {OPENAI}: the server's models are in `serve` "
+                "(target, draft, k), or are the endpoint's own",
+            )
+    if "prompts" not in merged:
+        raise doc.error(key_path, "missing key 'prompts' (here or in `defaults`): every case needs prompts")
+    if merged["prompts"].random is not None:
+        raise doc.error(
+            _where(doc, index, "prompts", values),
+            f"engine {OPENAI} sends the prompts as they are: random_tokens needs the target's vocabulary; "
+            "give texts, token ids or a prompt file",
+        )
+    if merged["prompts"].categories:
+        raise doc.error(_where(doc, index, "prompts", values), f"engine {OPENAI} does not split prompts by category")
+    serve: ServeSpec | None = merged.get("serve")
+    if serve is not None:
+        serve = dataclasses.replace(serve, threads=merged["threads"])
+        merged.update(serve=serve, device=(serve.device,), dtype=(serve.dtype,))
+        merged.update(target=serve.target, draft=(serve.drafting,) if serve.drafting else (), k=(serve.k,))
+    else:
+        merged.update(target=merged["endpoint"], draft=(), k=(0,))
+    group = CaseGroup(line=doc.line(key_path), **merged)
+    for temperature, new_tokens in itertools.product(group.temperature, group.max_new_tokens):
+        check = functools.partial(GenerationConfig, max_new_tokens=new_tokens, temperature=temperature)
+        _engine_check(doc, key_path, check)
     return group
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_specdec.gating import Status
+from pytest_specdec.serving import serving_info
 from specdec import report
 
 if TYPE_CHECKING:
@@ -125,6 +126,34 @@ def category_table(results: Sequence[CaseResult]) -> str:
     return "per prompt category: speedup / tau (tokens per target step)\n" + report.table(rows, ("case", *categories))
 
 
+def _ms(seconds: float | None) -> str | None:
+    return f"{seconds * 1000:.1f}" if seconds is not None else None
+
+
+def serving_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Serving cases (engine openai): load, throughputs and latency percentiles ("" when the suite has none)."""
+    served = [r for r in rows if r.get("concurrency") is not None and r.get("output_throughput") is not None]
+    if not served:
+        return ""
+    table = [
+        (
+            r["case"],
+            r["concurrency"],
+            r["requests"],
+            f"{r['request_throughput']:.2f}",
+            f"{r['output_throughput']:.1f}",
+            _ms(r["ttft_p50_s"]),
+            _ms(r["ttft_p99_s"]),
+            _ms(r["tpot_s"]),
+            _ms(r["itl_p50_s"]),
+            _ms(r["itl_p99_s"]),
+        )
+        for r in served
+    ]
+    headers = ("case", "conc.", "requests", "req/s", "tok/s", "ttft p50", "ttft p99", "tpot", "itl p50", "itl p99")
+    return "serving: throughput and latency (ms)\n" + report.table(table, headers)
+
+
 def render(results: Sequence[CaseResult], updating: bool) -> str:
     """The table, the per-category table when a case has categories, then each distinct skip or failure reason
     once (with how many cases it concerns)."""
@@ -133,6 +162,9 @@ def render(results: Sequence[CaseResult], updating: bool) -> str:
     by_category = category_table(results)
     if by_category:
         text += "\n\n" + by_category
+    serving = serving_table(rows)
+    if serving:
+        text += "\n\n" + serving
     for outcome, reason, count in reasons(rows):
         text += f"\n{outcome} ({count} case{'s' if count > 1 else ''}): {reason}"
     return text
@@ -191,6 +223,7 @@ def records(results: Sequence[CaseResult], updating: bool) -> list[dict[str, Any
                 "peak_memory_bytes": m.peak_memory_bytes if m else None,
                 "output_hash": m.output_hash if m else None,
                 "reason": r.reason,
+                **serving_info(case, m),
             }
         )
     return rows
