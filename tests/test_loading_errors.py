@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import threading
 import time
 
 import huggingface_hub
@@ -104,12 +105,18 @@ def test_an_uncached_hub_id_fails_fast_when_the_hub_cannot_be_reached(monkeypatc
 
 
 def test_the_hub_probe_is_bounded_even_when_the_connect_hangs(monkeypatch):
+    release = threading.Event()
+
     def hang(*args, **kwargs):
-        time.sleep(30)
+        release.wait(30)  # until the test is over: the probe thread then ends without touching later tests
+        raise OSError("connect released by the test")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     started = time.perf_counter()
-    reason = loading.hub_unreachable(timeout_s=0.3)
+    try:
+        reason = loading.hub_unreachable(timeout_s=0.3)
+    finally:
+        release.set()
     assert time.perf_counter() - started < 2
     assert reason is not None and "did not answer within 0.3 s" in reason
 
