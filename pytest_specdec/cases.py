@@ -258,6 +258,42 @@ def _requests(group: CaseGroup, concurrency: int) -> int:
     return group.requests if group.requests is not None else max(group.prompts.count, concurrency)
 
 
+def _autoregressive(
+    suite: str,
+    group: CaseGroup,
+    case_id: str,
+    device: str,
+    dtype: str,
+    batch_size: int,
+    generation: GenerationConfig,
+    **fields: Any,
+) -> Case:
+    """The group's case without drafting (the autoregressive reference its speculative cases are measured
+    against), with the group's own settings; ``fields``: the rest (a serving case's engine and load)."""
+    return Case(
+        suite=suite,
+        group=group.name,
+        id=case_id,
+        line=group.line,
+        target=group.target,
+        drafting=None,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        generation=generation,
+        speculation=None,
+        policy="none",
+        threads=group.threads,
+        prompts=group.prompts,
+        rounds=group.rounds,
+        warmup_rounds=group.warmup_rounds,
+        markers=group.markers,
+        tolerances=group.tolerances,
+        baseline_id=None,
+        **fields,
+    )
+
+
 def expand_serving_group(suite: str, group: CaseGroup) -> list[Case]:
     """An ``engine: openai`` entry: per temperature, length, request rate and concurrency, with ``serve`` the
     autoregressive server's case and (with a draft) the speculative server's, measured against it; with
@@ -282,29 +318,8 @@ def expand_serving_group(suite: str, group: CaseGroup) -> list[Case]:
             case_timeout_s=group.case_timeout,
         )
         head = [f"engine={OPENAI}"] + ([AUTOREGRESSIVE, device, SHORT_DTYPES[dtype]] if serve is not None else [])
-        first = Case(
-            suite=suite,
-            group=group.name,
-            id=f"{group.name}[{','.join(head + tail)}]",
-            line=group.line,
-            target=group.target,
-            drafting=None,
-            device=device,
-            dtype=dtype,
-            batch_size=1,
-            generation=generation,
-            speculation=None,
-            policy="none",
-            threads=group.threads,
-            prompts=group.prompts,
-            rounds=group.rounds,
-            warmup_rounds=group.warmup_rounds,
-            markers=group.markers,
-            tolerances=group.tolerances,
-            baseline_id=None,
-            engine=OPENAI,
-            serving=load,
-        )
+        case_id = f"{group.name}[{','.join(head + tail)}]"
+        first = _autoregressive(suite, group, case_id, device, dtype, 1, generation, engine=OPENAI, serving=load)
         cases.append(first)
         if serve is None or serve.drafting is None:
             continue
@@ -341,27 +356,7 @@ def expand_group(suite: str, group: CaseGroup) -> list[Case]:
             stop_at_eos=group.stop_at_eos,
         )
         baseline_id = _id(group, None, AUTOREGRESSIVE, device, dtype, batch, temperature, "none", new_tokens)
-        reference = Case(
-            suite=suite,
-            group=group.name,
-            id=baseline_id,
-            line=group.line,
-            target=group.target,
-            drafting=None,
-            device=device,
-            dtype=dtype,
-            batch_size=batch,
-            generation=generation,
-            speculation=None,
-            policy="none",
-            threads=group.threads,
-            prompts=group.prompts,
-            rounds=group.rounds,
-            warmup_rounds=group.warmup_rounds,
-            markers=group.markers,
-            tolerances=group.tolerances,
-            baseline_id=None,
-        )
+        reference = _autoregressive(suite, group, baseline_id, device, dtype, batch, generation)
         cases.append(reference)
         for drafting, k_part, speculation, policy in _speculations(group) if SPECDEC in group.engine else []:
             case_id = _id(group, drafting, k_part, device, dtype, batch, temperature, policy.label, new_tokens)

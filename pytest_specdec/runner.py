@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import torch
 
@@ -22,6 +22,8 @@ from specdec.config import GenerationConfig, SpeculationConfig
 from specdec.device import synchronize
 from specdec.engine import SpeculativeEngine
 from specdec.hf_engine import HFEngine
+
+T = TypeVar("T")
 
 OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -129,14 +131,28 @@ def measure(
             timed_pass(reference.case, reference.engine, reference_rounds)
 
     with cpu_threads(case.threads):
-        if benchmark is not None:
-            benchmark.pedantic(
-                one_round, setup=reference_round, rounds=case.rounds, warmup_rounds=case.warmup_rounds, iterations=1
-            )
-        else:
-            for _ in range(case.warmup_rounds + case.rounds):
-                reference_round()
-                one_round()
+        run_paired(case, benchmark, one_round, reference_round)
+    timed, paired = timed_rounds(case, rounds, reference_rounds)
+    return Measurement.from_rounds(timed, case.prompts.category_counts(), paired)
+
+
+def run_paired(
+    case: Case, benchmark: Any | None, one_round: Callable[[], None], reference_round: Callable[[], None]
+) -> None:
+    """``case.warmup_rounds`` then ``case.rounds`` rounds, each after one round of its reference: through
+    pytest-benchmark's ``pedantic`` (the reference as its ``setup``, outside the clock) when there is a fixture."""
+    if benchmark is not None:
+        benchmark.pedantic(
+            one_round, setup=reference_round, rounds=case.rounds, warmup_rounds=case.warmup_rounds, iterations=1
+        )
+        return
+    for _ in range(case.warmup_rounds + case.rounds):
+        reference_round()
+        one_round()
+
+
+def timed_rounds(case: Case, rounds: list[T], reference_rounds: list[T]) -> tuple[list[T], list[T]]:
+    """The timed rounds (warm-up dropped) and the reference rounds paired with them ([] when they do not pair)."""
     timed = rounds[case.warmup_rounds :] or rounds[-1:]  # --benchmark-disable runs a single untimed pass
     paired = reference_rounds[case.warmup_rounds :] if len(reference_rounds) == len(rounds) else []
-    return Measurement.from_rounds(timed, case.prompts.category_counts(), paired[-len(timed) :] if paired else ())
+    return timed, paired[-len(timed) :] if paired else []

@@ -19,6 +19,7 @@ from pytest_specdec.endpoints import EndpointError, Server, ServerPool
 from pytest_specdec.load import Counters, LoadError, LoadPlan, LoadRound, LoadStats, run_round, scrape_counters
 from pytest_specdec.load import served_model as served_model_name
 from pytest_specdec.measurement import Measurement, output_hash
+from pytest_specdec.runner import run_paired, timed_rounds
 from specdec.metrics import PositionCounts
 
 
@@ -97,19 +98,11 @@ def measure_serving(
             reference_rounds.append(_round(reference, paired, paired_load))
 
     before = scrape_counters(endpoint.base_url)
-    if benchmark is not None:
-        benchmark.pedantic(
-            one_round, setup=reference_round, rounds=case.rounds, warmup_rounds=case.warmup_rounds, iterations=1
-        )
-    else:
-        for _ in range(case.warmup_rounds + case.rounds):
-            reference_round()
-            one_round()
+    run_paired(case, benchmark, one_round, reference_round)
     after = scrape_counters(endpoint.base_url)
     counters = after.since(before) if before is not None and after is not None else None
-    timed = rounds[case.warmup_rounds :] or rounds[-1:]  # --benchmark-disable runs a single untimed pass
-    theirs = reference_rounds[case.warmup_rounds :] if len(reference_rounds) == len(rounds) else []
-    return _measurement(case, timed, theirs[-len(timed) :] if theirs else [], counters)
+    timed, theirs = timed_rounds(case, rounds, reference_rounds)
+    return _measurement(case, timed, theirs, counters)
 
 
 def _measurement(
