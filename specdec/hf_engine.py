@@ -11,11 +11,10 @@ Modes (the ``engine`` names the suites, reports and the GPU speed report use):
 - ``hf-compile``: the static cache with transformers' automatic ``torch.compile`` of the decode forward
   (``compile_config``; on a CUDA GPU this is what ``cache_implementation="static"`` does by default), over the
   same owned cache, with static shapes (``CompileConfig(dynamic=False)`` unless a config is given): the decode step
-  compiles once and its CUDA graphs are recorded once. Known failure (H200, torch 2.11, transformers 5.17,
-  bisected by ``scripts/diag/hf_compile_bisect.py``): in a process where specdec's engine has captured CUDA graphs
-  and ``hf-static`` then ran on the same model, the engine's next graph replay after ``hf-compile`` recorded its
-  graphs hits an illegal memory access; without either kind of graph, or without the ``hf-static`` run, the same
-  sequence passes. A failure to
+  compiles once and its CUDA graphs are recorded once. After each call the engine makes specdec's own CUDA graphs
+  re-capture before their next replay (:func:`specdec.fast.graphs.invalidate_all`): on the H200 (torch 2.11,
+  transformers 5.17) replaying graphs captured before an ``hf-compile`` call that followed ``hf-static`` on the same
+  model hit an illegal memory access, and re-capturing avoids it (``scripts/diag/hf_compile_bisect.py``). A failure to
   compile, or transformers declining to compile this model, raises :class:`HFUnavailableError` naming the reason,
   never a silent eager run under the compile label. On a CPU it compiles too (transformers'
   ``_compile_all_devices``), slowly: about 40 s for a 2-layer model on a busy 2-core machine;
@@ -61,6 +60,7 @@ from specdec.device import (
 )
 from specdec.engine import Prompts, decode_ids, encode_prompts, eos_ids, pad_id
 from specdec.errors import ConfigError, SpecdecError
+from specdec.fast.graphs import invalidate_all
 from specdec.kv_cache import cache_keyword
 from specdec.loading import LoadedModel
 
@@ -279,6 +279,9 @@ class HFEngine:
                     f"{HF_COMPILE} is unavailable with torch {torch.__version__} and transformers "
                     f"{transformers.__version__} here: {type(error).__name__}: {first_line}"
                 ) from error
+            finally:
+                if self.mode == HF_COMPILE:
+                    invalidate_all()  # torch.compile's CUDA graphs ran: ours re-capture before their next replay
         if self.mode == HF_COMPILE and getattr(model, "_compiled_call", None) is None:
             raise HFUnavailableError(
                 f"{HF_COMPILE} is unavailable: transformers {transformers.__version__} did not compile the forward "

@@ -5,10 +5,12 @@ hf-static and hf-compile interleaved with the engine on a tiny Llama), with one 
     python scripts/diag/hf_compile_bisect.py VARIANT    # one variant (exit status 0: it passed)
     python scripts/diag/hf_compile_bisect.py A,B,C      # these variants, each in a process of its own
 
-Measured on the H200 (torch 2.11, transformers 5.17), 2026-12-03: full, no-zoo-pair and gc-after-zoo crash (in the
-engine's CUDA-graph replay after hf-compile's first call); no-engine-graphs, no-inductor-graphs and no-static pass.
-tests/test_gpu_hf.py runs no-zoo-pair as a strict xfail. Not yet run: recapture and empty-cache (candidate
-mitigations)."""
+Measured on the H200 (torch 2.11, transformers 5.17), 2026-12-03, before the fix: full, no-zoo-pair and
+gc-after-zoo crash (in the engine's CUDA-graph replay after hf-compile's first call); no-engine-graphs,
+no-inductor-graphs and no-static pass; of the candidate mitigations, recapture (the engine drops its graphs after
+each hf-compile call) passes and empty-cache crashes. HFEngine now does what recapture does
+(specdec.fast.graphs.invalidate_all after every hf-compile call), so every variant should pass but no-invalidate
+(the fix undone); tests/test_gpu_hf.py runs no-zoo-pair."""
 
 import subprocess
 import sys
@@ -23,6 +25,7 @@ VARIANTS = [
     "gc-after-zoo",
     "recapture",  # candidate mitigation: the engine drops its graphs after each hf-compile call (re-captured next)
     "empty-cache",  # torch.cuda.empty_cache() after each hf-compile call
+    "no-invalidate",  # the fix undone: hf-compile leaves the engine's graphs in place (expected to crash)
 ]
 
 
@@ -40,6 +43,10 @@ def run(variant: str) -> None:
     from specdec.config import AcceptanceConfig
     from specdec.hf_engine import HFEngine
 
+    if variant == "no-invalidate":
+        import specdec.hf_engine
+
+        specdec.hf_engine.invalidate_all = lambda: None  # type: ignore[assignment]
     if variant == "no-engine-graphs":
         original = fast_decoder.FastDecoder.__init__
 

@@ -21,6 +21,7 @@ import torch
 from specdec.decoder import greedy_chain_loop
 from specdec.drafters.base import FeatureRequest
 from specdec.errors import ConfigError, UnsupportedModelError
+from specdec.fast.graphs import CapturedGraphs, Outputs
 from specdec.fast.models import FastModel, build_fast_model, unsupported_reason
 from specdec.kernels import Kernels, kernels_for
 from specdec.loading import LoadedModel
@@ -28,7 +29,6 @@ from specdec.tree import TreeAttention
 
 GRAPH_MAX_TOKENS = 16  # forwards of more new tokens (prefill) run eagerly
 TREE_GRAPH_MAX_TOKENS = 128  # token-tree forwards are captured up to this many tokens (root included)
-Outputs = tuple[torch.Tensor | None, ...]
 
 
 class FastDecoder:
@@ -61,7 +61,7 @@ class FastDecoder:
         self._steps = torch.arange(TREE_GRAPH_MAX_TOKENS, device=self.device)
         self._pad_lengths = torch.zeros(0, dtype=torch.long, device=self.device)
         self._key_valid = torch.zeros(0, dtype=torch.bool, device=self.device)
-        self._graphs: dict[tuple[object, ...], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], Outputs]] = {}
+        self._graphs = CapturedGraphs(self.device, self.use_graphs)
         self.feature_request: FeatureRequest | None = None  # set by the engine when its drafter reads features
         self.features: torch.Tensor | None = None  # [B, S, F]: the last forward's features (with a feature_request)
 
@@ -195,26 +195,11 @@ class FastDecoder:
         run: Callable[..., Outputs],
         max_tokens: int,
     ) -> Outputs:
-        """``run(*inputs)`` from a CUDA graph captured for ``key`` (captured at the first call, which runs for real
-        and warms up: Triton compiles, cuBLAS picks its kernels); ``inputs[0]`` is the token ids, whose width is
-        at most ``max_tokens`` for a graph. The outputs are valid until the next call."""
-        if not self.use_graphs or inputs[0].shape[1] > max_tokens:
+        """``run(*inputs)`` from a CUDA graph captured for ``key`` when ``inputs[0]`` (the token ids) is at most
+        ``max_tokens`` wide, else eagerly. The outputs are valid until the next call."""
+        if inputs[0].shape[1] > max_tokens:
             return run(*inputs)
-        entry = self._graphs.get(key)
-        if entry is not None:
-            graph, static_inputs, static_outputs = entry
-            for static, given in zip(static_inputs, inputs, strict=True):
-                static.copy_(given)
-            graph.replay()
-            return static_outputs
-        outputs = run(*inputs)
-        static_inputs = tuple(x.clone() for x in inputs)
-        torch.cuda.synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # capturing executes nothing, so no state changes here
-            static_outputs = run(*static_inputs)
-        self._graphs[key] = (graph, static_inputs, static_outputs)
-        return outputs
+        return self._graphs.run(key, inputs, run)
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self._length:
