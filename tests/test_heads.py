@@ -27,25 +27,51 @@ def cache_for(head: EagleHead, capacity: int = 32) -> HeadCache:
     return HeadCache(1, shape.num_kv_heads, shape.head_dim, capacity, torch.device("cpu"), torch.float32)
 
 
+def causal(columns: range, capacity: int = 32) -> torch.Tensor:
+    """[1, S, C]: queries at ``columns`` see every column up to their own."""
+    return (torch.arange(capacity)[None, :] <= torch.tensor(list(columns))[:, None])[None]
+
+
+def written(head: EagleHead, cache: HeadCache, tokens, features, columns: range, mask=None):
+    """A forward whose entries go to ``columns`` of ``cache`` (positions = columns), attending through ``mask``."""
+    at = torch.tensor(list(columns))
+    mask = causal(columns) if mask is None else mask
+    return head(tokens, features, at[None], mask=mask, into=cache.at(at))[0]
+
+
 @torch.no_grad()
 def test_cached_chunks_and_rollback_match_one_causal_pass():
     head = make_head()
     tokens, features = torch.randint(0, V, (1, 10)), torch.randn(1, 10, D)
     full, _ = head(tokens, features, torch.arange(10)[None])
     cache = cache_for(head)
-    outs = []
-    for lo, hi in ((0, 4), (4, 5), (5, 10)):
-        out, kv = head(tokens[:, lo:hi], features[:, lo:hi], torch.arange(lo, hi)[None], cache.past())
-        cache.append(kv)
-        outs.append(out)
+    outs = [
+        written(head, cache, tokens[:, lo:hi], features[:, lo:hi], range(lo, hi))
+        for lo, hi in ((0, 4), (4, 5), (5, 10))
+    ]
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-4, atol=1e-4)
-    # draft three junk entries, roll back, and the next real entry sees only the real ones
-    cache.truncate(6)
-    _, kv = head(torch.randint(0, V, (1, 3)), torch.randn(1, 3, D), torch.arange(6, 9)[None], cache.past())
-    cache.append(kv)
-    cache.truncate(6)
-    again, _ = head(tokens[:, 6:7], features[:, 6:7], torch.tensor([[6]]), cache.past())
+    # draft three junk entries after column 5, roll back (nothing to do: the next forward overwrites them), and the
+    # next real entry sees only the real ones
+    written(head, cache, torch.randint(0, V, (1, 3)), torch.randn(1, 3, D), range(6, 9))
+    again = written(head, cache, tokens[:, 6:7], features[:, 6:7], range(6, 7))
     torch.testing.assert_close(again, full[:, 6:7], rtol=1e-4, atol=1e-4)
+    # the columns beyond a query's own are never read: junk there changes nothing
+    cache.keys[:, :, 7:] = 1e3
+    again = written(head, cache, tokens[:, 6:7], features[:, 6:7], range(6, 7))
+    torch.testing.assert_close(again, full[:, 6:7], rtol=1e-4, atol=1e-4)
+
+
+@torch.no_grad()
+def test_cached_writes_match_the_past_keys_and_values_form():
+    head = make_head(3)
+    tokens, features = torch.randint(0, V, (1, 7)), torch.randn(1, 7, D)
+    cache = cache_for(head)
+    written(head, cache, tokens[:, :5], features[:, :5], range(5))
+    _, (k, v) = head(tokens[:, :5], features[:, :5], torch.arange(5)[None])
+    torch.testing.assert_close(cache.keys[:, :, :5], k)
+    after_cache = written(head, cache, tokens[:, 5:], features[:, 5:], range(5, 7))
+    after_past, _ = head(tokens[:, 5:], features[:, 5:], torch.arange(5, 7)[None], (k, v))
+    torch.testing.assert_close(after_cache, after_past, rtol=1e-5, atol=1e-5)
 
 
 @torch.no_grad()
@@ -53,8 +79,7 @@ def test_a_tree_in_one_forward_matches_each_path_as_a_chain():
     head = make_head(1)
     prefix_tokens, prefix_features = torch.randint(0, V, (1, 5)), torch.randn(1, 5, D)
     cache = cache_for(head)
-    _, kv = head(prefix_tokens, prefix_features, torch.arange(5)[None])
-    cache.append(kv)
+    written(head, cache, prefix_tokens, prefix_features, range(5))
     parents = [-1, -1, 0, 0, 2]  # node -> parent (-1: child of the root), topological
     depth = [0, 0, 1, 1, 2]
     tokens, features = torch.randint(0, V, (1, 5)), torch.randn(1, 5, D)
@@ -62,14 +87,16 @@ def test_a_tree_in_one_forward_matches_each_path_as_a_chain():
     for i, p in enumerate(parents):
         if p >= 0:
             ancestor[i] |= ancestor[p]
-    mask = torch.cat([torch.ones(5, 5, dtype=torch.bool), ancestor], dim=1)  # [W, L + W]
+    mask = torch.zeros(1, 5, 32, dtype=torch.bool)
+    mask[0, :, :5] = True  # the prefix
+    mask[0, :, 5:10] = ancestor  # the nodes, in columns 5..9
     positions = (5 + torch.tensor(depth))[None]
-    tree, _ = head(tokens, features, positions, cache.past(), mask)
+    tree, _ = head(tokens, features, positions, mask=mask, into=cache.at(torch.arange(5, 10)))
     for node in range(5):
         path = [node]
         while parents[path[0]] >= 0:
             path.insert(0, parents[path[0]])
-        chain, _ = head(tokens[:, path], features[:, path], torch.arange(5, 5 + len(path))[None], cache.past())
+        chain = written(head, cache, tokens[:, path], features[:, path], range(5, 5 + len(path)))
         torch.testing.assert_close(tree[:, node], chain[:, -1], rtol=1e-4, atol=1e-4)
 
 
@@ -80,14 +107,12 @@ def test_unrolled_training_passes_are_what_chained_drafting_computes():
     passes = eagle_passes(head, tokens, features, depth=3)
     for root in (2, 6):
         cache = cache_for(head)
-        out, kv = head(tokens[:, : root + 1], features[:, : root + 1], torch.arange(root + 1)[None])
-        cache.append(kv)
+        out = written(head, cache, tokens[:, : root + 1], features[:, : root + 1], range(root + 1))
         hidden = out[:, -1:]
         torch.testing.assert_close(hidden, passes[0][:, root : root + 1], rtol=1e-4, atol=1e-4)
         for k in (1, 2):  # draft k tokens past the root, teacher-forced tokens
             pos = root + k
-            hidden, kv = head(tokens[:, pos : pos + 1], hidden, torch.tensor([[pos]]), cache.past())
-            cache.append(kv)
+            hidden = written(head, cache, tokens[:, pos : pos + 1], hidden, range(pos, pos + 1))
             torch.testing.assert_close(hidden, passes[k][:, pos : pos + 1], rtol=1e-4, atol=1e-4)
 
 

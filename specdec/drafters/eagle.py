@@ -13,11 +13,18 @@ parent's output in place of a target feature, at rotary position ``n - 2 + depth
   the tree. Rows share one shape in rank space (scores averaged over rows). Tree tokens are chosen, not sampled: no
   probabilities (deterministic drafts of distinct siblings, lossless at any temperature).
 
-The head's cache is rolled back to the committed entries (O(1)) before every proposal.
+The head's cache (:class:`specdec.heads.cache.HeadCache`) is preallocated and written at explicit columns: the
+committed entries in columns ``0..fed-1``, a step's drafted nodes after them (chain node at depth ``d`` in column
+``fed - 1 + d``, tree nodes in the order they are expanded). Every forward attends over the whole cache through a
+mask, so rolling back costs nothing (drafted columns are masked out, then overwritten) and the forwards of a chain
+have fixed shapes: on a CUDA GPU, feeding the committed entries (one graph per number of new entries) and the
+greedy chain (one graph per width) replay CUDA graphs (:mod:`specdec.fast.graphs`), with the committed length on
+the device. Sampled chains and dynamic trees run the same forwards eagerly (a tree's shape depends on its scores).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +35,7 @@ from specdec.drafters.features import FeatureBuffer, FeatureRequest
 from specdec.drafters.medusa import proposal
 from specdec.drafters.tree import expand_top, select_nodes
 from specdec.errors import ConfigError
+from specdec.fast.graphs import CapturedGraphs
 from specdec.heads.cache import HeadCache
 from specdec.heads.checkpoints import load_heads
 from specdec.heads.eagle import Eagle3Head, EagleHead
@@ -65,10 +73,16 @@ class EagleDrafter:
         self.buffer = FeatureBuffer()
         self.cache: HeadCache | None = None
         self.fed = 0  # committed entries in the head's cache
-        self.root_hidden: torch.Tensor | None = None  # [B, 1, D] output of the last committed entry
-        self.pad: torch.Tensor | None = None  # [B] left padding
+        self.has_root = False  # whether the root's output (the last committed entry's) is known
         self._forwards = 0
         self._max_length = 0
+        weight = head.fc.weight
+        self._graphs = CapturedGraphs(weight.device, enabled=True)
+        # fixed buffers the graphs read (allocated with the cache, see `start`)
+        self._fed_at = torch.zeros((), dtype=torch.long, device=weight.device)  # [] fed, on the device
+        self._root = torch.zeros(0, device=weight.device, dtype=weight.dtype)  # [B, 1, D] the root's output
+        self._pad = torch.zeros(0, dtype=torch.long, device=weight.device)  # [B] left padding
+        self._columns = torch.zeros(0, dtype=torch.long, device=weight.device)  # [C] 0..C-1
 
     @property
     def forwards(self) -> int:
@@ -79,14 +93,25 @@ class EagleDrafter:
         return min(k, self.options.depth) if self.options.tree == "chain" else self.options.budget
 
     def start(self, batch: SequenceBatch) -> None:
-        shape = self.head.config.layer
-        spare = self.options.depth * self.options.top_k + self.options.depth + 1  # drafted entries per step
-        weight = self.head.fc.weight
-        self.cache = HeadCache(
-            batch.batch_size, shape.num_kv_heads, shape.head_dim, batch.max_length + spare, weight.device, weight.dtype
-        )
+        opts = self.options
+        spare = opts.depth * opts.top_k + opts.depth + 1  # drafted entries per step
+        needed = batch.max_length + spare
+        cache = self.cache
+        if cache is None or cache.batch_size != batch.batch_size or cache.capacity < needed:
+            # a longer run of the same batch size doubles the capacity, so that a few growths cover any run
+            same_batch = cache is not None and cache.batch_size == batch.batch_size
+            capacity = max(needed, 2 * cache.capacity) if same_batch and cache is not None else needed
+            shape, weight = self.head.config.layer, self.head.fc.weight
+            self.cache = HeadCache(
+                batch.batch_size, shape.num_kv_heads, shape.head_dim, capacity, weight.device, weight.dtype
+            )
+            self._graphs.clear()  # they hold the old buffers' addresses
+            self._root = weight.new_zeros(batch.batch_size, 1, shape.hidden_size)
+            self._pad = torch.zeros(batch.batch_size, dtype=torch.long, device=weight.device)
+            self._columns = torch.arange(capacity, device=weight.device)
+        self._pad.copy_(batch.pad_lengths)
         self.buffer.reset()
-        self.fed, self.root_hidden, self.pad = 0, None, batch.pad_lengths
+        self.fed, self.has_root = 0, False
         self._max_length = batch.max_length
 
     def read_features(self, features: torch.Tensor, length: int) -> None:
@@ -94,46 +119,53 @@ class EagleDrafter:
         if start < self.fed:  # entries from ``start`` on are recomputed from the features just read
             self.fed = start
 
-    def _key_mask(self, queries: int, extra: torch.Tensor | None) -> torch.Tensor:
-        """[B, S, fed + extra] bool: committed entries (not left padding), then ``extra`` [S, E] for drafted ones."""
-        assert self.pad is not None
-        keys = torch.arange(self.fed, device=self.pad.device)
-        committed = (keys[None, :] >= self.pad[:, None])[:, None, :].expand(-1, queries, -1)  # [B, S, fed]
-        if extra is None:
-            return committed
-        return torch.cat([committed, extra[None].expand(committed.shape[0], -1, -1)], dim=-1)
+    def _visible(self, columns: torch.Tensor) -> torch.Tensor:
+        """[B, S, C] bool for queries at ``columns`` [S] of a chain: every column up to their own, left padding
+        excluded (a padding query sees itself, so that no row of the mask is empty)."""
+        keys = self._columns[None, None, :]  # [1, 1, C]
+        own = keys == columns[None, :, None]  # [1, S, C]
+        return ((keys >= self._pad[:, None, None]) & (keys <= columns[None, :, None])) | own
 
-    def _positions(self, entries: torch.Tensor) -> torch.Tensor:
-        """Entry indices [S] -> rotary positions [B, S] (left padding does not count)."""
-        assert self.pad is not None
-        return (entries[None, :] - self.pad[:, None]).clamp(min=0)
+    def _run(
+        self,
+        tokens: torch.Tensor,
+        hidden: torch.Tensor,
+        columns: torch.Tensor,
+        entries: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """One head forward: tokens [B, S] with their input features or parents' outputs [B, S, *], written at cache
+        ``columns`` [S], at entries [S] (rotary position = entry - left padding), attending through ``mask``
+        [B, S, C] -> outputs [B, S, D]."""
+        assert self.cache is not None
+        positions = (entries[None, :] - self._pad[:, None]).clamp_min(0)  # [B, S]
+        out, _ = self.head(tokens, hidden, positions, mask=mask, into=self.cache.at(columns))
+        return out
+
+    def _feed_run(self, tokens: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Device work only: the entries ``fed..fed+S-1`` from tokens [B, S] and the target's features [B, S, F];
+        their last output becomes the root's, and ``fed`` (on the device) moves past them."""
+        columns = self._fed_at + self._columns[: tokens.shape[1]]  # [S]
+        out = self._run(tokens, features, columns, columns, self._visible(columns))
+        self._root.copy_(out[:, -1:])
+        self._fed_at.add_(tokens.shape[1])
+        return ()
 
     def _feed(self, batch: SequenceBatch) -> bool:
         """Put every complete committed entry into the cache; False when the features do not reach the root."""
-        assert self.cache is not None and self.buffer.features is not None
+        assert self.buffer.features is not None
         end = batch.length - 1  # entries 0..end-1 read (f_t, x_{t+1}) with x_{t+1} committed
         if self.buffer.known < end or end < 1:
             return False
-        self.cache.truncate(min(self.fed, self.cache.length))
-        if self.fed < end:
-            entries = torch.arange(self.fed, end, device=batch.tokens.device)  # [S]
-            s = entries.numel()
-            causal = torch.ones(s, s, dtype=torch.bool, device=entries.device).tril()
-            pad_ok = (entries[None, :] >= self.pad[:, None])[:, None, :] | torch.eye(s, dtype=torch.bool)  # type: ignore[index]
-            mask = self._key_mask(s, None)
-            mask = torch.cat([mask, causal[None] & pad_ok], dim=-1)  # [B, S, fed + S]
-            out, kv = self.head(
-                batch.tokens[:, self.fed + 1 : end + 1],
-                self.buffer.features[:, self.fed : end],
-                self._positions(entries),
-                self.cache.past(),
-                mask,
-            )
+        self._fed_at.fill_(self.fed)
+        new = end - self.fed
+        if new > 0:
+            tokens = batch.tokens[:, self.fed + 1 : end + 1]  # [B, S]
+            features = self.buffer.features[:, self.fed : end]  # [B, S, F]
+            self._graphs.run(("feed", new), (tokens, features), self._feed_run)
             self._forwards += 1
-            self.cache.append(kv)
-            self.fed = end
-            self.root_hidden = out[:, -1:]
-        return self.root_hidden is not None
+            self.fed, self.has_root = end, True
+        return self.has_root
 
     @torch.no_grad()
     def propose(
@@ -141,45 +173,60 @@ class EagleDrafter:
     ) -> DraftProposal:
         if k <= 0 or self.cache is None or self.buffer.features is None or not self._feed(batch):
             return empty_proposal(batch)
-        if self.options.tree == "chain":
-            return self._chain(min(k, self.options.depth), generation, generator)
-        return self._tree(min(k, self.options.depth), self.options.budget)
+        if self.options.tree == "dynamic":
+            return self._tree(min(k, self.options.depth), self.options.budget)
+        width = min(k, self.options.depth)
+        self._forwards += width - 1
+        if generation.greedy:
+            (tokens,) = self._graphs.run(("chain", width), (), lambda: (self._chain_run(width, None, None),))
+            assert tokens is not None
+            return proposal(tokens, None, None)
+        probs: list[torch.Tensor] = []
+        tokens = self._chain_run(width, lambda logits: self._sample(logits, generation, generator, probs), probs)
+        return proposal(tokens, torch.stack(probs, dim=1), None)
 
-    def _step(self, tokens: torch.Tensor, hidden: torch.Tensor, depths: torch.Tensor, extra: torch.Tensor):
-        """One head forward over drafted nodes: tokens [B, S], their parents' outputs [B, S, D], depths [S] (1 for
-        the root's children), extra [S, E] mask over drafted entries already cached (then themselves)."""
-        assert self.cache is not None
-        entries = self.fed - 1 + depths  # [S] entry index = root entry + depth
-        out, kv = self.head(
-            tokens, hidden, self._positions(entries), self.cache.past(), self._key_mask(len(depths), extra)
-        )
-        self.cache.append(kv)
-        self._forwards += 1
-        return out  # [B, S, D]
+    @staticmethod
+    def _sample(
+        logits: torch.Tensor, generation: GenerationConfig, generator: torch.Generator | None, probs: list[torch.Tensor]
+    ) -> torch.Tensor:
+        q = logits_to_probs(logits, generation)  # [B, V]
+        probs.append(q)
+        return sample(q, generator)
 
-    def _chain(self, width: int, generation: GenerationConfig, generator: torch.Generator | None) -> DraftProposal:
-        assert self.root_hidden is not None
-        device = self.root_hidden.device
-        hidden, tokens, probs = self.root_hidden, [], []
+    def _chain_run(
+        self,
+        width: int,
+        pick: Callable[[torch.Tensor], torch.Tensor] | None,
+        probs: list[torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """The chain of ``width`` tokens from the root ([B, W]): each the head's top choice (``pick`` None, device
+        work only) or ``pick(logits)``; node at depth d is written at column ``fed - 1 + d``."""
+        hidden, tokens = self._root, []
         for depth in range(1, width + 1):
             logits = self.head.logits(hidden[:, -1]).float()  # [B, V]
-            if generation.greedy:
-                token = logits.argmax(-1)
-            else:
-                q = logits_to_probs(logits, generation)
-                token = sample(q, generator)
-                probs.append(q)
+            token = logits.argmax(-1) if pick is None else pick(logits)  # [B]
             tokens.append(token)
             if depth < width:
-                extra = torch.ones(1, depth, dtype=torch.bool, device=device)  # every earlier chain node, and itself
-                hidden = self._step(token[:, None], hidden[:, -1:], torch.tensor([depth], device=device), extra)
-        stacked = torch.stack(tokens, dim=1)  # [B, W]
-        return proposal(stacked, torch.stack(probs, dim=1) if probs else None, None)
+                column = (self._fed_at + (depth - 1)).view(1)  # [1]
+                hidden = self._run(token[:, None], hidden, column, column, self._visible(column))
+        return torch.stack(tokens, dim=1)
+
+    def _step(self, tokens: torch.Tensor, hidden: torch.Tensor, depths: torch.Tensor, extra: torch.Tensor):
+        """One head forward over tree nodes: tokens [B, S], their parents' outputs [B, S, D], depths [S] (1 for the
+        root's children), extra [S, E] mask over the drafted nodes already cached (then themselves), which sit in
+        columns ``fed..fed+E-1``."""
+        s, drafted = len(depths), extra.shape[1] - len(depths)
+        columns = self.fed + drafted + self._columns[:s]  # [S]
+        keys = self._columns[None, None, :]  # [1, 1, C]
+        mask = (keys >= self._pad[:, None, None]) & (keys < self.fed)  # [B, 1, C] committed entries
+        placed = torch.zeros(s, self._columns.shape[0], dtype=torch.bool, device=extra.device)
+        placed[:, self.fed : self.fed + extra.shape[1]] = extra
+        self._forwards += 1
+        return self._run(tokens, hidden, columns, self.fed - 1 + depths, mask | placed[None])  # [B, S, D]
 
     def _tree(self, max_depth: int, budget: int) -> DraftProposal:
-        assert self.root_hidden is not None
-        opts, device = self.options, self.root_hidden.device
-        logp = torch.log_softmax(self.head.logits(self.root_hidden[:, -1]).float(), -1)  # [B, V]
+        opts, device = self.options, self._root.device
+        logp = torch.log_softmax(self.head.logits(self._root[:, -1]).float(), -1)  # [B, V]
         top = logp.topk(opts.top_k, dim=-1)  # [B, k]
         tokens, scores = [top.indices], [top.values]  # per candidate: [B, n]
         parents = [-1] * opts.top_k
@@ -192,7 +239,7 @@ class EagleDrafter:
             chosen = [frontier[i] for i in expand_top(all_scores[:, frontier].mean(0), opts.top_k).tolist()]
             all_tokens = torch.cat(tokens, dim=1)
             inputs = torch.stack(
-                [self.root_hidden[:, -1] if parents[c] < 0 else hidden_of[parents[c]] for c in chosen], dim=1
+                [self._root[:, -1] if parents[c] < 0 else hidden_of[parents[c]] for c in chosen], dim=1
             )  # [B, S, D]
             drafted = len(slot)
             extra = torch.zeros(len(chosen), drafted + len(chosen), dtype=torch.bool, device=device)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specdec.heads.layer import DraftDecoderLayer, KeyValues, LayerShape, RMSNorm
+from specdec.heads.layer import CacheWrite, DraftDecoderLayer, KeyValues, LayerShape, RMSNorm
 from specdec.heads.target import TargetParts
 
 
@@ -82,12 +82,13 @@ class EagleHead(nn.Module):
         features: torch.Tensor,  # [B, S, D] f_t (the target's) or g_{t-1} (the head's own, deeper in a draft)
         position_ids: torch.Tensor,  # [B, S]
         past: KeyValues | None = None,
-        mask: torch.Tensor | None = None,  # [S, L + S] or [B, S, L + S] bool
+        mask: torch.Tensor | None = None,  # [S, L + S] or [B, S, L + S] bool ([B, S, C] with ``into``)
+        into: CacheWrite | None = None,  # write into a preallocated cache instead of reading ``past``
     ) -> tuple[torch.Tensor, KeyValues]:  # g [B, S, D] (estimates f_{t+1}), new keys/values
         dtype = self.fc.weight.dtype
         embedding = F.embedding(tokens, self.target.embedding).to(dtype)  # [B, S, D]
         fused = self.fc(torch.cat([embedding, features.to(dtype)], dim=-1))  # [B, S, D]
-        return self.layers[0](fused, position_ids, past, mask)
+        return self.layers[0](fused, position_ids, past, mask, into=into)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., V] over the target's vocabulary (the target's output layer)."""
@@ -120,13 +121,14 @@ class Eagle3Head(nn.Module):
         position_ids: torch.Tensor,  # [B, S]
         past: KeyValues | None = None,
         mask: torch.Tensor | None = None,
+        into: CacheWrite | None = None,
     ) -> tuple[torch.Tensor, KeyValues]:  # midlayer output [B, S, D], new keys/values
         dtype = self.fc.weight.dtype
         embedding = F.embedding(tokens, self.target.embedding).to(dtype)  # [B, S, D]
         hidden = features.to(dtype)
         if hidden.shape[-1] != self.config.layer.hidden_size:  # the target's fused layers, not the head's own state
             hidden = self.fc(hidden)  # [B, S, D]
-        return self.midlayer(hidden, position_ids, past, mask, embedding=embedding)
+        return self.midlayer(hidden, position_ids, past, mask, embedding=embedding, into=into)
 
     def draft_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., Vd] over the draft vocabulary."""

@@ -1,9 +1,11 @@
 """One Llama decoder layer for draft heads, with explicit key/value inputs so a caller can run it over a cache,
 over a tree of drafted nodes, or unrolled over several drafting depths in training.
 
-The layer never owns a cache: :meth:`DraftAttention.forward` takes the keys and values of earlier positions
-(``past``) and a boolean mask over ``past + new`` positions, and returns the new positions' keys and values for the
-caller to keep (``specdec.heads.cache.HeadCache`` keeps them with O(1) rollback). Parameter names follow
+The layer never owns a cache. :meth:`DraftAttention.forward` either takes the keys and values of earlier positions
+(``past``) and a boolean mask over ``past + new`` positions (training, tests), or writes the new entries into a
+preallocated cache at given columns and attends over all of it through a mask over its columns (``into``, a
+:class:`CacheWrite`: drafting, whose shapes then never change, see ``specdec.heads.cache.HeadCache``); either way it
+returns the new positions' keys and values. Parameter names follow
 ``transformers``' Llama (``self_attn.q_proj``, ``mlp.gate_proj``, ``post_attention_layernorm``), which is also what
 the published EAGLE checkpoints use.
 """
@@ -19,6 +21,15 @@ from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 KeyValues = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, H_kv, L, hd] each
+
+
+@dataclass(frozen=True)
+class CacheWrite:
+    """A preallocated cache and the columns where a forward's new entries go."""
+
+    keys: torch.Tensor  # [B, H_kv, C, hd]
+    values: torch.Tensor  # [B, H_kv, C, hd]
+    columns: torch.Tensor  # [S] int64
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,7 @@ class DraftAttention(nn.Module):
         position_ids: torch.Tensor,  # [B, S] int64: rotary position of each new entry
         past: KeyValues | None = None,  # keys/values of earlier entries, [B, H_kv, L, hd] each
         mask: torch.Tensor | None = None,  # [S, L + S] or [B, S, L + S] bool, True = may attend; None = causal
+        into: CacheWrite | None = None,  # instead of past: the cache to write into; mask then [B, S, C] (required)
     ) -> tuple[torch.Tensor, KeyValues]:  # out [B, S, D], the new entries' (keys, values) [B, H_kv, S, hd]
         b, s, _ = x.shape
         hd, h, hkv = self.shape.head_dim, self.shape.num_heads, self.shape.num_kv_heads
@@ -105,7 +117,15 @@ class DraftAttention(nn.Module):
         v = self.v_proj(x).view(b, s, hkv, hd).transpose(1, 2)
         cos, sin = self.rotary(v, position_ids)  # [B, S, hd]
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        keys, values = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        if into is not None:
+            assert past is None and mask is not None, "a cache write attends through an explicit mask"
+            into.keys.index_copy_(2, into.columns, k.to(into.keys.dtype))
+            into.values.index_copy_(2, into.columns, v.to(into.values.dtype))
+            keys, values = into.keys, into.values  # [B, H_kv, C, hd]
+        elif past is None:
+            keys, values = k, v
+        else:
+            keys, values = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
         if mask is None:
             total = keys.shape[2]
             mask = torch.ones(s, total, dtype=torch.bool, device=x.device).tril(total - s)  # [S, L + S]
@@ -134,13 +154,14 @@ class DraftDecoderLayer(nn.Module):
         past: KeyValues | None = None,
         mask: torch.Tensor | None = None,
         embedding: torch.Tensor | None = None,  # [B, S, D] token embeddings (EAGLE-3 only)
+        into: CacheWrite | None = None,
     ) -> tuple[torch.Tensor, KeyValues]:  # [B, S, D], new (keys, values)
         if self.hidden_norm is not None:
             assert embedding is not None and self.input_layernorm is not None
             attn_in = torch.cat([self.input_layernorm(embedding), self.hidden_norm(hidden)], dim=-1)  # [B, S, 2D]
         else:
             attn_in = hidden if self.input_layernorm is None else self.input_layernorm(hidden)
-        attn_out, kv = self.self_attn(attn_in, position_ids, past, mask)
+        attn_out, kv = self.self_attn(attn_in, position_ids, past, mask, into)
         hidden = hidden + attn_out
         hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
         return hidden, kv
