@@ -12,6 +12,10 @@
 # the cost of EAGLE-3 drafting and of verifying 16/32/64-node trees on the 8B shape with the speed at a synthetic
 # acceptance length of 4 (python -m specdec.benchmarks.heads), and the heads recipe on the GPU into $OUT/heads-recipe
 # (HEADS_RECIPE_ARGS sets its budget; the shipped zoo heads are not touched).
+# PARTS=serving (issue 14): the serving-gpu suite (specdec serve on the 1B shape with its draft against the same server
+# without it, concurrency 1, 4 and 16), its JSON, markdown and the servers' logs (a tar) in $OUT. starlette and
+# uvicorn are not on the device's image: carry them as wheels (.whl, see /work/.library/device/README.md) and put
+# them on PYTHONPATH before this part.
 # PARTS=hfdiag (issue 11): the hf-compile crash's reproduction and its candidate mitigations
 # (scripts/diag/hf_compile_bisect.py full,recapture,empty-cache), a line per variant in $OUT/hfdiag.log.
 # Logs and JSON go to $OUT (default results/gpu). Each part stops itself (SIGINT) before the call's limit and keeps
@@ -81,6 +85,12 @@ if [[ " $PARTS " == *" heads "* ]]; then
     2>&1 | tee "$OUT/heads-bench.log" || status=1
   eval timeout -s INT "${LIMIT:-220}" python3 -m specdec.zoo.recipe.heads --device cuda --out "$OUT/heads-recipe" \
     "${HEADS_RECIPE_ARGS-"--greedy-rows 2048 --eagle-steps 4800"}" 2>&1 | tail -40 > "$OUT/heads-recipe.log" || status=1
+fi
+if [[ " $PARTS " == *" serving "* ]]; then
+  timeout -s INT "${LIMIT:-240}" python3 -m pytest --specdec-suite serving-gpu -p no:cacheprovider --basetemp /tmp/serving \
+    --specdec-report-json "$OUT/serving.json" --specdec-report-md "$OUT/serving.md" 2>&1 | tail -40 > "$OUT/serving.log" \
+    || status=1
+  tar -C /tmp/serving -cf "$OUT/serving-logs.tar" specdec-serve 2>/dev/null
 fi
 if [[ " $PARTS " == *" hfdiag "* ]]; then
   timeout -s INT "${LIMIT:-300}" python3 scripts/diag/hf_compile_bisect.py "${HF_VARIANTS:-full,recapture,empty-cache}" \
