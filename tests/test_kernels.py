@@ -102,6 +102,34 @@ def test_decode_attention(tk, dtype, heads, kv_heads, seq, padded):
     assert relative_error(out, ref) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "kv_heads", "padded"), [(4, 2, False), (8, 2, True)])
+def test_decode_attention_over_a_token_tree(tk, dtype, heads, kv_heads, padded):
+    g = torch.Generator(DEVICE).manual_seed(heads + 7)
+    batch, head_dim, max_length = 2, 64, 150
+    parents = [-1, 0, 0, 1, 1, 2, 5, 3, 0, 8, 9]  # the root, then nodes in topological order
+    seq = len(parents)
+    tree = torch.eye(seq, dtype=torch.bool)
+    for node, parent in enumerate(parents):
+        if parent >= 0:
+            tree[node] |= tree[parent]  # a node sees its ancestors and itself
+    q = rand(batch, seq, heads, head_dim, dtype=dtype, generator=g)
+    cache_k = rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g)
+    cache_v = rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g)
+    columns = torch.arange(70, 70 + seq, device=DEVICE)  # keys beyond 80 hold junk that must stay unseen
+    key_valid = None
+    if padded:
+        key_valid = torch.ones(batch, max_length, dtype=torch.bool, device=DEVICE)
+        key_valid[1, :17] = False
+    out = tk.decode_attention(q, cache_k, cache_v, columns, key_valid, head_dim**-0.5, tree.to(DEVICE))
+    ref = reference.decode_attention(q, cache_k, cache_v, columns, key_valid, head_dim**-0.5, tree.to(DEVICE))
+    assert relative_error(out, ref) < TOLERANCE[dtype]
+    # a leaf's output is that of its path as a chain: the tree mask is not ignored
+    chain = tk.decode_attention(q, cache_k, cache_v, columns, key_valid, head_dim**-0.5)
+    assert relative_error(out[:, 1:2], chain[:, 1:2]) < TOLERANCE[dtype]  # node 1's ancestors are all before it
+    assert relative_error(out[:, 8:9], chain[:, 8:9]) > 10 * TOLERANCE[dtype]  # node 8 sees 0 and 8 alone
+
+
 @pytest.mark.parametrize("vocab", [50, 40000])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_greedy_verify_matches_the_reference(tk, vocab, batch):

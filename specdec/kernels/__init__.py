@@ -61,12 +61,9 @@ def load_triton_kernels() -> Kernels:
 
     def decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree=None):
         group = q.shape[2] // cache_k.shape[1]
-        # A token tree's mask is not in the Triton kernel yet: tree forwards take the PyTorch reference (slower)
-        if tree is not None:
+        if group * q.shape[1] > tk.MAX_ATTENTION_ROWS:  # a long block of queries (prefill, a large tree)
             return reference.decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree)
-        if group * q.shape[1] > tk.MAX_ATTENTION_ROWS:  # a long block of queries (prefill): not a decode step
-            return reference.decode_attention(q, cache_k, cache_v, columns, key_valid, scale)
-        return tk.decode_attention(q, cache_k, cache_v, columns, key_valid, scale)
+        return tk.decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree)
 
     return Kernels(
         name="triton",

@@ -144,13 +144,15 @@ def rope_and_store(
 # ------------------------------------------------------------------------------------------------ attention
 @triton.jit
 def _attention_split_kernel(
-    q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, max_ptr, sum_ptr, acc_ptr, scale,
+    q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, tree_ptr, max_ptr, sum_ptr, acc_ptr, scale,
     seq_len, num_heads, num_kv_heads, max_length, num_splits,
-    GROUP: tl.constexpr, HAS_VALID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+    GROUP: tl.constexpr, HAS_VALID: tl.constexpr, HAS_TREE: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Program (batch row * kv head, split): the split's BLOCK_N keys against the group's GROUP x S queries.
-    Writes the block's running max, sum of exponentials and unnormalised output (flash-decoding partials)."""
+    Writes the block's running max, sum of exponentials and unnormalised output (flash-decoding partials).
+    HAS_TREE: the S new tokens are a token tree at consecutive columns from columns[0]; query s sees every key before
+    them and new key j where tree[s, j] ([S, S] bytes)."""
     program = tl.program_id(0)
     split = tl.program_id(1)
     batch_row = program // num_kv_heads
@@ -176,7 +178,16 @@ def _attention_split_kernel(
         key_ok = keys_at <= last_column
         k = tl.load(k_ptr + kv_base + keys_at[:, None] * HEAD_DIM + dims[None, :], mask=key_ok[:, None], other=0.0)
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [R, N]
-        visible = keys_at[None, :] <= own_column[:, None]
+        if HAS_TREE:
+            first_column = tl.load(columns_ptr)
+            new_key = keys_at - first_column  # [N] index among the new tokens (negative: an earlier key)
+            is_new = (new_key >= 0) & key_ok
+            tree_bit = tl.load(
+                tree_ptr + s[:, None] * seq_len + new_key[None, :], mask=row_ok[:, None] & is_new[None, :], other=0
+            )  # [R, N]
+            visible = (new_key[None, :] < 0) | (tree_bit != 0)
+        else:
+            visible = keys_at[None, :] <= own_column[:, None]
         if HAS_VALID:
             valid = tl.load(valid_ptr + batch_row * max_length + keys_at, mask=key_ok, other=0) != 0
             visible = visible & (valid[None, :] | (keys_at[None, :] == own_column[:, None]))
@@ -240,7 +251,9 @@ def decode_attention(
     columns: torch.Tensor,
     key_valid: torch.Tensor | None,
     scale: float,
+    tree: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """As :func:`specdec.kernels.reference.decode_attention` (the same arguments), for GROUP x S <= 128 rows."""
     batch, seq, num_heads, head_dim = q.shape
     num_kv_heads, max_length = cache_k.shape[1], cache_k.shape[2]
     group = num_heads // num_kv_heads
@@ -248,15 +261,16 @@ def decode_attention(
     block_r = max(16, triton.next_power_of_2(group * seq))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     valid = key_valid if key_valid is not None else columns
+    tree_bytes = tree.contiguous().view(torch.uint8) if tree is not None else columns  # [S, S]
     splits = triton.cdiv(max_length, ATTENTION_BLOCK_N)  # fixed by the cache size, so graphs can replay it
     programs = batch * num_kv_heads
     maxima = torch.empty((programs, splits, block_r), dtype=torch.float32, device=q.device)
     sums = torch.empty_like(maxima)
     partial = torch.empty((programs, splits, block_r, head_dim), dtype=torch.float32, device=q.device)
     _attention_split_kernel[(programs, splits)](
-        q, cache_k, cache_v, columns, valid, maxima, sums, partial, scale,
+        q, cache_k, cache_v, columns, valid, tree_bytes, maxima, sums, partial, scale,
         seq, num_heads, num_kv_heads, max_length, splits,
-        group, key_valid is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision, num_warps=4,
+        group, key_valid is not None, tree is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision, num_warps=4,
     )  # fmt: skip
     _attention_combine_kernel[(programs,)](
         maxima, sums, partial, out, seq, num_heads, num_kv_heads, splits, group, block_r, head_dim, num_warps=4
