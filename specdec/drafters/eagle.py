@@ -33,7 +33,7 @@ from specdec.config import GenerationConfig
 from specdec.drafters.base import DraftProposal, empty_proposal
 from specdec.drafters.features import FeatureBuffer, FeatureRequest
 from specdec.drafters.medusa import proposal
-from specdec.drafters.tree import expand_top, select_nodes
+from specdec.drafters.tree import best_subtree
 from specdec.errors import ConfigError
 from specdec.fast.graphs import CapturedGraphs
 from specdec.heads.cache import HeadCache
@@ -211,60 +211,62 @@ class EagleDrafter:
                 hidden = self._run(token[:, None], hidden, column, column, self._visible(column))
         return torch.stack(tokens, dim=1)
 
-    def _step(self, tokens: torch.Tensor, hidden: torch.Tensor, depths: torch.Tensor, extra: torch.Tensor):
-        """One head forward over tree nodes: tokens [B, S], their parents' outputs [B, S, D], depths [S] (1 for the
-        root's children), extra [S, E] mask over the drafted nodes already cached (then themselves), which sit in
-        columns ``fed..fed+E-1``."""
-        s, drafted = len(depths), extra.shape[1] - len(depths)
-        columns = self.fed + drafted + self._columns[:s]  # [S]
-        keys = self._columns[None, None, :]  # [1, 1, C]
-        mask = (keys >= self._pad[:, None, None]) & (keys < self.fed)  # [B, 1, C] committed entries
-        placed = torch.zeros(s, self._columns.shape[0], dtype=torch.bool, device=extra.device)
-        placed[:, self.fed : self.fed + extra.shape[1]] = extra
-        self._forwards += 1
-        return self._run(tokens, hidden, columns, self.fed - 1 + depths, mask | placed[None])  # [B, S, D]
-
     def _tree(self, max_depth: int, budget: int) -> DraftProposal:
-        opts, device = self.options, self._root.device
-        logp = torch.log_softmax(self.head.logits(self._root[:, -1]).float(), -1)  # [B, V]
-        top = logp.topk(opts.top_k, dim=-1)  # [B, k]
-        tokens, scores = [top.indices], [top.values]  # per candidate: [B, n]
-        parents = [-1] * opts.top_k
-        depth_of = [1] * opts.top_k
-        slot: dict[int, int] = {}  # candidate -> its drafted entry in the cache (once expanded)
-        hidden_of: dict[int, torch.Tensor] = {}  # candidate -> its output [B, D]
-        frontier = list(range(opts.top_k))
+        self._forwards += max_depth - 1
+        tokens, parents = self._graphs.run(
+            ("tree", max_depth, budget), (), lambda: self._tree_run(max_depth, budget)
+        )  # fmt: skip
+        assert tokens is not None and parents is not None
+        return proposal(tokens, None, parents)  # the parents' copy to the host is the step's one sync
+
+    def _tree_run(self, max_depth: int, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """EAGLE-2's dynamic tree as device work only (fixed shapes, so that it can be captured): the root's top k
+        children; at each further depth the k frontier nodes of highest cumulative log-probability (mean over rows)
+        are expanded in one head forward, each into its top k children; the ``budget`` best candidates form the
+        tree. Candidates are numbered depth by depth (k at depth 1, then k x k per depth, children of one expanded
+        node together); the node expanded at depth d + 1 in place ``i`` of its depth holds cache column
+        ``fed + d k + i`` (its "slot"). -> tokens [B, W], parents [W] (re-indexed into the kept nodes)."""
+        k, root = self.options.top_k, self._root[:, -1]  # root [B, D]
+        b, device = root.shape[0], root.device
+        count = k + (max_depth - 1) * k * k  # candidates
+        slots = (max_depth - 1) * k  # expanded nodes
+        logp = torch.log_softmax(self.head.logits(root).float(), -1).topk(k, dim=-1)  # [B, k]
+        tokens = torch.zeros(b, count, dtype=torch.long, device=device)
+        scores = torch.zeros(b, count, device=device)
+        parent = torch.full((count,), -1, dtype=torch.long, device=device)
+        depth_of = torch.ones(count, dtype=torch.long, device=device)
+        parent_slot = torch.full((count,), -1, dtype=torch.long, device=device)  # the slot of a node's parent
+        ancestors = torch.zeros(count, max(slots, 1), dtype=torch.bool, device=device)  # [N, slots]
+        outputs = root.new_zeros(b, max(slots, 1), root.shape[-1])  # [B, slots, D] expanded nodes' outputs
+        tokens[:, :k], scores[:, :k] = logp.indices, logp.values
+        keys = self._columns[None, :]  # [1, C]
+        committed = (keys >= self._pad[:, None]) & (keys < self._fed_at)  # [B, C]
+        frontier, width = 0, k  # the candidates created at the previous depth: [frontier, frontier + width)
         for depth in range(2, max_depth + 1):
-            all_scores = torch.cat(scores, dim=1)  # [B, N]
-            chosen = [frontier[i] for i in expand_top(all_scores[:, frontier].mean(0), opts.top_k).tolist()]
-            all_tokens = torch.cat(tokens, dim=1)
-            inputs = torch.stack(
-                [self._root[:, -1] if parents[c] < 0 else hidden_of[parents[c]] for c in chosen], dim=1
-            )  # [B, S, D]
-            drafted = len(slot)
-            extra = torch.zeros(len(chosen), drafted + len(chosen), dtype=torch.bool, device=device)
-            for row, c in enumerate(chosen):
-                node = parents[c]
-                while node >= 0:  # the ancestors' entries
-                    extra[row, slot[node]] = True
-                    node = parents[node]
-                extra[row, drafted + row] = True
-            out = self._step(
-                all_tokens[:, chosen], inputs, torch.tensor([depth - 1] * len(chosen), device=device), extra
-            )
-            frontier = []
-            children = torch.log_softmax(self.head.logits(out).float(), -1).topk(opts.top_k, dim=-1)  # [B, S, k]
-            for row, c in enumerate(chosen):
-                slot[c] = drafted + row
-                hidden_of[c] = out[:, row]
-                tokens.append(children.indices[:, row])
-                scores.append(all_scores[:, c : c + 1] + children.values[:, row])
-                first = len(parents)
-                parents += [c] * opts.top_k
-                depth_of += [depth] * opts.top_k
-                frontier += range(first, first + opts.top_k)
-        kept, new_parents = select_nodes(torch.cat(scores, dim=1).mean(0), torch.tensor(parents), budget)
-        return proposal(torch.cat(tokens, dim=1)[:, kept.to(device)], None, new_parents)
+            chosen = frontier + torch.sort(scores[:, frontier : frontier + width].mean(0).topk(k).indices).values
+            slot = (depth - 2) * k + torch.arange(k, device=device)  # [k]
+            own = ancestors[chosen] | (torch.arange(slots, device=device)[None, :] == slot[:, None])  # [k, slots]
+            placed = torch.zeros(k, keys.shape[1], dtype=torch.bool, device=device)
+            placed.index_copy_(1, self._fed_at + torch.arange(slots, device=device), own)  # [k, C]
+            up = parent_slot[chosen]  # [k]
+            inputs = torch.where(up[None, :, None] >= 0, outputs[:, up.clamp_min(0)], root[:, None])  # [B, k, D]
+            out = self._run(
+                tokens[:, chosen], inputs, self._fed_at + slot, (self._fed_at + (depth - 2)).expand(k),
+                committed[:, None, :] | placed[None],
+            )  # fmt: skip
+            outputs[:, slot] = out
+            children = torch.log_softmax(self.head.logits(out).float(), -1).topk(k, dim=-1)  # [B, k, k]
+            first = k + (depth - 2) * k * k
+            new = slice(first, first + k * k)
+            tokens[:, new] = children.indices.reshape(b, k * k)
+            scores[:, new] = (scores[:, chosen][:, :, None] + children.values).reshape(b, k * k)
+            parent[new] = chosen.repeat_interleave(k)
+            depth_of[new] = depth
+            parent_slot[new] = slot.repeat_interleave(k)
+            ancestors[new] = own.repeat_interleave(k, dim=0)
+            frontier, width = first, k * k
+        kept, kept_parents = best_subtree(scores.mean(0), parent, depth_of, budget)
+        return tokens[:, kept], kept_parents
 
     def observe(self, batch: SequenceBatch, num_accepted: int) -> None:
         """Nothing here: the next proposal rolls the cache back to the committed entries and reads new features."""

@@ -64,34 +64,22 @@ def fill_static_tree(tree: StaticTree, top_ids: torch.Tensor) -> torch.Tensor:
     return top_ids[:, tree.depths, tree.ranks]
 
 
-def select_nodes(scores: torch.Tensor, parents: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """EAGLE-2's reranking: keep the ``budget`` candidates of highest score (cumulative draft log-probability) as an
-    ancestor-closed tree.
+def best_subtree(
+    scores: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor, budget: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """EAGLE-2's reranking on the device: the ``budget`` candidates of highest score, as a tree.
 
-    scores [N] float, parents [N] int64 (into the candidates, -1 = root's child, topological) ->
-    (kept [W] candidate indices in topological order, their parents [W] re-indexed into ``kept``), W <= budget.
-    A candidate whose ancestors do not all fit is skipped, so the result is a tree even when scores tie or are not
-    monotone along a path.
+    scores [N] float (cumulative draft log-probabilities: a child never scores above its parent), parents [N] int64
+    (into the candidates, -1 = a child of the root; topological), depths [N] ->
+    (kept [W] candidate indices in topological order, their parents [W] re-indexed into ``kept``), W = min(budget, N).
+    A tie between a node and its descendant is broken towards the shallower one, so the kept set holds every kept
+    node's ancestors. Device work only (no host reads): it can run inside a CUDA graph.
     """
-    keep: set[int] = set()
-    parent_list = parents.tolist()
-    for candidate in torch.argsort(scores, descending=True, stable=True).tolist():
-        chain = []
-        node = candidate
-        while node >= 0 and node not in keep:
-            chain.append(node)
-            node = parent_list[node]
-        if len(keep) + len(chain) <= budget:
-            keep.update(chain)
-        if len(keep) == budget:
-            break
-    kept = sorted(keep)
-    position = {node: i for i, node in enumerate(kept)}
-    new_parents = [position[parent_list[n]] if parent_list[n] >= 0 else -1 for n in kept]
-    return torch.tensor(kept, dtype=torch.long), torch.tensor(new_parents, dtype=torch.long)
-
-
-def expand_top(scores: torch.Tensor, budget: int) -> torch.Tensor:
-    """EAGLE-2's expansion: the ``budget`` frontier nodes of highest score ([F] -> [<= budget] indices, sorted)."""
     count = min(budget, scores.numel())
-    return torch.sort(torch.topk(scores, count).indices).values
+    # float64, so that the depth term still separates equal scores (-inf scores, never drafted, sort last)
+    key = scores.double().clamp_min(-1e6) - depths.double() * 1e-6
+    kept = torch.sort(torch.topk(key, count).indices).values  # [W]
+    position = torch.full_like(parents, -1)
+    position[kept] = torch.arange(count, device=parents.device)
+    parent = parents[kept]  # [W]
+    return kept, torch.where(parent >= 0, position[parent.clamp_min(0)], parent)
