@@ -168,6 +168,27 @@ def test_sampled_batches_are_repeatable_and_rows_differ():
     assert len({tuple(ids) for ids in first.token_ids}) > 1
 
 
+def test_a_row_samples_the_target_distribution_beside_rows_that_keep_other_counts():
+    """Rejection sampling per row stays lossless: rows 0 and 2 (one prompt) sample the target's exact distribution
+    while rows of other prompts and lengths keep other counts beside them (holes, shifted positions)."""
+    from test_sampling_lossless import ALPHA, VOCAB, chi_square_pvalue, exact_target_distributions, make_tiny_pair
+
+    target, draft = make_tiny_pair()
+    prompt, config = [3, 1, 4], GenerationConfig(temperature=1.0, seed=4)
+    joint, marginal3 = exact_target_distributions(target, prompt, config)
+    engine = SpeculativeEngine(loaded(target, "t"), loaded(draft, "d"))
+    rows, uneven = [], 0
+    for call in range(750):
+        seeded = GenerationConfig(max_new_tokens=4, temperature=1.0, seed=400_000 + call, stop_at_eos=False)
+        result = engine.generate([prompt, [5, 2, 6, 7, 1, 0, 2], prompt, [6]], seeded, SpeculationConfig(k=2))
+        rows += [result.token_ids[0][:3], result.token_ids[2][:3]]
+        uneven += any(len(set(step.row_accepted)) > 1 for step in result.steps)
+    tokens = torch.tensor(rows)
+    assert uneven > 100
+    assert chi_square_pvalue(tokens[:, 0] * VOCAB + tokens[:, 1], joint) > ALPHA
+    assert chi_square_pvalue(tokens[:, 2], marginal3) > ALPHA
+
+
 def test_the_trained_zoo_pair_rows_equal_their_own_runs():
     target = load_model("zoo:tiny-code-target", device="cpu", dtype="float32")
     draft = load_model("zoo:tiny-code-draft", device="cpu", dtype="float32")
