@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_specdec.machine import Environment
 from specdec.engine import GenerationResult
 from specdec.hf_engine import HFResult, HFRunMetrics
-from specdec.metrics import PositionCounts, RunMetrics, StepMetrics, itl_percentiles, time_per_output_token
+from specdec.metrics import PositionCounts, RunMetrics, StepMetrics, itl_percentiles
 
 if TYPE_CHECKING:
     from pytest_specdec.load import LoadStats
@@ -58,6 +58,7 @@ class Tally:
     drafted: int | None  # drafted tokens (None: transformers did not expose them)
     accepted: int | None  # accepted drafted tokens (None: likewise)
     steps: int  # target forwards after the prefill
+    row_steps: int  # rows that took part in each step, summed (= steps for batches of one)
     target_forwards: int  # steps + one prefill per batch
     advanced: int  # tokens a row advanced, prefill's first token included, summed over batches
     positions: PositionCounts  # per draft position, summed over batches
@@ -69,6 +70,7 @@ class Tally:
             drafted=_total([m.drafted_tokens for m in metrics]),
             accepted=_total([m.accepted_tokens for m in metrics]),
             steps=sum(m.steps for m in metrics),
+            row_steps=sum(_row_steps(r) for r in results),
             target_forwards=sum(m.target_forwards for m in metrics),
             advanced=sum(round(m.mean_tokens_per_forward * m.target_forwards) for m in metrics),
             positions=sum((_positions(m) for m in metrics), PositionCounts()),
@@ -84,8 +86,10 @@ class Tally:
 
     @property
     def mean_accepted_length(self) -> float | None:
-        """Tokens committed per step, bonus included: each step commits its accepted tokens + 1."""
-        return (self.accepted + self.steps) / self.steps if self.steps and self.accepted is not None else None
+        """Tokens committed per row-step, bonus included: each row of a step commits its accepted tokens + 1."""
+        if not self.row_steps or self.accepted is None:
+            return None
+        return (self.accepted + self.row_steps) / self.row_steps
 
 
 @dataclass(frozen=True)
@@ -191,7 +195,7 @@ class Measurement:
         itl_p50, itl_p90, itl_p99 = itl_percentiles(
             [step.itl_ms / 1000.0 for r in rounds for result in r.results for step in step_timings(result)]
         )
-        tpots = [time_per_output_token([s for result in r.results for s in step_timings(result)]) for r in rounds]
+        tpots = [_round_tpot(r.results) for r in rounds]
         known_tpots = [t for t in tpots if t is not None]
         fastest = [x.metrics for x in max(rounds, key=lambda r: r.tokens_per_second).results]
         fastest_steps = sum(m.steps for m in fastest)
@@ -302,6 +306,19 @@ def step_timings(result: GenerationResult | HFResult) -> list[StepMetrics]:
     """The run's per-step timings ([] for transformers' modes, which expose none)."""
     steps = getattr(result, "steps", None)  # GenerationResult.steps; an HFResult has none
     return steps if isinstance(steps, list) else []
+
+
+def _row_steps(result: GenerationResult | HFResult) -> int:
+    """Rows that took part in each of the run's steps, summed (its steps where it exposes no per-step timings)."""
+    steps = step_timings(result)
+    return sum(s.rows for s in steps) if steps else result.metrics.steps
+
+
+def _round_tpot(results: Sequence[GenerationResult | HFResult]) -> float | None:
+    """TPOT over a round's runs: their summed ITL over the tokens of each run's mean row after the first."""
+    seconds = sum(s.itl_ms for result in results for s in step_timings(result)) / 1000.0
+    tokens = sum(sum(s.emitted for s in step_timings(r)) / len(r.token_ids) for r in results)
+    return seconds / tokens if tokens else None
 
 
 def _positions(metrics: RunMetrics | HFRunMetrics) -> PositionCounts:

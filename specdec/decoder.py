@@ -37,12 +37,25 @@ class Decoder(Protocol):
     @property
     def cache_length(self) -> int: ...
 
-    def prepare(self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int) -> None:
+    def prepare(
+        self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int, columns: int = 0
+    ) -> None:
         """Get ready for a new batch and empty the cache.
 
-        pad_lengths: [B] left padding per row; attention_mask: [B, max_length] (0 on padding) or None if no row is
-        padded; max_length: the longest sequence (prompt + new tokens) this batch will reach.
+        pad_lengths: [B] left padding per row; attention_mask: [B, <= max_length] (0 on padding) or None if no row
+        is padded; max_length: the longest sequence (prompt + new tokens) this batch will reach; columns: the cache
+        columns to hold, if more than ``max_length`` (per-row acceptance leaves holes: ``docs/batching.md``).
         """
+
+    def set_rows(self, positions: torch.Tensor, key_valid: torch.Tensor) -> None:
+        """The rows' layout changed (holes, a compaction): positions [B, C] int64, the position of each cache column
+        in its row, and key_valid [B, C] bool, False where a column is hidden from attention. Copies them (C is at
+        most the columns prepared); later forwards take positions and the key mask from them."""
+
+    def compact(self, source: torch.Tensor) -> None:
+        """Row b's cache columns [0, n) become its columns ``source[b]`` ([B, n] int64; -1: anything, the column
+        will be hidden), and the cache holds n columns. Copies every layer once; for the rare compaction of holes
+        (``SequenceBatch.compact``); call ``set_rows`` after."""
 
     def forward(
         self, input_ids: torch.Tensor, last_only: bool = False, tree: TreeAttention | None = None
@@ -64,7 +77,7 @@ class Decoder(Protocol):
         ...
 
     def rollback(self, length: int) -> None:
-        """Drop cached positions ``>= length`` in O(1)."""
+        """Drop cached columns ``>= length`` in O(1)."""
 
 
 def greedy_chain_loop(
@@ -92,8 +105,8 @@ class HFDecoder:
         self.vocab_size = vocab_size or loaded.vocab_size
         self.forwards = 0
         self.cache: KVCache | None = None
-        self.pad_lengths = torch.zeros(1, dtype=torch.long)
-        self.attention_mask: torch.Tensor | None = None
+        self.positions = torch.zeros((1, 0), dtype=torch.long)  # [B, M]: each cache column's position in its row
+        self.attention_mask: torch.Tensor | None = None  # [B, M] int64, 0 on hidden columns; None: none hidden
         self._takes_logits_to_keep = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         self._cache_keyword = cache_keyword(self.model)
         self.feature_request: FeatureRequest | None = None
@@ -103,17 +116,33 @@ class HFDecoder:
     def cache_length(self) -> int:
         return self.cache.length if self.cache is not None else 0
 
-    def prepare(self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int) -> None:
+    def prepare(
+        self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int, columns: int = 0
+    ) -> None:
         batch_size = pad_lengths.shape[0]
-        if self.cache is None or not self.cache.fits(batch_size, max_length):
+        columns = max(columns, max_length)
+        if self.cache is None or not self.cache.fits(batch_size, columns):
             self.cache = None  # release the old tensors before allocating new ones
-            self.cache = KVCache(self.model, batch_size, max_length)
+            self.cache = KVCache(self.model, batch_size, columns)
         self.cache.reset()
-        self.pad_lengths = pad_lengths
-        if attention_mask is not None and attention_mask.shape[1] < max_length:  # room beyond the batch (a tree)
-            attention_mask = torch.nn.functional.pad(attention_mask, (0, max_length - attention_mask.shape[1]), value=1)
+        capacity = self.cache.max_length
+        steps = torch.arange(capacity, device=pad_lengths.device)
+        self.positions = (steps[None, :] - pad_lengths[:, None]).clamp_min(0)  # [B, M]
+        if attention_mask is not None:  # room beyond the batch (a tree, a reused longer cache) is not hidden
+            attention_mask = torch.nn.functional.pad(attention_mask, (0, capacity - attention_mask.shape[1]), value=1)
         self.attention_mask = attention_mask
         self.forwards = 0
+
+    def set_rows(self, positions: torch.Tensor, key_valid: torch.Tensor) -> None:
+        width = positions.shape[1]
+        self.positions[:, :width] = positions
+        if self.attention_mask is None:
+            self.attention_mask = torch.ones_like(self.positions)
+        self.attention_mask[:, :width] = key_valid.long()
+
+    def compact(self, source: torch.Tensor) -> None:
+        assert self.cache is not None
+        self.cache.compact(source)
 
     @torch.inference_mode()
     def forward(
@@ -122,8 +151,10 @@ class HFDecoder:
         assert self.cache is not None, "prepare() must be called before forward()"
         start = self.cache.length
         seq = input_ids.shape[1]
-        offsets = tree.depths if tree is not None else torch.arange(seq, device=input_ids.device)  # [S]
-        position_ids = (start + offsets[None, :] - self.pad_lengths[:, None]).clamp_min(0)  # [B, S]
+        if tree is None:
+            position_ids = self.positions[:, start : start + seq]  # [B, S]
+        else:  # the root's position plus each node's depth
+            position_ids = self.positions[:, start : start + 1] + tree.depths[None, :]
         attention_mask = self.attention_mask if tree is None else self._tree_mask(start, tree)
         request = self.feature_request
         keep_all = request is not None or not last_only
@@ -155,10 +186,9 @@ class HFDecoder:
         visible = torch.zeros((size, capacity), dtype=torch.bool, device=device)  # [S, M]
         visible[:, :start] = True
         visible[:, start : start + size] = tree.visible
-        visible = visible[None].repeat(self.pad_lengths.shape[0], 1, 1)  # [B, S, M]
-        if self.attention_mask is not None:  # left padding (the mask may be shorter than a reused cache)
-            width = min(self.attention_mask.shape[1], capacity)
-            visible[:, :, :width] &= self.attention_mask[:, None, :width].bool()
+        visible = visible[None].repeat(self.positions.shape[0], 1, 1)  # [B, S, M]
+        if self.attention_mask is not None:  # left padding (the mask covers the whole cache)
+            visible &= self.attention_mask[:, None, :capacity].bool()
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=device)
         return mask.masked_fill(~visible, torch.finfo(self.dtype).min)[:, None]  # [B, 1, S, M]
 

@@ -5,7 +5,13 @@ last committed token and every drafted one in one forward, the verifier keeps th
 token of the target's own, and both KV caches roll back past what was rejected. A step that drafts nothing is a
 plain autoregressive step through the same code (no draft forward, a one-token target forward).
 
-Host syncs: a step that drafted reads the number accepted (one sync; pending end-of-sequence flags ride along). A step
+Batches: with a drafter that supports it (``per_row``), each row keeps its own accepted prefix and bonus token. Rows
+share cache columns; a row's rejected columns become holes, hidden from attention and skipped by its positions, and
+the columns are compacted when the holes would outgrow the cache (:class:`~specdec.sequence.SequenceBatch`,
+``docs/batching.md``). A row that finished stops taking part; the generation is done when every row has. Other
+drafters (and a batch of one) run in lockstep: every row keeps the batch's shortest accepted prefix.
+
+Host syncs: a step that drafted reads what each row kept (one sync; pending end-of-sequence flags ride along). A step
 that drafted nothing needs no sync on an accelerator: end-of-sequence flags are read every ``EOS_CHECK_EVERY`` steps
 (the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens. Step timings
 (draft, verify and inter-token latency) come from the step clock, which adds no sync (``specdec.metrics``).
@@ -52,6 +58,7 @@ if TYPE_CHECKING:
 
 EOS_CHECK_EVERY = 16  # without drafts, an accelerator's EOS flags are read every this many steps
 EOS_NOT_FOUND = 1 << 30
+HOLE_ROOM = 0.5  # per row: cache columns for holes between compactions, as a fraction of max_new_tokens
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,17 @@ class Generation:
         self.speculation = speculation
         self.verifier = Verifier(speculation.acceptance, generation, engine.kernels)
         self.controller = make_controller(speculation)
-        self.batch = SequenceBatch.from_prompts(rows, generation.max_new_tokens, engine.pad_id, engine.device)
+        drafter = engine.drafter
+        # Per-row acceptance where the drafter supports it (a batch of one is the same either way, in lockstep).
+        self.per_row = len(rows) > 1 and bool(getattr(drafter, "per_row", False))
+        columns = None
+        if self.per_row:  # room for the holes between compactions (docs/batching.md)
+            new = generation.max_new_tokens
+            columns = max(len(r) for r in rows) + new + speculation.max_k + 1 + int(HOLE_ROOM * new)
+        self.batch = SequenceBatch.from_prompts(rows, generation.max_new_tokens, engine.pad_id, engine.device, columns)
+        self.compactions = 0  # times the cache columns were compacted (per row)
+        self._pads = [self.batch.prompt_length - len(r) for r in rows]
+        self._active_device = torch.ones(len(rows), dtype=torch.bool, device=engine.device)  # batch.active there
         self.prompt_length = self.batch.prompt_length
         self.row_ends: list[int | None] = [None] * len(rows)  # new tokens per row up to and including its EOS
         self.records: list[StepRecord] = []
@@ -111,14 +128,14 @@ class Generation:
         self._eos = torch.tensor(
             engine.eos_ids if generation.stop_at_eos else [], dtype=torch.long, device=engine.device
         )
-        self._pending_eos: list[tuple[int, torch.Tensor]] = []  # (step's first new column, [B] EOS offsets)
+        # (new tokens per row before the step, rows that took part, [B] EOS offsets in the step's window)
+        self._pending_eos: list[tuple[list[int], list[bool], torch.Tensor]] = []
         self._eos_check_every = 1 if stream or engine.device.type == "cpu" else EOS_CHECK_EVERY
         self._clock = StepClock(engine.device)
         self._generator: torch.Generator | None = None
         self._started = 0.0
         self._streamed = [0] * len(rows)  # new tokens per row already handed out by `new_tokens`
         self._result: GenerationResult | None = None
-        drafter = engine.drafter
         self._feature_request: FeatureRequest | None = getattr(drafter, "features", None)
         max_width = getattr(drafter, "max_width", None)  # a tree drafter may propose more nodes than K
         self._tree_room = max(0, max_width(speculation.max_k) - 1) if max_width is not None else 0
@@ -145,8 +162,8 @@ class Generation:
 
     @property
     def done(self) -> bool:
-        """Every row met its end of sequence, or the token budget is spent."""
-        return self.batch.new_tokens >= self.generation.max_new_tokens or all(e is not None for e in self.row_ends)
+        """Every row met its end of sequence or spent its token budget."""
+        return not any(self.batch.active)
 
     # ------------------------------------------------------------------------------------------------- the steps
     @torch.inference_mode()
@@ -160,14 +177,22 @@ class Generation:
         synchronize(engine.device)
         self._started = time.perf_counter()
         engine.target.feature_request = self._feature_request
-        engine.target.prepare(batch.pad_lengths, batch.attention_mask, batch.max_length + self._tree_room)
+        engine.target.prepare(
+            batch.pad_lengths, batch.attention_mask, batch.max_row_length + self._tree_room,
+            batch.max_length + self._tree_room,
+        )  # fmt: skip
         logits = engine.target.forward(batch.tokens[:, : self.prompt_length], last_only=True)
-        batch.tokens[:, self.prompt_length] = next_token(logits[:, -1], self.generation, self._generator)
+        first = next_token(logits[:, -1], self.generation, self._generator)  # [B]
+        batch.tokens[:, self.prompt_length] = first
+        batch.history[:, self.prompt_length] = first
         batch.length = self.prompt_length + 1
-        first_is_eos = torch.isin(batch.tokens[:, self.prompt_length], self._eos).tolist()  # the prefill's one sync
+        batch.lengths = [self.prompt_length + 1] * batch.batch_size
+        batch.device_lengths += 1
+        first_is_eos = torch.isin(first, self._eos).tolist()  # the prefill's one sync
         self.time_to_first_token = time.perf_counter() - self._started
         self._emitted_mark = self._clock.mark()
         self.row_ends = [1 if is_eos else None for is_eos in first_is_eos]
+        self._update_active()
         if engine.drafter is not None:
             engine.drafter.start(batch)
             if self._feature_request is not None:
@@ -180,8 +205,13 @@ class Generation:
         self._require_open()
         engine, batch, generation = self.engine, self.batch, self.generation
         drafter = engine.drafter
+        taking_part = list(batch.active)  # rows still generating
+        counts = batch.new_counts
+        room = max((generation.max_new_tokens - c for c, a in zip(counts, taking_part, strict=True) if a), default=1)
         requested_k = self.controller.next_k() if drafter is not None else 0
-        budget = min(requested_k, generation.max_new_tokens - batch.new_tokens - 1)
+        budget = min(requested_k, room - 1)  # the neediest row's budget; each row's own limits its keep
+        if self.per_row and batch.length + budget >= batch.max_length:  # the bonus column must fit
+            self._compact()
         start_mark = self._clock.mark()
         proposal = empty_proposal(batch)
         if budget > 0:
@@ -200,45 +230,124 @@ class Generation:
                 batch.tokens[:, length : length + drafted] = proposal.tokens
         tree = tree_attention(parents, engine.device) if parents is not None else None
         target_logits = engine.target.forward(verify_ids, tree=tree)  # [B, W + 1, V]
+        limits = self._limits(proposal) if self.per_row and drafted > 0 else None  # [B]: the most each row keeps
         verdict = self.verifier.verify(
-            proposal.tokens, proposal.probs, target_logits, self._generator, requested_k, parents
+            proposal.tokens, proposal.probs, target_logits, self._generator, requested_k, parents, limits
         )
+        drafts = proposal.tokens
         if verdict.path is not None:  # a tree: the kept path's tokens, then the next token
-            path_tokens = proposal.tokens.gather(1, verdict.path.clamp_min(0))  # [B, W]
-            room = min(drafted, batch.max_length - length)
-            batch.tokens[:, length : length + room] = path_tokens[:, :room]
+            drafts = proposal.tokens.gather(1, verdict.path.clamp_min(0))  # [B, W]
+            room_left = min(drafted, batch.max_length - length)
+            batch.tokens[:, length : length + room_left] = drafts[:, :room_left]
+        # Every row's newest token goes to the step's last kept column (per row, the columns between are holes).
         next_column = (length + verdict.num_accepted).reshape(1, 1).expand(batch.batch_size, 1)
         batch.tokens.scatter_(1, next_column, verdict.next_tokens[:, None])
+        kept = verdict.row_kept  # [B]
+        window = self._commit(drafts, kept, verdict.next_tokens)  # [B, W + 1]: row b's first kept[b] + 1 are new
         if self._eos.numel() > 0:
-            window = batch.tokens[:, length : length + drafted + 1]
-            self._pending_eos.append((length, _first_eos_offsets(window, self._eos, verdict.num_accepted)))
+            offsets = _first_eos_offsets(window, self._eos, kept)
+            self._pending_eos.append((counts, taking_part if self.per_row else [True] * len(counts), offsets))
         features = engine.target.features if self._feature_request is not None else None
         verified_mark = self._clock.mark()
 
-        # Nothing drafted: one token, known without asking the device. Otherwise the step's one host sync reads the
-        # number accepted (and a tree's path, and any EOS offsets waiting to be read with it).
-        last_step = batch.new_tokens + drafted + 1 >= generation.max_new_tokens
-        accepted = 0
+        # Nothing drafted: one token per row, known without asking the device. Otherwise the step's one host sync
+        # reads what each row kept (and a tree's path, and any EOS offsets waiting to be read with it).
+        last_step = all(c + 1 >= generation.max_new_tokens for c, a in zip(counts, taking_part, strict=True) if a)
+        row_kept = [0] * batch.batch_size
+        row_limits: list[int] = []  # per row: the most each row could keep (lockstep: the proposal's width)
         path: list[int] = []  # a tree's kept nodes, read by the sync
         if drafted > 0 or len(self._pending_eos) >= self._eos_check_every or last_step:
-            accepted, path = self._sync(verdict.num_accepted if drafted > 0 else None, verdict.path)
-        batch.length = length + accepted + 1
-        if path and path[:accepted] != list(range(accepted)):  # the path is not already next to the root
-            columns = torch.tensor([length + node for node in path[:accepted]], device=engine.device)
+            row_kept, row_limits, path = self._sync(kept if drafted > 0 else None, limits, verdict.path)
+        row_limits = row_limits or [drafted] * batch.batch_size
+        shared = max(row_kept)
+        batch.length = length + shared + 1
+        self._advance(length, shared, row_kept, kept, taking_part)
+        if path and path[:shared] != list(range(shared)):  # the path is not already next to the root
+            columns = torch.tensor([length + node for node in path[:shared]], device=engine.device)
             engine.target.keep_path(length, columns)
         engine.target.rollback(batch.length - 1)
         if drafter is not None:
             if features is not None:  # the root's and the kept tokens' (block indices 0 and 1 + node)
-                kept = path[:accepted] if parents is not None else list(range(accepted))
-                drafter.read_features(features[:, [0] + [1 + node for node in kept]], batch.length)  # type: ignore[attr-defined]
-            drafter.observe(batch, accepted)
-        self.controller.update(drafted, accepted)
-        record = StepRecord(k=requested_k, drafted=drafted, accepted=accepted)
+                kept_nodes = path[:shared] if parents is not None else list(range(shared))
+                drafter.read_features(features[:, [0] + [1 + node for node in kept_nodes]], batch.length)  # type: ignore[attr-defined]
+            drafter.observe(batch, shared)
+        rows = [b for b, part in enumerate(taking_part) if part]
+        step_drafted = [row_limits[b] for b in rows]
+        step_kept = [row_kept[b] for b in rows]
+        self.controller.update(sum(step_drafted), sum(step_kept))
+        if batch.batch_size == 1:
+            record = StepRecord(k=requested_k, drafted=drafted, accepted=shared)
+        else:
+            record = StepRecord(
+                k=requested_k, drafted=sum(step_drafted), accepted=sum(step_kept),
+                row_drafted=tuple(step_drafted), row_accepted=tuple(step_kept),
+            )  # fmt: skip
         if parents is not None:
             record.tree_size, record.tree_depth = drafted, tree_depth
         record.marks = (start_mark, drafted_mark, verified_mark)
         record.previous, self._emitted_mark = self._emitted_mark, verified_mark
         self.records.append(record)
+
+    def _limits(self, proposal: DraftProposal) -> torch.Tensor:
+        """[B] int64: the most drafts each row may keep: its drafted width, cut so that it never commits past its
+        token budget (the bonus token included); 0 for a row that finished."""
+        batch = self.batch
+        remaining = self.generation.max_new_tokens - (batch.device_lengths - batch.prompt_length)  # [B]
+        widths = proposal.widths if proposal.widths is not None else torch.full_like(remaining, proposal.width)
+        return torch.where(self._active_device, torch.minimum(widths, remaining - 1), 0)
+
+    def _commit(self, drafts: torch.Tensor, kept: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor:
+        """Append each row's kept drafts and its next token to its history (one scatter, no sync); returns the
+        step's window [B, W + 1]: row b's first ``kept[b]`` drafts, then its next token, then filler.
+
+        drafts: [B, W] (a tree's: the kept path's tokens); kept, next_tokens: [B]."""
+        batch = self.batch
+        offsets = torch.arange(drafts.shape[1] + 1, device=drafts.device)  # [W + 1]
+        padded = torch.nn.functional.pad(drafts, (0, 1))
+        window = torch.where(offsets[None, :] == kept[:, None], next_tokens[:, None], padded)  # [B, W + 1]
+        # Filler lands past each row's kept tokens (overwritten later, or in the write-off last column).
+        index = (batch.device_lengths[:, None] + offsets[None, :]).clamp_max(batch.history.shape[1] - 1)
+        batch.history.scatter_(1, index, window)
+        return window
+
+    def _advance(
+        self, start: int, shared: int, row_kept: list[int], kept: torch.Tensor, taking_part: list[bool]
+    ) -> None:
+        """Count the step's tokens into each row and, per row, hide the columns a row did not keep (holes)."""
+        batch = self.batch
+        grows = taking_part if self.per_row else [True] * batch.batch_size  # lockstep: every row moves on
+        batch.lengths = [n + k + 1 if g else n for n, k, g in zip(batch.lengths, row_kept, grows, strict=True)]
+        if self.per_row:
+            batch.device_lengths += torch.where(self._active_device, kept + 1, 0)
+            if any(k < shared or not part for k, part in zip(row_kept, taking_part, strict=True)):
+                batch.hide(start, kept, shared, self._active_device)
+                self.engine.target.set_rows(batch.positions, batch.key_valid)
+        else:
+            batch.device_lengths += kept + 1
+        self._update_active()
+
+    def _update_active(self) -> None:
+        """A row stops taking part once it met its end of sequence or spent its token budget."""
+        batch, limit = self.batch, self.generation.max_new_tokens
+        active = [end is None and n < limit for end, n in zip(self.row_ends, batch.new_counts, strict=True)]
+        if active != batch.active:
+            batch.active = active
+            self._active_device = torch.tensor(active, dtype=torch.bool).to(self.engine.device)
+
+    def _compact(self) -> None:
+        """Move every row's valid cache columns left (holes become left padding) in the batch, the target's cache and
+        the drafter's: rare, when the shared columns would outgrow the cache (see ``docs/batching.md``)."""
+        batch, engine = self.batch, self.engine
+        keep = max(
+            n - pad for n, pad, part in zip(batch.lengths, self._pads, batch.active, strict=True) if part
+        )  # the longest active row's committed tokens: its newest token lands in the last column
+        source = batch.compact(keep)
+        engine.target.compact(source[:, : keep - 1])  # the target's cache never holds the newest token
+        engine.target.set_rows(batch.positions, batch.key_valid)
+        drafter = engine.drafter
+        if drafter is not None:
+            drafter.compact(batch, source)  # type: ignore[attr-defined]
+        self.compactions += 1
 
     def _check_proposal(self, proposal: DraftProposal, budget: int) -> int:
         """Check a non-empty proposal against a budget of ``budget`` tokens; returns a tree's depth (0: a chain).
@@ -260,39 +369,53 @@ class Generation:
         if not 0 <= proposal.width <= budget:
             raise RuntimeError(f"the drafter proposed {proposal.width} tokens, more than the {budget} asked for")
 
-    def _sync(self, num_accepted: torch.Tensor | None, path: torch.Tensor | None = None) -> tuple[int, list[int]]:
-        """One device-to-host transfer: the number accepted (0 if None), a tree's kept path ([B, W], row 0 read;
-        [] without one) and the pending EOS offsets, which mark finished rows in ``row_ends`` and are then cleared."""
+    def _sync(
+        self, kept: torch.Tensor | None, limits: torch.Tensor | None = None, path: torch.Tensor | None = None
+    ) -> tuple[list[int], list[int], list[int]]:
+        """One device-to-host transfer: what each row kept ([B]; zeros if None), each row's limit ([B]; the
+        proposal's width if None), a tree's kept path ([B, W], row 0 read; [] without one) and the pending EOS
+        offsets, which mark finished rows in ``row_ends`` and are then cleared."""
+        rows = len(self.row_ends)
         pending = self._pending_eos
-        parts = [num_accepted.reshape(1)] if num_accepted is not None else []
-        width = path.shape[1] if path is not None and num_accepted is not None else 0
+        parts = [kept] if kept is not None else []
+        if limits is not None and kept is not None:
+            parts.append(limits)
+        width = path.shape[1] if path is not None and kept is not None else 0
         if path is not None and width:
             parts.append(path[0])
-        host = torch.cat(parts + [offsets for _, offsets in pending]).tolist() if parts or pending else []
-        accepted = int(host[0]) if num_accepted is not None else 0
-        kept = [int(node) for node in host[1 : 1 + width]]
-        offsets = host[1 + width :] if num_accepted is not None else host  # len(pending) blocks of one per row
-        rows = len(self.row_ends)
-        for index, (column, _) in enumerate(pending):
+        host = torch.cat(parts + [offsets for _, _, offsets in pending]).tolist() if parts or pending else []
+        row_kept = [int(n) for n in host[:rows]] if kept is not None else [0] * rows
+        read = rows if kept is not None else 0
+        row_limits = [int(n) for n in host[read : read + rows]] if limits is not None and kept is not None else []
+        read += len(row_limits)
+        kept_path = [int(node) for node in host[read : read + width]]
+        offsets = host[read + width :]  # len(pending) blocks of one per row
+        for index, (starts, took_part, _) in enumerate(pending):
             for row, offset in enumerate(offsets[index * rows : (index + 1) * rows]):
-                if self.row_ends[row] is None and offset < EOS_NOT_FOUND:
-                    self.row_ends[row] = column - self.prompt_length + int(offset) + 1
+                if self.row_ends[row] is None and took_part[row] and offset < EOS_NOT_FOUND:
+                    self.row_ends[row] = starts[row] + int(offset) + 1
         pending.clear()
-        return accepted, kept
+        return row_kept, row_limits, kept_path
 
     # -------------------------------------------------------------------------------------------------- outputs
     def _row_limits(self) -> list[int]:
         """New tokens of each row that belong to the output (cut at the row's EOS and at max_new_tokens)."""
-        committed = min(self.batch.new_tokens, self.generation.max_new_tokens)
-        return [min(end, committed) if end is not None else committed for end in self.row_ends]
+        limit = self.generation.max_new_tokens
+        counts = [min(n, limit) for n in self.batch.new_counts]
+        return [min(end, n) if end is not None else n for end, n in zip(self.row_ends, counts, strict=True)]
+
+    def _committed_counts(self) -> list[int]:
+        """New tokens each row committed (past its EOS too, in lockstep), at most max_new_tokens."""
+        return [min(n, self.generation.max_new_tokens) for n in self.batch.new_counts]
 
     def new_tokens(self) -> list[list[int]]:
         """Output tokens of each row committed since the last call (one transfer). For streaming."""
         if self._pending_eos:
             self._sync(None)
+            self._update_active()
         limits = self._row_limits()
         start = min(self._streamed)
-        block = self.batch.tokens[:, self.prompt_length + start : self.prompt_length + max(limits)].tolist()
+        block = self.batch.history[:, self.prompt_length + start : self.prompt_length + max(limits)].tolist()
         out = [
             row[done - start : limit - start] for row, done, limit in zip(block, self._streamed, limits, strict=True)
         ]
@@ -323,7 +446,7 @@ class Generation:
         total_time = time.perf_counter() - self._started
         steps = [r.resolve(self._clock) for r in self.records]
         limits = self._row_limits()
-        generated = self.batch.tokens[:, self.prompt_length : self.prompt_length + max(limits)].tolist()
+        generated = self.batch.history[:, self.prompt_length : self.prompt_length + max(limits)].tolist()
         token_ids = [ids[:limit] for ids, limit in zip(generated, limits, strict=True)]
         metrics = self._metrics(steps, token_ids, total_time)
         self.close()
@@ -353,7 +476,7 @@ class Generation:
             k=largest_k if speculative and speculation.adaptive is None else (None if speculative else 0),
             adaptive_k=speculative and speculation.adaptive is not None,
             mean_k=sum(s.k for s in steps) / len(steps) if steps else 0.0,
-            mean_drafted=drafted / len(steps) if steps else 0.0,
+            mean_drafted=drafted / sum(s.rows for s in steps) if steps else 0.0,
             device=str(engine.device),
             dtype=dtype_name(engine.target.dtype),
             batch_size=self.batch.batch_size,
@@ -363,7 +486,7 @@ class Generation:
             drafted_tokens=drafted,
             accepted_tokens=accepted,
             acceptance_rate=accepted / drafted if drafted else None,
-            mean_tokens_per_forward=self.batch.new_tokens / engine.target.forwards,
+            mean_tokens_per_forward=sum(self._committed_counts()) / len(token_ids) / engine.target.forwards,
             target_forwards=engine.target.forwards,
             draft_forwards=drafter.forwards if drafter is not None else 0,
             mean_accepted_length=mean_accepted_length(steps),
@@ -373,7 +496,7 @@ class Generation:
             acceptance_by_position=positions.conditional(),
             acceptance_by_position_unconditional=positions.unconditional(),
             time_to_first_token_s=self.time_to_first_token,
-            tpot_s=time_per_output_token(steps),
+            tpot_s=time_per_output_token(steps, self.batch.batch_size),
             itl_p50_s=itl_p50,
             itl_p90_s=itl_p90,
             itl_p99_s=itl_p99,
@@ -388,11 +511,11 @@ class Generation:
         )
 
 
-def _first_eos_offsets(window: torch.Tensor, eos: torch.Tensor, num_accepted: torch.Tensor) -> torch.Tensor:
+def _first_eos_offsets(window: torch.Tensor, eos: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """Offset of the first EOS among the committed tokens of a step's window, else ``EOS_NOT_FOUND``.
 
-    window: [B, W + 1] (the step's tokens; only [:, :num_accepted + 1] are committed) -> [B] int64.
+    window: [B, W + 1] (the step's tokens; row b's [:kept[b] + 1] are committed); kept: [B] -> [B] int64.
     """
     offsets = torch.arange(window.shape[1], device=window.device).expand_as(window)
-    hit = torch.isin(window, eos) & (offsets <= num_accepted)
+    hit = torch.isin(window, eos) & (offsets <= kept[:, None])
     return torch.where(hit, offsets, EOS_NOT_FOUND).min(dim=1).values

@@ -94,6 +94,21 @@ class KVCache:
             keys.index_copy_(2, target, keys.index_select(2, index))
             values.index_copy_(2, target, values.index_select(2, index))
 
+    @torch.inference_mode()
+    def compact(self, source: torch.Tensor) -> None:
+        """Row b's columns [0, n) become its columns ``source[b]`` ([B, n] int64, -1: any column) in every layer,
+        and the cache holds n columns. Reads each layer's first columns once into a new tensor and copies it back."""
+        index = source.clamp_min(0)
+        n = index.shape[1]
+        for layer in self._layers:
+            keys, values = layer.keys, layer.values  # [B, Hkv, M, Dh]
+            if keys is None or values is None:
+                continue
+            gather = index.to(keys.device)[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[3])
+            keys[:, :, :n] = keys.gather(2, gather)
+            values[:, :, :n] = values.gather(2, gather)
+        self.rollback(min(n, self._length))
+
     def reset(self) -> None:
         """Empty the cache for a new sequence (same storage)."""
         self.rollback(0)

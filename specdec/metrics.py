@@ -1,16 +1,17 @@
 """What a run measured: per step and per run, as typed objects that serialise to JSON.
 
 Definitions (one step = one target verification forward after the prefill; it commits ``accepted + 1`` tokens to
-every row of the batch, since rows advance together by the shortest accepted prefix):
+each row that takes part: every row still generating. With per-row acceptance each row keeps its own accepted
+prefix; in lockstep every row keeps the batch's shortest, see ``docs/batching.md``). Counts are summed over the
+rows of a step (a *row-step*: one row in one step), so a batch of one counts as before:
 
-- **mean accepted length** (tau in Spec-Bench, "acceptance length" in vLLM): tokens committed per step, the bonus
-  (or recovered) token included, over every step, so the autoregressive baseline is exactly 1.0. In a batch every
-  row gains the same ``accepted + 1`` tokens per step, so the per-row mean equals the per-step mean. vLLM's
+- **mean accepted length** (tau in Spec-Bench, "acceptance length" in vLLM): tokens committed per row-step, the
+  bonus (or recovered) token included, so the autoregressive baseline is exactly 1.0. vLLM's
   ``1 + accepted / drafts`` counts only steps that drafted; the two agree for a drafter that always drafts.
-- **acceptance by position** (0-based draft position i): *conditional* = steps that accepted position i / steps
-  that reached it (drafted at least i + 1 tokens and accepted every earlier one); *unconditional* = steps that
-  accepted position i / steps that drafted at least i + 1 tokens. A batch accepts a position when every row does,
-  as ``acceptance_rate`` counts. The raw counts are kept so that they add up exactly over batches.
+- **acceptance by position** (0-based draft position i): *conditional* = row-steps that accepted position i /
+  row-steps that reached it (drafted at least i + 1 tokens and accepted every earlier one); *unconditional* =
+  row-steps that accepted position i / row-steps that drafted at least i + 1 tokens. The raw counts are kept so
+  that they add up exactly over batches.
 - **token trees**: a tree step drafts (and verifies) ``tree_size`` nodes and accepts one root-to-node path, so
   ``drafted`` counts nodes and ``accepted`` the path's length; ``acceptance_rate`` is then accepted / nodes. Its
   positions are depths: a tree ``d`` deep offers positions 0..d-1 to ``PositionCounts`` (the path's i-th node is
@@ -20,8 +21,9 @@ every row of the batch, since rows advance together by the shortest accepted pre
   step, the time from the previous step's tokens (the prefill's first token for the first step) to this step's,
   however many tokens the step emitted; vLLM likewise takes one sample per streamed chunk. So ITL shows the
   latency a streaming reader waits between updates, and the percentiles are over steps, not tokens.
-- **TPOT** (time per output token): decode time after the first token over the tokens after the first. The ITL
-  samples add up to that decode time, so TPOT = sum(ITL) / (tokens - 1).
+- **TPOT** (time per output token): decode time after the first token over the tokens after the first, for the
+  mean row of a batch (each step adds its tokens per row taking part). The ITL samples add up to that decode time,
+  so TPOT = sum(ITL) / (tokens of the mean row - 1).
 
 Step times come from :class:`StepClock`, which adds no host sync to a step: on the CPU the host clock (the work is
 synchronous), on MPS the host clock after the synchronisation each mark already makes, on CUDA events recorded in
@@ -45,19 +47,30 @@ class StepMetrics:
     """One speculative step (one target verification forward)."""
 
     k: int  # K the controller asked for
-    drafted: int  # tokens drafted this step (at most K: fewer near the end of the budget or when a drafter has none)
-    accepted: int  # drafted tokens kept (min over the batch's rows)
-    emitted: int  # tokens committed this step: accepted + 1 (the recovered or bonus token)
+    drafted: int  # tokens drafted this step, summed over its rows (per row at most K: fewer near the end of a
+    # row's budget or when a drafter has none for it)
+    accepted: int  # drafted tokens kept, summed over its rows
+    emitted: int  # tokens committed this step, summed over its rows: accepted + rows (recovered or bonus tokens)
     draft_ms: float
     verify_ms: float  # the target forward and the acceptance decision
     itl_ms: float  # since the previous tokens (the prefill's first token, or the previous step's)
     tree_size: int = 0  # nodes of a token-tree proposal, all verified (= drafted); 0 for a chain
     tree_depth: int = 0  # the tree's depth (the most tokens it could commit before the bonus); 0 for a chain
+    rows: int = 1  # rows that took part (rows of the batch still generating)
+    row_drafted: tuple[int, ...] = ()  # per row that took part: tokens drafted for it (empty: one row, = drafted)
+    row_accepted: tuple[int, ...] = ()  # per row that took part: drafted tokens it kept (empty: one row)
 
     @property
     def positions(self) -> int:
-        """Draft positions this step offered: a chain's length, a tree's depth (a tree's position is its depth)."""
-        return self.tree_depth if self.tree_size else self.drafted
+        """Draft positions this step offered a row: a chain's length, a tree's depth (a tree's position is its
+        depth); the most over its rows."""
+        return self.tree_depth if self.tree_size else max(self.row_drafted, default=self.drafted)
+
+    def row_counts(self) -> list[tuple[int, int]]:
+        """(draft positions offered, drafted tokens kept) of each row that took part."""
+        if self.tree_size or not self.row_drafted:
+            return [(self.positions, self.accepted)]
+        return list(zip(self.row_drafted, self.row_accepted, strict=True))
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,7 @@ class RunMetrics:
     drafted_tokens: int
     accepted_tokens: int
     acceptance_rate: float | None  # None when nothing was drafted
-    mean_tokens_per_forward: float  # tokens one row advances per target forward, prefill's first token included
+    mean_tokens_per_forward: float  # tokens the mean row advances per target forward, prefill's first token included
     target_forwards: int
     draft_forwards: int
     mean_accepted_length: float | None  # tau: tokens committed per step, bonus included; None without steps
@@ -118,11 +131,12 @@ class RunMetrics:
 class PositionCounts:
     """Per draft position i (0-based: the (i + 1)-th drafted token of a step), counted over steps.
 
-    ``drafted[i]``: steps that drafted at least i + 1 tokens; ``reached[i]``: of those, the steps that accepted
-    every position before i; ``accepted[i]``: the steps that accepted position i too. A step that drafted W tokens
-    and accepted n adds 1 to ``drafted[:W]``, ``reached[:min(n + 1, W)]`` and ``accepted[:n]``; so
-    ``sum(accepted)`` is the run's accepted tokens and ``sum(drafted)`` its drafted tokens. A tree step offers its
-    depth d instead of W (position = depth): ``drafted[:d]``; there ``sum(drafted)`` counts depths, not nodes.
+    Counted over row-steps (each row of each step): ``drafted[i]``: row-steps that drafted at least i + 1 tokens;
+    ``reached[i]``: of those, the ones that accepted every position before i; ``accepted[i]``: the ones that
+    accepted position i too. A row that drafted W tokens and accepted n adds 1 to ``drafted[:W]``,
+    ``reached[:min(n + 1, W)]`` and ``accepted[:n]``; so ``sum(accepted)`` is the run's accepted tokens and
+    ``sum(drafted)`` its drafted tokens. A tree step offers its depth d instead of W (position = depth):
+    ``drafted[:d]``; there ``sum(drafted)`` counts depths, not nodes.
     """
 
     accepted: tuple[int, ...] = ()
@@ -134,10 +148,11 @@ class PositionCounts:
         width = max((s.positions for s in steps), default=0)
         accepted, reached, drafted = [0] * width, [0] * width, [0] * width
         for step in steps:
-            for i in range(step.positions):
-                drafted[i] += 1
-                reached[i] += i <= step.accepted
-                accepted[i] += i < step.accepted
+            for offered, kept in step.row_counts():
+                for i in range(offered):
+                    drafted[i] += 1
+                    reached[i] += i <= kept
+                    accepted[i] += i < kept
         return cls(tuple(accepted), tuple(reached), tuple(drafted))
 
     def __add__(self, other: PositionCounts) -> PositionCounts:
@@ -161,13 +176,14 @@ def _add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def mean_accepted_length(steps: Sequence[StepMetrics]) -> float | None:
-    """Tokens committed per step, the bonus token included (tau); None without steps."""
-    return sum(s.emitted for s in steps) / len(steps) if steps else None
+    """Tokens committed per row-step, the bonus token included (tau); None without steps."""
+    return sum(s.emitted for s in steps) / sum(s.rows for s in steps) if steps else None
 
 
-def time_per_output_token(steps: Sequence[StepMetrics]) -> float | None:
-    """Seconds per token after the first: the steps' summed ITL over the tokens they committed (None if none)."""
-    tokens = sum(s.emitted for s in steps)
+def time_per_output_token(steps: Sequence[StepMetrics], rows: int = 1) -> float | None:
+    """Seconds per token after the first: the steps' summed ITL over the tokens they committed to the mean of the
+    batch's ``rows`` rows (None if none)."""
+    tokens = sum(s.emitted for s in steps) / rows
     return sum(s.itl_ms for s in steps) / 1000.0 / tokens if tokens else None
 
 
@@ -225,23 +241,29 @@ class StepRecord:
     """Marks of one step, turned into :class:`StepMetrics` once the clock can be read."""
 
     k: int
-    drafted: int
-    accepted: int
+    drafted: int  # summed over the rows that took part
+    accepted: int  # summed over the rows that took part
     tree_size: int = 0  # nodes of a tree proposal (0: a chain)
     tree_depth: int = 0
+    row_drafted: tuple[int, ...] = ()  # per row that took part (empty: one row)
+    row_accepted: tuple[int, ...] = ()
     marks: tuple[int, int, int] = field(default=(0, 0, 0))  # start, drafted, verified
     previous: int = 0  # the mark at which the tokens before this step's were known (prefill's or previous step's)
 
     def resolve(self, clock: StepClock) -> StepMetrics:
         start, drafted, verified = self.marks
+        rows = max(1, len(self.row_drafted))
         return StepMetrics(
             k=self.k,
             drafted=self.drafted,
             accepted=self.accepted,
-            emitted=self.accepted + 1,
+            emitted=self.accepted + rows,
             draft_ms=clock.elapsed_ms(start, drafted),
             verify_ms=clock.elapsed_ms(drafted, verified),
             itl_ms=clock.elapsed_ms(self.previous, verified),
             tree_size=self.tree_size,
             tree_depth=self.tree_depth,
+            rows=rows,
+            row_drafted=self.row_drafted,
+            row_accepted=self.row_accepted,
         )

@@ -1,4 +1,19 @@
-"""The token state of a batch of sequences being generated."""
+"""The token state of a batch of sequences being generated: each row's own history, and the cache columns rows share.
+
+Two views of the same tokens:
+
+- **columns** (``tokens``, ``length``, ``key_valid``, ``positions``): what the KV caches hold. Every row writes the
+  same cache columns, ``length`` of them so far, the prompt left-padded to one length. A column that is not part
+  of a row's sequence is *invalid* in that row (``key_valid`` False: hidden from attention): left padding, and,
+  with per-row acceptance, a **hole**, the column of a draft that row rejected while another row accepted it.
+  ``positions`` gives each column's position in its row (padding and holes do not count).
+- **rows** (``history``, ``lengths``): each row's committed tokens, compacted (no holes): its left-padded prompt,
+  then its new tokens, ``lengths[b]`` in all. Outputs, end-of-sequence checks and drafters that search the text
+  (``ngram``, ``suffix``) read this view.
+
+In lockstep (every row keeps the same number of tokens per step) there are no holes and the two views hold the same
+tokens in the same places. See ``docs/batching.md``.
+"""
 
 from __future__ import annotations
 
@@ -9,36 +24,57 @@ import torch
 
 @dataclass
 class SequenceBatch:
-    """Prompts (left-padded to one length) followed by the tokens committed so far, in preallocated buffers.
+    """Prompts (left-padded to one length) followed by the tokens committed so far, in preallocated buffers."""
 
-    Every row has the same ``length``: padding counts as a position in the buffers but not in a row's positions.
-    """
-
-    tokens: torch.Tensor  # [B, max_length] int64: committed tokens in [:, :length]
-    attention_mask: torch.Tensor | None  # [B, max_length]: 0 on left padding, 1 elsewhere; None if nothing is padded
+    tokens: torch.Tensor  # [B, C] int64: the token at each cache column (committed in [:, :length])
+    attention_mask: torch.Tensor | None  # [B, P + max_new]: 0 on left padding, 1 elsewhere; None if nothing is padded
     pad_lengths: torch.Tensor  # [B] int64: left padding of each row
-    prompt_length: int  # padded prompt length
-    length: int  # committed positions (prompt included)
+    prompt_length: int  # padded prompt length P
+    length: int  # committed cache columns, shared by all rows (prompt included; holes included)
+    history: torch.Tensor  # [B, P + max_new + 1] int64: each row's committed tokens, compacted ([b, :lengths[b]])
+    lengths: list[int]  # [B] on the host: committed tokens per row in ``history`` (prompt padding included)
+    device_lengths: torch.Tensor  # [B] int64: ``lengths`` on the device (kept in step there: no copy per step)
+    key_valid: torch.Tensor  # [B, C] bool: False on left padding and holes
+    positions: torch.Tensor  # [B, C] int64: each column's position in its row (beyond ``length``: extrapolated)
+    active: list[bool]  # [B] on the host: rows still generating (a finished row's new columns are all holes)
+    layout_version: int = 0  # bumped whenever key_valid or positions change below ``length`` (holes, compaction)
 
     @classmethod
     def from_prompts(
-        cls, prompts: list[list[int]], max_new_tokens: int, pad_id: int, device: torch.device
+        cls,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        pad_id: int,
+        device: torch.device,
+        columns: int | None = None,
     ) -> SequenceBatch:
+        """``columns``: cache columns to allocate (default prompt + max_new_tokens; more leave room for holes)."""
         prompt_length = max(len(p) for p in prompts)
         max_length = prompt_length + max_new_tokens
-        tokens = torch.full((len(prompts), max_length), pad_id, dtype=torch.long)
+        width = max(columns or max_length, max_length)
+        tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+        history = torch.full((len(prompts), max_length + 1), pad_id, dtype=torch.long)  # + 1: a write-off column
         pad_lengths = torch.tensor([prompt_length - len(p) for p in prompts], dtype=torch.long)
         for row, prompt in enumerate(prompts):
             tokens[row, prompt_length - len(prompt) : prompt_length] = torch.tensor(prompt, dtype=torch.long)
+            history[row, prompt_length - len(prompt) : prompt_length] = torch.tensor(prompt, dtype=torch.long)
         attention_mask = None
         if bool(pad_lengths.any()):
             attention_mask = (torch.arange(max_length)[None, :] >= pad_lengths[:, None]).long().to(device)
+        key_valid = torch.arange(width)[None, :] >= pad_lengths[:, None]  # [B, C]
+        positions = (torch.arange(width)[None, :] - pad_lengths[:, None]).clamp(0, max_length - 1)  # [B, C]
         return cls(
             tokens=tokens.to(device),
             attention_mask=attention_mask,
             pad_lengths=pad_lengths.to(device),
             prompt_length=prompt_length,
             length=prompt_length,
+            history=history.to(device),
+            lengths=[prompt_length] * len(prompts),
+            device_lengths=torch.full((len(prompts),), prompt_length, dtype=torch.long, device=device),
+            key_valid=key_valid.to(device),
+            positions=positions.to(device),
+            active=[True] * len(prompts),
         )
 
     @property
@@ -47,8 +83,61 @@ class SequenceBatch:
 
     @property
     def max_length(self) -> int:
+        """Cache columns allocated (``C``)."""
         return self.tokens.shape[1]
 
     @property
-    def new_tokens(self) -> int:
-        return self.length - self.prompt_length
+    def max_row_length(self) -> int:
+        """The longest a row's sequence grows (prompt + max_new_tokens): it bounds every position."""
+        return self.history.shape[1] - 1
+
+    @property
+    def new_counts(self) -> list[int]:
+        """New tokens committed per row."""
+        return [length - self.prompt_length for length in self.lengths]
+
+    # ------------------------------------------------------------------------------------------------ holes
+    def hide(self, start: int, kept: torch.Tensor, shared: int, active: torch.Tensor) -> None:
+        """After a step that wrote columns ``[start, start + shared + 1)`` and moved every row's newest token to
+        column ``start + shared``: row b keeps its first ``kept[b]`` drafts (columns ``start .. start + kept[b] -
+        1``) and the newest token; the columns between are holes. A row that is not ``active`` keeps nothing
+        (every column of the step is a hole). Positions from column ``start + shared`` on are extrapolated again
+        from each row's newest token.
+
+        kept: [B] int64 (device); active: [B] bool (device).
+        """
+        offsets = torch.arange(shared + 1, device=kept.device)  # [N + 1]
+        hole = ((offsets[None, :] >= kept[:, None]) & (offsets[None, :] < shared)) | ~active[:, None]  # [B, N + 1]
+        self.key_valid[:, start : start + shared + 1] &= ~hole
+        newest = torch.where(active, start + kept, start - 1)  # [B]: the column whose position the newest token takes
+        last = self.positions.gather(1, newest[:, None])  # [B, 1]
+        end = start + shared
+        ahead = last + torch.arange(self.max_length - end, device=kept.device)[None, :]
+        self.positions[:, end:] = ahead.clamp_max(self.max_row_length - 1)  # beyond it only never-kept drafts
+        self.layout_version += 1
+
+    def packed_columns(self, length: int, keep: int) -> torch.Tensor:
+        """Each row's valid columns among ``[0, length)``, in order and right-aligned in ``keep`` slots, -1 to the
+        left of them (the row's new left padding); a row with more than ``keep`` keeps its last ``keep``.
+        Returns [B, keep] int64."""
+        columns = torch.arange(length, device=self.tokens.device)
+        keys = torch.where(self.key_valid[:, :length], columns[None, :], -1)  # [B, length]
+        return keys.sort(dim=1).values[:, length - keep :]
+
+    def compact(self, keep: int) -> torch.Tensor:
+        """Move each row's valid columns left, right-aligned so that every row's newest token lands in the last
+        of ``keep`` columns; holes become left padding. Returns the source columns [B, keep] (-1: padding) for the
+        KV caches to do the same (see ``Decoder.compact``)."""
+        source = self.packed_columns(self.length, keep)  # [B, keep]
+        index = source.clamp_min(0)
+        valid = source >= 0
+        self.tokens[:, :keep] = self.tokens.gather(1, index)
+        self.positions[:, :keep] = torch.where(valid, self.positions.gather(1, index), 0)
+        self.key_valid[:, :keep] = valid
+        self.key_valid[:, keep:] = True
+        last = self.positions[:, keep - 1 : keep]  # [B, 1]
+        ahead = last + torch.arange(1, self.max_length - keep + 1, device=source.device)[None, :]
+        self.positions[:, keep:] = ahead.clamp_max(self.max_row_length - 1)
+        self.length = keep
+        self.layout_version += 1
+        return source

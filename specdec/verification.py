@@ -12,9 +12,12 @@ distributions ``p_1..p_{K+1}``.
 
 So every step emits ``n + 1`` tokens. The *acceptance rate* counts accepted drafted tokens only, never the bonus.
 
-Batches: rows advance together, so a step keeps ``n = min_b n_b`` tokens. A row whose own run of acceptances is
-longer emits its accepted ``d_{n+1}`` as the step's last token; the others emit their recovered token. Stopping a
-row's run early at a point chosen independently of that row keeps every emitted token exact, so this stays lossless.
+Batches, two ways. **Per row** (``limits`` given, see ``docs/batching.md``): row b keeps its own accepted prefix
+``n_b``, cut at ``limits[b]`` (its drafted width and its remaining token budget), and emits its recovered or bonus
+token after it. **Lockstep** (``limits`` None): rows advance together, so a step keeps ``n = min_b n_b`` tokens. A
+row whose own run of acceptances is longer than its ``n`` emits its accepted ``d_{n+1}`` as the step's last token;
+the others emit their recovered token. Stopping a row's run early at a point chosen independently of that row's
+draws keeps every emitted token exact, so both stay lossless.
 
 The ``synthetic`` policy is not lossless: the number kept is decided beforehand by a seeded schedule
 (:mod:`specdec.synthetic_acceptance`) and the target only supplies the token after them (:func:`synthetic_verify`).
@@ -49,12 +52,21 @@ from specdec.tree import ancestors, path_table
 class Verdict:
     """Outcome of one verification, all on the device (the engine reads them with a single sync)."""
 
-    num_accepted: torch.Tensor  # []: drafted tokens every row keeps this step (min over rows)
-    row_accepted: torch.Tensor  # [B]: each row's own longest accepted prefix (>= num_accepted)
-    next_tokens: torch.Tensor  # [B]: the token at position num_accepted (recovered, bonus or an accepted draft)
+    # []: lockstep: the drafted tokens every row keeps this step (the min over rows); per row: the most any row keeps
+    num_accepted: torch.Tensor
+    row_accepted: torch.Tensor  # [B]: each row's own longest accepted prefix (>= what it keeps)
+    next_tokens: torch.Tensor  # [B]: the token after each row's kept drafts (recovered, bonus or an accepted draft)
     # [B, W] int64, trees only (None for a chain): the kept path's drafted-node indices in depth order, then -1;
     # its first num_accepted entries are the accepted tokens' nodes
     path: torch.Tensor | None = None
+    kept: torch.Tensor | None = None  # [B]: per row, the drafted tokens each row keeps; None: lockstep
+
+    @property
+    def row_kept(self) -> torch.Tensor:
+        """[B]: the drafted tokens each row keeps (``num_accepted`` for every row in lockstep)."""
+        if self.kept is not None:
+            return self.kept
+        return self.num_accepted.reshape(1).expand(self.row_accepted.shape[0])
 
 
 def accepted_prefix_length(accepted: torch.Tensor) -> torch.Tensor:
@@ -67,24 +79,35 @@ def _at(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return values[torch.arange(values.shape[0], device=values.device), index]
 
 
+def kept_length(row_accepted: torch.Tensor, limits: torch.Tensor | None) -> torch.Tensor:
+    """What the rows keep: lockstep (``limits`` None) the min over rows, [] ; per row each row's own accepted
+    prefix cut at its limit, [B]. row_accepted, limits: [B] int64."""
+    return row_accepted.min() if limits is None else torch.minimum(row_accepted, limits)
+
+
 def _finish(
     draft_tokens: torch.Tensor, row_accepted: torch.Tensor, own_choice_at_n: torch.Tensor, n: torch.Tensor
 ) -> Verdict:
-    """Rows that accepted beyond ``n`` emit their drafted token there; the rest emit ``own_choice_at_n``."""
+    """Rows that accepted beyond ``n`` ([] lockstep, or [B] per row) emit their drafted token there; the rest emit
+    ``own_choice_at_n``."""
     padded = torch.nn.functional.pad(draft_tokens, (0, 1))  # [B, K + 1]
     next_tokens = torch.where(row_accepted > n, _at(padded, n), own_choice_at_n)
-    return Verdict(num_accepted=n, row_accepted=row_accepted, next_tokens=next_tokens)
+    if n.dim() == 0:
+        return Verdict(num_accepted=n, row_accepted=row_accepted, next_tokens=next_tokens)
+    return Verdict(num_accepted=n.max(), row_accepted=row_accepted, next_tokens=next_tokens, kept=n)
 
 
-def greedy_verify(draft_tokens: torch.Tensor, target_logits: torch.Tensor) -> Verdict:
+def greedy_verify(
+    draft_tokens: torch.Tensor, target_logits: torch.Tensor, limits: torch.Tensor | None = None
+) -> Verdict:
     """Exact-match verification at temperature 0.
 
-    draft_tokens: [B, K] int64; target_logits: [B, K + 1, V].
+    draft_tokens: [B, K] int64; target_logits: [B, K + 1, V]; limits: [B] int64 (per row) or None (lockstep).
     """
     target_choice = target_logits.argmax(dim=-1)  # [B, K + 1]
     num_drafted = draft_tokens.shape[1]
     row_accepted = accepted_prefix_length(draft_tokens == target_choice[:, :num_drafted])  # [B]
-    n = row_accepted.min()
+    n = kept_length(row_accepted, limits)
     return _finish(draft_tokens, row_accepted, _at(target_choice, n), n)
 
 
@@ -94,6 +117,7 @@ def speculative_sample_verify(
     target_probs: torch.Tensor,
     generator: torch.Generator | None,
     from_noise: Callable[..., Verdict] | None = None,
+    limits: torch.Tensor | None = None,
 ) -> Verdict:
     """Lossless speculative sampling: accept ``d_i`` with probability ``min(1, p_i(d_i) / q_i(d_i))``, then draw the
     recovered token from ``norm(max(0, p - q))`` (or the bonus token from ``p_{K+1}``).
@@ -101,6 +125,7 @@ def speculative_sample_verify(
     draft_tokens: [B, K]; draft_probs: [B, K, V] or None for a drafter that proposes deterministically (then ``q`` is
     one-hot on the drafted token); target_probs: [B, K + 1, V]. The random draws are made here, from ``generator``;
     ``from_noise`` (default: :func:`speculative_sample_from_noise`, or a kernel computing the same) does the rest.
+    ``limits``: [B] (per row: the reference function runs, the kernels are lockstep only) or None (lockstep).
     """
     batch, num_drafted = draft_tokens.shape
     if draft_probs is None:  # a deterministic proposal: q = one-hot(d)
@@ -110,6 +135,8 @@ def speculative_sample_verify(
     uniforms = torch.rand((batch, num_drafted), generator=generator, device=device, dtype=torch.float32)
     exponentials = torch.empty((batch, target_probs.shape[-1]), device=device, dtype=torch.float32)
     exponentials.exponential_(generator=generator)
+    if limits is not None:
+        return speculative_sample_from_noise(draft_tokens, draft_probs, target_probs, uniforms, exponentials, limits)
     return (from_noise or speculative_sample_from_noise)(
         draft_tokens, draft_probs, target_probs, uniforms, exponentials
     )
@@ -121,8 +148,10 @@ def speculative_sample_from_noise(
     target_probs: torch.Tensor,
     uniforms: torch.Tensor,
     exponentials: torch.Tensor,
+    limits: torch.Tensor | None = None,
 ) -> Verdict:
-    """Speculative sampling given its random draws (the reference of the Triton kernel).
+    """Speculative sampling given its random draws (the reference of the Triton kernel, which is lockstep only:
+    ``limits`` None; with ``limits`` [B] each row keeps its own accepted prefix, cut there).
 
     uniforms: [B, K] in [0, 1): ``d_i`` is accepted when ``u_i * q_i(d_i) <= p_i(d_i)``. exponentials: [B, V] of
     Exp(1): the recovered token is ``argmax_v r(v) / E(v)`` for the residual ``r = max(0, p_n - q_n)`` (an exponential
@@ -131,7 +160,7 @@ def speculative_sample_from_noise(
     p_drafted = target_probs[:, : draft_tokens.shape[1]].gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, K]
     q_drafted = draft_probs.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)  # [B, K]
     row_accepted = accepted_prefix_length(uniforms * q_drafted <= p_drafted)  # u <= p/q, without dividing
-    n = row_accepted.min()
+    n = kept_length(row_accepted, limits)
 
     p_n = _at(target_probs, n)  # [B, V]
     q_n = _at(torch.nn.functional.pad(draft_probs, (0, 0, 0, 1)), n)  # [B, V]; zeros at n == K (bonus)
@@ -176,14 +205,24 @@ def synthetic_verify(
     num_accepted: int,
     generation: GenerationConfig,
     generator: torch.Generator | None,
+    limits: torch.Tensor | None = None,
 ) -> Verdict:
     """Keep the first ``num_accepted`` drafted tokens of every row (decided beforehand, not by the target), then the
     target's own token at that position, as after a real rejection (or the bonus token when all were kept): its
     argmax at temperature 0, else a sample of its sampling distribution ``p_(n+1)``.
 
-    draft_tokens: [B, K]; target_logits: [B, K + 1, V]; 0 <= num_accepted <= K.
+    draft_tokens: [B, K]; target_logits: [B, K + 1, V]; 0 <= num_accepted <= K; limits: [B] (per row: a row keeps
+    at most its limit) or None.
     """
     batch = draft_tokens.shape[0]
+    if limits is not None:
+        kept = limits.clamp_max(num_accepted)  # [B]
+        logits_kept = _at(target_logits, kept)  # [B, V]
+        if generation.greedy:
+            choice = logits_kept.argmax(dim=-1)
+        else:
+            choice = sample(logits_to_probs(logits_kept, generation), generator)
+        return Verdict(num_accepted=kept.max(), row_accepted=kept, next_tokens=choice, kept=kept)
     logits_n = target_logits[:, num_accepted]  # [B, V]
     if generation.greedy:
         own_choice = logits_n.argmax(dim=-1)
@@ -323,27 +362,31 @@ class Verifier:
         generator: torch.Generator | None,
         k: int | None = None,
         parents: torch.Tensor | None = None,
+        limits: torch.Tensor | None = None,
     ) -> Verdict:
         """draft_tokens: [B, W]; draft_probs: [B, W, V] or None; target_logits: [B, W + 1, V]. ``k``: the K the step
         asked for (W <= K; the synthetic schedule is the one at K, default W). ``parents``: [W] (host) for a token
-        tree, None for a chain."""
+        tree, None for a chain. ``limits``: [B] int64, per-row acceptance (row b keeps at most ``limits[b]``
+        drafts; the PyTorch functions run: the kernels are lockstep only), or None for lockstep."""
         if parents is not None:
             return self.verify_tree(draft_tokens, draft_probs, parents, target_logits, generator)
         if self.synthetic is not None:
             drafted = draft_tokens.shape[1]
             kept = self.synthetic.decide(k if k is not None else drafted, drafted)
-            return synthetic_verify(draft_tokens, target_logits, kept, self.generation, generator)
+            return synthetic_verify(draft_tokens, target_logits, kept, self.generation, generator, limits)
         if self.acceptance.policy.is_lossless:
             if self.generation.greedy:
+                if limits is not None:
+                    return greedy_verify(draft_tokens, target_logits, limits)
                 greedy = self.kernels.greedy_verify if self.kernels is not None else greedy_verify
                 return greedy(draft_tokens, target_logits)
             from_noise = self.kernels.speculative_sample_from_noise if self.kernels is not None else None
             return speculative_sample_verify(
-                draft_tokens, draft_probs, self.target_probs(target_logits), generator, from_noise
+                draft_tokens, draft_probs, self.target_probs(target_logits), generator, from_noise, limits=limits
             )
         target_probs = self.target_probs(target_logits)
         row_accepted = accepted_prefix_length(lossy_accepted(draft_tokens, target_probs, self.acceptance))
-        n = row_accepted.min()
+        n = kept_length(row_accepted, limits)
         if self.generation.greedy:
             own_choice = _at(target_logits, n).argmax(dim=-1)
         else:

@@ -93,9 +93,10 @@ def test_a_runs_metrics_agree_with_its_steps(models, draft):
     assert sum(m.accepted_by_position) == m.accepted_tokens and sum(m.drafted_by_position) == m.drafted_tokens
     assert m.position_counts == PositionCounts.of_steps(steps)
     assert m.acceptance_by_position == m.position_counts.conditional()
-    assert m.mean_accepted_length == pytest.approx((m.accepted_tokens + m.steps) / m.steps)
-    # The prefill's token plus each step's (tau per step) is every row's length: 24 tokens.
-    assert 1 + m.mean_accepted_length * m.steps == pytest.approx(generation.max_new_tokens)
+    row_steps = sum(s.rows for s in steps)  # counts are per row of each step (per-row acceptance)
+    assert m.mean_accepted_length == pytest.approx((m.accepted_tokens + row_steps) / row_steps)
+    # The prefill's token plus each step's (tau per row-step) is every row's length: 24 tokens.
+    assert len(PROMPTS) + m.mean_accepted_length * row_steps == pytest.approx(len(PROMPTS) * generation.max_new_tokens)
     decode_s = sum(s.itl_ms for s in steps) / 1000.0
     assert 0 < decode_s <= m.total_time_s - m.time_to_first_token_s
     assert m.tpot_s == pytest.approx(decode_s / (generation.max_new_tokens - 1))

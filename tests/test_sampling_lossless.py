@@ -37,20 +37,22 @@ def chi_square_pvalue(samples: torch.Tensor, probs: torch.Tensor) -> float:
 right_sampler = verification.speculative_sample_verify
 
 
-def wrong_sampler(draft_tokens, draft_probs, target_probs, generator, from_noise=None):
+def wrong_sampler(draft_tokens, draft_probs, target_probs, generator, from_noise=None, limits=None):
     """A plausible bug: after a rejection, resample from the target's p instead of the residual max(0, p - q)."""
     batch, k = draft_tokens.shape
     if k == 0:
-        return right_sampler(draft_tokens, draft_probs, target_probs, generator, from_noise)
+        return right_sampler(draft_tokens, draft_probs, target_probs, generator, from_noise, limits)
     p_drafted = target_probs[:, :k].gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)
     q_drafted = draft_probs.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)
     uniform = torch.rand((batch, k), generator=generator)
     row_accepted = verification.accepted_prefix_length(uniform * q_drafted <= p_drafted)
-    n = row_accepted.min()
+    n = verification.kept_length(row_accepted, limits)  # [] lockstep, [B] per row
     resampled = torch.multinomial(target_probs[torch.arange(batch), n], 1, generator=generator).squeeze(-1)
     padded = torch.nn.functional.pad(draft_tokens, (0, 1))
     next_tokens = torch.where(row_accepted > n, padded[torch.arange(batch), n], resampled)
-    return verification.Verdict(num_accepted=n, row_accepted=row_accepted, next_tokens=next_tokens)
+    if limits is None:
+        return verification.Verdict(num_accepted=n, row_accepted=row_accepted, next_tokens=next_tokens)
+    return verification.Verdict(n.max(), row_accepted, next_tokens, kept=n)
 
 
 def emitted_tokens_by_position(sampler, p, q, trials: int, seed: int) -> list[list[int]]:
@@ -105,7 +107,7 @@ def test_deterministic_drafts_without_probabilities_are_verified_exactly():
 
 # ----------------------------------------------------------------------------------- through the whole engine
 VOCAB = 8
-ROWS_PER_CALL = 4  # rows of one batch advance together (min over rows); small batches keep later positions busy
+ROWS_PER_CALL = 4  # rows of one batch, each keeping its own accepted prefix
 CALLS = 1500
 
 
@@ -154,7 +156,7 @@ def sample_first_three_tokens(target, draft, prompt, config):
         )
         result = engine.generate([prompt] * ROWS_PER_CALL, seeded, SpeculationConfig(k=2))
         rows.extend(ids[:3] for ids in result.token_ids)
-        accepted += result.steps[0].accepted
+        accepted += result.steps[0].accepted / result.steps[0].rows  # drafts the mean row kept in the first step
     return torch.tensor(rows), accepted
 
 

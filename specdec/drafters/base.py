@@ -23,8 +23,9 @@ class DraftProposal:
     for a batch of one sequence.
 
     ``W = 0`` (nothing to propose) makes the step a plain autoregressive one through the same code. A drafter whose
-    rows find continuations of different lengths proposes the shortest: rows of a batch advance together by their
-    shortest accepted prefix, so a longer proposal for one row could not be committed anyway.
+    rows find continuations of different lengths says so with ``widths`` (per-row acceptance only: each row keeps at
+    most its own width; the rest of its row is filler, scored but never kept); without per-row acceptance it
+    proposes the shortest, since rows advance together by their shortest accepted prefix.
     """
 
     tokens: torch.Tensor  # [B, W] int64: the drafted tokens d_1..d_W
@@ -32,6 +33,7 @@ class DraftProposal:
     # [W] int64 on the host: index of each drafted node's parent among the drafted nodes, -1 for a child of the last
     # committed token (the root); nodes in topological order (parent < index). None: a chain (= [-1, 0, ..., W - 2]).
     parents: torch.Tensor | None = None
+    widths: torch.Tensor | None = None  # [B] int64, at most W: tokens drafted for each row; None: W for every row
 
     @property
     def width(self) -> int:
@@ -65,7 +67,15 @@ def empty_proposal(batch: SequenceBatch) -> DraftProposal:
 
 class Drafter(Protocol):
     """Something that guesses the target's next tokens. The verifier branches explicitly on ``probs is None``: a
-    proposal without probabilities is verified as a deterministic one (``q`` one-hot on the drafted token)."""
+    proposal without probabilities is verified as a deterministic one (``q`` one-hot on the drafted token).
+
+    **Per-row acceptance** (``docs/batching.md``): a drafter with ``per_row = True`` lets each row of a batch keep
+    its own accepted prefix. It then reads each row's committed tokens from ``batch.history[b, :batch.lengths[b]]``
+    (the cache columns ``batch.tokens`` hold holes: rejected drafts of some rows), takes positions and the key mask
+    of a draft model's cache from ``batch.positions`` / ``batch.key_valid`` whenever ``batch.layout_version``
+    changed, and implements ``compact(batch, source)``: the batch's cache columns were compacted
+    (``SequenceBatch.compact``), do the same to any cache by column. A drafter without it runs batches in lockstep.
+    """
 
     name: str  # what drafts, for reports ("zoo:tiny-code-draft", "ngram(n=3..1)")
     method: str  # the drafting method ("model", "ngram", "suffix", "layerskip", or a custom drafter's name)
@@ -87,8 +97,9 @@ class Drafter(Protocol):
         ...
 
     def observe(self, batch: SequenceBatch, num_accepted: int) -> None:
-        """The target kept ``num_accepted`` drafted tokens and committed up to ``batch.length``. After a tree step,
-        the kept tokens are the accepted path's, already written into ``batch.tokens``."""
+        """The target kept ``num_accepted`` drafted tokens (per row: the most any row kept, ``batch.lengths`` has
+        each row's count) and committed up to ``batch.length``. After a tree step, the kept tokens are the accepted
+        path's, already written into ``batch.tokens``."""
 
 
 class FeatureReader(Protocol):

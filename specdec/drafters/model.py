@@ -57,7 +57,12 @@ class ModelDrafter:
     The draft cache holds committed positions only, and never the last one; each proposal starts by feeding the
     committed tokens it lacks: the whole prompt at the first proposal, then one token (or two, after a step that
     accepted all K drafts, since the draft never read ``d_K``).
+
+    Per-row acceptance: the draft cache has the target's columns, so it gets the same holes (``set_rows`` when the
+    batch's layout changed) and the same compaction.
     """
+
+    per_row = True
 
     def __init__(
         self, decoder: Decoder, name: str | None = None, method: str = "model", options: ModelOptions | None = None
@@ -67,6 +72,7 @@ class ModelDrafter:
         branching = self.options.branching
         self.name = (name or decoder.name) + (f" (tree: top-{branching} branches)" if branching > 1 else "")
         self.method = method
+        self._layout_version = 0  # the batch layout the decoder's positions and key mask come from
 
     def max_width(self, k: int) -> int:
         """The most tokens (tree nodes) a proposal for a budget of ``k`` holds."""
@@ -78,11 +84,15 @@ class ModelDrafter:
 
     def start(self, batch: SequenceBatch) -> None:
         """Empty the draft cache; the first proposal reads the prompt (so a run that never drafts never runs it)."""
-        self.decoder.prepare(batch.pad_lengths, batch.attention_mask, batch.max_length)
+        self.decoder.prepare(batch.pad_lengths, batch.attention_mask, batch.max_row_length, batch.max_length)
+        self._layout_version = batch.layout_version
 
     def propose(
         self, batch: SequenceBatch, k: int, generation: GenerationConfig, generator: torch.Generator | None
     ) -> DraftProposal:
+        if batch.layout_version != self._layout_version:  # holes since the last proposal
+            self.decoder.set_rows(batch.positions, batch.key_valid)
+            self._layout_version = batch.layout_version
         unread = batch.tokens[:, self.decoder.cache_length : batch.length]  # [B, S] committed, not yet read
         if self.options.branching > 1:
             return self._propose_tree(unread, batch.length, k)
@@ -119,3 +129,13 @@ class ModelDrafter:
 
     def observe(self, batch: SequenceBatch, num_accepted: int) -> None:
         self.decoder.rollback(min(self.decoder.cache_length, batch.length - 1))
+
+    def compact(self, batch: SequenceBatch, source: torch.Tensor) -> None:
+        """The batch's columns were compacted: row b's new column j is its old column ``source[b, j]`` [B, n].
+        The draft keeps the longest run of new columns that every row had cached (one sync, rare); it reads the
+        rest again at the next proposal."""
+        cached = source < self.decoder.cache_length  # [B, n] (-1, padding, counts as cached)
+        keep = int(cached.long().cumprod(dim=1).sum(dim=1).min())
+        self.decoder.compact(source[:, :keep])
+        self.decoder.set_rows(batch.positions, batch.key_valid)
+        self._layout_version = batch.layout_version

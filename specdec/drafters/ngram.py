@@ -39,33 +39,38 @@ class NgramOptions:
 
 
 def lookup_continuations(
-    tokens: torch.Tensor, length: int, pad_lengths: torch.Tensor, options: NgramOptions, k: int
+    tokens: torch.Tensor, lengths: int | list[int], pad_lengths: torch.Tensor, options: NgramOptions, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For each row, the ``k`` tokens that followed the most recent earlier occurrence of its longest matching
     suffix, and how many of them exist.
 
-    tokens: [B, >= length] (the committed sequence is [:, :length], left-padded by pad_lengths [B]).
+    tokens: [B, >= max(lengths)] (row b's committed sequence is [b, :lengths[b]], left-padded by pad_lengths [B]);
+    lengths: one length for every row, or one per row (host).
     Returns (continuations [B, k] int64, available [B] int64: k where an n-gram occurs earlier, else 0).
     """
     batch = tokens.shape[0]
     device = tokens.device
+    row_lengths = [lengths] * batch if isinstance(lengths, int) else lengths
+    length = max(row_lengths)
+    ends = torch.tensor(row_lengths, dtype=torch.long).to(device, non_blocking=True)  # [B]
     context = tokens[:, :length]
-    real_lengths = length - pad_lengths  # [B]
+    real_lengths = ends - pad_lengths  # [B]
     start = torch.full((batch,), -1, dtype=torch.long, device=device)  # first continuation column, -1: none yet
     for n in range(options.max_ngram, options.min_ngram - 1, -1):
         if length - n < 1:
             continue  # no room for an occurrence that has a continuation
-        pattern = context[:, length - n :]  # [B, n]
+        pattern = context.gather(1, (ends[:, None] - n + torch.arange(n, device=device)).clamp_min(0))  # [B, n]
         windows = context[:, : length - 1].unfold(1, n, 1)  # [B, length - n, n]: occurrences ending before the end
         hit = (windows == pattern[:, None, :]).all(dim=-1)  # [B, length - n]
         positions = torch.arange(length - n, device=device)
         hit &= positions[None, :] >= pad_lengths[:, None]  # never inside the left padding
+        hit &= positions[None, :] < (ends - n)[:, None]  # before the row's own suffix
         hit &= (real_lengths >= n)[:, None]  # a row shorter than n has no n-gram of its own
         last = torch.where(hit, positions[None, :], -1).max(dim=-1).values  # [B]: most recent occurrence
         start = torch.where((start < 0) & (last >= 0), last + n, start)
     offsets = torch.arange(k, device=device)
     first = start.clamp_min(0)[:, None]  # [B, 1]
-    period = (length - first).clamp_min(1)  # [B, 1]: the copy repeats what lies between its start and the end
+    period = (ends[:, None] - first).clamp_min(1)  # [B, 1]: the copy repeats what lies between its start and the end
     columns = first + offsets[None, :] % period  # [B, k]
     continuations = context.gather(1, columns)
     available = torch.where(start >= 0, k, 0)
@@ -77,6 +82,7 @@ class NgramDrafter:
 
     method = "ngram"
     forwards = 0
+    per_row = True  # each row proposes its own continuation (or none): proposal.widths
 
     def __init__(self, options: NgramOptions) -> None:
         self.options = options
@@ -88,11 +94,16 @@ class NgramDrafter:
     def propose(
         self, batch: SequenceBatch, k: int, generation: GenerationConfig, generator: torch.Generator | None
     ) -> DraftProposal:
-        continuations, available = lookup_continuations(batch.tokens, batch.length, batch.pad_lengths, self.options, k)
-        width = int(available.min())  # the one read-back: rows advance together by the shortest proposal
+        continuations, available = lookup_continuations(
+            batch.history, batch.lengths, batch.pad_lengths, self.options, k
+        )
+        width = int(available.max())  # the one read-back: a row without a match drafts nothing (width 0)
         if width == 0:
             return empty_proposal(batch)
-        return DraftProposal(tokens=continuations[:, :width], probs=None)
+        return DraftProposal(tokens=continuations[:, :width], probs=None, widths=available)
 
     def observe(self, batch: SequenceBatch, num_accepted: int) -> None:
         pass
+
+    def compact(self, batch: SequenceBatch, source: torch.Tensor) -> None:
+        """Nothing to move: the drafter reads ``batch.history``, which compaction leaves alone."""

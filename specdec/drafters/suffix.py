@@ -97,6 +97,7 @@ class SuffixDrafter:
 
     method = "suffix"
     forwards = 0
+    per_row = True  # each row proposes its own continuation, of its own length: proposal.widths
 
     def __init__(self, options: SuffixOptions) -> None:
         self.options = options
@@ -104,14 +105,13 @@ class SuffixDrafter:
         self.corpus = SuffixIndex(options.max_depth) if options.corpus else None
         self._rows: list[list[int]] = []  # each row's committed tokens (padding excluded)
         self._indexes: list[SuffixIndex] = []
-        self._read = 0  # columns of the batch already copied into _rows
+        self._pads: list[int] = []  # each row's left padding in batch.history
 
     def start(self, batch: SequenceBatch) -> None:
         self._retire()
-        pads = batch.pad_lengths.tolist()
-        prompts = batch.tokens[:, : batch.length].tolist()
-        self._rows = [row[pad:] for row, pad in zip(prompts, pads, strict=True)]
-        self._read = batch.length
+        self._pads = batch.pad_lengths.tolist()
+        prompts = batch.history[:, : max(batch.lengths)].tolist()
+        self._rows = [row[pad:end] for row, pad, end in zip(prompts, self._pads, batch.lengths, strict=True)]
         self._indexes = []
         for row in self._rows:
             index = SuffixIndex(self.options.max_depth)
@@ -147,17 +147,30 @@ class SuffixDrafter:
     def propose(
         self, batch: SequenceBatch, k: int, generation: GenerationConfig, generator: torch.Generator | None
     ) -> DraftProposal:
-        drafts = [self._continue(row, index, k) for row, index in zip(self._rows, self._indexes, strict=True)]
-        width = min(len(d) for d in drafts)
+        drafts = [
+            self._continue(row, index, k) if active else []
+            for row, index, active in zip(self._rows, self._indexes, batch.active, strict=True)
+        ]
+        width = max(len(d) for d in drafts)
         if width == 0:
             return empty_proposal(batch)
-        tokens = torch.tensor([d[:width] for d in drafts], dtype=torch.long)
-        return DraftProposal(tokens=tokens.to(batch.tokens.device, non_blocking=True), probs=None)
+        tokens = torch.tensor([d + [0] * (width - len(d)) for d in drafts], dtype=torch.long)  # 0: filler
+        widths = torch.tensor([len(d) for d in drafts], dtype=torch.long)
+        device = batch.tokens.device
+        return DraftProposal(
+            tokens=tokens.to(device, non_blocking=True), probs=None, widths=widths.to(device, non_blocking=True)
+        )
 
     def observe(self, batch: SequenceBatch, num_accepted: int) -> None:
-        fresh = batch.tokens[:, self._read : batch.length].tolist()  # the tokens this step committed
-        self._read = batch.length
-        for row, index, tokens in zip(self._rows, self._indexes, fresh, strict=True):
+        starts = [pad + len(row) for pad, row in zip(self._pads, self._rows, strict=True)]  # first unread token
+        low, high = min(starts), max(batch.lengths)
+        if high <= low:
+            return
+        block = batch.history[:, low:high].tolist()  # the tokens this step committed (one transfer)
+        for row, index, tokens, start, end in zip(self._rows, self._indexes, block, starts, batch.lengths, strict=True):
             before = len(row)
-            row.extend(tokens)
+            row.extend(tokens[start - low : end - low])
             index.add(row, before)
+
+    def compact(self, batch: SequenceBatch, source: torch.Tensor) -> None:
+        """Nothing to move: the rows' tokens are kept here, and ``batch.history`` is left alone by compaction."""

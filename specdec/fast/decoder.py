@@ -59,7 +59,7 @@ class FastDecoder:
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._device_length = torch.zeros((), dtype=torch.long, device=self.device)
         self._steps = torch.arange(TREE_GRAPH_MAX_TOKENS, device=self.device)
-        self._pad_lengths = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._positions = torch.zeros((0, 0), dtype=torch.long, device=self.device)  # [B, M]: each column's position
         self._key_valid = torch.zeros(0, dtype=torch.bool, device=self.device)
         self._graphs = CapturedGraphs(self.device, self.use_graphs)
         self.feature_request: FeatureRequest | None = None  # set by the engine when its drafter reads features
@@ -76,7 +76,10 @@ class FastDecoder:
         view.layers = self.model.layers[:count]
         return FastDecoder(self.loaded, self.vocab_size, self.use_graphs, model=view)
 
-    def prepare(self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int) -> None:
+    def prepare(
+        self, pad_lengths: torch.Tensor, attention_mask: torch.Tensor | None, max_length: int, columns: int = 0
+    ) -> None:
+        """See ``Decoder.prepare``: ``max_length`` bounds the positions, ``columns`` (if more) the cache."""
         batch = pad_lengths.shape[0]
         if self.sliding_window is not None and self.sliding_window < max_length:
             raise UnsupportedModelError(
@@ -91,20 +94,22 @@ class FastDecoder:
                 "(prompt + max_new_tokens + K): shorten the prompt or lower max_new_tokens"
             )
         cache = self._cache
-        if cache is None or cache[0].shape[1] != batch or cache[0].shape[3] < max_length:
+        needed = max(columns, max_length)
+        if cache is None or cache[0].shape[1] != batch or cache[0].shape[3] < needed:
             self._cache = None
             self._graphs.clear()  # graphs hold the old buffers' addresses
             # A longer run of the same batch size doubles the capacity (a few growths cover any run); a new batch
             # size starts from what this run needs, so that alternating batch sizes never compound the growth.
             same_batch = cache is not None and cache[0].shape[1] == batch
-            capacity = max(max_length, 2 * cache[0].shape[3]) if same_batch and cache is not None else max_length
+            capacity = max(needed, 2 * cache[0].shape[3]) if same_batch and cache is not None else needed
             self._cache = self.model.new_cache(batch, capacity)
-            self._pad_lengths = torch.zeros(batch, dtype=torch.long, device=self.device)
+            self._positions = torch.zeros((batch, capacity), dtype=torch.long, device=self.device)
             self._key_valid = torch.ones((batch, capacity), dtype=torch.bool, device=self.device)
             self.model.position_tables(capacity)
         assert self._cache is not None
         capacity = self._cache[0].shape[3]
-        self._pad_lengths.copy_(pad_lengths)
+        steps = torch.arange(capacity, device=self.device)
+        self._positions.copy_((steps[None, :] - pad_lengths.to(self.device)[:, None]).clamp_min(0))
         if attention_mask is None:
             self._key_valid.fill_(True)
         else:
@@ -113,6 +118,24 @@ class FastDecoder:
         self._key_valid[:, max_length:capacity] = True
         self.rollback(0)
         self.forwards = 0
+
+    def set_rows(self, positions: torch.Tensor, key_valid: torch.Tensor) -> None:
+        """See ``Decoder.set_rows``: copied into the buffers the graphs read."""
+        width = positions.shape[1]
+        self._positions[:, :width].copy_(positions)
+        self._key_valid[:, :width].copy_(key_valid)
+
+    @torch.inference_mode()
+    def compact(self, source: torch.Tensor) -> None:
+        """See ``Decoder.compact``."""
+        assert self._cache is not None
+        index = source.clamp_min(0).to(self.device)
+        n = index.shape[1]
+        for tensor in self._cache:  # [L, B, Hkv, M, Dh]
+            layers, _, heads, _, head_dim = tensor.shape
+            gather = index[None, :, None, :, None].expand(layers, -1, heads, -1, head_dim)
+            tensor[:, :, :, :n] = tensor.gather(3, gather)
+        self.rollback(min(n, self._length))
 
     def _forward(
         self,
@@ -128,8 +151,10 @@ class FastDecoder:
         seq = input_ids.shape[1]
         steps = self._steps[:seq] if seq <= self._steps.shape[0] else torch.arange(seq, device=self.device)
         columns = self._device_length + steps  # [S]
-        offsets = depths if depths is not None else steps  # [S]
-        positions = (self._device_length + offsets[None, :] - self._pad_lengths[:, None]).clamp_min(0)  # [B, S]
+        if depths is None:
+            positions = self._positions.index_select(1, columns)  # [B, S]
+        else:  # a tree: the root's position plus each node's depth
+            positions = self._positions.index_select(1, columns[:1]) + depths[None, :]
         request = self.feature_request
         logits, features = self.model.run(
             input_ids, columns, positions, self._key_valid, self._cache, last_only, visible,
