@@ -8,7 +8,8 @@
 # synthetic acceptance sweep (acceptance 0.5..0.95 x K 2..8) and the engines-gpu suite on the 1B shape at K 4
 # (specdec, hf-static, hf-compile, hf-assisted, hf-lookup), each with its JSON, HTML report and log in $OUT.
 # PARTS=engines: harness without the synthetic sweep (the CUDA tests of the harness and the engines-gpu suite).
-# PARTS=heads (its own call, issue 12): Medusa and EAGLE chains and trees on CUDA in float32 (tests/test_gpu_heads.py),
+# PARTS=heads (its own call, issue 12): Medusa and EAGLE chains and trees on CUDA in float32 (tests/test_gpu_heads.py,
+# with the Triton kernels' tests, tree attention included),
 # the cost of EAGLE-3 drafting and of verifying 16/32/64-node trees on the 8B shape with the speed at a synthetic
 # acceptance length of 4 (python -m specdec.benchmarks.heads), and the heads recipe on the GPU into $OUT/heads-recipe
 # (HEADS_RECIPE_ARGS sets its budget; the shipped zoo heads are not touched).
@@ -79,8 +80,8 @@ if [[ " $PARTS " == *" harness "* || " $PARTS " == *" engines "* ]]; then
     --specdec-report-md "$OUT/engines.md" 2>&1 | tail -60 > "$OUT/engines.log" || status=1
 fi
 if [[ " $PARTS " == *" heads "* ]]; then
-  timeout -s INT "${LIMIT:-150}" python3 -m pytest tests/test_gpu_heads.py -q -p no:cacheprovider -rs \
-    2>&1 | tee "$OUT/heads-tests.log" || status=1
+  timeout -s INT "${LIMIT:-150}" python3 -m pytest tests/test_gpu_heads.py tests/test_kernels.py -v -p no:cacheprovider \
+    -rs --durations=10 2>&1 | tee "$OUT/heads-tests.log" || status=1
   timeout -s INT "${LIMIT:-200}" python3 -m specdec.benchmarks.heads --device cuda --dtype bfloat16 --out "$OUT" \
     2>&1 | tee "$OUT/heads-bench.log" || status=1
   eval timeout -s INT "${LIMIT:-220}" python3 -m specdec.zoo.recipe.heads --device cuda --out "$OUT/heads-recipe" \
