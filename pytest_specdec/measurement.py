@@ -64,7 +64,8 @@ class Tally:
     positions: PositionCounts  # per draft position, summed over batches
 
     @classmethod
-    def of(cls, results: Iterable[GenerationResult | HFResult]) -> Tally:
+    def of(cls, runs: Iterable[GenerationResult | HFResult]) -> Tally:
+        results = list(runs)  # read twice below (a generator would be empty the second time)
         metrics = [r.metrics for r in results]
         return cls(
             drafted=_total([m.drafted_tokens for m in metrics]),
