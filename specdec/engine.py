@@ -110,6 +110,38 @@ class SpeculativeEngine:
             raise
         return run
 
+    def open_slots(
+        self,
+        slots: int,
+        prompt_room: int,
+        generation: GenerationConfig | None = None,
+        speculation: SpeculationConfig | None = None,
+    ) -> Generation:
+        """A batch of ``slots`` empty rows that requests join and leave between steps (continuous batching, as
+        ``specdec serve`` runs): ``admit`` prompts of up to ``prompt_room`` tokens into free rows, each with its own
+        ``max_new_tokens`` up to ``generation.max_new_tokens``; ``step`` while any row is active; ``new_tokens``
+        hands out each row's tokens. Holds the engine until ``close()``."""
+        generation = generation or GenerationConfig()
+        speculation = speculation or SpeculationConfig()
+        if slots < 1 or prompt_room < 1:
+            raise ConfigError(f"open_slots needs at least one slot and a prompt room, got {slots} and {prompt_room}")
+        self._check_length(prompt_room, generation)
+        self._acquire()
+        try:
+            run = Generation(
+                self, [], generation, speculation, release=self._release, stream=True, slots=slots,
+                prompt_room=prompt_room,
+            )  # fmt: skip
+        except BaseException:
+            self._release()
+            raise
+        try:
+            run.prefill()
+        except BaseException:
+            run.close()
+            raise
+        return run
+
     def generate(
         self,
         prompts: Prompts,

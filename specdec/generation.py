@@ -102,7 +102,11 @@ class Generation:
         speculation: SpeculationConfig,
         release: Callable[[], None],
         stream: bool = False,
+        slots: int = 0,
+        prompt_room: int = 0,
     ) -> None:
+        """``slots``: instead of ``rows`` (empty then), that many empty rows that requests join with :meth:`admit`,
+        prompts of up to ``prompt_room`` tokens each (continuous batching; ``docs/batching.md``)."""
         self.engine = engine
         self.generation = generation
         self.speculation = speculation
@@ -111,16 +115,34 @@ class Generation:
         drafter = engine.drafter
         # Per-row acceptance where the drafter supports it (a batch of one is the same either way, in lockstep).
         self.per_row = len(rows) > 1 and bool(getattr(drafter, "per_row", False))
-        columns = None
-        if self.per_row:  # room for the holes between compactions (docs/batching.md)
-            new = generation.max_new_tokens
-            columns = max(len(r) for r in rows) + new + speculation.max_k + 1 + int(HOLE_ROOM * new)
-        self.batch = SequenceBatch.from_prompts(rows, generation.max_new_tokens, engine.pad_id, engine.device, columns)
+        self.slots = slots > 0
+        new = generation.max_new_tokens
+        if self.slots:
+            if drafter is not None and not getattr(drafter, "per_row", False):
+                raise ConfigError(
+                    f"drafter {drafter.name!r} runs a batch in lockstep, so requests cannot join a running batch; "
+                    "use a draft model, ngram, suffix or layerskip, or no drafter"
+                )
+            if drafter is not None and self._tree_room_for(drafter, speculation) >= speculation.max_k:
+                raise ConfigError(f"drafter {drafter.name!r} proposes token trees, which run a batch of one only")
+            self.per_row = True
+            # The longest row after a compaction, a prompt opened beside it, a step's columns, and hole room.
+            columns = 2 * prompt_room + new + speculation.max_k + 2 + int(HOLE_ROOM * new)
+            self.batch = SequenceBatch.slots(slots, prompt_room, new, engine.pad_id, engine.device, columns)
+            rows = [[]] * slots
+        else:
+            columns = None
+            if self.per_row:  # room for the holes between compactions (docs/batching.md)
+                columns = max(len(r) for r in rows) + new + speculation.max_k + 1 + int(HOLE_ROOM * new)
+            self.batch = SequenceBatch.from_prompts(rows, new, engine.pad_id, engine.device, columns)
+        self.budgets = [new] * len(rows)  # each row's max_new_tokens (a row that joined has its own)
+        self._budgets_device = torch.full((len(rows),), new, dtype=torch.long, device=engine.device)
         self.compactions = 0  # times the cache columns were compacted (per row)
         self._pads = [self.batch.prompt_length - len(r) for r in rows]
         self._active_device = torch.ones(len(rows), dtype=torch.bool, device=engine.device)  # batch.active there
         self.prompt_length = self.batch.prompt_length
-        self.row_ends: list[int | None] = [None] * len(rows)  # new tokens per row up to and including its EOS
+        # New tokens per row up to and including its EOS (an empty slot counts as a row that ended at once).
+        self.row_ends: list[int | None] = [0 if self.slots else None] * len(rows)
         self.records: list[StepRecord] = []
         self.time_to_first_token = 0.0
         self._emitted_mark = 0  # the clock mark at which the last committed tokens were known (for ITL)
@@ -137,8 +159,13 @@ class Generation:
         self._streamed = [0] * len(rows)  # new tokens per row already handed out by `new_tokens`
         self._result: GenerationResult | None = None
         self._feature_request: FeatureRequest | None = getattr(drafter, "features", None)
-        max_width = getattr(drafter, "max_width", None)  # a tree drafter may propose more nodes than K
-        self._tree_room = max(0, max_width(speculation.max_k) - 1) if max_width is not None else 0
+        self._tree_room = self._tree_room_for(drafter, speculation)
+
+    @staticmethod
+    def _tree_room_for(drafter: object, speculation: SpeculationConfig) -> int:
+        """Cache columns a tree proposal needs beyond K (a tree drafter may propose more nodes than K)."""
+        max_width = getattr(drafter, "max_width", None)
+        return max(0, max_width(speculation.max_k) - 1) if max_width is not None else 0
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> Generation:
@@ -181,6 +208,12 @@ class Generation:
             batch.pad_lengths, batch.attention_mask, batch.max_row_length + self._tree_room,
             batch.max_length + self._tree_room,
         )  # fmt: skip
+        if self.slots:  # no prompt yet: requests join with `admit`
+            engine.target.set_rows(batch.positions, batch.key_valid)
+            self._update_active()
+            if engine.drafter is not None:
+                engine.drafter.start(batch)
+            return
         logits = engine.target.forward(batch.tokens[:, : self.prompt_length], last_only=True)
         first = next_token(logits[:, -1], self.generation, self._generator)  # [B]
         batch.tokens[:, self.prompt_length] = first
@@ -207,7 +240,8 @@ class Generation:
         drafter = engine.drafter
         taking_part = list(batch.active)  # rows still generating
         counts = batch.new_counts
-        room = max((generation.max_new_tokens - c for c, a in zip(counts, taking_part, strict=True) if a), default=1)
+        budgets = self.budgets
+        room = max((n - c for n, c, a in zip(budgets, counts, taking_part, strict=True) if a), default=1)
         requested_k = self.controller.next_k() if drafter is not None else 0
         budget = min(requested_k, room - 1)  # the neediest row's budget; each row's own limits its keep
         if self.per_row and batch.length + budget >= batch.max_length:  # the bonus column must fit
@@ -252,7 +286,7 @@ class Generation:
 
         # Nothing drafted: one token per row, known without asking the device. Otherwise the step's one host sync
         # reads what each row kept (and a tree's path, and any EOS offsets waiting to be read with it).
-        last_step = all(c + 1 >= generation.max_new_tokens for c, a in zip(counts, taking_part, strict=True) if a)
+        last_step = all(c + 1 >= n for n, c, a in zip(budgets, counts, taking_part, strict=True) if a)
         row_kept = [0] * batch.batch_size
         row_limits: list[int] = []  # per row: the most each row could keep (lockstep: the proposal's width)
         path: list[int] = []  # a tree's kept nodes, read by the sync
@@ -288,11 +322,70 @@ class Generation:
         record.previous, self._emitted_mark = self._emitted_mark, verified_mark
         self.records.append(record)
 
+    @property
+    def free_rows(self) -> list[int]:
+        """Rows that hold no running request (a slot batch's rows a request can join: see :meth:`admit`)."""
+        return [row for row, active in enumerate(self.batch.active) if not active]
+
+    @torch.inference_mode()
+    def admit(self, rows: list[int], prompts: list[list[int]], max_new_tokens: list[int]) -> None:
+        """Requests join a slot batch (``engine.open_slots``) between steps: row ``rows[i]``, which must be free,
+        reads ``prompts[i]`` and will generate at most ``max_new_tokens[i]`` tokens. One target forward reads every
+        joining prompt (in new columns; holes in the other rows) and chooses each one's first token, which
+        ``new_tokens`` then hands out; the other rows go on where they were. Each row's greedy output is the one it
+        gets alone (``tests/test_continuous_batching.py``)."""
+        self._require_open()
+        batch, engine = self.batch, self.engine
+        if not self.slots:
+            raise ConfigError("only a slot batch takes new requests: start one with engine.open_slots(...)")
+        busy = [row for row in rows if batch.active[row]]
+        if busy or len(set(rows)) != len(rows):
+            raise ConfigError(f"rows {busy or rows} are not free to join (free rows: {self.free_rows})")
+        for prompt, budget in zip(prompts, max_new_tokens, strict=True):
+            if not 0 < len(prompt) <= batch.prompt_length:
+                raise ConfigError(
+                    f"a prompt of {len(prompt)} tokens does not fit this slot batch's prompt room of "
+                    f"{batch.prompt_length} tokens: open the slots with a larger prompt_room"
+                )
+            if not 0 < budget <= self.generation.max_new_tokens:
+                raise ConfigError(
+                    f"max_new_tokens {budget} is outside this slot batch's range 1..{self.generation.max_new_tokens}"
+                )
+        if self._pending_eos:  # they name rows' earlier occupants
+            self._sync(None)
+        width = max(len(p) for p in prompts)
+        if batch.length + width + self.speculation.max_k + 1 >= batch.max_length:
+            self._compact()
+        start = batch.length - 1
+        batch.open_columns(rows, prompts)
+        engine.target.set_rows(batch.positions, batch.key_valid)
+        logits = engine.target.forward(batch.tokens[:, start : start + width], last_only=True)  # [B, 1, V]
+        first = next_token(logits[:, -1], self.generation, self._generator)  # [B]
+        batch.place_first(rows, width, first)
+        is_eos = torch.isin(first, self._eos).tolist()  # one sync
+        for row, prompt, budget in zip(rows, prompts, max_new_tokens, strict=True):
+            self._pads[row] = batch.prompt_length - len(prompt)
+            self.budgets[row] = budget
+            self._budgets_device[row] = budget
+            self.row_ends[row] = 1 if is_eos[row] else None
+            self._streamed[row] = 0
+        self._update_active()
+        admitted = getattr(engine.drafter, "admit", None)
+        if admitted is not None:
+            admitted(batch, rows)
+
+    def finish_row(self, row: int) -> None:
+        """Stop a row's request now (its client went away, or it met a stop sequence): it takes no part in later
+        steps and its slot is free for ``admit``."""
+        if self.row_ends[row] is None:
+            self.row_ends[row] = self.batch.new_counts[row]
+        self._update_active()
+
     def _limits(self, proposal: DraftProposal) -> torch.Tensor:
         """[B] int64: the most drafts each row may keep: its drafted width, cut so that it never commits past its
         token budget (the bonus token included); 0 for a row that finished."""
         batch = self.batch
-        remaining = self.generation.max_new_tokens - (batch.device_lengths - batch.prompt_length)  # [B]
+        remaining = self._budgets_device - (batch.device_lengths - batch.prompt_length)  # [B]
         widths = proposal.widths if proposal.widths is not None else torch.full_like(remaining, proposal.width)
         return torch.where(self._active_device, torch.minimum(widths, remaining - 1), 0)
 
@@ -328,8 +421,11 @@ class Generation:
 
     def _update_active(self) -> None:
         """A row stops taking part once it met its end of sequence or spent its token budget."""
-        batch, limit = self.batch, self.generation.max_new_tokens
-        active = [end is None and n < limit for end, n in zip(self.row_ends, batch.new_counts, strict=True)]
+        batch = self.batch
+        active = [
+            end is None and n < limit
+            for end, n, limit in zip(self.row_ends, batch.new_counts, self.budgets, strict=True)
+        ]
         if active != batch.active:
             batch.active = active
             self._active_device = torch.tensor(active, dtype=torch.bool).to(self.engine.device)
@@ -339,7 +435,7 @@ class Generation:
         the drafter's: rare, when the shared columns would outgrow the cache (see ``docs/batching.md``)."""
         batch, engine = self.batch, self.engine
         keep = max(
-            n - pad for n, pad, part in zip(batch.lengths, self._pads, batch.active, strict=True) if part
+            (n - pad for n, pad, part in zip(batch.lengths, self._pads, batch.active, strict=True) if part), default=1
         )  # the longest active row's committed tokens: its newest token lands in the last column
         source = batch.compact(keep)
         engine.target.compact(source[:, : keep - 1])  # the target's cache never holds the newest token
@@ -400,13 +496,12 @@ class Generation:
     # -------------------------------------------------------------------------------------------------- outputs
     def _row_limits(self) -> list[int]:
         """New tokens of each row that belong to the output (cut at the row's EOS and at max_new_tokens)."""
-        limit = self.generation.max_new_tokens
-        counts = [min(n, limit) for n in self.batch.new_counts]
+        counts = [min(n, limit) for n, limit in zip(self.batch.new_counts, self.budgets, strict=True)]
         return [min(end, n) if end is not None else n for end, n in zip(self.row_ends, counts, strict=True)]
 
     def _committed_counts(self) -> list[int]:
         """New tokens each row committed (past its EOS too, in lockstep), at most max_new_tokens."""
-        return [min(n, self.generation.max_new_tokens) for n in self.batch.new_counts]
+        return [min(n, limit) for n, limit in zip(self.batch.new_counts, self.budgets, strict=True)]
 
     def new_tokens(self) -> list[list[int]]:
         """Output tokens of each row committed since the last call (one transfer). For streaming."""

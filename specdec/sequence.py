@@ -77,6 +77,28 @@ class SequenceBatch:
             active=[True] * len(prompts),
         )
 
+    @classmethod
+    def slots(
+        cls, batch_size: int, prompt_room: int, max_new_tokens: int, pad_id: int, device: torch.device, columns: int
+    ) -> SequenceBatch:
+        """``batch_size`` empty rows (none active) for requests to join (:meth:`open_columns`): prompts of up to
+        ``prompt_room`` tokens, each row left-padded to it in ``history``. One column, hidden in every row, stands
+        for the newest token (the cache holds none)."""
+        history = torch.full((batch_size, prompt_room + max_new_tokens + 1), pad_id, dtype=torch.long, device=device)
+        return cls(
+            tokens=torch.full((batch_size, columns), pad_id, dtype=torch.long, device=device),
+            attention_mask=None,
+            pad_lengths=torch.full((batch_size,), prompt_room, dtype=torch.long, device=device),
+            prompt_length=prompt_room,
+            length=1,
+            history=history,
+            lengths=[prompt_room] * batch_size,
+            device_lengths=torch.full((batch_size,), prompt_room, dtype=torch.long, device=device),
+            key_valid=torch.ones((batch_size, columns), dtype=torch.bool, device=device),  # beyond length: True
+            positions=torch.zeros((batch_size, columns), dtype=torch.long, device=device),
+            active=[False] * batch_size,
+        )
+
     @property
     def batch_size(self) -> int:
         return self.tokens.shape[0]
@@ -141,3 +163,49 @@ class SequenceBatch:
         self.length = keep
         self.layout_version += 1
         return source
+
+    # ------------------------------------------------------------------------------------------- joining rows
+    def open_columns(self, rows: list[int], prompts: list[list[int]]) -> int:
+        """Make room for new requests in free rows before the forward that reads their prompts: ``width`` (the
+        longest prompt) new columns at ``[n - 1, n - 1 + width)``, ``n = length``. Row ``rows[i]`` gets
+        ``prompts[i]`` right-aligned in them (its positions 0..; every earlier column of the row hidden, its history
+        the prompt); in every other row they are holes, and its newest token moves from column ``n - 1`` to
+        ``n - 1 + width``, where the new rows' first tokens will go (:meth:`place_first`). Returns ``width``.
+        """
+        start, width = self.length - 1, max(len(p) for p in prompts)
+        device = self.tokens.device
+        self.tokens[:, start + width] = self.tokens[:, start]
+        newest = self.positions[:, start : start + 1].clone()  # [B, 1]
+        self.key_valid[:, start + width] = self.key_valid[:, start]
+        self.key_valid[:, start : start + width] = False
+        room = self.prompt_length
+        for row, prompt in zip(rows, prompts, strict=True):
+            ids = torch.tensor(prompt, dtype=torch.long, device=device)
+            size = len(prompt)
+            first = start + width - size  # the prompt's first column
+            self.tokens[row, first : start + width] = ids
+            self.key_valid[row, :first] = False
+            self.key_valid[row, first:] = True
+            self.positions[row, first : start + width] = torch.arange(size, device=device)
+            newest[row] = size
+            self.history[row, room - size : room] = ids
+            self.pad_lengths[row] = room - size
+            self.lengths[row] = room
+            self.device_lengths[row] = room
+        ahead = newest + torch.arange(self.max_length - start - width, device=device)[None, :]
+        self.positions[:, start + width :] = ahead.clamp_max(self.max_row_length - 1)
+        self.layout_version += 1
+        return width
+
+    def place_first(self, rows: list[int], width: int, first: torch.Tensor) -> None:
+        """After the forward over the ``width`` columns :meth:`open_columns` opened: the new rows' first tokens
+        (``first`` [B], read at ``rows``) take the newest column, and the batch's length takes in the opened
+        columns."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.tokens.device)
+        end, room = self.length - 1 + width, self.prompt_length
+        self.tokens[index, end] = first[index]
+        self.history[index, room] = first[index]
+        self.device_lengths[index] = room + 1
+        for row in rows:
+            self.lengths[row] = room + 1
+        self.length = end + 1

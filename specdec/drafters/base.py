@@ -75,6 +75,9 @@ class Drafter(Protocol):
     of a draft model's cache from ``batch.positions`` / ``batch.key_valid`` whenever ``batch.layout_version``
     changed, and implements ``compact(batch, source)``: the batch's cache columns were compacted
     (``SequenceBatch.compact``), do the same to any cache by column. A drafter without it runs batches in lockstep.
+    A per-row drafter that keeps state per row beyond the batch's tokens (``suffix``) also implements
+    ``admit(batch, rows)``: new requests joined those rows of a slot batch (``Generation.admit``); a draft model's
+    cache needs nothing (the joined prompts are new columns it reads at its next proposal).
     """
 
     name: str  # what drafts, for reports ("zoo:tiny-code-draft", "ngram(n=3..1)")

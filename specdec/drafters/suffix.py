@@ -118,6 +118,18 @@ class SuffixDrafter:
             index.add(row, 0)
             self._indexes.append(index)
 
+    def admit(self, batch: SequenceBatch, rows: list[int]) -> None:
+        """New requests joined ``rows`` (a slot batch): their earlier sequences join the corpus (when kept) and each
+        row's index starts over from its prompt and first token."""
+        pads = batch.pad_lengths.tolist()
+        for row in rows:
+            if self.corpus is not None and self._rows[row]:
+                self.corpus.add(self._rows[row], 0)
+            self._pads[row] = pads[row]
+            self._rows[row] = batch.history[row, pads[row] : batch.lengths[row]].tolist()
+            self._indexes[row] = SuffixIndex(self.options.max_depth)
+            self._indexes[row].add(self._rows[row], 0)
+
     def _retire(self) -> None:
         """The previous request's sequences join the corpus (when kept), which forgets all past its budget."""
         if self.corpus is None or not self._rows:

@@ -1,9 +1,9 @@
 """The ASGI application of ``specdec serve`` (Starlette): OpenAI's completion and chat endpoints, models, health
 and Prometheus metrics, over one engine driven by a :class:`~specdec.serving.worker.Worker` thread.
 
-Admission: at most ``max_concurrency`` requests are admitted at once (they take turns on the engine); more wait in
-the order they came. A streamed request whose client goes away is cancelled: its slot is freed at once and the
-worker stops it at its next step.
+Admission: at most ``max_concurrency`` requests are admitted at once (they share one batch, joining and leaving it
+between speculative steps: see :mod:`specdec.serving.worker`); more wait in the order they came. A streamed request
+whose client goes away is cancelled: its slot is freed at once and the worker stops it at its next step.
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ def create_app(engine: SpeculativeEngine, speculation: SpeculationConfig, config
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state["slots"] = asyncio.Semaphore(config.max_concurrency)
-        state["worker"] = Worker(engine, speculation, metrics)
+        state["worker"] = Worker(
+            engine, speculation, metrics, slots=config.max_concurrency, max_tokens_limit=config.max_tokens_limit
+        )
         yield
         state["worker"].stop()
 

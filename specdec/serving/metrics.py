@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -63,17 +64,19 @@ class ServerMetrics:
             self.prompt_tokens += prompt
             self.generation_tokens += generated
 
-    def add_step(self, drafted: int, accepted: int) -> None:
-        """One speculative step: ``drafted`` tokens proposed (positions 1..drafted), the first ``accepted`` kept."""
+    def add_step(self, drafted: Sequence[int], accepted: Sequence[int]) -> None:
+        """One speculative step (one target forward): per row that took part, ``drafted[i]`` tokens proposed
+        (positions 1..drafted[i]), the first ``accepted[i]`` kept."""
         with self.lock:
             self.target_forwards += 1
-            while len(self.drafted) < drafted:
-                self.drafted.append(0)
-                self.accepted.append(0)
-            for position in range(drafted):
-                self.drafted[position] += 1
-                if position < accepted:
-                    self.accepted[position] += 1
+            for row_drafted, row_accepted in zip(drafted, accepted, strict=True):
+                while len(self.drafted) < row_drafted:
+                    self.drafted.append(0)
+                    self.accepted.append(0)
+                for position in range(row_drafted):
+                    self.drafted[position] += 1
+                    if position < row_accepted:
+                        self.accepted[position] += 1
 
     def render(self) -> str:
         with self.lock:

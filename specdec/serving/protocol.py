@@ -39,7 +39,7 @@ class CompletionRequest:
     max_tokens: int
     temperature: float
     top_p: float | None
-    seed: int
+    seed: int | None  # None: not given (sampled requests without one can share a batch)
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool  # stream_options.include_usage: a last chunk with the usage counts
@@ -133,7 +133,7 @@ def parse_request(
         max_tokens=int(max_tokens),
         temperature=temperature,
         top_p=top_p if top_p is not None and top_p < 1.0 else None,
-        seed=int(body["seed"]) if body.get("seed") is not None else 0,
+        seed=int(body["seed"]) if body.get("seed") is not None else None,
         stop=stop,
         stream=bool(body.get("stream") or False),
         include_usage=bool(options.get("include_usage", False)),
