@@ -17,6 +17,8 @@
 # without it, concurrency 1, 4 and 16), its JSON, markdown and the servers' logs (a tar) in $OUT. starlette and
 # uvicorn are not on the device's image: carry them as wheels (.whl, see /work/.library/device/README.md) and put
 # them on PYTHONPATH before this part.
+# PARTS=batching (issue 14): continuous batching (requests joining a running slot batch) on the CUDA fast path in
+# float32 (tests/test_gpu_continuous_batching.py).
 # PARTS=hfdiag (issue 11): the hf-compile crash's reproduction and its candidate mitigations
 # (scripts/diag/hf_compile_bisect.py full,recapture,empty-cache), a line per variant in $OUT/hfdiag.log.
 # Logs and JSON go to $OUT (default results/gpu). Each part stops itself (SIGINT) before the call's limit and keeps
@@ -92,6 +94,10 @@ if [[ " $PARTS " == *" serving "* ]]; then
     --specdec-report-json "$OUT/serving.json" --specdec-report-md "$OUT/serving.md" 2>&1 | tail -40 > "$OUT/serving.log" \
     || status=1
   tar -C /tmp/serving -cf "$OUT/serving-logs.tar" specdec-serve 2>/dev/null
+fi
+if [[ " $PARTS " == *" batching "* ]]; then
+  timeout -s INT "${LIMIT:-90}" python3 -m pytest tests/test_gpu_continuous_batching.py -v -p no:cacheprovider -rs \
+    2>&1 | tee "$OUT/batching-tests.log" || status=1
 fi
 if [[ " $PARTS " == *" hfdiag "* ]]; then
   timeout -s INT "${LIMIT:-300}" python3 scripts/diag/hf_compile_bisect.py "${HF_VARIANTS:-full,recapture,empty-cache}" \
