@@ -87,6 +87,14 @@ def autoregressive_section(
         "decoder_path": timed.result.metrics.decoder_path,
     }
     log(f"  engine {timed.tokens_per_second:.1f} tok/s ({row['engine_fraction_of_floor']:.0%} of floor {floor:.0f})")
+    sampling = GenerationConfig(max_new_tokens=max_new, stop_at_eos=False, temperature=0.8, top_p=0.95)
+    sampled = time_engine(engine, prompt, sampling)
+    row["engine_sampled_tokens_per_s"] = sampled.tokens_per_second  # temperature 0.8, top-p 0.95
+    row["sampled_over_greedy"] = sampled.tokens_per_second / timed.tokens_per_second
+    log(
+        f"  sampled (t 0.8, top-p 0.95) {sampled.tokens_per_second:.1f} tok/s "
+        f"({row['sampled_over_greedy']:.2f}x greedy)"
+    )
     if hf:
         row |= hf_figures(target, prompt, generation)
         if row["hf_best_tokens_per_s"]:
