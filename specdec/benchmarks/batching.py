@@ -8,6 +8,11 @@ For each batch size B, B different random prompts (``--prompt-length`` tokens, s
 each row keeps its own accepted prefix, ``docs/batching.md``). Each run is warmed up once, then timed ``--repeats``
 times (the median is kept). Throughput counts every row's tokens. The crossover is the first batch size at which
 speculation is no faster than the autoregressive run. Prints a table and writes ``batching_report.json``.
+
+``--acceptance-rate a`` runs the speculative side under the synthetic acceptance policy instead (NOT lossless: the
+draft and the verification run for real, only how many drafts each step keeps is forced, the same count in every
+row), which separates what batching costs from how unevenly real rows accept: a real batch runs until its slowest
+row is done.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 import torch
 
 from specdec import report
-from specdec.config import GenerationConfig, SpeculationConfig
+from specdec.config import AcceptanceConfig, GenerationConfig, Policy, SpeculationConfig
 from specdec.device import synchronize
 from specdec.engine import SpeculativeEngine
 from specdec.generation import GenerationResult
@@ -45,15 +50,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt-length", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--acceptance-rate", type=float, default=None, help="synthetic acceptance (not lossless)")
     parser.add_argument("--out", type=Path, default=Path("results/batching"))
     return parser.parse_args(argv)
 
 
 def timed(
-    engine: SpeculativeEngine, prompts: list[list[int]], generation: GenerationConfig, k: int, repeats: int
+    engine: SpeculativeEngine,
+    prompts: list[list[int]],
+    generation: GenerationConfig,
+    speculation: SpeculationConfig,
+    repeats: int,
 ) -> tuple[float, GenerationResult]:
     """(median seconds, the last result) of ``repeats`` runs after one warm-up run."""
-    speculation = SpeculationConfig(k=max(k, 1))  # an engine without a draft ignores K
     engine.generate(prompts, generation, speculation)
     seconds, result = [], None
     for _ in range(repeats):
@@ -73,13 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     plain, speculative = SpeculativeEngine(target), SpeculativeEngine(target, draft)
     generation = GenerationConfig(max_new_tokens=args.max_new_tokens)
     random = torch.Generator().manual_seed(0)
+    acceptance = AcceptanceConfig()
+    if args.acceptance_rate is not None:
+        acceptance = AcceptanceConfig(policy=Policy.SYNTHETIC, acceptance_rate=args.acceptance_rate)
+    speculation = SpeculationConfig(k=args.k, acceptance=acceptance)
     rows: list[dict[str, Any]] = []
     for batch in (int(b) for b in args.batches.split(",")):
         prompts = torch.randint(0, target.vocab_size, (batch, args.prompt_length), generator=random).tolist()
         log(f"batch {batch}: autoregressive")
-        ar_seconds, ar = timed(plain, prompts, generation, 0, args.repeats)
+        ar_seconds, ar = timed(plain, prompts, generation, SpeculationConfig(), args.repeats)
         log(f"batch {batch}: speculative, K {args.k}")
-        sd_seconds, sd = timed(speculative, prompts, generation, args.k, args.repeats)
+        sd_seconds, sd = timed(speculative, prompts, generation, speculation, args.repeats)
         ar_tokens = sum(len(ids) for ids in ar.token_ids)
         sd_tokens = sum(len(ids) for ids in sd.token_ids)
         rows.append(
@@ -106,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(table, [*headers, "same output"]))
     print(f"crossover (first batch size where speculation does not pay): {crossover or 'none measured'}")
     args.out.mkdir(parents=True, exist_ok=True)
-    payload = {"target": args.target, "draft": args.draft, "k": args.k, "rows": rows, "crossover": crossover}
+    payload = {
+        "target": args.target, "draft": args.draft, "k": args.k, "synthetic_acceptance_rate": args.acceptance_rate,
+        "rows": rows, "crossover": crossover,
+    }  # fmt: skip
     (args.out / "batching_report.json").write_text(json.dumps(payload, indent=2))
     return 0
 
