@@ -13,12 +13,7 @@ drafters (and a batch of one) run in lockstep: every row keeps the batch's short
 
 Host syncs: a step that drafted reads what each row kept (one sync; pending end-of-sequence flags ride along). A step
 that drafted nothing needs no sync on an accelerator: end-of-sequence flags are read every ``EOS_CHECK_EVERY`` steps
-(the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens.
-
-Greedy autoregressive decoding on a CUDA fast path (no drafter, not streamed) runs ``AR_CHUNK`` steps at a time as
-one CUDA graph (the decoder's ``greedy_chain``: each forward's argmax feeds the next without the host), so the host
-work of a step is paid once per chunk; the tokens and forwards are the same as step by step, and each chunk's time
-is shared evenly by its steps' metrics. Step timings
+(the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens. Step timings
 (draft, verify and inter-token latency) come from the step clock, which adds no sync (``specdec.metrics``).
 
 A token-tree proposal (``DraftProposal.parents``, :mod:`specdec.tree`) runs the same step: the target scores the root
@@ -62,8 +57,6 @@ if TYPE_CHECKING:
     from specdec.engine import SpeculativeEngine
 
 EOS_CHECK_EVERY = 16  # without drafts, an accelerator's EOS flags are read every this many steps
-AR_CHUNK = 16  # greedy autoregressive steps run as one graph on these devices (see the module docstring)
-AR_CHUNK_DEVICES = ("cuda",)
 EOS_NOT_FOUND = 1 << 30
 HOLE_ROOM = 0.5  # per row: cache columns for holes between compactions, as a fraction of max_new_tokens
 
@@ -160,14 +153,6 @@ class Generation:
         # (new tokens per row before the step, rows that took part, [B] EOS offsets in the step's window)
         self._pending_eos: list[tuple[list[int], list[bool], torch.Tensor]] = []
         self._eos_check_every = 1 if stream or engine.device.type == "cpu" else EOS_CHECK_EVERY
-        self._chunked = (
-            drafter is None
-            and generation.greedy
-            and not stream
-            and not self.slots
-            and engine.device.type in AR_CHUNK_DEVICES
-            and bool(getattr(engine.target, "chain_graph", False))
-        )  # greedy autoregressive steps in chunks of AR_CHUNK (see the module docstring)
         self._clock = StepClock(engine.device)
         self._generator: torch.Generator | None = None
         self._started = 0.0
@@ -259,9 +244,6 @@ class Generation:
         room = max((n - c for n, c, a in zip(budgets, counts, taking_part, strict=True) if a), default=1)
         requested_k = self.controller.next_k() if drafter is not None else 0
         budget = min(requested_k, room - 1)  # the neediest row's budget; each row's own limits its keep
-        if self._chunked:
-            self._autoregressive_chunk(min(AR_CHUNK, room), counts)
-            return
         if self.per_row and batch.length + budget >= batch.max_length:  # the bonus column must fit
             self._compact()
         start_mark = self._clock.mark()
@@ -339,28 +321,6 @@ class Generation:
         record.marks = (start_mark, drafted_mark, verified_mark)
         record.previous, self._emitted_mark = self._emitted_mark, verified_mark
         self.records.append(record)
-
-    def _autoregressive_chunk(self, n: int, counts: list[int]) -> None:
-        """``n`` greedy autoregressive steps as one graph (every row in step: no drafter, lockstep): the target's
-        ``greedy_chain`` reads each row's newest token and chooses ``n`` tokens, each after the one before."""
-        engine, batch = self.engine, self.batch
-        start_mark = self._clock.mark()
-        length = batch.length
-        tokens = engine.target.greedy_chain(batch.tokens[:, length - 1 : length], n)  # [B, n]
-        batch.tokens[:, length : length + n] = tokens
-        kept = torch.full((batch.batch_size,), n - 1, dtype=torch.long, device=engine.device)  # [B]
-        window = self._commit(tokens[:, : n - 1], kept, tokens[:, n - 1])  # [B, n]
-        if self._eos.numel() > 0:
-            self._pending_eos.append((counts, [True] * len(counts), _first_eos_offsets(window, self._eos, kept)))
-            self._sync(None)  # one read per chunk
-        verified_mark = self._clock.mark()
-        batch.length = length + n
-        self._advance(length, n - 1, [n - 1] * batch.batch_size, kept, [True] * batch.batch_size)
-        for _ in range(n):  # each step of the chunk gets an even share of its time
-            record = StepRecord(k=0, drafted=0, accepted=0, share=n)
-            record.marks, record.previous = (start_mark, start_mark, verified_mark), self._emitted_mark
-            self.records.append(record)
-        self._emitted_mark = verified_mark
 
     @property
     def free_rows(self) -> list[int]:
