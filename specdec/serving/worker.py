@@ -6,13 +6,14 @@ top-p and no seed) run in a slot batch (``SpeculativeEngine.open_slots``): a wai
 two speculative steps (one target forward reads its prompt), and leaves when it ends, meets a stop sequence or its
 client goes away. Each request's greedy output is the one it gets alone.
 
-A batch has as many rows as requests were waiting when it opened, rounded up to a power of two, at most ``slots``
-(the server's ``--max-concurrency``), since an empty row costs a full row's compute on a CPU; while every row is
-taken, a new request waits for one to free up. A request that cannot share the running batch (a seed with sampling,
-another temperature, a prompt or ``max_tokens`` beyond the batch's room) waits until it empties, first come first
-served. With a drafter that runs batches in lockstep (``medusa``, ``eagle``, token trees) requests take turns, each
-run alone. Between the worker thread and the server's event loop, each request has an :class:`asyncio.Queue` of
-:class:`Event` s.
+A batch has as many rows as requests were waiting when it opened, rounded up to a power of two, at most ``slots`` (the
+server's ``--max-concurrency``), since an empty row costs a full row's compute on a CPU, and as many columns as its
+requests need. When every row is taken and a request that could share the batch waits, or one comes whose prompt or
+``max_tokens`` does not fit, the batch grows: its requests move to a new batch sized for all of them, each re-reading
+its prompt and what it generated so far, and go on unchanged. A request that cannot share the running batch (a seed with
+sampling, another temperature or top-p) waits until it empties, first come first served. With a drafter that runs
+batches in lockstep (``medusa``, ``eagle``, token trees) requests take turns, each run alone. Between the worker thread
+and the server's event loop, each request has an :class:`asyncio.Queue` of :class:`Event` s.
 """
 
 from __future__ import annotations
@@ -142,11 +143,13 @@ class Worker:
     # ------------------------------------------------------------------------------------- one batch, shared
     def _batch_shape(self, needs: list[tuple[int, int]]) -> tuple[int, int]:
         """(prompt room, max_new_tokens) of a slot batch for requests that need ``(prompt tokens, max tokens)``: the
-        longest prompt rounded up, and the server's token limit, both within the model's context."""
+        longest prompt rounded up to ``PROMPT_ROOM_STEP``, the most tokens asked for rounded up to a power of two,
+        both within the model's context. (Attention off the fast GPU kernels reads the whole cache, so a batch
+        holds no more columns than its requests need; one that does not fit makes the batch grow.)"""
         longest = max(prompt for prompt, _ in needs)
         most = max(tokens for _, tokens in needs)
         room = -(-longest // PROMPT_ROOM_STEP) * PROMPT_ROOM_STEP
-        new = max(self.max_tokens_limit, most)
+        new = min(self.max_tokens_limit, 1 << (most - 1).bit_length())
         context = self.engine.target_model.context_length
         if context is not None:
             room = max(longest, min(room, context - most))
@@ -192,7 +195,7 @@ class Worker:
                         if running.job.cancelled.is_set():
                             run.finish_row(row)
                             self._finish(rows.pop(row), "cancelled")
-                    if rows and slots < self.slots and not run.free_rows and self._joinable(sampling, room, new):
+                    if rows and self._outgrown(run, slots, sampling, room, new):
                         return list(rows.values())  # the batch grows
                     if rows:
                         run.step()
@@ -213,15 +216,14 @@ class Worker:
                 self.metrics.finished("error")
             return []
 
-    def _joinable(self, sampling: tuple[float, float | None], room: int, new: int) -> bool:
-        """The next pending job could join this batch if it had a free row."""
+    def _outgrown(self, run: Generation, slots: int, sampling: tuple[float, float | None], room: int, new: int) -> bool:
+        """The next pending job could share this batch, but the batch has no free row (and may grow), or the job's
+        prompt or ``max_tokens`` do not fit it."""
         job = self._pending[0] if self._pending else None
-        return (
-            job is not None
-            and job.sampling == sampling
-            and len(job.prompt_ids) <= room
-            and job.request.max_tokens <= new
-        )
+        if job is None or job.sampling != sampling:
+            return False
+        fits = len(job.prompt_ids) <= room and job.request.max_tokens <= new
+        return not fits or (not run.free_rows and slots < self.slots)
 
     def _admit(
         self, run: Generation, rows: dict[int, _Row], sampling: tuple[float, float | None], room: int, new: int

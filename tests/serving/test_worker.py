@@ -86,3 +86,13 @@ def test_a_seeded_sampled_request_runs_alone_between_greedy_ones(engine):
     got, metrics = serve(engine, items, stagger=False)
     assert got == expected
     assert metrics.requests == {"ok": 3}
+
+
+def test_a_request_that_does_not_fit_the_running_batch_makes_it_grow(engine):
+    """The batch is sized for its requests (8 tokens here); a request for more joins a larger one, and the running
+    request goes on unchanged."""
+    items = [(PROMPTS[0], request(8)), (PROMPTS[1] * 4, request(40)), (PROMPTS[2], request(8))]
+    expected = [alone(engine, prompt, req)[0] for prompt, req in items]
+    got, metrics = serve(engine, items, stagger=True)
+    assert got == expected
+    assert metrics.requests == {"ok": 3}
