@@ -216,6 +216,7 @@ class Counters:
 
     generation_tokens: float
     target_forwards: float
+    request_steps: float  # each request's share of the steps (a batched step counts once per request in it)
     requests: float  # finished, every outcome
     drafted: tuple[float, ...]  # per draft position (1 = first drafted)
     accepted: tuple[float, ...]
@@ -227,6 +228,7 @@ class Counters:
         return Counters(
             generation_tokens=self.generation_tokens - before.generation_tokens,
             target_forwards=self.target_forwards - before.target_forwards,
+            request_steps=self.request_steps - before.request_steps,
             requests=self.requests - before.requests,
             drafted=diff(self.drafted, before.drafted),
             accepted=diff(self.accepted, before.accepted),
@@ -273,6 +275,8 @@ def scrape_counters(base_url: str) -> Counters | None:
     return Counters(
         generation_tokens=values["specdec_generation_tokens_total"],
         target_forwards=values["specdec_target_forwards_total"],
+        # a server from before continuous batching ran one request per forward
+        request_steps=values.get("specdec_request_steps_total", values["specdec_target_forwards_total"]),
         requests=values.get("specdec_requests_total", 0.0),
         drafted=ordered("specdec_draft_tokens_total"),
         accepted=ordered("specdec_accepted_tokens_total"),

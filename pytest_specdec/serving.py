@@ -114,7 +114,7 @@ def _measurement(
     hashes = {output_hash([r.text for r in one.requests]) for one in timed}
     drafted = sum(counters.drafted) if counters is not None else 0
     accepted = sum(counters.accepted) if counters is not None else 0
-    forwards = counters.target_forwards if counters is not None else 0
+    forwards = counters.request_steps if counters is not None else 0  # per request: a batch's forward once each
     return Measurement(
         acceptance_rate=accepted / drafted if drafted else None,
         # tokens a request advances per target forward, its prefill counted (as engine cases count them)

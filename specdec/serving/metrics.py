@@ -51,6 +51,7 @@ class ServerMetrics:
     drafted: list[int] = field(default_factory=list)  # per draft position: steps that drafted it
     accepted: list[int] = field(default_factory=list)  # per draft position: steps that accepted it
     target_forwards: int = 0
+    request_steps: int = 0  # per target forward, the requests that took part in it (a batch counts each of its rows)
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -69,6 +70,7 @@ class ServerMetrics:
         (positions 1..drafted[i]), the first ``accepted[i]`` kept."""
         with self.lock:
             self.target_forwards += 1
+            self.request_steps += len(drafted)
             for row_drafted, row_accepted in zip(drafted, accepted, strict=True):
                 while len(self.drafted) < row_drafted:
                     self.drafted.append(0)
@@ -77,6 +79,13 @@ class ServerMetrics:
                     self.drafted[position] += 1
                     if position < row_accepted:
                         self.accepted[position] += 1
+
+    def add_resumed(self, requests: int) -> None:
+        """A forward that re-read ``requests`` running requests (their batch grew): each advanced one token in it,
+        so it counts as a step of each, drafting nothing."""
+        with self.lock:
+            self.target_forwards += 1
+            self.request_steps += requests
 
     def render(self) -> str:
         with self.lock:
@@ -99,6 +108,10 @@ class ServerMetrics:
                 "# HELP specdec_target_forwards_total Target forwards of decoding steps (one per speculative step).",
                 "# TYPE specdec_target_forwards_total counter",
                 f"specdec_target_forwards_total {self.target_forwards}",
+                "# HELP specdec_request_steps_total Decoding steps of requests: a batched forward counts once per "
+                "request in it (generated tokens per request step is the mean accepted length plus prefills).",
+                "# TYPE specdec_request_steps_total counter",
+                f"specdec_request_steps_total {self.request_steps}",
                 "# HELP specdec_draft_tokens_total Drafted tokens, by draft position (1 = first drafted).",
                 "# TYPE specdec_draft_tokens_total counter",
                 *(f'specdec_draft_tokens_total{{position="{i + 1}"}} {n}' for i, n in enumerate(self.drafted)),

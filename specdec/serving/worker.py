@@ -186,6 +186,7 @@ class Worker:
                 if carried:
                     rows.update(enumerate(carried))
                     run.admit(list(range(len(carried))), [ids for ids, _ in resumed], [n for _, n in resumed])
+                    self.metrics.add_resumed(len(carried))
                     self._deliver(run, rows)
                 while True:
                     self._admit(run, rows, sampling, room, new)

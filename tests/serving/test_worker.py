@@ -65,6 +65,7 @@ def test_requests_that_come_together_share_a_batch(engine):
     assert got == [text for text, _ in expected]
     assert metrics.requests == {"ok": 6}
     assert metrics.target_forwards < sum(forwards for _, forwards in expected)  # forwards were shared
+    assert metrics.request_steps >= sum(forwards - 1 for _, forwards in expected)  # each row's own steps, at least
 
 
 def test_requests_that_come_while_one_runs_join_and_the_batch_grows(engine):
