@@ -13,7 +13,7 @@ exactly what it would alone.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
 import torch
@@ -97,18 +97,9 @@ class SpeculativeEngine:
         speculation = speculation or SpeculationConfig()
         rows = self.encode(prompts)
         self._check_length(max(len(r) for r in rows), generation)
-        self._acquire()
-        try:
-            run = Generation(self, rows, generation, speculation, release=self._release, stream=stream)
-        except BaseException:
-            self._release()
-            raise
-        try:
-            run.prefill()
-        except BaseException:
-            run.close()
-            raise
-        return run
+        return self._prefilled(
+            lambda: Generation(self, rows, generation, speculation, release=self._release, stream=stream)
+        )
 
     def open_slots(
         self,
@@ -126,21 +117,18 @@ class SpeculativeEngine:
         if slots < 1 or prompt_room < 1:
             raise ConfigError(f"open_slots needs at least one slot and a prompt room, got {slots} and {prompt_room}")
         self._check_length(prompt_room, generation)
-        self._acquire()
-        try:
-            run = Generation(
-                self, [], generation, speculation, release=self._release, stream=True, slots=slots,
+        return self._prefilled(
+            lambda: Generation(
+                self,
+                [],
+                generation,
+                speculation,
+                release=self._release,
+                stream=True,
+                slots=slots,
                 prompt_room=prompt_room,
-            )  # fmt: skip
-        except BaseException:
-            self._release()
-            raise
-        try:
-            run.prefill()
-        except BaseException:
-            run.close()
-            raise
-        return run
+            )
+        )
 
     def generate(
         self,
@@ -164,6 +152,21 @@ class SpeculativeEngine:
         concatenation is ``generate``'s ``token_ids``. The engine is held until the iterator ends or is closed."""
         with self.start(prompts, generation, speculation, stream=True) as run:
             yield from run.stream()
+
+    def _prefilled(self, make: Callable[[], Generation]) -> Generation:
+        """Hold the engine for the generation ``make`` builds, and prefill it (given back if either fails)."""
+        self._acquire()
+        try:
+            run = make()
+        except BaseException:
+            self._release()
+            raise
+        try:
+            run.prefill()
+        except BaseException:
+            run.close()
+            raise
+        return run
 
     def _acquire(self) -> None:
         if self._holder == threading.get_ident():

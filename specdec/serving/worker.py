@@ -288,21 +288,22 @@ class Worker:
 
     # -------------------------------------------------------------------------------------------- one request
     def _run_alone(self, job: Job) -> None:
+        running = _Row(job, TextStream(self.engine, job.request.stop), job.arrived)
         try:
-            outcome = self._serve(job)
+            outcome = self._serve(running)
         except Exception as error:  # a failed request never stops the worker
             job.send(Event("error", text=f"{type(error).__name__}: {error}"))
-            outcome = "error"
-        self.metrics.finished(outcome)
+            self.metrics.finished("error")
+            return
+        self._finish(running, outcome)
 
-    def _serve(self, job: Job) -> str:
-        request = job.request
+    def _serve(self, running: _Row) -> str:
+        """Run one request in a generation of its own; returns ``ok`` or ``cancelled``."""
+        job, text, request = running.job, running.text, running.job.request
         generation = GenerationConfig(
             max_new_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
             seed=request.seed or 0,
         )  # fmt: skip
-        text = TextStream(self.engine, request.stop)
-        running = _Row(job, text, job.arrived)
         with self.engine.start([job.prompt_ids], generation, self.speculation, stream=True) as run:
             fresh = run.new_tokens()[0]  # after the prefill: the first token
             while True:
@@ -314,18 +315,11 @@ class Worker:
                 if text.stopped or run.done:
                     break
                 if job.cancelled.is_set():
-                    self.metrics.add_tokens(len(job.prompt_ids), text.count)
                     return "cancelled"
                 run.step()
                 record = run.records[-1]
                 self.metrics.add_step((record.tree_depth or record.drafted,), (record.accepted,))
                 fresh = run.new_tokens()[0]
-        tail = text.finish()
-        if tail:
-            job.send(Event("text", text=tail))
-        self.metrics.add_tokens(len(job.prompt_ids), text.count)
-        reason = "stop" if text.stopped or text.count < request.max_tokens else "length"
-        job.send(Event("done", finish_reason=reason, prompt_tokens=len(job.prompt_ids), completion_tokens=text.count))
         return "ok"
 
 
