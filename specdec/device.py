@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import resource
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -62,6 +64,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def read_to_host(values: torch.Tensor, meanwhile: Callable[[], None] | None = None) -> list[Any]:
+    """``values.tolist()``, with ``meanwhile()`` run after the copy is queued and before the host waits for it: on a
+    CUDA device the copy goes to pinned memory behind an event, so device work that ``meanwhile`` queues does not
+    delay the read (``tolist`` alone would wait for the whole stream)."""
+    if meanwhile is None or values.device.type != "cuda":
+        if meanwhile is not None:
+            meanwhile()
+        return values.tolist()
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+    host.copy_(values, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    meanwhile()
+    copied.synchronize()
+    return host.tolist()
 
 
 def reset_peak_memory(device: torch.device) -> None:

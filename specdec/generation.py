@@ -33,10 +33,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from specdec.config import GenerationConfig, SpeculationConfig
-from specdec.device import dtype_name, peak_device_memory_bytes, peak_rss_bytes, reset_peak_memory, synchronize
+from specdec.device import (
+    dtype_name,
+    peak_device_memory_bytes,
+    peak_rss_bytes,
+    read_to_host,
+    reset_peak_memory,
+    synchronize,
+)
 from specdec.drafters.base import DraftProposal, FeatureRequest, empty_proposal
 from specdec.errors import ConfigError
-from specdec.k_control import make_controller
+from specdec.k_control import FixedK, make_controller
 from specdec.metrics import (
     PositionCounts,
     RunMetrics,
@@ -154,6 +161,7 @@ class Generation:
         self._pending_eos: list[tuple[list[int], list[bool], torch.Tensor]] = []
         self._eos_check_every = 1 if stream or engine.device.type == "cpu" else EOS_CHECK_EVERY
         self._clock = StepClock(engine.device)
+        self._ahead_mark: int | None = None  # the clock mark before a drafter drafted this step ahead
         self._generator: torch.Generator | None = None
         self._started = 0.0
         self._streamed = [0] * len(rows)  # new tokens per row already handed out by `new_tokens`
@@ -246,7 +254,8 @@ class Generation:
         budget = min(requested_k, room - 1)  # the neediest row's budget; each row's own limits its keep
         if self.per_row and batch.length + budget >= batch.max_length:  # the bonus column must fit
             self._compact()
-        start_mark = self._clock.mark()
+        start_mark = self._clock.mark() if self._ahead_mark is None else self._ahead_mark  # drafting began there
+        self._ahead_mark = None
         proposal = empty_proposal(batch)
         if budget > 0:
             assert drafter is not None
@@ -285,13 +294,17 @@ class Generation:
         verified_mark = self._clock.mark()
 
         # Nothing drafted: one token per row, known without asking the device. Otherwise the step's one host sync
-        # reads what each row kept (and a tree's path, and any EOS offsets waiting to be read with it).
+        # reads what each row kept (and a tree's path, and any EOS offsets waiting to be read with it). A drafter
+        # that drafts ahead starts the next step's drafts on the device while the host waits for that read.
         last_step = all(c + 1 >= n for n, c, a in zip(budgets, counts, taking_part, strict=True) if a)
+        meanwhile = None
+        if drafted > 0 and parents is None and features is not None and not self.per_row and not last_step:
+            meanwhile = self._ahead_launcher(length, verdict.num_accepted, features, requested_k)
         row_kept = [0] * batch.batch_size
         row_limits: list[int] = []  # per row: the most each row could keep (lockstep: the proposal's width)
         path: list[int] = []  # a tree's kept nodes, read by the sync
         if drafted > 0 or len(self._pending_eos) >= self._eos_check_every or last_step:
-            row_kept, row_limits, path = self._sync(kept if drafted > 0 else None, limits, verdict.path)
+            row_kept, row_limits, path = self._sync(kept if drafted > 0 else None, limits, verdict.path, meanwhile)
         row_limits = row_limits or [drafted] * batch.batch_size
         shared = max(row_kept)
         batch.length = length + shared + 1
@@ -302,8 +315,11 @@ class Generation:
         engine.target.rollback(batch.length - 1)
         if drafter is not None:
             if features is not None:  # the root's and the kept tokens' (block indices 0 and 1 + node)
-                kept_nodes = path[:shared] if parents is not None else list(range(shared))
-                drafter.read_features(features[:, [0] + [1 + node for node in kept_nodes]], batch.length)  # type: ignore[attr-defined]
+                if parents is None:  # a chain keeps a prefix
+                    kept_features = features[:, : shared + 1]
+                else:
+                    kept_features = features[:, [0] + [1 + node for node in path[:shared]]]
+                drafter.read_features(kept_features, batch.length)  # type: ignore[attr-defined]
             drafter.observe(batch, shared)
         rows = [b for b, part in enumerate(taking_part) if part]
         step_drafted = [row_limits[b] for b in rows]
@@ -465,12 +481,33 @@ class Generation:
         if not 0 <= proposal.width <= budget:
             raise RuntimeError(f"the drafter proposed {proposal.width} tokens, more than the {budget} asked for")
 
+    def _ahead_launcher(
+        self, length: int, accepted: torch.Tensor, features: torch.Tensor, k: int
+    ) -> Callable[[], None] | None:
+        """What launches the drafter's next chain while this step's verdict is read (a drafter with
+        ``draft_ahead``, at a fixed K), or None."""
+        draft_ahead = getattr(self.engine.drafter, "draft_ahead", None)
+        if draft_ahead is None or not isinstance(self.controller, FixedK):
+            return None
+
+        def launch() -> None:
+            mark = self._clock.mark()
+            if draft_ahead(self.batch, length, accepted, features, k, self.generation):
+                self._ahead_mark = mark
+
+        return launch
+
     def _sync(
-        self, kept: torch.Tensor | None, limits: torch.Tensor | None = None, path: torch.Tensor | None = None
+        self,
+        kept: torch.Tensor | None,
+        limits: torch.Tensor | None = None,
+        path: torch.Tensor | None = None,
+        meanwhile: Callable[[], None] | None = None,
     ) -> tuple[list[int], list[int], list[int]]:
         """One device-to-host transfer: what each row kept ([B]; zeros if None), each row's limit ([B]; the
         proposal's width if None), a tree's kept path ([B, W], row 0 read; [] without one) and the pending EOS
-        offsets, which mark finished rows in ``row_ends`` and are then cleared."""
+        offsets, which mark finished rows in ``row_ends`` and are then cleared. ``meanwhile`` runs after the
+        transfer is queued and before the host waits for it (device work queued there does not delay the read)."""
         rows = len(self.row_ends)
         pending = self._pending_eos
         parts = [kept] if kept is not None else []
@@ -479,7 +516,8 @@ class Generation:
         width = path.shape[1] if path is not None and kept is not None else 0
         if path is not None and width:
             parts.append(path[0])
-        host = torch.cat(parts + [offsets for _, _, offsets in pending]).tolist() if parts or pending else []
+        values = torch.cat(parts + [offsets for _, _, offsets in pending]) if parts or pending else None
+        host = read_to_host(values, meanwhile) if values is not None else []
         row_kept = [int(n) for n in host[:rows]] if kept is not None else [0] * rows
         read = rows if kept is not None else 0
         row_limits = [int(n) for n in host[read : read + rows]] if limits is not None and kept is not None else []

@@ -116,3 +116,47 @@ def test_a_random_eagle3_head_of_the_target_s_shape_keeps_the_greedy_output(tree
     result = engine.generate(prompt, GREEDY, SpeculationConfig(k=4))
     assert result.token_ids[0] == autoregressive(target, prompt, "fast")
     assert result.metrics.drafted_tokens > 0
+
+
+def counting_ahead(engine: SpeculativeEngine) -> list[bool]:
+    """Turn drafting ahead on (a CPU leaves it off) and record what each ``draft_ahead`` call answered."""
+    drafter = engine.drafter
+    drafter.ahead = True  # type: ignore[union-attr]
+    answers: list[bool] = []
+    original = drafter.draft_ahead  # type: ignore[union-attr]
+
+    def spy(*args, **kwargs):
+        answers.append(original(*args, **kwargs))
+        return answers[-1]
+
+    drafter.draft_ahead = spy  # type: ignore[union-attr]
+    return answers
+
+
+@pytest.mark.parametrize("decoder", ["fast", "generic"])
+def test_an_eagle_chain_drafted_ahead_keeps_the_greedy_output_and_the_same_steps(zoo_target, zoo_prompts, decoder):
+    plain = SpeculativeEngine(zoo_target, make_drafter("eagle", tree="chain"), decoder)
+    ahead = SpeculativeEngine(zoo_target, make_drafter("eagle", tree="chain"), decoder)
+    answers = counting_ahead(ahead)
+    for prompt in zoo_prompts:
+        for k in (2, 4):
+            expected = plain.generate(prompt, GREEDY, SpeculationConfig(k=k))
+            result = ahead.generate(prompt, GREEDY, SpeculationConfig(k=k))
+            assert result.token_ids[0] == autoregressive(zoo_target, prompt, decoder) == expected.token_ids[0]
+            # the chains drafted ahead are the chains drafted in place: every step keeps what it kept
+            assert [s.accepted for s in result.steps] == [s.accepted for s in expected.steps]
+    assert answers.count(True) > 10 and all(answers[1:])  # ahead from the second step on
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_random_eagle_chains_drafted_ahead_keep_each_row_s_greedy_output(family, tmp_path):
+    model = make_model(family, seed=5)
+    target = loaded(model, family)
+    heads = random_heads(model, tmp_path / "eagle", "eagle")
+    engine = SpeculativeEngine(target, make_drafter("eagle", heads=heads, tree="chain"))
+    answers = counting_ahead(engine)
+    prompts = [[5, 17, 99, 240, 31, 8, 77], [42, 7]]  # a lockstep batch with left padding
+    batched = engine.generate(prompts, GREEDY, SpeculationConfig(k=3))
+    alone = SpeculativeEngine(target).generate(prompts, GREEDY)
+    assert batched.token_ids == alone.token_ids
+    assert True in answers

@@ -20,6 +20,13 @@ mask, so rolling back costs nothing (drafted columns are masked out, then overwr
 have fixed shapes: on a CUDA GPU, feeding the committed entries (one graph per number of new entries) and the
 greedy chain (one graph per width) replay CUDA graphs (:mod:`specdec.fast.graphs`), with the committed length on
 the device. Sampled chains and dynamic trees run the same forwards eagerly (a tree's shape depends on its scores).
+
+**Drafting ahead** (greedy chains, :meth:`EagleDrafter.draft_ahead`): the generation calls it after a verification
+and before it reads the verdict on the host. The head then feeds all ``W + 1`` verified positions at once (their
+tokens and the target's features are on the device already), takes as the root the output at the accepted count
+(a device value) and drafts the next chain, so the GPU drafts while the host waits for and books the verdict. Entries
+past the accepted ones are written too and are overwritten before anything reads them (the next chain writes its
+nodes from the new root on, and the next feed starts there). The next :meth:`propose` returns that chain.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from specdec.drafters.features import FeatureBuffer, FeatureRequest
 from specdec.drafters.medusa import proposal
 from specdec.drafters.tree import best_subtree
 from specdec.errors import ConfigError
-from specdec.fast.graphs import CapturedGraphs
+from specdec.fast.graphs import CapturedGraphs, Outputs
 from specdec.heads.cache import HeadCache
 from specdec.heads.checkpoints import load_heads
 from specdec.heads.eagle import Eagle3Head, EagleHead
@@ -83,6 +90,10 @@ class EagleDrafter:
         self._root = torch.zeros(0, device=weight.device, dtype=weight.dtype)  # [B, 1, D] the root's output
         self._pad = torch.zeros(0, dtype=torch.long, device=weight.device)  # [B] left padding
         self._columns = torch.zeros(0, dtype=torch.long, device=weight.device)  # [C] 0..C-1
+        self._ahead: tuple[int, torch.Tensor] | None = None  # (batch length it follows, chain [B, W]): draft_ahead's
+        # whether to draft ahead: where the GPU's drafting overlaps the host's reading of the verdict (on a CPU the
+        # ahead feed's extra entries are only extra work; tests turn it on there to check it)
+        self.ahead = weight.device.type == "cuda"
 
     @property
     def forwards(self) -> int:
@@ -112,6 +123,7 @@ class EagleDrafter:
         self._pad.copy_(batch.pad_lengths)
         self.buffer.reset()
         self.fed, self.has_root = 0, False
+        self._ahead = None
         self._max_length = batch.max_length
 
     def read_features(self, features: torch.Tensor, length: int) -> None:
@@ -168,9 +180,66 @@ class EagleDrafter:
         return self.has_root
 
     @torch.no_grad()
+    def draft_ahead(
+        self,
+        batch: SequenceBatch,
+        length: int,
+        accepted: torch.Tensor,
+        features: torch.Tensor,
+        k: int,
+        generation: GenerationConfig,
+    ) -> bool:
+        """Feed this step's verified positions and draft the next chain before the verdict is read (see the module
+        docstring); False where it does not apply (trees, sampling, a head not fed up to this step, the batch's
+        end). ``length``: the batch's length when the step began; accepted: [] the drafts every row keeps (device);
+        features: [B, W + 1, F] the verification's; ``k``: the next step's K."""
+        self._ahead = None
+        width_in = features.shape[1]  # W + 1: the verified positions
+        if (
+            not self.ahead
+            or self.options.tree != "chain"
+            or not generation.greedy
+            or self.cache is None
+            or not self.has_root
+            or self.fed != length - 1
+            or length + width_in > batch.tokens.shape[1]
+        ):
+            return False
+        tokens = batch.tokens[:, length : length + width_in]  # [B, W + 1]: kept drafts, the next token, stale drafts
+        self._graphs.run(("feed-ahead", width_in), (tokens, features, accepted.reshape(1)), self._feed_ahead_run)
+        width = min(k, self.options.depth)
+        (chain,) = self._graphs.run(("chain", width), (), lambda: (self._chain_run(width, None, None),))
+        assert chain is not None
+        self._ahead = (length, chain.clone())
+        self._forwards += width
+        return True
+
+    def _feed_ahead_run(self, tokens: torch.Tensor, features: torch.Tensor, accepted: torch.Tensor) -> Outputs:
+        """Device work only: entries ``fed..fed+S-1`` from tokens [B, S] and features [B, S, F]; the root is the
+        output at ``accepted`` [1] (the last kept entry's), and ``fed`` (on the device) moves past the kept ones."""
+        columns = self._fed_at + self._columns[: tokens.shape[1]]  # [S]
+        out = self._run(tokens, features, columns, columns, self._visible(columns))  # [B, S, D]
+        self._root.copy_(out.index_select(1, accepted))
+        self._fed_at.add_(accepted[0] + 1)
+        return ()
+
+    def _take_ahead(self, batch: SequenceBatch, k: int) -> DraftProposal | None:
+        """The chain :meth:`draft_ahead` drafted for this step, cut to ``k`` (a prefix of a greedy chain is the
+        shorter chain), or None when there is none for this step."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != self.fed + 1 or self.buffer.known < batch.length - 1:
+            return None
+        self.fed, self.has_root = batch.length - 1, True  # the ahead feed covered every kept entry
+        return proposal(ahead[1][:, : min(k, ahead[1].shape[1])], None, None)
+
+    @torch.no_grad()
     def propose(
         self, batch: SequenceBatch, k: int, generation: GenerationConfig, generator: torch.Generator | None
     ) -> DraftProposal:
+        if k > 0 and self._ahead is not None:
+            drafted = self._take_ahead(batch, k)
+            if drafted is not None:
+                return drafted
         if k <= 0 or self.cache is None or self.buffer.features is None or not self._feed(batch):
             return empty_proposal(batch)
         if self.options.tree == "dynamic":
