@@ -90,8 +90,9 @@ def decode_attention(
     num_heads = q.shape[2]
     num_kv_heads, max_length = cache_k.shape[1], cache_k.shape[2]
     group = num_heads // num_kv_heads
-    keys = cache_k.repeat_interleave(group, dim=1)  # [B, H, M, Dh]
-    values = cache_v.repeat_interleave(group, dim=1)
+    keys, values = cache_k, cache_v  # [B, H, M, Dh] once repeated for the query heads (no copy when not grouped)
+    if group > 1:
+        keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
     scores = torch.matmul(q.transpose(1, 2), keys.transpose(2, 3)).float() * scale  # [B, H, S, M]
     key_columns = torch.arange(max_length, device=q.device)[None, :]
     visible = (key_columns <= columns[:, None])[None, None]  # [1, 1, S, M]
@@ -105,3 +106,26 @@ def decode_attention(
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     return torch.matmul(probs, values).transpose(1, 2)  # [B, S, H, Dh]
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """The sampling distribution (see ``specdec.sampling.logits_to_probs``): logits [..., V] float32 -> [..., V].
+
+    Scores ``(logits - max) / T`` (<= 0, the best exactly 0); top-k keeps the scores at or above the k-th best; top-p
+    sorts them, keeps tokens while the mass before them is below ``top_p`` and every token tying with the last kept.
+    """
+    scores = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # [..., V], <= 0, the best at 0
+    vocab_size = scores.shape[-1]
+    if top_k and top_k < vocab_size:
+        kth_best = torch.topk(scores, top_k, dim=-1).values[..., -1:]  # [..., 1]
+        scores = scores.masked_fill(scores < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_scores = torch.sort(scores, dim=-1, descending=True).values  # [..., V]
+        sorted_probs = torch.softmax(sorted_scores, dim=-1)
+        # mass strictly before each token; a token is kept while that mass is below top_p (so the first always is),
+        # and so is every token that ties with the last one kept (however a sort happens to order equal scores)
+        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        kept = (mass_before < top_p).sum(dim=-1, keepdim=True)  # [..., 1], >= 1
+        last_kept = sorted_scores.gather(-1, kept - 1)  # [..., 1]
+        scores = scores.masked_fill(scores < last_kept, float("-inf"))
+    return torch.softmax(scores, dim=-1)
