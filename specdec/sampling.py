@@ -21,27 +21,18 @@ def logits_to_probs(logits: torch.Tensor, config: GenerationConfig) -> torch.Ten
     score is subtracted before dividing, so every score is <= 0 and the best is exactly 0. A temperature so small
     that the other scores underflow to -inf gives the limit T -> 0, the uniform distribution over the argmax (one-hot
     without ties), never inf - inf = nan. Must not be called with temperature 0 (greedy decoding has no
-    distribution; use ``argmax``).
+    distribution; use ``argmax``). Top-p keeps the most probable tokens until their mass reaches ``top_p``, and
+    every token that ties with the last one kept.
+
+    Computed by the device's kernel set (``specdec.kernels``): on a CUDA GPU without a sort of the vocabulary.
     """
     if config.greedy:
         raise ValueError("logits_to_probs needs temperature > 0; greedy decoding uses argmax")
-    logits = logits.float()
+    from specdec.kernels import kernels_for  # here: the kernel registry imports this module's importers
+
     # Above float32's largest value the divisor would round to inf, and a masked -inf logit / inf is nan.
     temperature = min(config.temperature, FLOAT32_MAX)
-    scores = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # [..., V], <= 0, the best at 0
-    vocab_size = scores.shape[-1]
-    if config.top_k and config.top_k < vocab_size:
-        kth_best = torch.topk(scores, config.top_k, dim=-1).values[..., -1:]  # [..., 1]
-        scores = scores.masked_fill(scores < kth_best, float("-inf"))
-    if config.top_p is not None and config.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, dim=-1, descending=True)  # [..., V]
-        sorted_probs = torch.softmax(sorted_scores, dim=-1)
-        # mass strictly before each token; a token is kept while that mass is below top_p (so the first always is)
-        mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
-        drop_sorted = mass_before >= config.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        scores = scores.masked_fill(drop, float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    return kernels_for(logits.device).sampling_probs(logits.float(), temperature, config.top_k, config.top_p)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -74,3 +74,10 @@ def test_top_k_and_top_p_keep_the_right_tokens():
     nucleus = logits_to_probs(logits, GenerationConfig(temperature=1.0, top_p=0.7))  # 0.5 + 0.25 reaches 0.7
     torch.testing.assert_close(nucleus, torch.tensor([2 / 3, 1 / 3, 0.0, 0.0]))
     assert logits_to_probs(logits, GenerationConfig(temperature=1.0, top_p=0.4))[0] == 1.0
+
+
+def test_top_p_keeps_every_token_that_ties_with_the_last_one_kept():
+    logits = torch.log(torch.tensor([0.4, 0.1, 0.2, 0.2, 0.1]))
+    # 0.4, then 0.2 (mass before it 0.4 < 0.5) is the last kept: its twin is kept too, whatever order a sort gives
+    nucleus = logits_to_probs(logits, GenerationConfig(temperature=1.0, top_p=0.5))
+    torch.testing.assert_close(nucleus, torch.tensor([0.5, 0.0, 0.25, 0.25, 0.0]))

@@ -140,10 +140,11 @@ def exact_target_distributions(target, prompt: list[int], config: GenerationConf
     return joint, marginal3
 
 
-def sample_first_three_tokens(target, draft, prompt, config):
+def sample_first_three_tokens(target, draft, prompt, config, load=loaded):
     """t1 comes from the prefill; with max_new_tokens=4 and K=2, t2 and t3 come from the first speculative step.
-    ``draft``: a draft model, or a drafting method from `make_drafter`."""
-    engine = SpeculativeEngine(loaded(target, "t"), draft if isinstance(draft, DraftSpec) else loaded(draft, "d"))
+    ``draft``: a draft model, or a drafting method from `make_drafter`; ``load(model, name)``: the LoadedModel
+    (default: on the CPU)."""
+    engine = SpeculativeEngine(load(target, "t"), draft if isinstance(draft, DraftSpec) else load(draft, "d"))
     rows, accepted = [], 0
     for call in range(CALLS):
         seeded = GenerationConfig(

@@ -31,6 +31,7 @@ class Kernels:
     decode_attention: Callable[..., torch.Tensor]
     greedy_verify: Callable[..., verification.Verdict]
     speculative_sample_from_noise: Callable[..., verification.Verdict]
+    sampling_probs: Callable[..., torch.Tensor]  # logits, temperature, top_k, top_p -> the sampling distribution
 
 
 TORCH_KERNELS = Kernels(
@@ -42,9 +43,11 @@ TORCH_KERNELS = Kernels(
     decode_attention=reference.decode_attention,
     greedy_verify=verification.greedy_verify,
     speculative_sample_from_noise=verification.speculative_sample_from_noise,
+    sampling_probs=reference.sampling_probs,
 )
 
 
+@cache
 def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
@@ -74,6 +77,7 @@ def load_triton_kernels() -> Kernels:
         decode_attention=decode_attention,
         greedy_verify=tk.greedy_verify,
         speculative_sample_from_noise=tk.speculative_sample_from_noise,
+        sampling_probs=tk.sampling_probs,
     )
 
 

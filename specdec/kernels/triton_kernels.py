@@ -468,7 +468,7 @@ def speculative_sample_from_noise(
         target_probs, draft_probs, draft_tokens, uniforms.contiguous(), num_accepted, row_accepted, batch,
         num_drafted, vocab, triton.next_power_of_2(batch), triton.next_power_of_2(max(num_drafted, 1)),
     )  # fmt: skip
-    splits = 8 if vocab >= 16384 else 1
+    splits = 64 if vocab >= 16384 else 1  # a program per 2k tokens of a large vocabulary (one row: 64 programs)
     partial = {
         name: torch.empty((batch, splits), dtype=dtype, device=device)
         for name, dtype in (("rb", torch.float32), ("ri", torch.int32), ("m", torch.float32),
@@ -484,3 +484,24 @@ def speculative_sample_from_noise(
         row_accepted, next_tokens, num_drafted, splits,
     )  # fmt: skip
     return Verdict(num_accepted=num_accepted, row_accepted=row_accepted, next_tokens=next_tokens)
+
+
+# -------------------------------------------------------------------------------------- sampling distributions
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """The sampling distribution of ``reference.sampling_probs`` (logits [..., V] float32 -> [..., V]) in fewer,
+    wider GPU kernels: the reference's two softmaxes over one row of a large vocabulary run as one thread block
+    each (55 us per 128k-token row on an H200); here ``e = exp(score)`` is computed once, top-p's cumulative mass is
+    a cumulative sum of the sorted ``e`` against ``top_p`` times their total, and the kept ``e`` are divided by
+    their sum. Top-p keeps every token tying with the last one kept, as the reference does."""
+    scores = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # [..., V], <= 0, the best at 0
+    vocab_size = scores.shape[-1]
+    if top_k and top_k < vocab_size:
+        kth_best = torch.topk(scores, top_k, dim=-1).values[..., -1:]  # [..., 1]
+        scores = scores.masked_fill(scores < kth_best, float("-inf"))
+    e = scores.exp()  # [..., V], the best exactly 1
+    if top_p is not None and top_p < 1.0:
+        sorted_e = torch.sort(e, dim=-1, descending=True).values  # [..., V]
+        mass = torch.cumsum(sorted_e, dim=-1)  # [..., V]
+        kept = ((mass - sorted_e) < top_p * mass[..., -1:]).sum(dim=-1, keepdim=True)  # [..., 1], >= 1
+        e = e.masked_fill(e < sorted_e.gather(-1, kept - 1), 0.0)
+    return e / e.sum(dim=-1, keepdim=True)
