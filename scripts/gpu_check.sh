@@ -44,8 +44,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
 if [[ " $PARTS " == *" tests "* ]]; then
-  timeout -s INT "${LIMIT:-120}" python3 -m pytest tests/test_kernels.py tests/test_gpu.py tests/test_fast_path.py \
-    tests/test_gpu_drafters.py tests/test_gpu_hf.py -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/tests.log" || status=1
+  timeout -s INT "${LIMIT:-150}" python3 -m pytest tests/test_kernels.py tests/test_gpu.py tests/test_fast_path.py \
+    tests/test_gpu_drafters.py tests/test_gpu_hf.py tests/test_gpu_sampling.py -q -p no:cacheprovider -rs 2>&1 \
+    | tee "$OUT/tests.log" || status=1
 fi
 if [[ " $PARTS " == *" bench "* ]]; then
   eval timeout -s INT "${LIMIT:-230}" python3 -m specdec.benchmarks.gpu --out "$OUT" "$BENCH_ARGS" 2>&1 | tee "$OUT/bench.log" \

@@ -67,6 +67,19 @@ class Decoder(Protocol):
         position + ``tree.depths[s]`` and sees the committed cache, its ancestors and itself."""
         ...
 
+    def forward_then(
+        self,
+        input_ids: torch.Tensor,
+        inputs: tuple[torch.Tensor, ...],
+        then: Callable[..., tuple[torch.Tensor, ...]],
+        key: tuple[object, ...],
+    ) -> tuple[torch.Tensor, ...]:
+        """``then(logits, *inputs)`` on the logits [B, S, vocab_size] of ``forward(input_ids)``: device work only,
+        the same for the same ``key``, so that a fast path can replay both as one CUDA graph (a sampled
+        autoregressive step: the forward, the sampling distribution and the draw from given noise). Returns
+        ``then``'s tensors (a graph's own: valid until the next call)."""
+        ...
+
     def keep_path(self, start: int, columns: torch.Tensor) -> None:
         """Move the cached entries at ``columns`` [n] int64 (increasing) to columns [start, start + n): after a tree
         step, the kept path next to the root. Costs O(n) per layer; the length is unchanged (roll back after)."""
@@ -143,6 +156,15 @@ class HFDecoder:
     def compact(self, source: torch.Tensor) -> None:
         assert self.cache is not None
         self.cache.compact(source)
+
+    def forward_then(
+        self,
+        input_ids: torch.Tensor,
+        inputs: tuple[torch.Tensor, ...],
+        then: Callable[..., tuple[torch.Tensor, ...]],
+        key: tuple[object, ...],
+    ) -> tuple[torch.Tensor, ...]:
+        return then(self.forward(input_ids), *inputs)
 
     @torch.inference_mode()
     def forward(

@@ -58,7 +58,7 @@ from specdec.sampling import next_token
 from specdec.seeding import make_generator, seed_everything
 from specdec.sequence import SequenceBatch
 from specdec.tree import check_parents, depths, require_batch_of_one, tree_attention
-from specdec.verification import Verifier
+from specdec.verification import Verdict, Verifier, draw_noise
 
 if TYPE_CHECKING:
     from specdec.engine import SpeculativeEngine
@@ -272,11 +272,14 @@ class Generation:
             if parents is None:
                 batch.tokens[:, length : length + drafted] = proposal.tokens
         tree = tree_attention(parents, engine.device) if parents is not None else None
-        target_logits = engine.target.forward(verify_ids, tree=tree)  # [B, W + 1, V]
         limits = self._limits(proposal) if self.per_row and drafted > 0 else None  # [B]: the most each row keeps
-        verdict = self.verifier.verify(
-            proposal.tokens, proposal.probs, target_logits, self._generator, requested_k, parents, limits
-        )
+        if drafter is None and self.verifier.samples_from_noise:  # sampled autoregressive: one graph on a fast path
+            verdict = self._own_sample(verify_ids)
+        else:
+            target_logits = engine.target.forward(verify_ids, tree=tree)  # [B, W + 1, V]
+            verdict = self.verifier.verify(
+                proposal.tokens, proposal.probs, target_logits, self._generator, requested_k, parents, limits
+            )
         drafts = proposal.tokens
         if verdict.path is not None:  # a tree: the kept path's tokens, then the next token
             drafts = proposal.tokens.gather(1, verdict.path.clamp_min(0))  # [B, W]
@@ -337,6 +340,17 @@ class Generation:
         record.marks = (start_mark, drafted_mark, verified_mark)
         record.previous, self._emitted_mark = self._emitted_mark, verified_mark
         self.records.append(record)
+
+    def _own_sample(self, verify_ids: torch.Tensor) -> Verdict:
+        """The target's next token per row, sampled: the same draws and result as verifying an empty proposal, with
+        the forward, the sampling distribution and the draw in one ``forward_then`` (one graph on a fast path)."""
+        target, generation = self.engine.target, self.generation
+        noise = draw_noise(verify_ids.shape[0], 0, target.vocab_size, self.engine.device, self._generator)
+        key = ("own-sample", generation.temperature, generation.top_k, generation.top_p)
+        accepted, row_accepted, next_tokens = target.forward_then(
+            verify_ids, noise, self.verifier.own_sample_from_noise, key
+        )
+        return Verdict(num_accepted=accepted, row_accepted=row_accepted, next_tokens=next_tokens)
 
     @property
     def free_rows(self) -> list[int]:

@@ -131,15 +131,23 @@ def speculative_sample_verify(
     if draft_probs is None:  # a deterministic proposal: q = one-hot(d)
         draft_probs = torch.zeros_like(target_probs[:, :num_drafted])
         draft_probs.scatter_(-1, draft_tokens.unsqueeze(-1), 1.0)
-    device = target_probs.device
-    uniforms = torch.rand((batch, num_drafted), generator=generator, device=device, dtype=torch.float32)
-    exponentials = torch.empty((batch, target_probs.shape[-1]), device=device, dtype=torch.float32)
-    exponentials.exponential_(generator=generator)
+    uniforms, exponentials = draw_noise(batch, num_drafted, target_probs.shape[-1], target_probs.device, generator)
     if limits is not None:
         return speculative_sample_from_noise(draft_tokens, draft_probs, target_probs, uniforms, exponentials, limits)
     return (from_noise or speculative_sample_from_noise)(
         draft_tokens, draft_probs, target_probs, uniforms, exponentials
     )
+
+
+def draw_noise(
+    batch: int, num_drafted: int, vocab: int, device: torch.device, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random draws of one speculative sampling step, in this order: uniforms [B, K] for the accept tests,
+    exponentials [B, V] of Exp(1) for the recovered (or bonus) token's race."""
+    uniforms = torch.rand((batch, num_drafted), generator=generator, device=device, dtype=torch.float32)
+    exponentials = torch.empty((batch, vocab), device=device, dtype=torch.float32)
+    exponentials.exponential_(generator=generator)
+    return uniforms, exponentials
 
 
 def speculative_sample_from_noise(
@@ -392,6 +400,27 @@ class Verifier:
         else:
             own_choice = sample(_at(target_probs, n), generator)
         return _finish(draft_tokens, row_accepted, own_choice, n)
+
+    @property
+    def samples_from_noise(self) -> bool:
+        """Whether a step that drafted nothing samples the target's token from noise drawn beforehand
+        (:meth:`own_sample_from_noise`, which a fast path can replay with the forward as one graph)."""
+        return not self.generation.greedy and self.synthetic is None and self.acceptance.policy.is_lossless
+
+    def own_sample_from_noise(
+        self, target_logits: torch.Tensor, uniforms: torch.Tensor, exponentials: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Device work only: what :meth:`verify` gives for a step that drafted nothing, from the noise of
+        :func:`draw_noise` (uniforms [B, 0], exponentials [B, V]); target_logits: [B, 1, V]. Returns the verdict's
+        (num_accepted, row_accepted, next_tokens)."""
+        batch, vocab = target_logits.shape[0], target_logits.shape[-1]
+        drafts = torch.empty((batch, 0), dtype=torch.long, device=target_logits.device)
+        draft_probs = torch.zeros((batch, 0, vocab), dtype=torch.float32, device=target_logits.device)
+        from_noise = self.kernels.speculative_sample_from_noise if self.kernels is not None else None
+        verdict = (from_noise or speculative_sample_from_noise)(
+            drafts, draft_probs, self.target_probs(target_logits), uniforms, exponentials
+        )
+        return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens
 
     def check_trees(self, drafter_name: str) -> None:
         """Refuse token trees under a policy that is not lossless on them (lossy and synthetic: chains only)."""

@@ -190,6 +190,27 @@ class FastDecoder:
         return logits
 
     @torch.inference_mode()
+    def forward_then(
+        self,
+        input_ids: torch.Tensor,
+        inputs: tuple[torch.Tensor, ...],
+        then: Callable[..., tuple[torch.Tensor, ...]],
+        key: tuple[object, ...],
+    ) -> tuple[torch.Tensor, ...]:
+        """See ``Decoder.forward_then``: the forward and ``then`` replay one graph (one per ``key`` and width)."""
+        seq = input_ids.shape[1]
+        assert self.feature_request is None, "forward_then computes no features"
+        outputs = self._graphed(
+            ("then", seq, *key),
+            (input_ids, *inputs),
+            lambda ids, *rest: then(self._forward(ids, False)[0], *rest),
+            GRAPH_MAX_TOKENS,
+        )
+        self._length += seq
+        self.forwards += 1
+        return tuple(x for x in outputs if x is not None)
+
+    @torch.inference_mode()
     def keep_path(self, start: int, columns: torch.Tensor) -> None:
         """Move the cached keys and values at ``columns`` [n] int64 (increasing cache columns) to the consecutive
         columns [start, start + n), every layer at once; the cache's length is unchanged (roll back after)."""
