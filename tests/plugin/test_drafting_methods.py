@@ -214,4 +214,5 @@ def test_the_heads_suite_compares_chain_and_tree_for_each_drafting_method():
     assert "heldout[model-tiny-code-draft-branching=1,k=4,cpu,fp32,bs=1]" in ids
     speculative = [c for c in cases if not c.is_autoregressive]
     assert {c.draft_method for c in speculative} == {"model", "ngram", "medusa", "eagle"}
-    assert {c.speculation.k for c in speculative if c.speculation} == {4}
+    assert {c.speculation.k for c in speculative if c.speculation} == {4, 6}  # K 6: the deep EAGLE tree's case
+    assert "heldout-deep[eagle,k=6,cpu,fp32,bs=1]" in ids
