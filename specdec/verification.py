@@ -388,9 +388,8 @@ class Verifier:
                     return greedy_verify(draft_tokens, target_logits, limits)
                 greedy = self.kernels.greedy_verify if self.kernels is not None else greedy_verify
                 return greedy(draft_tokens, target_logits)
-            from_noise = self.kernels.speculative_sample_from_noise if self.kernels is not None else None
             return speculative_sample_verify(
-                draft_tokens, draft_probs, self.target_probs(target_logits), generator, from_noise, limits=limits
+                draft_tokens, draft_probs, self.target_probs(target_logits), generator, self._from_noise, limits=limits
             )
         target_probs = self.target_probs(target_logits)
         row_accepted = accepted_prefix_length(lossy_accepted(draft_tokens, target_probs, self.acceptance))
@@ -400,6 +399,11 @@ class Verifier:
         else:
             own_choice = sample(_at(target_probs, n), generator)
         return _finish(draft_tokens, row_accepted, own_choice, n)
+
+    @property
+    def _from_noise(self) -> Callable[..., Verdict]:
+        """The kernel set's ``speculative_sample_from_noise``, or this module's."""
+        return self.kernels.speculative_sample_from_noise if self.kernels is not None else speculative_sample_from_noise
 
     @property
     def samples_from_noise(self) -> bool:
@@ -416,10 +420,7 @@ class Verifier:
         batch, vocab = target_logits.shape[0], target_logits.shape[-1]
         drafts = torch.empty((batch, 0), dtype=torch.long, device=target_logits.device)
         draft_probs = torch.zeros((batch, 0, vocab), dtype=torch.float32, device=target_logits.device)
-        from_noise = self.kernels.speculative_sample_from_noise if self.kernels is not None else None
-        verdict = (from_noise or speculative_sample_from_noise)(
-            drafts, draft_probs, self.target_probs(target_logits), uniforms, exponentials
-        )
+        verdict = self._from_noise(drafts, draft_probs, self.target_probs(target_logits), uniforms, exponentials)
         return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens
 
     def check_trees(self, drafter_name: str) -> None:

@@ -108,17 +108,22 @@ def decode_attention(
     return torch.matmul(probs, values).transpose(1, 2)  # [B, S, H, Dh]
 
 
+def top_k_scores(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+    """``(logits - max) / T`` ([..., V], <= 0, the best exactly 0), -inf below the k-th best score with ``top_k``."""
+    scores = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    if top_k and top_k < scores.shape[-1]:
+        kth_best = torch.topk(scores, top_k, dim=-1).values[..., -1:]  # [..., 1]
+        scores = scores.masked_fill(scores < kth_best, float("-inf"))
+    return scores
+
+
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """The sampling distribution (see ``specdec.sampling.logits_to_probs``): logits [..., V] float32 -> [..., V].
 
     Scores ``(logits - max) / T`` (<= 0, the best exactly 0); top-k keeps the scores at or above the k-th best; top-p
     sorts them, keeps tokens while the mass before them is below ``top_p`` and every token tying with the last kept.
     """
-    scores = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # [..., V], <= 0, the best at 0
-    vocab_size = scores.shape[-1]
-    if top_k and top_k < vocab_size:
-        kth_best = torch.topk(scores, top_k, dim=-1).values[..., -1:]  # [..., 1]
-        scores = scores.masked_fill(scores < kth_best, float("-inf"))
+    scores = top_k_scores(logits, temperature, top_k)
     if top_p is not None and top_p < 1.0:
         sorted_scores = torch.sort(scores, dim=-1, descending=True).values  # [..., V]
         sorted_probs = torch.softmax(sorted_scores, dim=-1)

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from specdec.kernels import reference
 from specdec.verification import Verdict
 
 
@@ -493,12 +494,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None, 
     each (55 us per 128k-token row on an H200); here ``e = exp(score)`` is computed once, top-p's cumulative mass is
     a cumulative sum of the sorted ``e`` against ``top_p`` times their total, and the kept ``e`` are divided by
     their sum. Top-p keeps every token tying with the last one kept, as the reference does."""
-    scores = (logits - logits.amax(dim=-1, keepdim=True)) / temperature  # [..., V], <= 0, the best at 0
-    vocab_size = scores.shape[-1]
-    if top_k and top_k < vocab_size:
-        kth_best = torch.topk(scores, top_k, dim=-1).values[..., -1:]  # [..., 1]
-        scores = scores.masked_fill(scores < kth_best, float("-inf"))
-    e = scores.exp()  # [..., V], the best exactly 1
+    e = reference.top_k_scores(logits, temperature, top_k).exp()  # [..., V], the best exactly 1
     if top_p is not None and top_p < 1.0:
         sorted_e = torch.sort(e, dim=-1, descending=True).values  # [..., V]
         mass = torch.cumsum(sorted_e, dim=-1)  # [..., V]
