@@ -92,7 +92,7 @@ class EagleHead(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., V] over the target's vocabulary (the target's output layer)."""
-        return F.linear(hidden, self.target.lm_head.to(hidden.dtype))
+        return self.target.output(hidden)
 
 
 class Eagle3Head(nn.Module):

@@ -78,6 +78,5 @@ class MedusaHeads(nn.Module):
         logits = []
         for head in self._heads():
             h = head.blocks(features)  # [..., D]
-            weight = self.target.lm_head if head.lm_head is None else head.lm_head.weight  # [V, D]
-            logits.append(F.linear(h, weight.to(h.dtype)))
+            logits.append(self.target.output(h) if head.lm_head is None else head.lm_head(h))
         return torch.stack(logits)
