@@ -89,8 +89,43 @@ class Decoder(Protocol):
         Returns the ``k`` argmax tokens [B, k]; the cache grows by ``S + k - 1``."""
         ...
 
+    def sampled_chain(
+        self,
+        input_ids: torch.Tensor,
+        exponentials: torch.Tensor,
+        probs_of: Callable[[torch.Tensor], torch.Tensor],
+        key: tuple[object, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampled drafting from given noise: read ``input_ids`` [B, S], then draw ``k`` tokens, each from
+        ``probs_of(logits)`` ([B, V] -> [B, V], device work only, the same for the same ``key``) by the exponential
+        race ``argmax_v q(v) / E(v)`` on ``exponentials`` [B, k, V] of Exp(1) (which draws v with probability q(v)).
+        Returns the tokens [B, k] and their distributions [B, k, V]; the cache grows by ``S + k - 1``. A fast path
+        replays the whole chain as one graph (one per ``key``, width and k)."""
+        ...
+
     def rollback(self, length: int) -> None:
         """Drop cached columns ``>= length`` in O(1)."""
+
+
+def sampled_chain_loop(
+    forward: Callable[[torch.Tensor, bool], torch.Tensor],
+    input_ids: torch.Tensor,
+    exponentials: torch.Tensor,
+    probs_of: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`Decoder.sampled_chain` as a loop over ``forward(input_ids, last_only)``. -> tokens [B, k], probs
+    [B, k, V]."""
+    k = exponentials.shape[1]
+    logits = forward(input_ids, True)[:, -1]  # [B, V]
+    tokens, probs = [], []
+    for i in range(k):
+        q = probs_of(logits)  # [B, V]
+        token = (q / exponentials[:, i]).argmax(dim=-1)  # [B]
+        tokens.append(token)
+        probs.append(q)
+        if i + 1 < k:
+            logits = forward(token[:, None], True)[:, -1]
+    return torch.stack(tokens, dim=1), torch.stack(probs, dim=1)
 
 
 def greedy_chain_loop(
@@ -165,6 +200,15 @@ class HFDecoder:
         key: tuple[object, ...],
     ) -> tuple[torch.Tensor, ...]:
         return then(self.forward(input_ids), *inputs)
+
+    def sampled_chain(
+        self,
+        input_ids: torch.Tensor,
+        exponentials: torch.Tensor,
+        probs_of: Callable[[torch.Tensor], torch.Tensor],
+        key: tuple[object, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return sampled_chain_loop(self.forward, input_ids, exponentials, probs_of)
 
     @torch.inference_mode()
     def forward(

@@ -273,8 +273,11 @@ class Generation:
                 batch.tokens[:, length : length + drafted] = proposal.tokens
         tree = tree_attention(parents, engine.device) if parents is not None else None
         limits = self._limits(proposal) if self.per_row and drafted > 0 else None  # [B]: the most each row keeps
-        if drafter is None and self.verifier.samples_from_noise:  # sampled autoregressive: one graph on a fast path
-            verdict = self._own_sample(verify_ids)
+        from_noise = self.verifier.samples_from_noise and engine.target.feature_request is None
+        if from_noise and drafter is None:  # sampled autoregressive: one graph on a fast path
+            verdict = self._sample_from_noise(verify_ids)
+        elif from_noise and drafted > 0 and parents is None and limits is None and proposal.probs is not None:
+            verdict = self._sample_from_noise(verify_ids, proposal.tokens, proposal.probs)  # a sampled chain: too
         else:
             target_logits = engine.target.forward(verify_ids, tree=tree)  # [B, W + 1, V]
             verdict = self.verifier.verify(
@@ -341,14 +344,19 @@ class Generation:
         record.previous, self._emitted_mark = self._emitted_mark, verified_mark
         self.records.append(record)
 
-    def _own_sample(self, verify_ids: torch.Tensor) -> Verdict:
-        """The target's next token per row, sampled: the same draws and result as verifying an empty proposal, with
-        the forward, the sampling distribution and the draw in one ``forward_then`` (one graph on a fast path)."""
+    def _sample_from_noise(
+        self, verify_ids: torch.Tensor, drafts: torch.Tensor | None = None, draft_probs: torch.Tensor | None = None
+    ) -> Verdict:
+        """Speculative sampling of a chain, or the target's own sample when nothing was drafted: the same draws and
+        result as ``verifier.verify``, with the forward, the sampling distributions and the draws in one
+        ``forward_then`` (one graph on a fast path)."""
         target, generation = self.engine.target, self.generation
-        noise = draw_noise(verify_ids.shape[0], 0, target.vocab_size, self.engine.device, self._generator)
-        key = ("own-sample", generation.temperature, generation.top_k, generation.top_p)
+        drafted = 0 if drafts is None else drafts.shape[1]
+        noise = draw_noise(verify_ids.shape[0], drafted, target.vocab_size, self.engine.device, self._generator)
+        chain = () if drafts is None or draft_probs is None else (drafts, draft_probs)
+        key = ("sample", generation.temperature, generation.top_k, generation.top_p, len(chain))
         accepted, row_accepted, next_tokens = target.forward_then(
-            verify_ids, noise, self.verifier.own_sample_from_noise, key
+            verify_ids, (*noise, *chain), self.verifier.sample_from_noise, key
         )
         return Verdict(num_accepted=accepted, row_accepted=row_accepted, next_tokens=next_tokens)
 

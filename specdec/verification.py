@@ -407,20 +407,27 @@ class Verifier:
 
     @property
     def samples_from_noise(self) -> bool:
-        """Whether a step that drafted nothing samples the target's token from noise drawn beforehand
-        (:meth:`own_sample_from_noise`, which a fast path can replay with the forward as one graph)."""
+        """Whether a sampled step can verify from noise drawn beforehand (:meth:`sample_from_noise`, which a fast
+        path replays with the target's forward as one graph): lossless speculative sampling, not synthetic."""
         return not self.generation.greedy and self.synthetic is None and self.acceptance.policy.is_lossless
 
-    def own_sample_from_noise(
-        self, target_logits: torch.Tensor, uniforms: torch.Tensor, exponentials: torch.Tensor
+    def sample_from_noise(
+        self,
+        target_logits: torch.Tensor,
+        uniforms: torch.Tensor,
+        exponentials: torch.Tensor,
+        draft_tokens: torch.Tensor | None = None,
+        draft_probs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Device work only: what :meth:`verify` gives for a step that drafted nothing, from the noise of
-        :func:`draw_noise` (uniforms [B, 0], exponentials [B, V]); target_logits: [B, 1, V]. Returns the verdict's
-        (num_accepted, row_accepted, next_tokens)."""
+        """Device work only: what :meth:`verify` gives for a sampled chain (lockstep) from the noise of
+        :func:`draw_noise` (uniforms [B, K], exponentials [B, V]); target_logits: [B, K + 1, V]; draft_tokens [B, K]
+        and draft_probs [B, K, V] (None: a step that drafted nothing, K = 0). Returns the verdict's (num_accepted,
+        row_accepted, next_tokens)."""
         batch, vocab = target_logits.shape[0], target_logits.shape[-1]
-        drafts = torch.empty((batch, 0), dtype=torch.long, device=target_logits.device)
-        draft_probs = torch.zeros((batch, 0, vocab), dtype=torch.float32, device=target_logits.device)
-        verdict = self._from_noise(drafts, draft_probs, self.target_probs(target_logits), uniforms, exponentials)
+        if draft_tokens is None or draft_probs is None:
+            draft_tokens = torch.empty((batch, 0), dtype=torch.long, device=target_logits.device)
+            draft_probs = torch.zeros((batch, 0, vocab), dtype=torch.float32, device=target_logits.device)
+        verdict = self._from_noise(draft_tokens, draft_probs, self.target_probs(target_logits), uniforms, exponentials)
         return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens
 
     def check_trees(self, drafter_name: str) -> None:

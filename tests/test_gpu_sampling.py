@@ -23,7 +23,7 @@ from test_sampling_lossless import (
 )
 from tiny_models import make_model
 
-from specdec import GenerationConfig, SpeculativeEngine
+from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
 
 pytestmark = [
     pytest.mark.gpu,
@@ -101,3 +101,22 @@ def test_a_sampled_autoregressive_step_replays_the_eager_step_s_draws():
     assert graphed.generate(prompts, config).token_ids == first  # replayed, not only captured
     assert eager.generate(prompts, config).token_ids == first
     assert len(graphed.target._graphs) > 0  # type: ignore[attr-defined]
+
+
+def test_a_sampled_speculative_step_replays_the_eager_step_s_draws():
+    """With the same seed, the sampled draft chain and the sampled verification replayed as graphs and the same steps
+    run eagerly give the same tokens, and the graphs were used: the drafts and the accept tests draw nothing of
+    their own."""
+    target = make_model("llama", seed=3, layers=2)
+    draft = make_model("llama", seed=4, layers=1)
+    config = GenerationConfig(max_new_tokens=24, temperature=0.9, top_p=0.95, seed=7, stop_at_eos=False)
+    graphed = SpeculativeEngine(to_cuda(target, "g"), to_cuda(draft, "gd"))
+    eager = SpeculativeEngine(to_cuda(target, "e"), to_cuda(draft, "ed"))
+    eager.target._graphs.enabled = False  # type: ignore[attr-defined]
+    eager.drafter.decoder._graphs.enabled = False  # type: ignore[union-attr]
+    prompts = [[5, 17, 99, 240], [42, 7, 8, 9]]
+    first = graphed.generate(prompts, config, SpeculationConfig(k=3)).token_ids
+    assert graphed.generate(prompts, config, SpeculationConfig(k=3)).token_ids == first
+    assert eager.generate(prompts, config, SpeculationConfig(k=3)).token_ids == first
+    assert any(key[0] == "then" and key[1] == 4 for key in graphed.target._graphs._graphs)  # type: ignore[attr-defined]
+    assert any(key[0] == "sampled-chain" for key in graphed.drafter.decoder._graphs._graphs)  # type: ignore[union-attr]

@@ -10,7 +10,7 @@ from specdec.config import GenerationConfig
 from specdec.decoder import Decoder
 from specdec.drafters.base import DraftProposal
 from specdec.errors import ConfigError
-from specdec.sampling import logits_to_probs, sample
+from specdec.sampling import logits_to_probs
 from specdec.sequence import SequenceBatch
 
 
@@ -98,20 +98,15 @@ class ModelDrafter:
             return self._propose_tree(unread, batch.length, k)
         if generation.greedy:
             return DraftProposal(tokens=self.decoder.greedy_chain(unread, k), probs=None)
-        logits = self.decoder.forward(unread, last_only=True)  # [B, 1, V]
-        tokens: list[torch.Tensor] = []
-        probs: list[torch.Tensor] = []
-        for i in range(k):
-            q = logits_to_probs(logits[:, -1], generation)  # [B, V]
-            token = sample(q, generator)
-            probs.append(q)
-            tokens.append(token)
-            if i + 1 < k:
-                logits = self.decoder.forward(token[:, None], last_only=True)  # [B, 1, V]
-        return DraftProposal(
-            tokens=torch.stack(tokens, dim=1),  # [B, K]
-            probs=torch.stack(probs, dim=1),  # [B, K, V]
-        )
+        # Sampled: the noise of every draw first (with the request's generator), then the chain as device work.
+        shape = (batch.batch_size, k, self.decoder.vocab_size)
+        exponentials = torch.empty(shape, dtype=torch.float32, device=self.decoder.device)
+        exponentials.exponential_(generator=generator)
+        tokens, probs = self.decoder.sampled_chain(
+            unread, exponentials, lambda logits: logits_to_probs(logits, generation),
+            ("sampled", generation.temperature, generation.top_k, generation.top_p),
+        )  # fmt: skip
+        return DraftProposal(tokens=tokens, probs=probs)  # [B, K], [B, K, V]
 
     def _propose_tree(self, unread: torch.Tensor, length: int, k: int) -> DraftProposal:
         """Top-``branching`` tokens after the root, each continued greedily (branch by branch over the draft cache,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from specdec.decoder import greedy_chain_loop
+from specdec.decoder import greedy_chain_loop, sampled_chain_loop
 from specdec.drafters.base import FeatureRequest
 from specdec.errors import ConfigError, UnsupportedModelError
 from specdec.fast.graphs import CapturedGraphs, Outputs
@@ -233,6 +233,29 @@ class FastDecoder:
         self._length += seq + k - 1
         self.forwards += k
         return tokens
+
+    @torch.inference_mode()
+    def sampled_chain(
+        self,
+        input_ids: torch.Tensor,
+        exponentials: torch.Tensor,
+        probs_of: Callable[[torch.Tensor], torch.Tensor],
+        key: tuple[object, ...],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampled draft of ``k`` tokens from given noise as one graph (see ``Decoder.sampled_chain``)."""
+        seq, k = input_ids.shape[1], exponentials.shape[1]
+        if not self.chain_graph:
+            return sampled_chain_loop(self.forward, input_ids, exponentials, probs_of)
+        tokens, probs = self._graphed(
+            ("sampled-chain", seq, k, *key),
+            (input_ids, exponentials),
+            lambda ids, noise: sampled_chain_loop(self._logits, ids, noise, probs_of),
+            GRAPH_MAX_TOKENS,
+        )
+        assert tokens is not None and probs is not None
+        self._length += seq + k - 1
+        self.forwards += k
+        return tokens, probs
 
     def _graphed(
         self,
