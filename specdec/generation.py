@@ -276,8 +276,8 @@ class Generation:
         from_noise = self.verifier.samples_from_noise and engine.target.feature_request is None
         if from_noise and drafter is None:  # sampled autoregressive: one graph on a fast path
             verdict = self._sample_from_noise(verify_ids)
-        elif from_noise and drafted > 0 and parents is None and limits is None and proposal.probs is not None:
-            verdict = self._sample_from_noise(verify_ids, proposal.tokens, proposal.probs)  # a sampled chain: too
+        elif from_noise and drafted > 0 and parents is None and proposal.probs is not None:
+            verdict = self._sample_from_noise(verify_ids, proposal.tokens, proposal.probs, limits)  # a sampled chain
         else:
             target_logits = engine.target.forward(verify_ids, tree=tree)  # [B, W + 1, V]
             verdict = self.verifier.verify(
@@ -345,20 +345,24 @@ class Generation:
         self.records.append(record)
 
     def _sample_from_noise(
-        self, verify_ids: torch.Tensor, drafts: torch.Tensor | None = None, draft_probs: torch.Tensor | None = None
+        self,
+        verify_ids: torch.Tensor,
+        drafts: torch.Tensor | None = None,
+        draft_probs: torch.Tensor | None = None,
+        limits: torch.Tensor | None = None,
     ) -> Verdict:
-        """Speculative sampling of a chain, or the target's own sample when nothing was drafted: the same draws and
-        result as ``verifier.verify``, with the forward, the sampling distributions and the draws in one
-        ``forward_then`` (one graph on a fast path)."""
+        """Speculative sampling of a chain (lockstep, or per row with ``limits``), or the target's own sample when
+        nothing was drafted: the same draws and result as ``verifier.verify``, with the forward, the sampling
+        distributions and the draws in one ``forward_then`` (one graph on a fast path)."""
         target, generation = self.engine.target, self.generation
         drafted = 0 if drafts is None else drafts.shape[1]
         noise = draw_noise(verify_ids.shape[0], drafted, target.vocab_size, self.engine.device, self._generator)
         chain = () if drafts is None or draft_probs is None else (drafts, draft_probs)
-        key = ("sample", generation.temperature, generation.top_k, generation.top_p, len(chain))
-        accepted, row_accepted, next_tokens = target.forward_then(
-            verify_ids, (*noise, *chain), self.verifier.sample_from_noise, key
-        )
-        return Verdict(num_accepted=accepted, row_accepted=row_accepted, next_tokens=next_tokens)
+        per_row = () if limits is None else (limits,)
+        key = ("sample", generation.temperature, generation.top_k, generation.top_p, len(chain), len(per_row))
+        verdict = target.forward_then(verify_ids, (*noise, *chain, *per_row), self.verifier.sample_from_noise, key)
+        kept = verdict[3] if limits is not None else None
+        return Verdict(num_accepted=verdict[0], row_accepted=verdict[1], next_tokens=verdict[2], kept=kept)
 
     @property
     def free_rows(self) -> list[int]:

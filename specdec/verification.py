@@ -418,16 +418,24 @@ class Verifier:
         exponentials: torch.Tensor,
         draft_tokens: torch.Tensor | None = None,
         draft_probs: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Device work only: what :meth:`verify` gives for a sampled chain (lockstep) from the noise of
-        :func:`draw_noise` (uniforms [B, K], exponentials [B, V]); target_logits: [B, K + 1, V]; draft_tokens [B, K]
-        and draft_probs [B, K, V] (None: a step that drafted nothing, K = 0). Returns the verdict's (num_accepted,
-        row_accepted, next_tokens)."""
+        limits: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Device work only: what :meth:`verify` gives for a sampled chain from the noise of :func:`draw_noise`
+        (uniforms [B, K], exponentials [B, V]); target_logits: [B, K + 1, V]; draft_tokens [B, K] and draft_probs
+        [B, K, V] (None: a step that drafted nothing, K = 0); ``limits`` [B] per-row acceptance, or None (lockstep).
+        Returns the verdict's (num_accepted, row_accepted, next_tokens), and its ``kept`` [B] with ``limits``."""
         batch, vocab = target_logits.shape[0], target_logits.shape[-1]
         if draft_tokens is None or draft_probs is None:
             draft_tokens = torch.empty((batch, 0), dtype=torch.long, device=target_logits.device)
             draft_probs = torch.zeros((batch, 0, vocab), dtype=torch.float32, device=target_logits.device)
-        verdict = self._from_noise(draft_tokens, draft_probs, self.target_probs(target_logits), uniforms, exponentials)
+        target_probs = self.target_probs(target_logits)
+        if limits is not None:  # the PyTorch function: the kernels are lockstep only
+            verdict = speculative_sample_from_noise(
+                draft_tokens, draft_probs, target_probs, uniforms, exponentials, limits
+            )  # fmt: skip
+            assert verdict.kept is not None
+            return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens, verdict.kept
+        verdict = self._from_noise(draft_tokens, draft_probs, target_probs, uniforms, exponentials)
         return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens
 
     def check_trees(self, drafter_name: str) -> None:

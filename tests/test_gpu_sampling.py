@@ -40,11 +40,19 @@ def tiny_pair():
     return make_tiny_pair()
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=["t1", "t0.7-topk5-topp0.9"])
-def test_the_fast_path_samples_the_target_joint_distribution(tiny_pair, config):
+@pytest.mark.parametrize(
+    ("config", "batch"),
+    [(CONFIGS[0], ROWS_PER_CALL), (CONFIGS[1], ROWS_PER_CALL), (CONFIGS[1], 1)],
+    ids=["t1", "t0.7-topk5-topp0.9", "t0.7-topk5-topp0.9-lockstep"],
+)
+def test_the_fast_path_samples_the_target_joint_distribution(tiny_pair, config, batch):
+    """Batches verify per row (the PyTorch function in the step's graph); one row verifies lockstep (the Triton
+    accept and residual kernels in the graph). The same number of samples either way."""
     target, draft = tiny_pair
     joint, marginal3 = exact_target_distributions(target, [3, 1, 4], config)  # on the CPU, the reference
-    tokens, _ = sample_first_three_tokens(target, draft, [3, 1, 4], config, load=to_cuda)
+    tokens, _ = sample_first_three_tokens(
+        target, draft, [3, 1, 4], config, load=to_cuda, batch=batch, calls=CALLS * ROWS_PER_CALL // batch
+    )
     assert min(three_token_pvalues(tokens, joint, marginal3)) > ALPHA
 
 

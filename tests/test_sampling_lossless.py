@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -148,13 +149,13 @@ def exact_target_distributions(target, prompt: list[int], config: GenerationConf
     return joint, marginal3
 
 
-def sample_first_three_tokens(target, draft, prompt, config, load=loaded):
+def sample_first_three_tokens(target, draft, prompt, config, load=loaded, batch=ROWS_PER_CALL, calls=CALLS):
     """t1 comes from the prefill; with max_new_tokens=4 and K=2, t2 and t3 come from the first speculative step.
     ``draft``: a draft model, or a drafting method from `make_drafter`; ``load(model, name)``: the LoadedModel
     (default: on the CPU)."""
     engine = SpeculativeEngine(load(target, "t"), draft if isinstance(draft, DraftSpec) else load(draft, "d"))
     rows, accepted = [], 0
-    for call in range(CALLS):
+    for call in range(calls):
         seeded = GenerationConfig(
             max_new_tokens=4,
             temperature=config.temperature,
@@ -163,7 +164,7 @@ def sample_first_three_tokens(target, draft, prompt, config, load=loaded):
             seed=config.seed * 100_000 + call,
             stop_at_eos=False,
         )
-        result = engine.generate([prompt] * ROWS_PER_CALL, seeded, SpeculationConfig(k=2))
+        result = engine.generate([prompt] * batch, seeded, SpeculationConfig(k=2))
         rows.extend(ids[:3] for ids in result.token_ids)
         accepted += result.steps[0].accepted / result.steps[0].rows  # drafts the mean row kept in the first step
     return torch.tensor(rows), accepted
@@ -206,12 +207,38 @@ def test_every_drafting_method_samples_the_target_joint_distribution(tiny_pair, 
     assert min(three_token_pvalues(tokens, joint, marginal3)) > ALPHA
 
 
-def test_engine_level_check_detects_a_wrong_sampler(tiny_pair, monkeypatch):
+def wrong_from_noise(draft_tokens, draft_probs, target_probs, uniforms, exponentials, limits=None):
+    """The same bug in the from-noise form the engine runs (the sampled step's draws made beforehand): after a
+    rejection, the exponential race on the target's p instead of the residual max(0, p - q)."""
+    batch, k = draft_tokens.shape
+    rows = torch.arange(batch)
+    p_drafted = target_probs[:, :k].gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)
+    q_drafted = draft_probs.gather(-1, draft_tokens.unsqueeze(-1)).squeeze(-1)
+    row_accepted = verification.accepted_prefix_length(uniforms * q_drafted <= p_drafted)
+    n = verification.kept_length(row_accepted, limits)  # [] lockstep, [B] per row
+    resampled = (target_probs[rows, n] / exponentials).argmax(dim=-1)
+    padded = torch.nn.functional.pad(draft_tokens, (0, 1))
+    next_tokens = torch.where(row_accepted > n, padded[rows, n], resampled)
+    if limits is None:
+        return verification.Verdict(num_accepted=n, row_accepted=row_accepted, next_tokens=next_tokens)
+    return verification.Verdict(n.max(), row_accepted, next_tokens, kept=n)
+
+
+@pytest.mark.parametrize("rows", [1, ROWS_PER_CALL], ids=["lockstep", "per-row"])
+def test_engine_level_check_detects_a_wrong_sampler(tiny_pair, monkeypatch, rows):
+    """The bug planted where the engine's sampled chain steps verify: the kernel set's function (lockstep) and the
+    PyTorch one (per-row acceptance, batches)."""
+    import specdec.kernels as kernels
+
     target, draft = tiny_pair
     config = CONFIGS[0]
     joint, marginal3 = exact_target_distributions(target, [3, 1, 4], config)
-    monkeypatch.setattr(verification, "speculative_sample_verify", wrong_sampler)
-    tokens, _ = sample_first_three_tokens(target, draft, [3, 1, 4], config)
+    monkeypatch.setattr(verification, "speculative_sample_from_noise", wrong_from_noise)
+    wrong_set = dataclasses.replace(kernels.TORCH_KERNELS, speculative_sample_from_noise=wrong_from_noise)
+    monkeypatch.setattr(kernels, "TORCH_KERNELS", wrong_set)
+    tokens, _ = sample_first_three_tokens(
+        target, draft, [3, 1, 4], config, batch=rows, calls=CALLS * ROWS_PER_CALL // rows
+    )  # the same samples
     assert min(three_token_pvalues(tokens, joint, marginal3)) < 1e-6
 
 
