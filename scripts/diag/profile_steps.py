@@ -2,6 +2,10 @@
 
     python scripts/diag/profile_steps.py --out results/profile [--runs eagle3-chain,ar-1b,ar-1b-sampled]
 
+Runs: eagle3-chain{,3,4} (the 8B shape with a random EAGLE-3 head, synthetic length 4), ar-8b, ar-8b-sampled,
+ar-1b, ar-1b-sampled (``--small-target``), zoo-sampled and zoo-sampled-ar (the zoo pair in float32 at temperature
+0.8, top-p 0.95: speculative at K 4, and the target alone).
+
 Each run is timed unprofiled (a warm-up, then the median of 3), then generates once under the torch profiler. The
 engine's phases (drafting, the target forward, verification, the step's sync, the bookkeeping after it) are wrapped
 in ``record_function`` labels here, so the summary says, per step: how long the host spent in each phase, how long
@@ -31,6 +35,7 @@ from specdec.device import synchronize
 from specdec.generation import Generation
 from specdec.heads import write_random_eagle3
 from specdec.verification import Verifier
+from specdec.zoo.prompts import load_prompts
 
 TARGET_8B = "zoo:synthetic/llama-3.1-8b@mix=0.5"
 TARGET_1B = "zoo:synthetic/llama-3.2-1b@mix=0.5"
@@ -240,6 +245,16 @@ def main() -> None:
                 args.traces,
                 args.sync_debug,
             )
+    if any(r.startswith("zoo-sampled") for r in runs):
+        zoo_target = load_model("zoo:tiny-code-target", device=args.device, dtype="float32")
+        zoo_draft = load_model("zoo:tiny-code-draft", device=args.device, dtype="float32")
+        zoo_prompt = load_prompts()[0]
+        for run, engine, speculation in (
+            ("zoo-sampled", SpeculativeEngine(zoo_target, zoo_draft), SpeculationConfig(k=4)),
+            ("zoo-sampled-ar", SpeculativeEngine(zoo_target), None),
+        ):
+            if run in runs:
+                run_profile(run, engine, zoo_prompt, sampled, speculation, args.out, args.traces, args.sync_debug)
 
 
 if __name__ == "__main__":
