@@ -488,58 +488,12 @@ def speculative_sample_from_noise(
 
 
 # -------------------------------------------------------------------------------------- sampling distributions
-SMALL_VOCAB = 8192  # rows up to this wide: the whole distribution in one program, its sorts in registers
-
-
-@triton.jit
-def _row_sampling_probs_kernel(
-    logits_ptr, out_ptr, vocab, temperature, top_k, top_p,
-    HAS_TOP_K: tl.constexpr, HAS_TOP_P: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    """Program (row): ``reference.sampling_probs`` of one row of at most BLOCK logits, in one pass over registers.
-    Scores ``(x - max) / T`` (IEEE division, as torch divides); top-k's k-th best score from a sort; top-p's kept
-    count from the cumulative sum of the sorted ``e = exp(score)`` against ``top_p`` times their total, every ``e``
-    tying with the last kept one kept; the kept ``e`` over their sum."""
-    row = tl.program_id(0)
-    offsets = tl.arange(0, BLOCK)
-    inside = offsets < vocab
-    x = tl.load(logits_ptr + row * vocab + offsets, mask=inside, other=float("-inf"))
-    best = tl.max(x, axis=0)
-    scores = tl.math.div_rn(x - best, tl.zeros_like(x) + temperature)  # [BLOCK], <= 0, -inf outside
-    if HAS_TOP_K:
-        ranked = tl.sort(scores, descending=True)
-        kth_best = tl.max(tl.where(offsets == top_k - 1, ranked, float("-inf")), axis=0)
-        scores = tl.where(scores < kth_best, float("-inf"), scores)
-    e = tl.exp(scores)  # the best exactly 1, 0 outside
-    if HAS_TOP_P:
-        sorted_e = tl.sort(e, descending=True)
-        mass = tl.cumsum(sorted_e, axis=0)
-        kept = tl.sum(((mass - sorted_e) < top_p * tl.max(mass, axis=0)).to(tl.int32), axis=0)  # >= 1
-        last_kept = tl.max(tl.where(offsets == kept - 1, sorted_e, 0.0), axis=0)
-        e = tl.where(e < last_kept, 0.0, e)
-    total = tl.sum(e, axis=0)
-    tl.store(out_ptr + row * vocab + offsets, tl.math.div_rn(e, tl.zeros_like(e) + total), mask=inside)
-
-
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """The sampling distribution of ``reference.sampling_probs`` (logits [..., V] float32 -> [..., V]) in fewer,
-    wider GPU kernels. Up to ``SMALL_VOCAB`` tokens a row is one program (:func:`_row_sampling_probs_kernel`).
-    Wider, the reference's two softmaxes over one row would run as one thread block each (55 us per 128k-token row
-    on an H200); here ``e = exp(score)`` is computed once, top-p's cumulative mass is a cumulative sum of the sorted
-    ``e`` against ``top_p`` times their total, and the kept ``e`` are divided by their sum. Top-p keeps every token
-    tying with the last one kept, as the reference does."""
-    vocab = logits.shape[-1]
-    if vocab <= SMALL_VOCAB:
-        rows = logits.reshape(-1, vocab).contiguous()  # [N, V]
-        out = torch.empty_like(rows)
-        has_top_k = bool(top_k) and top_k is not None and top_k < vocab
-        has_top_p = top_p is not None and top_p < 1.0
-        block = triton.next_power_of_2(vocab)
-        _row_sampling_probs_kernel[(rows.shape[0],)](
-            rows, out, vocab, temperature, top_k if has_top_k else 1, top_p if has_top_p else 1.0,
-            has_top_k, has_top_p, block, num_warps=max(1, min(8, block // 512)),
-        )  # fmt: skip
-        return out.view(logits.shape)
+    wider GPU kernels: the reference's two softmaxes over one row of a large vocabulary run as one thread block
+    each (55 us per 128k-token row on an H200); here ``e = exp(score)`` is computed once, top-p's cumulative mass is
+    a cumulative sum of the sorted ``e`` against ``top_p`` times their total, and the kept ``e`` are divided by
+    their sum. Top-p keeps every token tying with the last one kept, as the reference does."""
     e = reference.top_k_scores(logits, temperature, top_k).exp()  # [..., V], the best exactly 1
     if top_p is not None and top_p < 1.0:
         sorted_e = torch.sort(e, dim=-1, descending=True).values  # [..., V]
