@@ -355,6 +355,7 @@ class Generation:
         nothing was drafted: the same draws and result as ``verifier.verify``, with the forward, the sampling
         distributions and the draws in one ``forward_then`` (one graph on a fast path)."""
         target, generation = self.engine.target, self.generation
+        assert limits is None or drafts is not None, "per-row limits come with a drafted chain"
         drafted = 0 if drafts is None else drafts.shape[1]
         noise = draw_noise(verify_ids.shape[0], drafted, target.vocab_size, self.engine.device, self._generator)
         chain = () if drafts is None or draft_probs is None else (drafts, draft_probs)
