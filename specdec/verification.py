@@ -132,11 +132,24 @@ def speculative_sample_verify(
         draft_probs = torch.zeros_like(target_probs[:, :num_drafted])
         draft_probs.scatter_(-1, draft_tokens.unsqueeze(-1), 1.0)
     uniforms, exponentials = draw_noise(batch, num_drafted, target_probs.shape[-1], target_probs.device, generator)
+    return verdict_from_noise(draft_tokens, draft_probs, target_probs, uniforms, exponentials, from_noise, limits)
+
+
+def verdict_from_noise(
+    draft_tokens: torch.Tensor,
+    draft_probs: torch.Tensor,
+    target_probs: torch.Tensor,
+    uniforms: torch.Tensor,
+    exponentials: torch.Tensor,
+    from_noise: Callable[..., Verdict] | None = None,
+    limits: torch.Tensor | None = None,
+) -> Verdict:
+    """Speculative sampling given its draws: ``from_noise`` lockstep (default :func:`speculative_sample_from_noise`,
+    or a kernel computing the same); with ``limits`` [B] this module's function, per row (kernels are lockstep only)."""
     if limits is not None:
         return speculative_sample_from_noise(draft_tokens, draft_probs, target_probs, uniforms, exponentials, limits)
-    return (from_noise or speculative_sample_from_noise)(
-        draft_tokens, draft_probs, target_probs, uniforms, exponentials
-    )
+    lockstep = from_noise or speculative_sample_from_noise
+    return lockstep(draft_tokens, draft_probs, target_probs, uniforms, exponentials)
 
 
 def draw_noise(
@@ -429,14 +442,13 @@ class Verifier:
             draft_tokens = torch.empty((batch, 0), dtype=torch.long, device=target_logits.device)
             draft_probs = torch.zeros((batch, 0, vocab), dtype=torch.float32, device=target_logits.device)
         target_probs = self.target_probs(target_logits)
-        if limits is not None:  # the PyTorch function: the kernels are lockstep only
-            verdict = speculative_sample_from_noise(
-                draft_tokens, draft_probs, target_probs, uniforms, exponentials, limits
-            )  # fmt: skip
-            assert verdict.kept is not None
-            return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens, verdict.kept
-        verdict = self._from_noise(draft_tokens, draft_probs, target_probs, uniforms, exponentials)
-        return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens
+        verdict = verdict_from_noise(
+            draft_tokens, draft_probs, target_probs, uniforms, exponentials, self._from_noise, limits
+        )  # fmt: skip
+        if limits is None:
+            return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens
+        assert verdict.kept is not None
+        return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens, verdict.kept
 
     def check_trees(self, drafter_name: str) -> None:
         """Refuse token trees under a policy that is not lossless on them (lossy and synthetic: chains only)."""
