@@ -141,15 +141,15 @@ class FastLlama:
         normed = k.rms_norm(hidden, self.layers[0].input_norm, self.eps)
         taken: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers):
-            qkv = F.linear(normed, layer.qkv, layer.qkv_bias)  # [T, (H + 2 Hkv) Dh]
+            qkv = k.linear(normed, layer.qkv, layer.qkv_bias)  # [T, (H + 2 Hkv) Dh]
             q = k.rope_and_store(
                 qkv.view(batch, seq, -1), positions, self.cos_table, self.sin_table,
                 cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
             )  # [B, S, H, Dh]  # fmt: skip
             attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale, tree)
-            out = F.linear(attended.reshape(batch * seq, -1), layer.o, layer.o_bias)  # [T, D]
+            out = k.linear(attended.reshape(batch * seq, -1), layer.o, layer.o_bias)  # [T, D]
             normed, residual = k.add_rms_norm(out, residual, layer.post_norm, self.eps)
-            mlp = F.linear(k.silu_mul(F.linear(normed, layer.gate_up)), layer.down)  # [T, D]
+            mlp = k.linear(k.silu_mul(k.linear(normed, layer.gate_up)), layer.down)  # [T, D]
             next_norm = self.layers[index + 1].input_norm if index + 1 < self.num_layers else self.final_norm
             normed, residual = k.add_rms_norm(mlp, residual, next_norm, self.eps)
             if feature_layers and index in feature_layers:
@@ -161,4 +161,4 @@ class FastLlama:
             features = torch.cat([part.view(batch, seq, -1) for part in parts], dim=-1)  # [B, S, F]
         if last_only:
             normed = normed[:, -1:]
-        return F.linear(normed, self.lm_head), features  # [B, S or 1, V]
+        return k.linear(normed, self.lm_head), features  # [B, S or 1, V]

@@ -29,6 +29,7 @@ from torch import nn
 
 from specdec.heads.layer import CacheWrite, DraftDecoderLayer, KeyValues, LayerShape, RMSNorm
 from specdec.heads.target import TargetParts
+from specdec.kernels.cpu_linear import Linear
 
 
 def eagle3_layers(num_layers: int) -> tuple[int, int, int]:
@@ -73,7 +74,7 @@ class EagleHead(nn.Module):
         d = config.layer.hidden_size
         self.config = config
         self.target = target
-        self.fc = nn.Linear(2 * d, d, bias=config.fc_bias)
+        self.fc = Linear(2 * d, d, bias=config.fc_bias)
         self.layers = nn.ModuleList([DraftDecoderLayer(config.layer, input_norm=False)])
 
     def forward(
@@ -107,10 +108,10 @@ class Eagle3Head(nn.Module):
         d = config.layer.hidden_size
         self.config = config
         self.target = target
-        self.fc = nn.Linear(len(config.feature_layers) * config.target_hidden_size, d, bias=False)
+        self.fc = Linear(len(config.feature_layers) * config.target_hidden_size, d, bias=False)
         self.midlayer = DraftDecoderLayer(config.layer, two_inputs=True)
         self.norm = RMSNorm(d, config.layer.rms_norm_eps)
-        self.lm_head = nn.Linear(d, config.draft_vocab_size, bias=False)
+        self.lm_head = Linear(d, config.draft_vocab_size, bias=False)
         self.register_buffer("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.long))  # [Vd] target - draft id
         self.register_buffer("t2d", torch.zeros(config.vocab_size, dtype=torch.bool))  # [V] in the draft vocabulary?
 

@@ -20,6 +20,8 @@ from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
+from specdec.kernels.cpu_linear import Linear
+
 KeyValues = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, H_kv, L, hd] each
 
 
@@ -81,9 +83,9 @@ class RMSNorm(nn.Module):
 class DraftMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_proj = Linear(hidden, intermediate, bias=False)
+        self.up_proj = Linear(hidden, intermediate, bias=False)
+        self.down_proj = Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., D] -> [..., D]
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -96,10 +98,10 @@ class DraftAttention(nn.Module):
         super().__init__()
         self.shape = shape
         hd = shape.head_dim
-        self.q_proj = nn.Linear(shape.attention_input, shape.num_heads * hd, bias=shape.qkv_bias)
-        self.k_proj = nn.Linear(shape.attention_input, shape.num_kv_heads * hd, bias=shape.qkv_bias)
-        self.v_proj = nn.Linear(shape.attention_input, shape.num_kv_heads * hd, bias=shape.qkv_bias)
-        self.o_proj = nn.Linear(shape.num_heads * hd, shape.hidden_size, bias=False)
+        self.q_proj = Linear(shape.attention_input, shape.num_heads * hd, bias=shape.qkv_bias)
+        self.k_proj = Linear(shape.attention_input, shape.num_kv_heads * hd, bias=shape.qkv_bias)
+        self.v_proj = Linear(shape.attention_input, shape.num_kv_heads * hd, bias=shape.qkv_bias)
+        self.o_proj = Linear(shape.num_heads * hd, shape.hidden_size, bias=False)
         self.rotary = LlamaRotaryEmbedding(shape.llama_config())
 
     def forward(

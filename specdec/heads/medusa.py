@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specdec.heads.target import TargetParts
+from specdec.kernels.cpu_linear import Linear
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class MedusaConfig:
 class ResBlock(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
-        self.linear = nn.Linear(hidden, hidden)
+        self.linear = Linear(hidden, hidden)
         nn.init.zeros_(self.linear.weight)  # as Medusa; zeroing the bias too makes a new head start as the
         nn.init.zeros_(self.linear.bias)  # target's own head (x + SiLU(0) = x)
 
@@ -51,7 +52,7 @@ class MedusaHead(nn.Module):
     def __init__(self, config: MedusaConfig) -> None:
         super().__init__()
         self.blocks = nn.Sequential(*(ResBlock(config.hidden_size) for _ in range(config.num_layers)))
-        self.lm_head = None if config.shared_lm_head else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = None if config.shared_lm_head else Linear(config.hidden_size, config.vocab_size, bias=False)
 
 
 class MedusaHeads(nn.Module):

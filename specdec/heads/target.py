@@ -6,16 +6,11 @@ Heads hold these as plain tensors (not parameters), so a head's own ``state_dict
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-# On a CPU a head scores a row or two at a time, and one thread's sgemm reads a [V, D] weight for ``x @ W.T`` at a
-# third of the speed it reads a [D, V] copy for ``x @ W_t`` (0.96 against 0.31 ms for two rows at V 4096, D 256 on
-# the development machine: docs/heads.md). Output layers up to this size keep such a copy on the CPU.
-CPU_TRANSPOSED_BYTES = 64 * 2**20
+from specdec.kernels.cpu_linear import linear
 
 
 @dataclass(frozen=True)
@@ -34,18 +29,7 @@ class TargetParts:
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
         """The target's output layer: [..., D] -> [..., V] logits in ``hidden``'s dtype."""
-        transposed = self._cpu_transposed
-        if transposed is not None and hidden.device.type == "cpu" and hidden.dtype == transposed.dtype:
-            return hidden @ transposed
-        return F.linear(hidden, self.lm_head.to(hidden.dtype))
-
-    @cached_property
-    def _cpu_transposed(self) -> torch.Tensor | None:
-        """[D, V]: a contiguous transposed copy of a CPU output layer of at most ``CPU_TRANSPOSED_BYTES``, else None."""
-        weight = self.lm_head
-        if weight.device.type != "cpu" or weight.numel() * weight.element_size() > CPU_TRANSPOSED_BYTES:
-            return None
-        return weight.t().contiguous()
+        return linear(hidden, self.lm_head.to(hidden.dtype))
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> TargetParts:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
+import torch.nn.functional as F
 
 from specdec import verification
-from specdec.kernels import reference
+from specdec.kernels import cpu_linear, reference
 
 ENV_KERNELS = "SPECDEC_KERNELS"  # "auto" (default), "torch" or "triton"
 
@@ -24,6 +25,7 @@ ENV_KERNELS = "SPECDEC_KERNELS"  # "auto" (default), "torch" or "triton"
 @dataclass(frozen=True)
 class Kernels:
     name: str  # "triton" or "torch"
+    linear: Callable[..., torch.Tensor]  # x, weight [N, K], bias -> x @ weight.T + bias
     rms_norm: Callable[..., torch.Tensor]
     add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     silu_mul: Callable[..., torch.Tensor]
@@ -36,6 +38,7 @@ class Kernels:
 
 TORCH_KERNELS = Kernels(
     name="torch",
+    linear=cpu_linear.linear,
     rms_norm=reference.rms_norm,
     add_rms_norm=reference.add_rms_norm,
     silu_mul=reference.silu_mul,
@@ -70,6 +73,7 @@ def load_triton_kernels() -> Kernels:
 
     return Kernels(
         name="triton",
+        linear=F.linear,
         rms_norm=tk.rms_norm,
         add_rms_norm=tk.add_rms_norm,
         silu_mul=tk.silu_mul,
