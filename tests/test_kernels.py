@@ -57,6 +57,38 @@ def test_silu_mul(tk, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("k_in", "n_out", "norm", "bias", "silu_pair", "residual"),
+    [
+        (200, 100, True, True, False, False),  # q/k/v: normed input, optional bias; sizes not multiples of a tile
+        (256, 192, False, False, False, True),  # o and down: residual added
+        (192, 320, True, False, True, False),  # gate/up: normed input, silu(gate) * up
+        (1000, 4100, False, False, False, False),  # a plain product, many programs
+        (3000, 700, True, False, False, True),  # more inputs than one load takes
+    ],
+)
+def test_the_fused_gemv_computes_the_product_with_its_norm_silu_and_residual(
+    dtype, k_in, n_out, norm, bias, silu_pair, residual
+):
+    from specdec.kernels import triton_gemv
+
+    rows = triton_gemv.MAX_ROWS
+    g = torch.Generator(DEVICE).manual_seed(k_in)
+    x = rand(rows, k_in, dtype=dtype, generator=g)
+    weight = (rand(2 * n_out if silu_pair else n_out, k_in, dtype=dtype, generator=g) / k_in**0.5).to(dtype)
+    args = {
+        "bias": rand(n_out, dtype=dtype, generator=g) if bias else None,
+        "norm_weight": rand(k_in, dtype=dtype, generator=g) if norm else None,
+        "eps": 1e-6,
+        "residual": rand(rows, n_out, dtype=dtype, generator=g) if residual else None,
+        "silu_pair": silu_pair,
+    }
+    out = triton_gemv.fused_linear(x, weight, **args)
+    assert out.shape == (rows, n_out) and out.dtype == dtype
+    assert relative_error(out, reference.fused_linear(x, weight, **args)) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("heads", "kv_heads", "seq"), [(4, 2, 1), (4, 4, 3), (8, 2, 5)])
 @pytest.mark.parametrize("rotate", [True, False], ids=["rope", "learned-positions"])
 def test_rope_and_store_writes_the_same_cache_and_queries(tk, dtype, heads, kv_heads, seq, rotate):

@@ -136,24 +136,21 @@ class FastLlama:
         k = self.kernels
         batch, seq = input_ids.shape
         cache_k, cache_v = cache
-        hidden = F.embedding(input_ids, self.embed).view(batch * seq, -1)  # [T, D]
-        residual = hidden
-        normed = k.rms_norm(hidden, self.layers[0].input_norm, self.eps)
+        residual = F.embedding(input_ids, self.embed).view(batch * seq, -1)  # [T, D] the residual stream
         taken: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers):
-            qkv = k.linear(normed, layer.qkv, layer.qkv_bias)  # [T, (H + 2 Hkv) Dh]
+            qkv = k.fused_linear(residual, layer.qkv, layer.qkv_bias, layer.input_norm, self.eps)  # [T, (H+2Hkv) Dh]
             q = k.rope_and_store(
                 qkv.view(batch, seq, -1), positions, self.cos_table, self.sin_table,
                 cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
             )  # [B, S, H, Dh]  # fmt: skip
             attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale, tree)
-            out = k.linear(attended.reshape(batch * seq, -1), layer.o, layer.o_bias)  # [T, D]
-            normed, residual = k.add_rms_norm(out, residual, layer.post_norm, self.eps)
-            mlp = k.linear(k.silu_mul(k.linear(normed, layer.gate_up)), layer.down)  # [T, D]
-            next_norm = self.layers[index + 1].input_norm if index + 1 < self.num_layers else self.final_norm
-            normed, residual = k.add_rms_norm(mlp, residual, next_norm, self.eps)
+            residual = k.fused_linear(attended.reshape(batch * seq, -1), layer.o, layer.o_bias, residual=residual)
+            act = k.fused_linear(residual, layer.gate_up, None, layer.post_norm, self.eps, silu_pair=True)  # [T, I]
+            residual = k.fused_linear(act, layer.down, residual=residual)  # [T, D]
             if feature_layers and index in feature_layers:
                 taken[index] = residual  # [T, D]: the layer's output, the residual stream
+        normed = k.rms_norm(residual, self.final_norm, self.eps)
         normed = normed.view(batch, seq, -1)
         features = None
         if feature_layers is not None:

@@ -20,12 +20,14 @@ from specdec import verification
 from specdec.kernels import cpu_linear, reference
 
 ENV_KERNELS = "SPECDEC_KERNELS"  # "auto" (default), "torch" or "triton"
+ENV_GEMV_ROWS = "SPECDEC_GEMV_ROWS"  # the most rows the Triton set's fused GEMV takes (0: never; for comparisons)
 
 
 @dataclass(frozen=True)
 class Kernels:
     name: str  # "triton" or "torch"
     linear: Callable[..., torch.Tensor]  # x, weight [N, K], bias -> x @ weight.T + bias
+    fused_linear: Callable[..., torch.Tensor]  # a product with its norm, SiLU and residual: reference.fused_linear
     rms_norm: Callable[..., torch.Tensor]
     add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     silu_mul: Callable[..., torch.Tensor]
@@ -39,6 +41,7 @@ class Kernels:
 TORCH_KERNELS = Kernels(
     name="torch",
     linear=cpu_linear.linear,
+    fused_linear=reference.fused_linear,
     rms_norm=reference.rms_norm,
     add_rms_norm=reference.add_rms_norm,
     silu_mul=reference.silu_mul,
@@ -63,7 +66,19 @@ def triton_runs_on(device: torch.device) -> bool:
 
 @cache
 def load_triton_kernels() -> Kernels:
+    from specdec.kernels import triton_gemv
     from specdec.kernels import triton_kernels as tk
+
+    gemv_rows = min(int(os.environ.get(ENV_GEMV_ROWS, triton_gemv.MAX_ROWS)), triton_gemv.MAX_ROWS)
+
+    def fused_linear(x, weight, bias=None, norm_weight=None, eps=0.0, residual=None, silu_pair=False):
+        if x.shape[0] <= gemv_rows:  # a decoding step's few rows: one kernel
+            return triton_gemv.fused_linear(x, weight, bias, norm_weight, eps, residual, silu_pair)
+        h = tk.rms_norm(x, norm_weight, eps) if norm_weight is not None else x
+        y = F.linear(h, weight, bias)
+        if silu_pair:
+            y = tk.silu_mul(y)
+        return y if residual is None else residual + y
 
     def decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree=None):
         group = q.shape[2] // cache_k.shape[1]
@@ -74,6 +89,7 @@ def load_triton_kernels() -> Kernels:
     return Kernels(
         name="triton",
         linear=F.linear,
+        fused_linear=fused_linear,
         rms_norm=tk.rms_norm,
         add_rms_norm=tk.add_rms_norm,
         silu_mul=tk.silu_mul,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from specdec.kernels import cpu_linear
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x: [T, D], weight: [D] -> [T, D]. Normalised in float32, rounded to x's dtype, then scaled by weight
@@ -23,6 +25,25 @@ def add_rms_norm(
     """residual + x, and its RMS norm. x, residual: [T, D] -> (normed [T, D], new residual [T, D])."""
     total = residual + x
     return rms_norm(total, weight, eps), total
+
+
+def fused_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    norm_weight: torch.Tensor | None = None,
+    eps: float = 0.0,
+    residual: torch.Tensor | None = None,
+    silu_pair: bool = False,
+) -> torch.Tensor:
+    """A product with the small operations around it: x [T, K] (RMS-normed first with ``norm_weight`` [K]) times
+    weight [N, K] plus bias [N]; with ``silu_pair`` the weight is [2I, K], gate then up, and the result
+    silu(gate) * up [T, I]; then ``residual`` [T, N] + the result."""
+    h = rms_norm(x, norm_weight, eps) if norm_weight is not None else x
+    y = cpu_linear.linear(h, weight, bias)
+    if silu_pair:
+        y = silu_mul(y)
+    return y if residual is None else residual + y
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,145 @@
+"""The fused decode GEMV (``specdec.kernels.triton_gemv``) against the unfused products it replaces, on CUDA.
+
+    python scripts/diag/gemv_ab.py kernels            # per-matrix times on the 1B and 8B shapes (bf16)
+    python scripts/diag/gemv_ab.py sweep              # tiles and warps of the fused kernel
+    SPECDEC_GEMV_ROWS=0 python scripts/diag/gemv_ab.py ar   # the engine's autoregressive speed without the GEMV
+    python scripts/diag/gemv_ab.py ar                       # ... and with it (run both in one call, interleaved)
+
+``kernels``: each product of a layer at 1 and 5 rows, timed in a CUDA graph of 50 calls over 4 copies of the weight
+(so that the 50 MB L2 does not hold it): the fused kernel, then the sequence it replaces (the Triton RMS norm,
+``F.linear``, the SiLU kernel, the residual add), in microseconds and in GB/s of weights read. ``sweep``: tile
+sizes and warps for the fused kernel on the same products. ``ar``: tokens/s of the 1B and 8B shapes, bf16, greedy,
+batch 1, 128-token prompt, 256 new tokens (median of 3 after a warm-up), and the sampled run (temperature 0.8,
+top-p 0.95).
+"""
+
+# ruff: noqa: B023  (each closure runs inside the iteration that defines it)
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = {  # name: (K, N, norm, silu_pair, residual)
+    "1b": {"qkv": (2048, 3072, True, False, False), "o": (2048, 2048, False, False, True),
+           "gate_up": (2048, 8192, True, True, False), "down": (8192, 2048, False, False, True)},
+    "8b": {"qkv": (4096, 6144, True, False, False), "o": (4096, 4096, False, False, True),
+           "gate_up": (4096, 14336, True, True, False), "down": (14336, 4096, False, False, True)},
+}  # fmt: skip
+
+
+def graph_time_us(fn, calls: int = 50) -> float:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn(0)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for i in range(calls):
+            fn(i)
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / (5 * calls)
+
+
+def kernels() -> None:
+    from specdec.kernels import triton_gemv as tg
+    from specdec.kernels import triton_kernels as tk
+
+    dtype, device = torch.bfloat16, torch.device("cuda")
+    for model, shapes in SHAPES.items():
+        for name, (k_in, n_out, norm, silu, res) in shapes.items():
+            rows_w = 2 * n_out if silu else n_out
+            weights = [torch.randn(rows_w, k_in, device=device, dtype=dtype) / k_in**0.5 for _ in range(4)]
+            gb = rows_w * k_in * 2 / 1e9
+            for rows in (1,):
+                x = torch.randn(rows, k_in, device=device, dtype=dtype)
+                g = torch.randn(k_in, device=device, dtype=dtype) if norm else None
+                r = torch.randn(rows, n_out, device=device, dtype=dtype) if res else None
+
+                def fused(i, x=x, g=g, r=r):
+                    return tg.fused_linear(x, weights[i % 4], None, g, 1e-5, r, silu)
+
+                def unfused(i, x=x, g=g, r=r):
+                    h = tk.rms_norm(x, g, 1e-5) if g is not None else x
+                    y = F.linear(h, weights[i % 4])
+                    if silu:
+                        y = tk.silu_mul(y)
+                    return y if r is None else r + y
+
+                a, b = graph_time_us(fused), graph_time_us(unfused)
+                print(f"{model} {name:8s} rows {rows}: fused {a:7.2f} us ({gb / a * 1e6:6.0f} GB/s)  "
+                      f"unfused {b:7.2f} us ({gb / b * 1e6:6.0f} GB/s)  ratio {b / a:.2f}x", flush=True)  # fmt: skip
+
+
+def sweep() -> None:
+    """Output rows per program, inputs per load and warps for the fused kernel at one row."""
+    import triton
+
+    from specdec.kernels import triton_gemv as tg
+
+    dtype, device = torch.bfloat16, torch.device("cuda")
+    swept = (("1b", "gate_up"), ("1b", "down"), ("8b", "qkv"), ("8b", "o"), ("8b", "gate_up"), ("8b", "down"))
+    for model, name in swept:
+        k_in, n_out, norm, silu, res = SHAPES[model][name]
+        rows_w = 2 * n_out if silu else n_out
+        weights = [torch.randn(rows_w, k_in, device=device, dtype=dtype) / k_in**0.5 for _ in range(4)]
+        x = torch.randn(1, k_in, device=device, dtype=dtype)
+        g = torch.randn(k_in, device=device, dtype=dtype) if norm else None
+        r = torch.randn(1, n_out, device=device, dtype=dtype) if res else None
+        out = torch.empty(1, n_out, device=device, dtype=dtype)
+        best = []
+        for block_n in (1, 2, 4):
+            for block_k in (1024, 2048, 4096):
+                if block_k > k_in or (block_k == 4096 and block_n == 4):
+                    continue
+                for warps in (1, 2, 4):
+
+                    def run(i, block_n=block_n, block_k=block_k, warps=warps):
+                        tg._fused_linear_kernel[(triton.cdiv(n_out, block_n),)](
+                            x, weights[i % 4], x, g if g is not None else x, r if r is not None else x, out,
+                            1, n_out, k_in, 1e-5, g is not None, False, silu, r is not None,
+                            1, block_n, block_k, num_warps=warps,
+                        )  # fmt: skip
+
+                    try:
+                        best.append((graph_time_us(run), block_n, block_k, warps))
+                    except Exception as error:  # a tile too large for the registers
+                        print(f"  {name} n{block_n} k{block_k} w{warps}: {type(error).__name__}")
+        best.sort()
+        chosen = tg.blocks(1, n_out, k_in, silu)
+        print(f"sweep {model} {name}: default {chosen}; best " + ", ".join(
+            f"{t:.2f}us n{n} k{k} w{w}" for t, n, k, w in best[:5]), flush=True)  # fmt: skip
+
+
+def ar() -> None:
+    from specdec import GenerationConfig, SpeculativeEngine, load_model
+    from specdec.benchmarks.timing import time_engine
+
+    label = f"gemv_rows={os.environ.get('SPECDEC_GEMV_ROWS', 'default')}"
+    prompt = torch.randint(0, 32000, (128,), generator=torch.Generator().manual_seed(0)).tolist()
+    greedy = GenerationConfig(max_new_tokens=256, stop_at_eos=False)
+    sampled = GenerationConfig(max_new_tokens=256, stop_at_eos=False, temperature=0.8, top_p=0.95, seed=0)
+    for target in ("zoo:synthetic/llama-3.2-1b@mix=0.5", "zoo:synthetic/llama-3.1-8b@mix=0.5"):
+        model = load_model(target, device="cuda", dtype="bfloat16")
+        engine = SpeculativeEngine(model)
+        g = time_engine(engine, prompt, greedy)
+        s = time_engine(engine, prompt, sampled)
+        print(f"{label} {target}: greedy {g.tokens_per_second:.1f} tok/s, sampled {s.tokens_per_second:.1f} "
+              f"({s.tokens_per_second / g.tokens_per_second:.3f})", flush=True)  # fmt: skip
+        del engine, model
+        torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    {"kernels": kernels, "sweep": sweep, "ar": ar}[sys.argv[1]]()
