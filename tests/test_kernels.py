@@ -38,15 +38,11 @@ def rand(*shape: int, dtype: torch.dtype, generator: torch.Generator) -> torch.T
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("width", [64, 1000, 2048])
-def test_rms_norm_and_fused_residual_add(tk, dtype, width):
+def test_rms_norm(tk, dtype, width):
     g = torch.Generator(DEVICE).manual_seed(width)
-    x, residual = rand(5, width, dtype=dtype, generator=g), rand(5, width, dtype=dtype, generator=g)
+    x = rand(5, width, dtype=dtype, generator=g)
     weight = rand(width, dtype=dtype, generator=g)
     assert relative_error(tk.rms_norm(x, weight, 1e-5), reference.rms_norm(x, weight, 1e-5)) < TOLERANCE[dtype]
-    out, total = tk.add_rms_norm(x, residual, weight, 1e-6)
-    ref_out, ref_total = reference.add_rms_norm(x, residual, weight, 1e-6)
-    assert torch.equal(total, ref_total)
-    assert relative_error(out, ref_out) < TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -29,8 +29,6 @@ class Kernels:
     linear: Callable[..., torch.Tensor]  # x, weight [N, K], bias -> x @ weight.T + bias
     fused_linear: Callable[..., torch.Tensor]  # a product with its norm, SiLU and residual: reference.fused_linear
     rms_norm: Callable[..., torch.Tensor]
-    add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-    silu_mul: Callable[..., torch.Tensor]
     rope_and_store: Callable[..., torch.Tensor]
     decode_attention: Callable[..., torch.Tensor]
     greedy_verify: Callable[..., verification.Verdict]
@@ -43,8 +41,6 @@ TORCH_KERNELS = Kernels(
     linear=cpu_linear.linear,
     fused_linear=reference.fused_linear,
     rms_norm=reference.rms_norm,
-    add_rms_norm=reference.add_rms_norm,
-    silu_mul=reference.silu_mul,
     rope_and_store=reference.rope_and_store,
     decode_attention=reference.decode_attention,
     greedy_verify=verification.greedy_verify,
@@ -91,8 +87,6 @@ def load_triton_kernels() -> Kernels:
         linear=F.linear,
         fused_linear=fused_linear,
         rms_norm=tk.rms_norm,
-        add_rms_norm=tk.add_rms_norm,
-        silu_mul=tk.silu_mul,
         rope_and_store=tk.rope_and_store,
         decode_attention=decode_attention,
         greedy_verify=tk.greedy_verify,

@@ -19,14 +19,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * normed.to(x.dtype)
 
 
-def add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """residual + x, and its RMS norm. x, residual: [T, D] -> (normed [T, D], new residual [T, D])."""
-    total = residual + x
-    return rms_norm(total, weight, eps), total
-
-
 def fused_linear(
     x: torch.Tensor,
     weight: torch.Tensor,

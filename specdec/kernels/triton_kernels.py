@@ -20,18 +20,11 @@ def _warps(block: int) -> int:
 
 # ------------------------------------------------------------------------------------------------- normalisation
 @triton.jit
-def _rms_norm_kernel(
-    x_ptr, residual_ptr, weight_ptr, out_ptr, residual_out_ptr, width, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+def _rms_norm_kernel(x_ptr, weight_ptr, out_ptr, width, eps, BLOCK: tl.constexpr):
     row = tl.program_id(0)
     offsets = tl.arange(0, BLOCK)
     inside = offsets < width
     x = tl.load(x_ptr + row * width + offsets, mask=inside, other=0.0)
-    if HAS_RESIDUAL:
-        residual = tl.load(residual_ptr + row * width + offsets, mask=inside, other=0.0)
-        x = (x.to(tl.float32) + residual.to(tl.float32)).to(x.dtype)  # rounded like an add in x's dtype
-        tl.store(residual_out_ptr + row * width + offsets, x, mask=inside)
     xf = x.to(tl.float32)
     inverse_rms = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / width + eps)
     normed = (xf * inverse_rms).to(x.dtype)
@@ -42,20 +35,8 @@ def _rms_norm_kernel(
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty_like(x)
     block = triton.next_power_of_2(x.shape[-1])
-    _rms_norm_kernel[(x.shape[0],)](x, x, weight, out, out, x.shape[-1], eps, False, block, num_warps=_warps(block))
+    _rms_norm_kernel[(x.shape[0],)](x, weight, out, x.shape[-1], eps, block, num_warps=_warps(block))
     return out
-
-
-def add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    out = torch.empty_like(x)
-    residual_out = torch.empty_like(x)
-    block = triton.next_power_of_2(x.shape[-1])
-    _rms_norm_kernel[(x.shape[0],)](
-        x, residual, weight, out, residual_out, x.shape[-1], eps, True, block, num_warps=_warps(block)
-    )
-    return out, residual_out
 
 
 # ---------------------------------------------------------------------------------------------------- MLP
