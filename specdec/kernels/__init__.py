@@ -71,6 +71,8 @@ def load_triton_kernels() -> Kernels:
         if x.shape[0] <= gemv_rows:  # a decoding step's few rows: one kernel
             return triton_gemv.fused_linear(x, weight, bias, norm_weight, eps, residual, silu_pair)
         h = tk.rms_norm(x, norm_weight, eps) if norm_weight is not None else x
+        if residual is not None and bias is None and not silu_pair:  # the add in cuBLAS's epilogue: one kernel
+            return torch.addmm(residual, h, weight.t())
         y = F.linear(h, weight, bias)
         if silu_pair:
             y = tk.silu_mul(y)
