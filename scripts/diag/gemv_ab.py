@@ -52,34 +52,39 @@ def graph_time_us(fn, calls: int = 50) -> float:
     return start.elapsed_time(end) * 1000 / (5 * calls)
 
 
+def operands(k_in: int, n_out: int, norm: bool, silu: bool, res: bool) -> tuple:
+    """One row's product of this shape in bf16: 4 copies of the weight, the row, the norm weight, the residual."""
+    dtype, device = torch.bfloat16, torch.device("cuda")
+    rows_w = 2 * n_out if silu else n_out
+    weights = [torch.randn(rows_w, k_in, device=device, dtype=dtype) / k_in**0.5 for _ in range(4)]
+    x = torch.randn(1, k_in, device=device, dtype=dtype)
+    g = torch.randn(k_in, device=device, dtype=dtype) if norm else None
+    r = torch.randn(1, n_out, device=device, dtype=dtype) if res else None
+    return weights, x, g, r
+
+
 def kernels() -> None:
     from specdec.kernels import triton_gemv as tg
     from specdec.kernels import triton_kernels as tk
 
-    dtype, device = torch.bfloat16, torch.device("cuda")
     for model, shapes in SHAPES.items():
         for name, (k_in, n_out, norm, silu, res) in shapes.items():
-            rows_w = 2 * n_out if silu else n_out
-            weights = [torch.randn(rows_w, k_in, device=device, dtype=dtype) / k_in**0.5 for _ in range(4)]
-            gb = rows_w * k_in * 2 / 1e9
-            for rows in (1,):
-                x = torch.randn(rows, k_in, device=device, dtype=dtype)
-                g = torch.randn(k_in, device=device, dtype=dtype) if norm else None
-                r = torch.randn(rows, n_out, device=device, dtype=dtype) if res else None
+            weights, x, g, r = operands(k_in, n_out, norm, silu, res)
+            gb = weights[0].numel() * 2 / 1e9
 
-                def fused(i, x=x, g=g, r=r):
-                    return tg.fused_linear(x, weights[i % 4], None, g, 1e-5, r, silu)
+            def fused(i):
+                return tg.fused_linear(x, weights[i % 4], None, g, 1e-5, r, silu)
 
-                def unfused(i, x=x, g=g, r=r):
-                    h = tk.rms_norm(x, g, 1e-5) if g is not None else x
-                    y = F.linear(h, weights[i % 4])
-                    if silu:
-                        y = tk.silu_mul(y)
-                    return y if r is None else r + y
+            def unfused(i):
+                h = tk.rms_norm(x, g, 1e-5) if g is not None else x
+                y = F.linear(h, weights[i % 4])
+                if silu:
+                    y = tk.silu_mul(y)
+                return y if r is None else r + y
 
-                a, b = graph_time_us(fused), graph_time_us(unfused)
-                print(f"{model} {name:8s} rows {rows}: fused {a:7.2f} us ({gb / a * 1e6:6.0f} GB/s)  "
-                      f"unfused {b:7.2f} us ({gb / b * 1e6:6.0f} GB/s)  ratio {b / a:.2f}x", flush=True)  # fmt: skip
+            a, b = graph_time_us(fused), graph_time_us(unfused)
+            print(f"{model} {name:8s} rows 1: fused {a:7.2f} us ({gb / a * 1e6:6.0f} GB/s)  "
+                  f"unfused {b:7.2f} us ({gb / b * 1e6:6.0f} GB/s)  ratio {b / a:.2f}x", flush=True)  # fmt: skip
 
 
 def sweep() -> None:
@@ -88,16 +93,11 @@ def sweep() -> None:
 
     from specdec.kernels import triton_gemv as tg
 
-    dtype, device = torch.bfloat16, torch.device("cuda")
     swept = (("1b", "gate_up"), ("1b", "down"), ("8b", "qkv"), ("8b", "o"), ("8b", "gate_up"), ("8b", "down"))
     for model, name in swept:
         k_in, n_out, norm, silu, res = SHAPES[model][name]
-        rows_w = 2 * n_out if silu else n_out
-        weights = [torch.randn(rows_w, k_in, device=device, dtype=dtype) / k_in**0.5 for _ in range(4)]
-        x = torch.randn(1, k_in, device=device, dtype=dtype)
-        g = torch.randn(k_in, device=device, dtype=dtype) if norm else None
-        r = torch.randn(1, n_out, device=device, dtype=dtype) if res else None
-        out = torch.empty(1, n_out, device=device, dtype=dtype)
+        weights, x, g, r = operands(k_in, n_out, norm, silu, res)
+        out = x.new_empty(1, n_out)
         best = []
         for block_n in (1, 2, 4):
             for block_k in (1024, 2048, 4096):

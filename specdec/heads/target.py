@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from specdec.kernels.cpu_linear import linear
@@ -29,7 +30,10 @@ class TargetParts:
 
     def output(self, hidden: torch.Tensor) -> torch.Tensor:
         """The target's output layer: [..., D] -> [..., V] logits in ``hidden``'s dtype."""
-        return linear(hidden, self.lm_head.to(hidden.dtype))
+        weight = self.lm_head
+        if weight.dtype != hidden.dtype:  # a converted weight is a new tensor each call: no copy worth keeping
+            return F.linear(hidden, weight.to(hidden.dtype))
+        return linear(hidden, weight)
 
     @classmethod
     def of(cls, model: PreTrainedModel) -> TargetParts:

@@ -1,8 +1,9 @@
 """``x @ W.T (+ b)`` for CPU float32 weights, faster than ``F.linear`` at the few rows a decoding step multiplies.
 
 torch's CPU ``F.linear`` calls MKL's sgemm with the [N, K] weight transposed. On the CI machine (AMD EPYC, one
-thread) that call runs two to three times below what the same weight allows (docs/performance.md, "CPU matrix
-products"), so a weight used here gets a copy made once, on first use, in the layout that is fast for the rows at hand:
+thread) that call runs two to three times below what the same weight allows (docs/performance.md, seventh
+session, "CPU products through copies of the weights"), so a weight used here gets a copy made once, on first
+use, in the layout that is fast for the rows at hand:
 
 - one or two rows (an autoregressive step, a draft head's few nodes): ``x @ W_t`` with a contiguous [K, N] copy;
 - three rows or more (a verification, a prefill): oneDNN's linear with the weight reordered once into oneDNN's
