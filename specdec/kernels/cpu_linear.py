@@ -104,22 +104,23 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
     ):
         return F.linear(x, weight, bias)
-    rows = x.numel() // max(x.shape[-1], 1)
+    flat = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])  # [M, K] (no reshape op for what is already 2-D)
+    rows = flat.shape[0]
     entry = _entry(weight)
-    flat = x.reshape(rows, x.shape[-1])  # [M, K]
+    out = None
     if rows >= PACKED_MIN_ROWS and _packing[0]:
         if entry.packed is None:
             entry.packed = _make(entry, weight, packed=True)
         if entry.packed is not None:
             out = torch.ops.mkldnn._linear_pointwise(flat, entry.packed, bias, "none", [], "")  # [M, N]
-            return out.view(*x.shape[:-1], weight.shape[0])
     elif rows < PACKED_MIN_ROWS:
         if entry.transposed is None:
             entry.transposed = _make(entry, weight, packed=False)
         if entry.transposed is not None:
-            out = flat @ entry.transposed if bias is None else torch.addmm(bias, flat, entry.transposed)
-            return out.view(*x.shape[:-1], weight.shape[0])
-    return F.linear(x, weight, bias)
+            out = torch.mm(flat, entry.transposed) if bias is None else torch.addmm(bias, flat, entry.transposed)
+    if out is None:
+        return F.linear(x, weight, bias)
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], weight.shape[0])
 
 
 class Linear(nn.Linear):

@@ -15,8 +15,9 @@ from specdec.kernels import cpu_linear
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x: [T, D], weight: [D] -> [T, D]. Normalised in float32, rounded to x's dtype, then scaled by weight
     (the order transformers' Llama uses)."""
-    normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
-    return weight * normed.to(x.dtype)
+    wide = x if x.dtype == torch.float32 else x.float()  # (no conversion op where there is nothing to convert)
+    normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * (normed if x.dtype == torch.float32 else normed.to(x.dtype))
 
 
 def fused_linear(
@@ -70,13 +71,14 @@ def rope_and_store(
     """
     batch, seq, width = qkv.shape
     head_dim = width // (num_heads + 2 * num_kv_heads)
-    q, k, v = qkv.view(batch, seq, num_heads + 2 * num_kv_heads, head_dim).split(
-        [num_heads, num_kv_heads, num_kv_heads], dim=2
-    )
+    qk, v = qkv.view(batch, seq, num_heads + 2 * num_kv_heads, head_dim).split(
+        [num_heads + num_kv_heads, num_kv_heads], dim=2
+    )  # q and k rotate together: [B, S, H + Hkv, Dh]
     if cos_table is not None and sin_table is not None:
         cos = cos_table[positions].unsqueeze(2)  # [B, S, 1, Dh]
         sin = sin_table[positions].unsqueeze(2)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        qk = _rotate(qk, cos, sin)
+    q, k = qk.split([num_heads, num_kv_heads], dim=2)
     cache_k.index_copy_(2, columns, k.transpose(1, 2))
     cache_v.index_copy_(2, columns, v.transpose(1, 2))
     return q
