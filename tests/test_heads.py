@@ -3,10 +3,14 @@ the unrolled training passes are what drafting sees; Medusa heads start as the t
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from specdec.heads import EagleConfig, EagleHead, HeadCache, LayerShape, MedusaConfig, MedusaHeads, TargetParts
+from specdec.heads.eagle import Eagle3Head
+from specdec.heads.fused import FusedEagle
+from specdec.kernels import TORCH_KERNELS
 from specdec.zoo.recipe.head_training import eagle_passes
 
 D, V = 32, 50  # float32 results of chunked and whole passes differ in summation order: tolerance 1e-4
@@ -135,3 +139,52 @@ def test_the_target_output_layer_scores_as_the_target_does() -> None:
         hidden = torch.randn(rows, D)
         torch.testing.assert_close(parts.output(hidden), F.linear(hidden, weight), rtol=1e-5, atol=1e-5)
     assert parts.output(torch.randn(3, D, dtype=torch.float64)).dtype == torch.float64
+
+
+def make_eagle3(seed: int = 0, qkv_bias: bool = False) -> Eagle3Head:
+    torch.manual_seed(seed)
+    target = TargetParts(torch.randn(V, D), torch.randn(V, D) * 0.2, num_layers=8)
+    layer = LayerShape(
+        hidden_size=D, num_heads=4, num_kv_heads=2, intermediate_size=48, attention_input=2 * D, qkv_bias=qkv_bias
+    )
+    head = Eagle3Head(EagleConfig(3, layer, V, 30, D, feature_layers=(1, 3, 4)), target)
+    for p in head.parameters():
+        p.data.normal_(0, 0.3)
+    head.d2t.copy_(torch.randperm(V)[:30].sort().values - torch.arange(30))  # draft id d is target id d + d2t[d]
+    return head.eval()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("version", [1, 3])
+def test_the_fused_drafting_forward_computes_what_the_modules_compute(version):
+    """What drafting runs (specdec.heads.fused: fused q/k/v and gate/up, norms in the products, a rotary table, the
+    cache written while rotating) against the head's own modules, over a cache with a tree-shaped mask."""
+    head = make_head(3) if version == 1 else make_eagle3(3)
+    if version == 1:  # q/k/v biases (a Qwen2-style head), kept apart by the fused product's bias
+        for proj in (head.layers[0].self_attn.q_proj, head.layers[0].self_attn.k_proj):
+            proj.bias = torch.nn.Parameter(torch.randn(proj.out_features) * 0.3)
+        head.layers[0].self_attn.v_proj.bias = torch.nn.Parameter(
+            torch.randn(head.layers[0].self_attn.v_proj.out_features)
+        )
+    fused = FusedEagle(head, TORCH_KERNELS)
+    fused.position_tables(32)
+    width = 3 * D if version == 3 else D
+    tokens, features = torch.randint(0, V, (1, 6)), torch.randn(1, 6, width)
+    ours, theirs = cache_for(head), cache_for(head)
+    columns = torch.arange(6)
+    out = fused.forward(tokens, features, columns[None], causal(range(6)), ours, columns)
+    expected = written(head, theirs, tokens, features, range(6))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.keys, theirs.keys, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.values, theirs.values, rtol=1e-4, atol=1e-4)
+    # two sibling nodes at one depth, reading the head's own output (D wide), each seeing the committed entries
+    # and itself only; rotary positions 6 for both
+    mask = causal(range(6))[:, -1:].expand(1, 2, -1).clone()  # [1, 2, C]
+    mask[0, 0, 6], mask[0, 1, 7] = True, True
+    siblings = torch.randint(0, V, (1, 2))
+    hidden = expected[:, -1:].expand(1, 2, D)
+    at = torch.tensor([6, 7])
+    out = fused.forward(siblings, hidden, torch.tensor([[6, 6]]), mask, ours, at)
+    expected = head(siblings, hidden, torch.tensor([[6, 6]]), mask=mask, into=theirs.at(at))[0]
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused.log_probs(out), torch.log_softmax(head.logits(out), -1), rtol=1e-4, atol=1e-4)

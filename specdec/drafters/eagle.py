@@ -31,6 +31,7 @@ nodes from the new root on, and the next feed starts there). The next :meth:`pro
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,6 +47,8 @@ from specdec.fast.graphs import CapturedGraphs, Outputs
 from specdec.heads.cache import HeadCache
 from specdec.heads.checkpoints import load_heads
 from specdec.heads.eagle import Eagle3Head, EagleHead
+from specdec.heads.fused import FusedEagle
+from specdec.kernels import TORCH_KERNELS
 from specdec.loading import LoadedModel
 from specdec.sampling import logits_to_probs, sample
 from specdec.sequence import SequenceBatch
@@ -66,6 +69,39 @@ class EagleOptions:
             raise ConfigError("eagle options depth, top_k and budget must be >= 1")
 
 
+@dataclass(frozen=True)
+class _TreeShape:
+    """What a dynamic tree's shape fixes in advance (see ``EagleDrafter._tree_run``): for ``max_depth`` and k."""
+
+    first: tuple[int, ...]  # [d]: the first candidate of depth d (index 0 unused)
+    depths: torch.Tensor  # [N] int64: each candidate's depth
+    depth1_parents: torch.Tensor  # [k] int64: -1 (children of the root)
+    first_chosen: torch.Tensor  # [k] int64: the nodes expanded at depth 2 (all of depth 1)
+    slots: torch.Tensor  # [slots] int64: 0..slots-1
+    slot_of: torch.Tensor  # [max_depth - 1, k, slots] bool: one-hot of each expanded node's own slot
+    repeat: torch.Tensor  # [k k] int64: i // k, each child's parent among the k expanded nodes
+
+
+@functools.cache
+def _tree_shape(max_depth: int, k: int, device: torch.device) -> _TreeShape:
+    first = (0, 0, *(k + (d - 2) * k * k for d in range(2, max_depth + 1)))
+    count = k + (max_depth - 1) * k * k
+    depths = torch.ones(count, dtype=torch.long)
+    for d in range(2, max_depth + 1):
+        depths[first[d] : first[d] + k * k] = d
+    slots = max(max_depth - 1, 1) * k
+    slot_of = torch.eye(slots, dtype=torch.bool).view(max(max_depth - 1, 1), k, slots)
+    return _TreeShape(
+        first=first,
+        depths=depths.to(device),
+        depth1_parents=torch.full((k,), -1, dtype=torch.long, device=device),
+        first_chosen=torch.arange(k, device=device),
+        slots=torch.arange(slots, device=device),
+        slot_of=slot_of.to(device),
+        repeat=torch.arange(k, device=device).repeat_interleave(k),
+    )
+
+
 class EagleDrafter:
     method = "eagle"
 
@@ -74,6 +110,7 @@ class EagleDrafter:
         if not isinstance(head, EagleHead | Eagle3Head):
             raise ConfigError(f"{options.heads!r} holds {type(head).__name__}, not an EAGLE head")
         self.head = head
+        self.fused = FusedEagle(head, TORCH_KERNELS)  # drafting's forward (the head's modules are for training)
         self.options = options
         self.name = f"eagle({options.heads}, {options.tree})"
         self.features = FeatureRequest(layers=head.config.feature_layers)
@@ -120,6 +157,7 @@ class EagleDrafter:
             self._root = weight.new_zeros(batch.batch_size, 1, shape.hidden_size)
             self._pad = torch.zeros(batch.batch_size, dtype=torch.long, device=weight.device)
             self._columns = torch.arange(capacity, device=weight.device)
+            self.fused.position_tables(capacity)  # rotary positions stay below the cache's columns
         self._pad.copy_(batch.pad_lengths)
         self.buffer.reset()
         self.fed, self.has_root = 0, False
@@ -151,8 +189,7 @@ class EagleDrafter:
         [B, S, C] -> outputs [B, S, D]."""
         assert self.cache is not None
         positions = (entries[None, :] - self._pad[:, None]).clamp_min(0)  # [B, S]
-        out, _ = self.head(tokens, hidden, positions, mask=mask, into=self.cache.at(columns))
-        return out
+        return self.fused.forward(tokens, hidden, positions, mask, self.cache, columns)
 
     def _feed_run(self, tokens: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Device work only: the entries ``fed..fed+S-1`` from tokens [B, S] and the target's features [B, S, F];
@@ -295,47 +332,43 @@ class EagleDrafter:
         tree. Candidates are numbered depth by depth (k at depth 1, then k x k per depth, children of one expanded
         node together); the node expanded at depth d + 1 in place ``i`` of its depth holds cache column
         ``fed + d k + i`` (its "slot"). -> tokens [B, W], parents [W] (re-indexed into the kept nodes)."""
-        k, root = self.options.top_k, self._root[:, -1]  # root [B, D]
-        b, device = root.shape[0], root.device
-        count = k + (max_depth - 1) * k * k  # candidates
-        slots = (max_depth - 1) * k  # expanded nodes
-        logp = torch.log_softmax(self.head.logits(root).float(), -1).topk(k, dim=-1)  # [B, k]
-        tokens = torch.zeros(b, count, dtype=torch.long, device=device)
-        scores = torch.zeros(b, count, device=device)
-        parent = torch.full((count,), -1, dtype=torch.long, device=device)
-        depth_of = torch.ones(count, dtype=torch.long, device=device)
-        parent_slot = torch.full((count,), -1, dtype=torch.long, device=device)  # the slot of a node's parent
-        ancestors = torch.zeros(count, max(slots, 1), dtype=torch.bool, device=device)  # [N, slots]
-        outputs = root.new_zeros(b, max(slots, 1), root.shape[-1])  # [B, slots, D] expanded nodes' outputs
-        tokens[:, :k], scores[:, :k] = logp.indices, logp.values
+        k, root = self.options.top_k, self._root  # root [B, 1, D]
+        shape = _tree_shape(max_depth, k, root.device)
+        logp = self.fused.log_probs(root[:, 0]).topk(k, dim=-1)  # [B, k]
+        tokens, scores, parents = [logp.indices], [logp.values], [shape.depth1_parents]  # per depth: [B, n], [n]
+        assert self.cache is not None
         keys = self._columns[None, :]  # [1, C]
-        committed = (keys >= self._pad[:, None]) & (keys < self._fed_at)  # [B, C]
-        frontier, width = 0, k  # the candidates created at the previous depth: [frontier, frontier + width)
+        committed = ((keys >= self._pad[:, None]) & (keys < self._fed_at))[:, None, :]  # [B, 1, C]
+        slot_columns = self._fed_at + shape.slots  # [slots] the expanded nodes' cache columns
+        position = (self._fed_at - self._pad)[:, None]  # [B, 1] the root's rotary position (before clamping)
+        previous = root.expand(-1, k, -1)  # [B, k, D] the outputs of the nodes expanded at the depth before
+        inputs = previous  # [B, k, D] what the expanded nodes read: their parents' outputs
+        own = shape.slot_of[0]  # [k, slots] each expanded node's ancestors among the slots, itself included
+        chosen = shape.first_chosen  # [k] the expanded nodes among the candidates of the depth before
         for depth in range(2, max_depth + 1):
-            chosen = frontier + torch.sort(scores[:, frontier : frontier + width].mean(0).topk(k).indices).values
-            slot = (depth - 2) * k + torch.arange(k, device=device)  # [k]
-            own = ancestors[chosen] | (torch.arange(slots, device=device)[None, :] == slot[:, None])  # [k, slots]
-            placed = torch.zeros(k, keys.shape[1], dtype=torch.bool, device=device)
-            placed.index_copy_(1, self._fed_at + torch.arange(slots, device=device), own)  # [k, C]
-            up = parent_slot[chosen]  # [k]
-            inputs = torch.where(up[None, :, None] >= 0, outputs[:, up.clamp_min(0)], root[:, None])  # [B, k, D]
-            out = self._run(
-                tokens[:, chosen], inputs, self._fed_at + slot, (self._fed_at + (depth - 2)).expand(k),
-                committed[:, None, :] | placed[None],
-            )  # fmt: skip
-            outputs[:, slot] = out
-            children = torch.log_softmax(self.head.logits(out).float(), -1).topk(k, dim=-1)  # [B, k, k]
-            first = k + (depth - 2) * k * k
-            new = slice(first, first + k * k)
-            tokens[:, new] = children.indices.reshape(b, k * k)
-            scores[:, new] = (scores[:, chosen][:, :, None] + children.values).reshape(b, k * k)
-            parent[new] = chosen.repeat_interleave(k)
-            depth_of[new] = depth
-            parent_slot[new] = slot.repeat_interleave(k)
-            ancestors[new] = own.repeat_interleave(k, dim=0)
-            frontier, width = first, k * k
-        kept, kept_parents = best_subtree(scores.mean(0), parent, depth_of, budget)
-        return tokens[:, kept], kept_parents
+            if depth > 2:  # the k best of the k x k candidates of the depth before; their parents' slots and outputs
+                local = torch.sort(scores[-1].mean(0).topk(k).indices).values  # [k] into the depth before
+                parent = local // k  # [k] which node expanded at the depth before is each one's parent
+                chosen = shape.first[depth - 1] + local
+                own = own[parent] | shape.slot_of[depth - 2]
+                inputs = previous[:, parent]
+                local_tokens, local_scores = tokens[-1][:, local], scores[-1][:, local]  # [B, k]
+            else:
+                local_tokens, local_scores = tokens[0], scores[0]
+            placed = torch.zeros(k, keys.shape[1], dtype=torch.bool, device=root.device)
+            placed.index_copy_(1, slot_columns, own)  # [k, C]
+            columns = slot_columns[(depth - 2) * k : (depth - 1) * k]  # [k]
+            positions = (position + (depth - 2)).clamp_min(0).expand(-1, k)  # [B, k]
+            out = self.fused.forward(local_tokens, inputs, positions, committed | placed, self.cache, columns)
+            previous = out  # [B, k, D]
+            children = self.fused.log_probs(out).topk(k, dim=-1)  # [B, k, k]
+            tokens.append(children.indices.flatten(1))
+            scores.append((local_scores[:, :, None] + children.values).flatten(1))  # [B, k k] cumulative
+            parents.append(chosen[shape.repeat])  # [k k]
+        kept, kept_parents = best_subtree(
+            torch.cat(scores, 1).mean(0), torch.cat(parents), shape.depths, budget
+        )  # fmt: skip
+        return torch.cat(tokens, 1)[:, kept], kept_parents
 
     def observe(self, batch: SequenceBatch, num_accepted: int) -> None:
         """Nothing here: the next proposal rolls the cache back to the committed entries and reads new features."""
