@@ -26,6 +26,17 @@ def test_it_computes_what_f_linear_computes(rows: int, with_bias: bool) -> None:
     torch.testing.assert_close(linear(x3, weight, bias), F.linear(x3, weight, bias), rtol=1e-5, atol=1e-5)
 
 
+def test_transposed_keeps_to_one_copy_whatever_the_rows() -> None:
+    torch.manual_seed(1)
+    weight, bias = torch.randn(64, 32), torch.randn(64)
+    for rows in (1, 3, 9):
+        x = torch.randn(rows, 32)
+        torch.testing.assert_close(linear(x, weight, bias, transposed=True), F.linear(x, weight, bias), rtol=1e-5,
+                                   atol=1e-5)  # fmt: skip
+    entry = cpu_linear._copies[id(weight)]
+    assert entry.transposed is not None and entry.packed is None
+
+
 def test_the_torch_kernel_set_uses_it_and_other_dtypes_take_f_linear_exactly() -> None:
     assert TORCH_KERNELS.linear is linear
     weight, x = torch.randn(8, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)

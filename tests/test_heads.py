@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from specdec.heads import EagleConfig, EagleHead, HeadCache, LayerShape, MedusaConfig, MedusaHeads, TargetParts
 from specdec.heads.eagle import Eagle3Head
 from specdec.heads.fused import FusedEagle
-from specdec.kernels import TORCH_KERNELS
 from specdec.zoo.recipe.head_training import eagle_passes
 
 D, V = 32, 50  # float32 results of chunked and whole passes differ in summation order: tolerance 1e-4
@@ -166,7 +165,7 @@ def test_the_fused_drafting_forward_computes_what_the_modules_compute(version):
         head.layers[0].self_attn.v_proj.bias = torch.nn.Parameter(
             torch.randn(head.layers[0].self_attn.v_proj.out_features)
         )
-    fused = FusedEagle(head, TORCH_KERNELS)
+    fused = FusedEagle(head)
     fused.position_tables(32)
     width = 3 * D if version == 3 else D
     tokens, features = torch.randint(0, V, (1, 6)), torch.randn(1, 6, width)

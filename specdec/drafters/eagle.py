@@ -48,7 +48,6 @@ from specdec.heads.cache import HeadCache
 from specdec.heads.checkpoints import load_heads
 from specdec.heads.eagle import Eagle3Head, EagleHead
 from specdec.heads.fused import FusedEagle
-from specdec.kernels import TORCH_KERNELS
 from specdec.loading import LoadedModel
 from specdec.sampling import logits_to_probs, sample
 from specdec.sequence import SequenceBatch
@@ -110,7 +109,7 @@ class EagleDrafter:
         if not isinstance(head, EagleHead | Eagle3Head):
             raise ConfigError(f"{options.heads!r} holds {type(head).__name__}, not an EAGLE head")
         self.head = head
-        self.fused = FusedEagle(head, TORCH_KERNELS)  # drafting's forward (the head's modules are for training)
+        self.fused = FusedEagle(head)  # drafting's forward (the head's modules are for training)
         self.options = options
         self.name = f"eagle({options.heads}, {options.tree})"
         self.features = FeatureRequest(layers=head.config.feature_layers)

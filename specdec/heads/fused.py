@@ -1,15 +1,18 @@
-"""An EAGLE head's drafting forward: its layer over the head's cache with fused weights and the kernel set's
-operations, as the fast path runs a target (``specdec.fast.llama``).
+"""An EAGLE head's drafting forward: its layer over the head's cache with fused weights and few operations, as the
+fast path runs a target (``specdec.fast.llama``).
 
 The head modules (``specdec.heads.eagle``) define the function and are what training and checkpoints use; drafting
 runs it here with fewer, larger operations, which is what a step costs on a CPU, where every small operation has
 a fixed price: q/k/v and gate/up are concatenated once into fused matrices (a copy, made when the drafter is
-built; later changes to the head's parameters are not seen), the norms ride in the products
-(``Kernels.fused_linear``), the rotary angles come from a table, and the new keys and values go into the cache in
-the same operation that rotates them (``Kernels.rope_and_store``). Same function as the modules, up to float
-rounding (``tests/test_heads.py`` compares the two). Shapes: B batch, S new entries, T = B * S, D the head's
-width, A its attention input (D, or 2D for EAGLE-3), H / Hkv query / key-value heads, Dh head size, C cache
-columns, V the target's vocabulary, Vd EAGLE-3's draft vocabulary.
+built; later changes to the head's parameters are not seen), the rotary angles come from a table, and the new keys
+and values go into the cache in the same operation that rotates them (the fast path's reference operations,
+``specdec.kernels.reference``). On a CPU every product reads the weight's transposed copy
+(``cpu_linear.linear(..., transposed=True)``), whatever its rows: the few-row forwards of a tree then find the
+weights that the feed of the accepted entries (more rows) has just read still in the CPU's caches. Same function as
+the modules, up to float rounding (``tests/test_heads.py`` compares the two).
+
+Shapes: B batch, S new entries, T = B * S, D the head's width, A its attention input (D, or 2D for EAGLE-3),
+H / Hkv query / key-value heads, Dh head size, C cache columns, V the target's vocabulary.
 """
 
 from __future__ import annotations
@@ -20,15 +23,14 @@ import torch.nn.functional as F
 from specdec.heads.cache import HeadCache
 from specdec.heads.eagle import Eagle3Head, EagleHead
 from specdec.heads.layer import DraftDecoderLayer
-from specdec.kernels import Kernels
+from specdec.kernels import cpu_linear, reference
 
 
 class FusedEagle:
     """The drafting forward of an EAGLE-1/2 or EAGLE-3 head (see the module docstring)."""
 
-    def __init__(self, head: EagleHead | Eagle3Head, kernels: Kernels) -> None:
+    def __init__(self, head: EagleHead | Eagle3Head) -> None:
         self.head = head
-        self.kernels = kernels
         self.version = head.config.version
         shape = head.config.layer
         self.num_heads, self.num_kv_heads, self.head_dim = shape.num_heads, shape.num_kv_heads, shape.head_dim
@@ -74,22 +76,21 @@ class FusedEagle:
         cache: HeadCache,
         columns: torch.Tensor,  # [S] where the new entries' keys and values go
     ) -> torch.Tensor:  # [B, S, D] the layer's output (EAGLE-1/2: estimates of the next features)
-        k = self.kernels
         batch, seq = tokens.shape
         embedding = _as(F.embedding(tokens.reshape(-1), self.head.target.embedding), self.dtype)  # [T, D]
         hidden = _as(features.reshape(batch * seq, -1), self.dtype)  # [T, F]
         if self.version == 1:
-            residual = k.linear(torch.cat([embedding, hidden], dim=-1), self.fc, self.fc_bias)  # [T, D]
+            residual = _linear(torch.cat([embedding, hidden], dim=-1), self.fc, self.fc_bias)  # [T, D]
             attention_in = residual  # EAGLE-1's layer has no input norm: fc's output is already the fused feature
         else:
-            residual = hidden if hidden.shape[-1] == self.o.shape[0] else k.linear(hidden, self.fc)  # [T, D]
+            residual = hidden if hidden.shape[-1] == self.o.shape[0] else _linear(hidden, self.fc)  # [T, D]
             assert self.input_norm is not None and self.hidden_norm is not None
             attention_in = torch.cat(
-                [k.rms_norm(embedding, self.input_norm, self.eps), k.rms_norm(residual, self.hidden_norm, self.eps)],
+                [rms_norm(embedding, self.input_norm, self.eps), rms_norm(residual, self.hidden_norm, self.eps)],
                 dim=-1,
             )  # [T, 2D]
-        qkv = k.linear(attention_in, self.qkv, self.qkv_bias)  # [T, (H + 2 Hkv) Dh]
-        q = k.rope_and_store(
+        qkv = _linear(attention_in, self.qkv, self.qkv_bias)  # [T, (H + 2 Hkv) Dh]
+        q = reference.rope_and_store(
             qkv.view(batch, seq, -1), positions, self.cos_table, self.sin_table, cache.keys, cache.values, columns,
             self.num_heads, self.num_kv_heads,
         )  # [B, S, H, Dh]  # fmt: skip
@@ -98,14 +99,21 @@ class FusedEagle:
             enable_gqa=self.num_kv_heads != self.num_heads,
         )  # [B, H, S, Dh]  # fmt: skip
         attended = attended.transpose(1, 2).reshape(batch * seq, -1)  # [T, H Dh]
-        residual = k.fused_linear(attended, self.o, residual=residual)  # [T, D]
-        act = k.fused_linear(residual, self.gate_up, None, self.post_norm, self.eps, silu_pair=True)  # [T, I]
-        return k.fused_linear(act, self.down, residual=residual).view(batch, seq, -1)  # [B, S, D]
+        residual = residual + _linear(attended, self.o)  # [T, D]
+        act = reference.silu_mul(_linear(rms_norm(residual, self.post_norm, self.eps), self.gate_up))  # [T, I]
+        return (residual + _linear(act, self.down)).view(batch, seq, -1)  # [B, S, D]
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., V] float32 log-probabilities over the target's vocabulary (EAGLE-3: -inf outside the
         draft vocabulary)."""
         return torch.log_softmax(_as(self.head.logits(hidden), torch.float32), -1)
+
+
+rms_norm = reference.rms_norm
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return cpu_linear.linear(x, weight, bias, transposed=True)
 
 
 def _as(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

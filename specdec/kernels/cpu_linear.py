@@ -94,9 +94,14 @@ def _make(entry: _Copies, weight: torch.Tensor, packed: bool) -> torch.Tensor | 
     return copy
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, transposed: bool = False
+) -> torch.Tensor:
     """``F.linear(x, weight, bias)``: x [..., K], weight [N, K], bias [N] -> [..., N], through a fast copy of the
-    weight where one applies (see the module docstring); equal to ``F.linear`` up to float32 rounding."""
+    weight where one applies (see the module docstring); equal to ``F.linear`` up to float32 rounding.
+
+    ``transposed``: the transposed copy whatever the number of rows (a caller that multiplies few rows most of the
+    time and sometimes more, and wants one copy of the weight in the CPU's caches rather than two)."""
     if (
         x.device.type != "cpu"
         or x.dtype != torch.float32
@@ -108,12 +113,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = flat.shape[0]
     entry = _entry(weight)
     out = None
-    if rows >= PACKED_MIN_ROWS and _packing[0]:
+    if rows >= PACKED_MIN_ROWS and _packing[0] and not transposed:
         if entry.packed is None:
             entry.packed = _make(entry, weight, packed=True)
         if entry.packed is not None:
             out = torch.ops.mkldnn._linear_pointwise(flat, entry.packed, bias, "none", [], "")  # [M, N]
-    elif rows < PACKED_MIN_ROWS:
+    elif rows < PACKED_MIN_ROWS or transposed:
         if entry.transposed is None:
             entry.transposed = _make(entry, weight, packed=False)
         if entry.transposed is not None:
