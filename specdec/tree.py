@@ -14,6 +14,7 @@ these tensors without reading anything back from the device; :func:`tree_attenti
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,23 +51,26 @@ def check_parents(parents: torch.Tensor, width: int) -> None:
         raise ValueError(f"tree parents {parents.tolist()} are not in topological order (-1 <= parent < index)")
 
 
+def _shared_for_host_trees(compute: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``compute(parents)``, computed once per host tree and shared by every later call for the same parents (a
+    step asks for a tree's tensors several times): callers must not modify the result. Device parents are computed
+    each time."""
+    cached = functools.lru_cache(maxsize=256)(lambda key: compute(torch.tensor(key, dtype=torch.long)))
+
+    @functools.wraps(compute)
+    def shared(parents: torch.Tensor) -> torch.Tensor:
+        return cached(tuple(parents.tolist())) if parents.device.type == "cpu" else compute(parents)
+
+    return shared
+
+
+@_shared_for_host_trees
 def ancestors(parents: torch.Tensor) -> torch.Tensor:
-    """Ancestor-or-self matrix over the block (root first). parents: [W] -> [S, S] bool, S = W + 1. Do not modify
-    the result: a host tree's matrix is shared by every call for the same tree (a step asks for it several times).
+    """Ancestor-or-self matrix over the block (root first). parents: [W] -> [S, S] bool, S = W + 1 (shared: do not
+    modify it).
 
     Entry [i, j]: block token j lies on the path from the root to block token i (both ends included).
     """
-    if parents.device.type == "cpu":
-        return _host_ancestors(tuple(parents.tolist()))
-    return _ancestors(parents)
-
-
-@functools.lru_cache(maxsize=256)
-def _host_ancestors(parents: tuple[int, ...]) -> torch.Tensor:
-    return _ancestors(torch.tensor(parents, dtype=torch.long))
-
-
-def _ancestors(parents: torch.Tensor) -> torch.Tensor:
     width = parents.shape[0]
     size = width + 1
     step = torch.eye(size, dtype=torch.bool, device=parents.device)  # [S, S]: self, then one level up per product
@@ -88,24 +92,14 @@ def tree_attention(parents: torch.Tensor, device: torch.device) -> TreeAttention
     return TreeAttention(visible=visible.to(device), depths=(visible.sum(dim=1) - 1).to(device))
 
 
+@_shared_for_host_trees
 def path_table(parents: torch.Tensor) -> torch.Tensor:
-    """The root-to-node path of every block token, as drafted-node indices padded with -1.
+    """The root-to-node path of every block token, as drafted-node indices padded with -1 (shared: do not modify it).
 
     parents: [W] -> [S, W] int64: row s holds the drafted nodes from the root (excluded) down to block token s
     (included) in depth order, then -1. Row 0 (the root) is all -1. Ancestors have smaller indices than their
-    descendants, so a path in index order is a path in depth order. A host tree's table is shared (do not modify).
+    descendants, so a path in index order is a path in depth order.
     """
-    if parents.device.type == "cpu":
-        return _host_path_table(tuple(parents.tolist()))
-    return _path_table(parents)
-
-
-@functools.lru_cache(maxsize=256)
-def _host_path_table(parents: tuple[int, ...]) -> torch.Tensor:
-    return _path_table(torch.tensor(parents, dtype=torch.long))
-
-
-def _path_table(parents: torch.Tensor) -> torch.Tensor:
     visible = ancestors(parents)[:, 1:]  # [S, W]
     width = parents.shape[0]
     index = torch.arange(width, device=parents.device).expand_as(visible)

@@ -86,7 +86,10 @@ class FusedEagle:
             residual = hidden if hidden.shape[-1] == self.o.shape[0] else _linear(hidden, self.fc)  # [T, D]
             assert self.input_norm is not None and self.hidden_norm is not None
             attention_in = torch.cat(
-                [rms_norm(embedding, self.input_norm, self.eps), rms_norm(residual, self.hidden_norm, self.eps)],
+                [
+                    reference.rms_norm(embedding, self.input_norm, self.eps),
+                    reference.rms_norm(residual, self.hidden_norm, self.eps),
+                ],
                 dim=-1,
             )  # [T, 2D]
         qkv = _linear(attention_in, self.qkv, self.qkv_bias)  # [T, (H + 2 Hkv) Dh]
@@ -100,16 +103,14 @@ class FusedEagle:
         )  # [B, H, S, Dh]  # fmt: skip
         attended = attended.transpose(1, 2).reshape(batch * seq, -1)  # [T, H Dh]
         residual = residual + _linear(attended, self.o)  # [T, D]
-        act = reference.silu_mul(_linear(rms_norm(residual, self.post_norm, self.eps), self.gate_up))  # [T, I]
+        normed = reference.rms_norm(residual, self.post_norm, self.eps)
+        act = reference.silu_mul(_linear(normed, self.gate_up))  # [T, I]
         return (residual + _linear(act, self.down)).view(batch, seq, -1)  # [B, S, D]
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         """[..., D] -> [..., V] float32 log-probabilities over the target's vocabulary (EAGLE-3: -inf outside the
         draft vocabulary)."""
         return torch.log_softmax(_as(self.head.logits(hidden), torch.float32), -1)
-
-
-rms_norm = reference.rms_norm
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
