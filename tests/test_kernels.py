@@ -61,6 +61,8 @@ def test_silu_mul(tk, dtype):
         (192, 320, True, False, True, False),  # gate/up: normed input, silu(gate) * up
         (1000, 4100, False, False, False, False),  # a plain product, many programs
         (3000, 700, True, False, False, True),  # more inputs than one load takes
+        (5000, 300, False, False, False, True),  # long rows, few outputs: one row and four warps per program
+        (2500, 96, True, False, True, False),  # gate/up over more inputs than one load takes
     ],
 )
 def test_the_fused_gemv_computes_the_product_with_its_norm_silu_and_residual(
