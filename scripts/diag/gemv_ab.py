@@ -1,16 +1,19 @@
 """The fused decode GEMV (``specdec.kernels.triton_gemv``) against the unfused products it replaces, on CUDA.
 
     python scripts/diag/gemv_ab.py kernels            # per-matrix times on the 1B and 8B shapes (bf16)
-    python scripts/diag/gemv_ab.py sweep              # tiles and warps of the fused kernel
+    python scripts/diag/gemv_ab.py sweep [1b:down,...]  # tiles and warps of the fused kernel
     SPECDEC_GEMV_ROWS=0 python scripts/diag/gemv_ab.py ar   # the engine's autoregressive speed without the GEMV
     python scripts/diag/gemv_ab.py ar                       # ... and with it (run both in one call, interleaved)
+    python scripts/diag/gemv_ab.py ar 1b                    # one shape (1b or 8b)
+    python scripts/diag/gemv_ab.py chain 1b                 # the engine's step against its forward alone
 
-``kernels``: each product of a layer at 1 and 5 rows, timed in a CUDA graph of 50 calls over 4 copies of the weight
-(so that the 50 MB L2 does not hold it): the fused kernel, then the sequence it replaces (the Triton RMS norm,
+``kernels``: each product of a layer at 1 row, timed in a CUDA graph of 50 calls over 4 copies of the weight (so
+that the 50 MB L2 does not hold it): the fused kernel, then the sequence it replaces (the Triton RMS norm,
 ``F.linear``, the SiLU kernel, the residual add), in microseconds and in GB/s of weights read. ``sweep``: tile
 sizes and warps for the fused kernel on the same products. ``ar``: tokens/s of the 1B and 8B shapes, bf16, greedy,
 batch 1, 128-token prompt, 256 new tokens (median of 3 after a warm-up), and the sampled run (temperature 0.8,
-top-p 0.95).
+top-p 0.95). ``chain``: the engine's greedy autoregressive ms per token against the same forward replayed 16 times
+in one CUDA graph with its argmax (the decoder's ``greedy_chain``: no host work between forwards), in one process.
 """
 
 # ruff: noqa: B023  (each closure runs inside the iteration that defines it)
@@ -68,23 +71,27 @@ def kernels() -> None:
     from specdec.kernels import triton_kernels as tk
 
     for model, shapes in SHAPES.items():
-        for name, (k_in, n_out, norm, silu, res) in shapes.items():
-            weights, x, g, r = operands(k_in, n_out, norm, silu, res)
-            gb = weights[0].numel() * 2 / 1e9
+        kernel_times(model, shapes, tg, tk)
 
-            def fused(i):
-                return tg.fused_linear(x, weights[i % 4], None, g, 1e-5, r, silu)
 
-            def unfused(i):
-                h = tk.rms_norm(x, g, 1e-5) if g is not None else x
-                y = F.linear(h, weights[i % 4])
-                if silu:
-                    y = tk.silu_mul(y)
-                return y if r is None else r + y
+def kernel_times(model: str, shapes: dict, tg, tk) -> None:
+    for name, (k_in, n_out, norm, silu, res) in shapes.items():
+        weights, x, g, r = operands(k_in, n_out, norm, silu, res)
+        gb = weights[0].numel() * 2 / 1e9
 
-            a, b = graph_time_us(fused), graph_time_us(unfused)
-            print(f"{model} {name:8s} rows 1: fused {a:7.2f} us ({gb / a * 1e6:6.0f} GB/s)  "
-                  f"unfused {b:7.2f} us ({gb / b * 1e6:6.0f} GB/s)  ratio {b / a:.2f}x", flush=True)  # fmt: skip
+        def fused(i):
+            return tg.fused_linear(x, weights[i % 4], None, g, 1e-5, r, silu)
+
+        def unfused(i):
+            h = tk.rms_norm(x, g, 1e-5) if g is not None else x
+            y = F.linear(h, weights[i % 4])
+            if silu:
+                y = tk.silu_mul(y)
+            return y if r is None else r + y
+
+        a, b = graph_time_us(fused), graph_time_us(unfused)
+        print(f"{model} {name:8s} rows 1: fused {a:7.2f} us ({gb / a * 1e6:6.0f} GB/s)  "
+              f"unfused {b:7.2f} us ({gb / b * 1e6:6.0f} GB/s)  ratio {b / a:.2f}x", flush=True)  # fmt: skip
 
 
 def sweep() -> None:
@@ -93,23 +100,22 @@ def sweep() -> None:
 
     from specdec.kernels import triton_gemv as tg
 
-    swept = (("1b", "gate_up"), ("1b", "down"), ("8b", "qkv"), ("8b", "o"), ("8b", "gate_up"), ("8b", "down"))
+    chosen_names = sys.argv[2].split(",") if len(sys.argv) > 2 else None  # e.g. 1b:down,8b:gate_up
+    swept = [(m, n) for m in SHAPES for n in SHAPES[m] if chosen_names is None or f"{m}:{n}" in chosen_names]
     for model, name in swept:
         k_in, n_out, norm, silu, res = SHAPES[model][name]
         weights, x, g, r = operands(k_in, n_out, norm, silu, res)
         out = x.new_empty(1, n_out)
         best = []
         for block_n in (1, 2, 4):
-            for block_k in (1024, 2048, 4096):
-                if block_k > k_in or (block_k == 4096 and block_n == 4):
-                    continue
+            for block_k in (512, 1024, 2048):
                 for warps in (1, 2, 4):
 
                     def run(i, block_n=block_n, block_k=block_k, warps=warps):
                         tg._fused_linear_kernel[(triton.cdiv(n_out, block_n),)](
                             x, weights[i % 4], x, g if g is not None else x, r if r is not None else x, out,
-                            1, n_out, k_in, 1e-5, g is not None, False, silu, r is not None,
-                            1, block_n, block_k, num_warps=warps,
+                            n_out, k_in, 1e-5, g is not None, False, silu, r is not None,
+                            block_n, block_k, num_warps=warps,
                         )  # fmt: skip
 
                     try:
@@ -117,7 +123,7 @@ def sweep() -> None:
                     except Exception as error:  # a tile too large for the registers
                         print(f"  {name} n{block_n} k{block_k} w{warps}: {type(error).__name__}")
         best.sort()
-        chosen = tg.blocks(1, n_out, k_in, silu)
+        chosen = tg.blocks(n_out, k_in, silu)
         print(f"sweep {model} {name}: default {chosen}; best " + ", ".join(
             f"{t:.2f}us n{n} k{k} w{w}" for t, n, k, w in best[:5]), flush=True)  # fmt: skip
 
@@ -127,10 +133,12 @@ def ar() -> None:
     from specdec.benchmarks.timing import time_engine
 
     label = f"gemv_rows={os.environ.get('SPECDEC_GEMV_ROWS', 'default')}"
+    shapes = sys.argv[2].split(",") if len(sys.argv) > 2 else ["1b", "8b"]
     prompt = torch.randint(0, 32000, (128,), generator=torch.Generator().manual_seed(0)).tolist()
     greedy = GenerationConfig(max_new_tokens=256, stop_at_eos=False)
     sampled = GenerationConfig(max_new_tokens=256, stop_at_eos=False, temperature=0.8, top_p=0.95, seed=0)
-    for target in ("zoo:synthetic/llama-3.2-1b@mix=0.5", "zoo:synthetic/llama-3.1-8b@mix=0.5"):
+    names = {"1b": "zoo:synthetic/llama-3.2-1b@mix=0.5", "8b": "zoo:synthetic/llama-3.1-8b@mix=0.5"}
+    for target in [names[shape] for shape in shapes]:
         model = load_model(target, device="cuda", dtype="bfloat16")
         engine = SpeculativeEngine(model)
         g = time_engine(engine, prompt, greedy)
@@ -141,5 +149,35 @@ def ar() -> None:
         torch.cuda.empty_cache()
 
 
+def chain() -> None:
+    from specdec import GenerationConfig, SpeculativeEngine, load_model
+    from specdec.benchmarks.timing import time_engine
+
+    names = {"1b": "zoo:synthetic/llama-3.2-1b@mix=0.5", "8b": "zoo:synthetic/llama-3.1-8b@mix=0.5"}
+    prompt = torch.randint(0, 32000, (128,), generator=torch.Generator().manual_seed(0)).tolist()
+    for shape in sys.argv[2].split(",") if len(sys.argv) > 2 else ["1b"]:
+        engine = SpeculativeEngine(load_model(names[shape], device="cuda", dtype="bfloat16"))
+        timed = time_engine(engine, prompt, GenerationConfig(max_new_tokens=256, stop_at_eos=False))
+        step_ms = 1000 / timed.tokens_per_second
+        decoder = engine.target
+        ids = torch.tensor([prompt], device="cuda")
+        decoder.prepare(torch.zeros(1, dtype=torch.long), None, 1024)
+        decoder.forward(ids, last_only=True)
+        times = []
+        for _ in range(6):
+            decoder.rollback(128)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(8):
+                decoder.greedy_chain(ids[:, -1:], 16)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / (8 * 16))
+            decoder.rollback(128)
+        chained = sorted(times)[len(times) // 2]
+        print(f"{shape}: engine step {step_ms:.3f} ms/token, forward in a 16-step graph {chained:.3f} ms "
+              f"({step_ms / chained:.3f}x)", flush=True)  # fmt: skip
+
+
 if __name__ == "__main__":
-    {"kernels": kernels, "sweep": sweep, "ar": ar}[sys.argv[1]]()
+    {"kernels": kernels, "sweep": sweep, "ar": ar, "chain": chain}[sys.argv[1]]()
