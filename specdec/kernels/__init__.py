@@ -68,7 +68,7 @@ def load_triton_kernels() -> Kernels:
     gemv_rows = min(int(os.environ.get(ENV_GEMV_ROWS, triton_gemv.MAX_ROWS)), triton_gemv.MAX_ROWS)
 
     def fused_linear(x, weight, bias=None, norm_weight=None, eps=0.0, residual=None, silu_pair=False):
-        if x.shape[0] <= gemv_rows:  # a decoding step's few rows: one kernel
+        if 0 < x.shape[0] <= gemv_rows:  # a decoding step's row: one kernel
             return triton_gemv.fused_linear(x, weight, bias, norm_weight, eps, residual, silu_pair)
         h = tk.rms_norm(x, norm_weight, eps) if norm_weight is not None else x
         if residual is not None and bias is None and not silu_pair:  # the add in cuBLAS's epilogue: one kernel

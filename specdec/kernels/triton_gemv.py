@@ -80,8 +80,8 @@ def _fused_linear_kernel(
 def blocks(n_out: int, k_in: int, silu_pair: bool) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, warps): two output rows per program, 1024 inputs per load (512 with ``silu_pair``, which
     reads a gate and an up row per output), one warp; one row and four warps for few outputs of long rows, so that
-    enough loads are in flight (the 1B shape's down projection). The rule sweeps over the 1B and 8B shapes' products
-    on an H200 suggested (``scripts/diag/gemv_variants.py``, ``scripts/diag/gemv_ab.py sweep``; docs/performance.md,
+    enough loads are in flight (the 1B shape's down projection). Chosen from sweeps over the 1B and 8B shapes'
+    products on an H200 (``scripts/diag/gemv_variants.py``, ``scripts/diag/gemv_ab.py sweep``; docs/performance.md,
     ninth session)."""
     if silu_pair:
         return 2, min(triton.next_power_of_2(k_in), 512), 1
@@ -103,7 +103,7 @@ def fused_linear(
     """x: [1, K] contiguous; weight: [N, K] ([2 N, K] with ``silu_pair``); bias: [N]; norm_weight: [K]; residual:
     [1, N]. Returns [1, N] in x's dtype (see the module docstring)."""
     rows, k_in = x.shape
-    assert rows <= MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
+    assert rows == MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
     assert residual is None or residual.is_contiguous()
     n_out = weight.shape[0] // 2 if silu_pair else weight.shape[0]
     out = torch.empty((rows, n_out), dtype=x.dtype, device=x.device)
