@@ -31,6 +31,7 @@ SHAPES = {  # name: (K, N, norm, silu_pair, residual)
     "8b": {"qkv": (4096, 6144, True, False, False), "o": (4096, 4096, False, False, True),
            "gate_up": (4096, 14336, True, True, False), "down": (14336, 4096, False, False, True)},
 }  # fmt: skip
+TARGETS = {"1b": "zoo:synthetic/llama-3.2-1b@mix=0.5", "8b": "zoo:synthetic/llama-3.1-8b@mix=0.5"}  # for ar, chain
 
 
 def graph_time_us(fn, calls: int = 50) -> float:
@@ -137,8 +138,7 @@ def ar() -> None:
     prompt = torch.randint(0, 32000, (128,), generator=torch.Generator().manual_seed(0)).tolist()
     greedy = GenerationConfig(max_new_tokens=256, stop_at_eos=False)
     sampled = GenerationConfig(max_new_tokens=256, stop_at_eos=False, temperature=0.8, top_p=0.95, seed=0)
-    names = {"1b": "zoo:synthetic/llama-3.2-1b@mix=0.5", "8b": "zoo:synthetic/llama-3.1-8b@mix=0.5"}
-    for target in [names[shape] for shape in shapes]:
+    for target in [TARGETS[shape] for shape in shapes]:
         model = load_model(target, device="cuda", dtype="bfloat16")
         engine = SpeculativeEngine(model)
         g = time_engine(engine, prompt, greedy)
@@ -153,10 +153,9 @@ def chain() -> None:
     from specdec import GenerationConfig, SpeculativeEngine, load_model
     from specdec.benchmarks.timing import time_engine
 
-    names = {"1b": "zoo:synthetic/llama-3.2-1b@mix=0.5", "8b": "zoo:synthetic/llama-3.1-8b@mix=0.5"}
     prompt = torch.randint(0, 32000, (128,), generator=torch.Generator().manual_seed(0)).tolist()
     for shape in sys.argv[2].split(",") if len(sys.argv) > 2 else ["1b"]:
-        engine = SpeculativeEngine(load_model(names[shape], device="cuda", dtype="bfloat16"))
+        engine = SpeculativeEngine(load_model(TARGETS[shape], device="cuda", dtype="bfloat16"))
         timed = time_engine(engine, prompt, GenerationConfig(max_new_tokens=256, stop_at_eos=False))
         step_ms = 1000 / timed.tokens_per_second
         decoder = engine.target

@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
-from specdec.kernels import Kernels
+from specdec.kernels import Kernels, reference
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inverse frequencies that do not depend on length
 
@@ -102,13 +102,10 @@ class FastLlama:
 
     def position_tables(self, length: int) -> None:
         """cos and sin for positions [0, length): [length, Dh], computed as transformers does, in the model dtype."""
-        if self.cos_table.shape[0] >= length:
-            return
-        positions = torch.arange(length, device=self.device, dtype=torch.float32)
-        freqs = positions[:, None] * self.inv_freq[None, :]  # [P, Dh / 2]
-        angles = torch.cat([freqs, freqs], dim=-1)  # [P, Dh]
-        self.cos_table = (angles.cos() * self.attention_scaling).to(self.dtype)
-        self.sin_table = (angles.sin() * self.attention_scaling).to(self.dtype)
+        if self.cos_table.shape[0] < length:
+            self.cos_table, self.sin_table = reference.rotary_tables(
+                self.inv_freq, self.attention_scaling, length, self.dtype
+            )
 
     def new_cache(self, batch_size: int, max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of every layer: two [L, B, Hkv, M, Dh] tensors."""

@@ -59,13 +59,10 @@ class FusedEagle:
     def position_tables(self, length: int) -> None:
         """cos and sin for rotary positions [0, length), computed as ``transformers`` does, in the head's dtype
         (call before capturing a forward in a CUDA graph: the tables grow here, never inside a forward)."""
-        if self.cos_table.shape[0] >= length:
-            return
-        positions = torch.arange(length, device=self._inv_freq.device, dtype=torch.float32)
-        freqs = positions[:, None] * self._inv_freq[None, :]  # [P, Dh / 2]
-        angles = torch.cat([freqs, freqs], dim=-1)  # [P, Dh]
-        self.cos_table = (angles.cos() * self._rope_scale).to(self.dtype)
-        self.sin_table = (angles.sin() * self._rope_scale).to(self.dtype)
+        if self.cos_table.shape[0] < length:
+            self.cos_table, self.sin_table = reference.rotary_tables(
+                self._inv_freq, self._rope_scale, length, self.dtype
+            )
 
     def forward(
         self,

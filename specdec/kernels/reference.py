@@ -52,6 +52,17 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + rotated * sin
 
 
+def rotary_tables(
+    inv_freq: torch.Tensor, attention_scaling: float, length: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for rotary positions [0, length), computed as transformers does: inv_freq [Dh / 2] float32 ->
+    two [length, Dh] tables in ``dtype``, for ``rope_and_store``."""
+    positions = torch.arange(length, device=inv_freq.device, dtype=torch.float32)
+    freqs = positions[:, None] * inv_freq[None, :]  # [P, Dh / 2]
+    angles = torch.cat([freqs, freqs], dim=-1)  # [P, Dh]
+    return (angles.cos() * attention_scaling).to(dtype), (angles.sin() * attention_scaling).to(dtype)
+
+
 def rope_and_store(
     qkv: torch.Tensor,
     positions: torch.Tensor,
