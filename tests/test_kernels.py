@@ -63,6 +63,7 @@ def test_silu_mul(tk, dtype):
         (3000, 700, True, False, False, True),  # more inputs than one load takes
         (5000, 300, False, False, False, True),  # long rows, few outputs: one row and four warps per program
         (2500, 96, True, False, True, False),  # gate/up over more inputs than one load takes
+        (9000, 40, True, False, False, False),  # a norm over more inputs than its one load takes
     ],
 )
 def test_the_fused_gemv_computes_the_product_with_its_norm_silu_and_residual(

@@ -116,7 +116,7 @@ def sweep() -> None:
                         tg._fused_linear_kernel[(triton.cdiv(n_out, block_n),)](
                             x, weights[i % 4], x, g if g is not None else x, r if r is not None else x, out,
                             n_out, k_in, 1e-5, g is not None, False, silu, r is not None,
-                            block_n, block_k, num_warps=warps,
+                            block_n, block_k, min(triton.next_power_of_2(k_in), 8192), num_warps=warps,
                         )  # fmt: skip
 
                     try:

@@ -28,22 +28,36 @@ MAX_ROWS = 1  # the kernel takes one row; more (a verification, a batch) take th
 
 
 @triton.jit
+def _weight_tile(w_ptr, rows, rows_ok, k0, kk, k_in):
+    """Weight rows ``rows`` [N] at inputs [k0, k0 + BLOCK_K): [N, K], nothing read past the end of a row."""
+    mask = rows_ok[:, None] & ((k0 + kk) < k_in)[None, :]
+    return tl.load(w_ptr + rows[:, None] * k_in + k0 + kk[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
+
+
+@triton.jit
 def _fused_linear_kernel(
     x_ptr, w_ptr, bias_ptr, norm_ptr, residual_ptr, out_ptr, n_out, k_in, eps,
     HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, SILU_PAIR: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_X: tl.constexpr,
 ):  # fmt: skip
     """Program n: outputs [n * BLOCK_N, (n + 1) * BLOCK_N) of the row. With SILU_PAIR the weight has 2 n_out rows
-    (gate, then up) and the program reads the gate rows and the up rows of its outputs."""
+    (gate, then up) and the program reads the gate rows and the up rows of its outputs. Each weight tile is read
+    one step ahead of its use (the first before the norm's pass over the input), so that no load waits for
+    arithmetic."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [N]
     kk = tl.arange(0, BLOCK_K)  # [K]
     n_ok = n < n_out
     dtype = x_ptr.dtype.element_ty
+    w = _weight_tile(w_ptr, n, n_ok, 0, kk, k_in)  # [N, K]
+    w_up = w
+    if SILU_PAIR:
+        w_up = _weight_tile(w_ptr, n_out + n, n_ok, 0, kk, k_in)
     inverse_rms = 0.0
-    if HAS_NORM:  # 1 / rms of the row, over the whole input (a few KB, read again from cache below)
-        squares = tl.zeros((BLOCK_K,), tl.float32)
-        for k0 in range(0, k_in, BLOCK_K):
-            xs = tl.load(x_ptr + k0 + kk, mask=(k0 + kk) < k_in, other=0.0).to(tl.float32)
+    if HAS_NORM:  # 1 / rms of the row, over the whole input in loads of BLOCK_X (one for hidden sizes to 8192)
+        xx = tl.arange(0, BLOCK_X)
+        squares = tl.zeros((BLOCK_X,), tl.float32)
+        for k0 in range(0, k_in, BLOCK_X):
+            xs = tl.load(x_ptr + k0 + xx, mask=(k0 + xx) < k_in, other=0.0).to(tl.float32)
             squares += xs * xs
         inverse_rms = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / k_in + eps)
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)  # elementwise products, reduced once at the end
@@ -56,13 +70,12 @@ def _fused_linear_kernel(
             g = tl.load(norm_ptr + k0 + kk, mask=k_ok, other=0.0)
             xs = (g.to(tl.float32) * normed.to(tl.float32)).to(dtype)
         xf = xs.to(tl.float32)[None, :]  # [1, K]
-        w_mask = n_ok[:, None] & k_ok[None, :]
-        w = tl.load(w_ptr + n[:, None] * k_in + k0 + kk[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
         acc += xf * w.to(tl.float32)  # [N, K]
         if SILU_PAIR:
-            w_up = tl.load(w_ptr + (n_out + n[:, None]) * k_in + k0 + kk[None, :], mask=w_mask, other=0.0,
-                           eviction_policy="evict_first")  # fmt: skip
             acc_up += xf * w_up.to(tl.float32)
+        w = _weight_tile(w_ptr, n, n_ok, k0 + BLOCK_K, kk, k_in)  # the next tile (nothing read past the last)
+        if SILU_PAIR:
+            w_up = _weight_tile(w_ptr, n_out + n, n_ok, k0 + BLOCK_K, kk, k_in)
     y = tl.sum(acc, axis=1)  # [N]
     if HAS_BIAS:
         y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
@@ -112,6 +125,6 @@ def fused_linear(
         x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x,
         residual if residual is not None else x, out, n_out, k_in, eps,
         norm_weight is not None, bias is not None, silu_pair, residual is not None,
-        block_n, block_k, num_warps=warps,
+        block_n, block_k, min(triton.next_power_of_2(k_in), 8192), num_warps=warps,
     )  # fmt: skip
     return out
