@@ -116,6 +116,40 @@ def test_rope_and_store_writes_the_same_cache_and_queries(tk, dtype, heads, kv_h
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "bias"), [(4, 2, 32, False), (6, 2, 64, True)])
+def test_the_one_token_qkv_product_rotates_and_stores_in_one_kernel(dtype, heads, kv_heads, head_dim, bias):
+    from specdec.kernels import triton_gemv
+
+    g = torch.Generator(DEVICE).manual_seed(heads + head_dim)
+    hidden, max_length, column, position = 300, 24, 9, 6
+    width = (heads + 2 * kv_heads) * head_dim
+    x = rand(1, hidden, dtype=dtype, generator=g)
+    weight = (rand(width, hidden, dtype=dtype, generator=g) / hidden**0.5).to(dtype)
+    args = (
+        rand(width, dtype=dtype, generator=g) if bias else None,
+        rand(hidden, dtype=dtype, generator=g),  # the input's RMS norm
+        1e-6,
+        torch.tensor([[position]], device=DEVICE),
+    )
+    angles = torch.rand(16, head_dim // 2, generator=g, device=DEVICE) * 6.0
+    tables = (
+        torch.cat([angles.cos(), angles.cos()], -1).to(dtype),
+        torch.cat([angles.sin(), angles.sin()], -1).to(dtype),
+    )
+    caches = [rand(1, kv_heads, max_length, head_dim, dtype=dtype, generator=g) for _ in range(2)]
+    ours = [c.clone() for c in caches]
+    columns = torch.tensor([column], device=DEVICE)
+    q_ref = reference.linear_rope_store(x, weight, *args, *tables, *caches, columns, heads, kv_heads)
+    q = triton_gemv.linear_rope_store(x, weight, *args, *tables, *ours, columns, heads, kv_heads)
+    assert q.shape == q_ref.shape == (1, 1, heads, head_dim)
+    assert relative_error(q, q_ref) < TOLERANCE[dtype]
+    for mine, theirs in zip(ours, caches, strict=True):
+        assert relative_error(mine[:, :, column], theirs[:, :, column]) < TOLERANCE[dtype]
+        others = torch.arange(max_length, device=DEVICE) != column
+        assert torch.equal(mine[:, :, others], theirs[:, :, others])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("heads", "kv_heads", "seq", "padded"), [(4, 2, 1, False), (8, 2, 5, True), (4, 4, 9, True)])
 def test_decode_attention(tk, dtype, heads, kv_heads, seq, padded):
     g = torch.Generator(DEVICE).manual_seed(heads + seq)

@@ -115,7 +115,8 @@ def sweep() -> None:
                     def run(i, block_n=block_n, block_k=block_k, warps=warps):
                         tg._fused_linear_kernel[(triton.cdiv(n_out, block_n),)](
                             x, weights[i % 4], x, g if g is not None else x, r if r is not None else x, out,
-                            n_out, k_in, 1e-5, g is not None, False, silu, r is not None,
+                            n_out, k_in, 1e-5, x, x, x, x, x, x, 0, 0, 0,
+                            g is not None, False, silu, r is not None, False, silu, 2,
                             block_n, block_k, min(triton.next_power_of_2(k_in), 8192), num_warps=warps,
                         )  # fmt: skip
 

@@ -136,10 +136,9 @@ class FastLlama:
         residual = F.embedding(input_ids, self.embed).view(batch * seq, -1)  # [T, D] the residual stream
         taken: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers):
-            qkv = k.fused_linear(residual, layer.qkv, layer.qkv_bias, layer.input_norm, self.eps)  # [T, (H+2Hkv) Dh]
-            q = k.rope_and_store(
-                qkv.view(batch, seq, -1), positions, self.cos_table, self.sin_table,
-                cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
+            q = k.linear_rope_store(
+                residual, layer.qkv, layer.qkv_bias, layer.input_norm, self.eps, positions, self.cos_table,
+                self.sin_table, cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
             )  # [B, S, H, Dh]  # fmt: skip
             attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale, tree)
             residual = k.fused_linear(attended.reshape(batch * seq, -1), layer.o, layer.o_bias, residual=residual)

@@ -30,6 +30,7 @@ class Kernels:
     fused_linear: Callable[..., torch.Tensor]  # a product with its norm, SiLU and residual: reference.fused_linear
     rms_norm: Callable[..., torch.Tensor]
     rope_and_store: Callable[..., torch.Tensor]
+    linear_rope_store: Callable[..., torch.Tensor]  # the q/k/v product, RoPE and the KV write: see the reference
     decode_attention: Callable[..., torch.Tensor]
     greedy_verify: Callable[..., verification.Verdict]
     speculative_sample_from_noise: Callable[..., verification.Verdict]
@@ -42,6 +43,7 @@ TORCH_KERNELS = Kernels(
     fused_linear=reference.fused_linear,
     rms_norm=reference.rms_norm,
     rope_and_store=reference.rope_and_store,
+    linear_rope_store=reference.linear_rope_store,
     decode_attention=reference.decode_attention,
     greedy_verify=verification.greedy_verify,
     speculative_sample_from_noise=verification.speculative_sample_from_noise,
@@ -78,6 +80,14 @@ def load_triton_kernels() -> Kernels:
             y = tk.silu_mul(y)
         return y if residual is None else residual + y
 
+    def linear_rope_store(x, weight, bias, norm_weight, eps, positions, cos, sin, cache_k, cache_v, columns, h, h_kv):
+        if 0 < x.shape[0] <= gemv_rows and cos is not None and sin is not None:  # one token: one kernel
+            return triton_gemv.linear_rope_store(
+                x, weight, bias, norm_weight, eps, positions, cos, sin, cache_k, cache_v, columns, h, h_kv
+            )
+        qkv = fused_linear(x, weight, bias, norm_weight, eps).view(*positions.shape, -1)
+        return tk.rope_and_store(qkv, positions, cos, sin, cache_k, cache_v, columns, h, h_kv)
+
     def decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree=None):
         group = q.shape[2] // cache_k.shape[1]
         if group * q.shape[1] > tk.MAX_ATTENTION_ROWS:  # a long block of queries (prefill, a large tree)
@@ -90,6 +100,7 @@ def load_triton_kernels() -> Kernels:
         fused_linear=fused_linear,
         rms_norm=tk.rms_norm,
         rope_and_store=tk.rope_and_store,
+        linear_rope_store=linear_rope_store,
         decode_attention=decode_attention,
         greedy_verify=tk.greedy_verify,
         speculative_sample_from_noise=tk.speculative_sample_from_noise,

@@ -95,6 +95,27 @@ def rope_and_store(
     return q
 
 
+def linear_rope_store(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    positions: torch.Tensor,
+    cos_table: torch.Tensor | None,
+    sin_table: torch.Tensor | None,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    columns: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+) -> torch.Tensor:
+    """A layer's q/k/v product (``fused_linear`` of x [B * S, D] with its norm and bias) followed by
+    ``rope_and_store`` (positions [B, S]; the other arguments as there). Returns q: [B, S, H, Dh]."""
+    qkv = fused_linear(x, weight, bias, norm_weight, eps).view(*positions.shape, -1)
+    return rope_and_store(qkv, positions, cos_table, sin_table, cache_k, cache_v, columns, num_heads, num_kv_heads)
+
+
 def decode_attention(
     q: torch.Tensor,
     cache_k: torch.Tensor,

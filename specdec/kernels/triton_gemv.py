@@ -37,21 +37,33 @@ def _weight_tile(w_ptr, rows, rows_ok, k0, kk, k_in):
 @triton.jit
 def _fused_linear_kernel(
     x_ptr, w_ptr, bias_ptr, norm_ptr, residual_ptr, out_ptr, n_out, k_in, eps,
+    positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length,
     HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, SILU_PAIR: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    ROPE: tl.constexpr, PAIRED: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_X: tl.constexpr,
 ):  # fmt: skip
-    """Program n: outputs [n * BLOCK_N, (n + 1) * BLOCK_N) of the row. With SILU_PAIR the weight has 2 n_out rows
-    (gate, then up) and the program reads the gate rows and the up rows of its outputs. Each weight tile is read
-    one step ahead of its use (the first before the norm's pass over the input), so that no load waits for
-    arithmetic."""
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [N]
+    """Program p: outputs [p * BLOCK_N, (p + 1) * BLOCK_N) of the row. With SILU_PAIR the weight has 2 n_out rows
+    (gate, then up) and the program reads the gate rows and the up rows of its outputs. With ROPE the weight is a
+    q/k/v projection and the program reads rows j and j + HEAD_DIM / 2 of one head (j in a block of its first
+    half), rotates them if the head is a q or k head, and writes q to ``out`` and k and v into the caches at
+    ``columns[0]`` (what ``reference.rope_and_store`` does). Each weight tile is read one step ahead of its use (the
+    first before the norm's pass over the input), so that no load waits for arithmetic."""
+    pid = tl.program_id(0)
+    if ROPE:
+        head = pid // (HEAD_DIM // 2 // BLOCK_N)
+        j = (pid % (HEAD_DIM // 2 // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)  # [N] within the head's first half
+        n = head * HEAD_DIM + j
+        n2 = n + HEAD_DIM // 2
+    else:
+        n = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [N]
+        n2 = n_out + n  # the up rows (SILU_PAIR)
     kk = tl.arange(0, BLOCK_K)  # [K]
     n_ok = n < n_out
     dtype = x_ptr.dtype.element_ty
     w = _weight_tile(w_ptr, n, n_ok, 0, kk, k_in)  # [N, K]
-    w_up = w
-    if SILU_PAIR:
-        w_up = _weight_tile(w_ptr, n_out + n, n_ok, 0, kk, k_in)
+    w2 = w
+    if PAIRED:
+        w2 = _weight_tile(w_ptr, n2, n_ok, 0, kk, k_in)
     inverse_rms = 0.0
     if HAS_NORM:  # 1 / rms of the row, over the whole input in loads of BLOCK_X (one for hidden sizes to 8192)
         xx = tl.arange(0, BLOCK_X)
@@ -61,7 +73,7 @@ def _fused_linear_kernel(
             squares += xs * xs
         inverse_rms = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / k_in + eps)
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)  # elementwise products, reduced once at the end
-    acc_up = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     for k0 in range(0, k_in, BLOCK_K):
         k_ok = (k0 + kk) < k_in
         xs = tl.load(x_ptr + k0 + kk, mask=k_ok, other=0.0)  # [K]
@@ -71,23 +83,59 @@ def _fused_linear_kernel(
             xs = (g.to(tl.float32) * normed.to(tl.float32)).to(dtype)
         xf = xs.to(tl.float32)[None, :]  # [1, K]
         acc += xf * w.to(tl.float32)  # [N, K]
-        if SILU_PAIR:
-            acc_up += xf * w_up.to(tl.float32)
+        if PAIRED:
+            acc2 += xf * w2.to(tl.float32)
         w = _weight_tile(w_ptr, n, n_ok, k0 + BLOCK_K, kk, k_in)  # the next tile (nothing read past the last)
-        if SILU_PAIR:
-            w_up = _weight_tile(w_ptr, n_out + n, n_ok, k0 + BLOCK_K, kk, k_in)
+        if PAIRED:
+            w2 = _weight_tile(w_ptr, n2, n_ok, k0 + BLOCK_K, kk, k_in)
     y = tl.sum(acc, axis=1)  # [N]
     if HAS_BIAS:
         y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     y = y.to(dtype)  # the product rounded, as F.linear returns it
-    if SILU_PAIR:  # as silu_mul over the rounded gate and up
-        gate = y.to(tl.float32)
-        up = tl.sum(acc_up, axis=1).to(dtype).to(tl.float32)
-        y = (gate / (1.0 + tl.exp(-gate)) * up).to(dtype)
-    if HAS_RESIDUAL:  # residual + y, rounded like an add in the model's dtype
-        r = tl.load(residual_ptr + n, mask=n_ok, other=0.0)
-        y = (r.to(tl.float32) + y.to(tl.float32)).to(dtype)
-    tl.store(out_ptr + n, y, mask=n_ok)
+    if ROPE:
+        y2 = tl.sum(acc2, axis=1)
+        if HAS_BIAS:
+            y2 += tl.load(bias_ptr + n2).to(tl.float32)
+        _rope_store(y, y2.to(dtype), head, j, out_ptr, positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr,
+                    columns_ptr, num_heads, num_kv_heads, max_length, HEAD_DIM)  # fmt: skip
+    else:
+        if SILU_PAIR:  # as silu_mul over the rounded gate and up
+            gate = y.to(tl.float32)
+            up = tl.sum(acc2, axis=1).to(dtype).to(tl.float32)
+            y = (gate / (1.0 + tl.exp(-gate)) * up).to(dtype)
+        if HAS_RESIDUAL:  # residual + y, rounded like an add in the model's dtype
+            r = tl.load(residual_ptr + n, mask=n_ok, other=0.0)
+            y = (r.to(tl.float32) + y.to(tl.float32)).to(dtype)
+        tl.store(out_ptr + n, y, mask=n_ok)
+
+
+@triton.jit
+def _rope_store(
+    y1, y2, head, j, q_ptr, positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr,
+    num_heads, num_kv_heads, max_length, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """Dimensions j and j + HEAD_DIM / 2 ([N] each, rounded products) of head ``head`` of one token's q/k/v: rotated
+    (q and k heads) as the RoPE kernel does, in float32 from the rounded values, and stored: q heads to q, k and v
+    heads into the caches ([Hkv, M, Dh], one batch row) at column ``columns[0]``."""
+    half = HEAD_DIM // 2
+    x1 = y1.to(tl.float32)
+    x2 = y2.to(tl.float32)
+    if head < num_heads + num_kv_heads:
+        position = tl.load(positions_ptr)
+        cos1 = tl.load(cos_ptr + position * HEAD_DIM + j).to(tl.float32)
+        cos2 = tl.load(cos_ptr + position * HEAD_DIM + half + j).to(tl.float32)
+        sin1 = tl.load(sin_ptr + position * HEAD_DIM + j).to(tl.float32)
+        sin2 = tl.load(sin_ptr + position * HEAD_DIM + half + j).to(tl.float32)
+        x1, x2 = x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2
+    column = tl.load(columns_ptr)
+    if head < num_heads:
+        out = q_ptr + head * HEAD_DIM
+    elif head < num_heads + num_kv_heads:
+        out = cache_k_ptr + ((head - num_heads) * max_length + column) * HEAD_DIM
+    else:
+        out = cache_v_ptr + ((head - num_heads - num_kv_heads) * max_length + column) * HEAD_DIM
+    tl.store(out + j, x1.to(q_ptr.dtype.element_ty))
+    tl.store(out + half + j, x2.to(q_ptr.dtype.element_ty))
 
 
 def blocks(n_out: int, k_in: int, silu_pair: bool) -> tuple[int, int, int]:
@@ -123,8 +171,49 @@ def fused_linear(
     block_n, block_k, warps = blocks(n_out, k_in, silu_pair)
     _fused_linear_kernel[(triton.cdiv(n_out, block_n),)](
         x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x,
-        residual if residual is not None else x, out, n_out, k_in, eps,
-        norm_weight is not None, bias is not None, silu_pair, residual is not None,
-        block_n, block_k, min(triton.next_power_of_2(k_in), 8192), num_warps=warps,
+        residual if residual is not None else x, out, n_out, k_in, eps, x, x, x, x, x, x, 0, 0, 0,
+        norm_weight is not None, bias is not None, silu_pair, residual is not None, False, silu_pair, 2,
+        block_n, block_k, _norm_block(k_in), num_warps=warps,
     )  # fmt: skip
     return out
+
+
+def _norm_block(k_in: int) -> int:
+    return min(triton.next_power_of_2(k_in), 8192)
+
+
+ROPE_BLOCK_N = 1  # dimension pairs per program of the q/k/v product with RoPE (each pair: two weight rows)
+
+
+def linear_rope_store(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    norm_weight: torch.Tensor | None,
+    eps: float,
+    positions: torch.Tensor,
+    cos_table: torch.Tensor,
+    sin_table: torch.Tensor,
+    cache_k: torch.Tensor,
+    cache_v: torch.Tensor,
+    columns: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+) -> torch.Tensor:
+    """``reference.linear_rope_store`` for one token: the q/k/v product (with its norm and bias), RoPE and the KV
+    write in one kernel. x: [1, D]; weight: [(H + 2 Hkv) Dh, D]; positions: [1, 1]; cache_k, cache_v: [1, Hkv, M,
+    Dh] contiguous; columns: [1]. Returns q: [1, 1, H, Dh]."""
+    rows, k_in = x.shape
+    assert rows == MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
+    assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[0] == 1
+    n_out = weight.shape[0]
+    head_dim = n_out // (num_heads + 2 * num_kv_heads)
+    assert (head_dim // 2) % ROPE_BLOCK_N == 0
+    q = torch.empty((1, 1, num_heads, head_dim), dtype=x.dtype, device=x.device)
+    _fused_linear_kernel[(n_out // (2 * ROPE_BLOCK_N),)](
+        x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x, x, q, n_out, k_in,
+        eps, positions, cos_table, sin_table, cache_k, cache_v, columns, num_heads, num_kv_heads, cache_k.shape[2],
+        norm_weight is not None, bias is not None, False, False, True, True, head_dim,
+        ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), _norm_block(k_in), num_warps=1,
+    )  # fmt: skip
+    return q
