@@ -88,6 +88,37 @@ def test_the_fused_gemv_computes_the_product_with_its_norm_silu_and_residual(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("k_in", "n_out", "layer_norm", "gelu", "residual"),
+    [
+        (200, 300, True, None, False),  # q/k/v: the layer norm before, the bias after
+        (300, 200, False, None, True),  # o and the second MLP product: the bias, then the residual
+        (192, 770, True, "tanh", False),  # the first MLP product: layer norm, bias, GELU (GPT-2's tanh form)
+        (2100, 100, True, "none", False),  # the exact GELU; more inputs than one load takes
+    ],
+)
+def test_the_fused_gemv_computes_gpt2s_products_with_layer_norm_and_gelu(
+    dtype, k_in, n_out, layer_norm, gelu, residual
+):
+    from specdec.kernels import triton_gemv
+
+    g = torch.Generator(DEVICE).manual_seed(k_in + n_out)
+    x = (rand(1, k_in, dtype=torch.float32, generator=g) + 3.0).to(dtype)  # a mean the layer norm must remove
+    weight = (rand(n_out, k_in, dtype=dtype, generator=g) / k_in**0.5).to(dtype)
+    args = {
+        "bias": rand(n_out, dtype=dtype, generator=g),
+        "norm_weight": rand(k_in, dtype=dtype, generator=g) if layer_norm else None,
+        "eps": 1e-5,
+        "residual": rand(1, n_out, dtype=dtype, generator=g) if residual else None,
+        "norm_bias": rand(k_in, dtype=dtype, generator=g) if layer_norm else None,
+        "gelu": gelu,
+    }
+    out = triton_gemv.fused_linear(x, weight, **args)
+    assert out.shape == (1, n_out) and out.dtype == dtype
+    assert relative_error(out, reference.fused_linear(x, weight, **args)) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("heads", "kv_heads", "seq"), [(4, 2, 1), (4, 4, 3), (8, 2, 5)])
 @pytest.mark.parametrize("rotate", [True, False], ids=["rope", "learned-positions"])
 def test_rope_and_store_writes_the_same_cache_and_queries(tk, dtype, heads, kv_heads, seq, rotate):
@@ -141,6 +172,30 @@ def test_the_one_token_qkv_product_rotates_and_stores_in_one_kernel(dtype, heads
     columns = torch.tensor([column], device=DEVICE)
     q_ref = reference.linear_rope_store(x, weight, *args, *tables, *caches, columns, heads, kv_heads)
     q = triton_gemv.linear_rope_store(x, weight, *args, *tables, *ours, columns, heads, kv_heads)
+    assert q.shape == q_ref.shape == (1, 1, heads, head_dim)
+    assert relative_error(q, q_ref) < TOLERANCE[dtype]
+    for mine, theirs in zip(ours, caches, strict=True):
+        assert relative_error(mine[:, :, column], theirs[:, :, column]) < TOLERANCE[dtype]
+        others = torch.arange(max_length, device=DEVICE) != column
+        assert torch.equal(mine[:, :, others], theirs[:, :, others])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_one_token_qkv_product_of_gpt2_stores_without_rotation(dtype):
+    from specdec.kernels import triton_gemv
+
+    g = torch.Generator(DEVICE).manual_seed(5)
+    heads, head_dim, hidden, max_length, column = 4, 32, 200, 24, 9
+    width = 3 * heads * head_dim
+    x = rand(1, hidden, dtype=dtype, generator=g)
+    weight = (rand(width, hidden, dtype=dtype, generator=g) / hidden**0.5).to(dtype)
+    bias, norm_weight, norm_bias = (rand(n, dtype=dtype, generator=g) for n in (width, hidden, hidden))
+    caches = [rand(1, heads, max_length, head_dim, dtype=dtype, generator=g) for _ in range(2)]
+    ours = [c.clone() for c in caches]
+    columns = torch.tensor([column], device=DEVICE)
+    common = (bias, norm_weight, 1e-5, torch.tensor([[column]], device=DEVICE), None, None)
+    q_ref = reference.linear_rope_store(x, weight, *common, *caches, columns, heads, heads, norm_bias=norm_bias)
+    q = triton_gemv.linear_rope_store(x, weight, *common, *ours, columns, heads, heads, norm_bias=norm_bias)
     assert q.shape == q_ref.shape == (1, 1, heads, head_dim)
     assert relative_error(q, q_ref) < TOLERANCE[dtype]
     for mine, theirs in zip(ours, caches, strict=True):

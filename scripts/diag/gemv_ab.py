@@ -1,15 +1,16 @@
 """The fused decode GEMV (``specdec.kernels.triton_gemv``) against the unfused products it replaces, on CUDA.
 
-    python scripts/diag/gemv_ab.py kernels            # per-matrix times on the 1B and 8B shapes (bf16)
-    python scripts/diag/gemv_ab.py sweep [1b:down,...]  # tiles and warps of the fused kernel
+    python scripts/diag/gemv_ab.py kernels            # per-matrix times on the 1B, 8B and GPT-2 shapes (bf16)
+    python scripts/diag/gemv_ab.py sweep [1b:down,...]  # tiles and warps of the fused kernel (gpt2:fc, ...)
     SPECDEC_GEMV_ROWS=0 python scripts/diag/gemv_ab.py ar   # the engine's autoregressive speed without the GEMV
     python scripts/diag/gemv_ab.py ar                       # ... and with it (run both in one call, interleaved)
-    python scripts/diag/gemv_ab.py ar 1b                    # one shape (1b or 8b)
+    python scripts/diag/gemv_ab.py ar 1b                    # one shape (1b, 8b or gpt2)
     python scripts/diag/gemv_ab.py chain 1b                 # the engine's step against its forward alone
 
 ``kernels``: each product of a layer at 1 row, timed in a CUDA graph of 50 calls over 4 copies of the weight (so
 that the 50 MB L2 does not hold it): the fused kernel, then the sequence it replaces (the Triton RMS norm,
-``F.linear``, the SiLU kernel, the residual add), in microseconds and in GB/s of weights read. ``sweep``: tile
+``F.linear``, the SiLU kernel, the residual add; on GPT-2, whose weights are [in, out], ``F.layer_norm``, ``addmm``,
+``F.gelu``, the add), in microseconds and in GB/s of weights read. ``sweep``: tile
 sizes and warps for the fused kernel on the same products. ``ar``: tokens/s of the 1B and 8B shapes, bf16, greedy,
 batch 1, 128-token prompt, 256 new tokens (median of 3 after a warm-up), and the sampled run (temperature 0.8,
 top-p 0.95). ``chain``: the engine's greedy autoregressive ms per token against the same forward replayed 16 times
@@ -31,7 +32,15 @@ SHAPES = {  # name: (K, N, norm, silu_pair, residual)
     "8b": {"qkv": (4096, 6144, True, False, False), "o": (4096, 4096, False, False, True),
            "gate_up": (4096, 14336, True, True, False), "down": (14336, 4096, False, False, True)},
 }  # fmt: skip
-TARGETS = {"1b": "zoo:synthetic/llama-3.2-1b@mix=0.5", "8b": "zoo:synthetic/llama-3.1-8b@mix=0.5"}  # for ar, chain
+GPT2_SHAPES = {  # name: (K, N, layer norm, gelu, residual); every product with its bias
+    "qkv": (768, 2304, True, None, False), "o": (768, 768, False, None, True),
+    "fc": (768, 3072, True, "tanh", False), "proj": (3072, 768, False, None, True),
+}  # fmt: skip
+TARGETS = {  # for ar, chain
+    "1b": "zoo:synthetic/llama-3.2-1b@mix=0.5",
+    "8b": "zoo:synthetic/llama-3.1-8b@mix=0.5",
+    "gpt2": "zoo:synthetic/gpt2",
+}
 
 
 def graph_time_us(fn, calls: int = 50) -> float:
@@ -73,6 +82,37 @@ def kernels() -> None:
 
     for model, shapes in SHAPES.items():
         kernel_times(model, shapes, tg, tk)
+    for name, spec in GPT2_SHAPES.items():
+        weights, conv1d, x, bias, norm, r = gpt2_operands(*spec)
+        gb = weights[0].numel() * 2 / 1e9
+        gelu = spec[3]
+
+        def fused(i):
+            return tg.fused_linear(x, weights[i % 4], bias, norm[0] if norm else None, 1e-5, r,
+                                   norm_bias=norm[1] if norm else None, gelu=gelu)  # fmt: skip
+
+        def unfused(i):  # what FastGPT2 ran before the fused products, over Conv1D's [K, N] weights
+            h = F.layer_norm(x, (x.shape[-1],), *norm, 1e-5) if norm else x
+            y = torch.addmm(bias, h, conv1d[i % 4])
+            y = F.gelu(y, approximate=gelu) if gelu else y
+            return y if r is None else r + y
+
+        a, b = graph_time_us(fused), graph_time_us(unfused)
+        print(f"gpt2 {name:8s} rows 1: fused {a:7.2f} us ({gb / a * 1e6:6.0f} GB/s)  "
+              f"unfused {b:7.2f} us ({gb / b * 1e6:6.0f} GB/s)  ratio {b / a:.2f}x", flush=True)  # fmt: skip
+
+
+def gpt2_operands(k_in: int, n_out: int, layer_norm: bool, gelu: str | None, res: bool) -> tuple:
+    """A GPT-2 product's operands in bf16: 4 copies of the [N, K] weight and 4 of its [K, N] form (Conv1D's), the
+    row, bias, (norm weight, norm bias) or (), the residual."""
+    dtype, device = torch.bfloat16, torch.device("cuda")
+    weights = [torch.randn(n_out, k_in, device=device, dtype=dtype) / k_in**0.5 for _ in range(4)]
+    conv1d = [w.t().contiguous() for w in weights]
+    x = torch.randn(1, k_in, device=device, dtype=dtype)
+    bias = torch.randn(n_out, device=device, dtype=dtype)
+    norm = (torch.randn(k_in, device=device, dtype=dtype), torch.randn(k_in, device=device, dtype=dtype))
+    r = torch.randn(1, n_out, device=device, dtype=dtype) if res else None
+    return weights, conv1d, x, bias, norm if layer_norm else (), r
 
 
 def kernel_times(model: str, shapes: dict, tg, tk) -> None:
@@ -97,35 +137,35 @@ def kernel_times(model: str, shapes: dict, tg, tk) -> None:
 
 def sweep() -> None:
     """Output rows per program, inputs per load and warps for the fused kernel at one row."""
-    import triton
-
     from specdec.kernels import triton_gemv as tg
 
-    chosen_names = sys.argv[2].split(",") if len(sys.argv) > 2 else None  # e.g. 1b:down,8b:gate_up
-    swept = [(m, n) for m in SHAPES for n in SHAPES[m] if chosen_names is None or f"{m}:{n}" in chosen_names]
-    for model, name in swept:
-        k_in, n_out, norm, silu, res = SHAPES[model][name]
-        weights, x, g, r = operands(k_in, n_out, norm, silu, res)
-        out = x.new_empty(1, n_out)
+    chosen_names = sys.argv[2].split(",") if len(sys.argv) > 2 else None  # e.g. 1b:down,8b:gate_up,gpt2:fc
+    every = [(m, n) for m in SHAPES for n in SHAPES[m]] + [("gpt2", n) for n in GPT2_SHAPES]
+    for model, name in [(m, n) for m, n in every if chosen_names is None or f"{m}:{n}" in chosen_names]:
+        if model == "gpt2":
+            k_in, n_out, _, gelu, _ = GPT2_SHAPES[name]
+            weights, _, x, bias, norm, r = gpt2_operands(*GPT2_SHAPES[name])
+            extra = {"norm_bias": norm[-1] if norm else None, "gelu": gelu}
+            args, grid = (bias, norm[0] if norm else None, 1e-5, r, False), ((1, 2, 4, 8), (256, 512, 1024))
+            chosen = tg.blocks(n_out, k_in, False)
+        else:
+            k_in, n_out, norm_on, silu, res = SHAPES[model][name]
+            weights, x, g, r = operands(k_in, n_out, norm_on, silu, res)
+            extra, args, grid = {}, (None, g, 1e-5, r, silu), ((1, 2, 4), (512, 1024, 2048))
+            chosen = tg.blocks(n_out, k_in, silu)
         best = []
-        for block_n in (1, 2, 4):
-            for block_k in (512, 1024, 2048):
+        for block_n in grid[0]:
+            for block_k in grid[1]:
                 for warps in (1, 2, 4):
 
-                    def run(i, block_n=block_n, block_k=block_k, warps=warps):
-                        tg._fused_linear_kernel[(triton.cdiv(n_out, block_n),)](
-                            x, weights[i % 4], x, g if g is not None else x, r if r is not None else x, out,
-                            n_out, k_in, 1e-5, x, x, x, x, x, x, 0, 0, 0,
-                            g is not None, False, silu, r is not None, False, silu, 2,
-                            block_n, block_k, min(triton.next_power_of_2(k_in), 8192), num_warps=warps,
-                        )  # fmt: skip
+                    def run(i, tiles=(block_n, block_k, warps)):
+                        return tg.fused_linear(x, weights[i % 4], *args, **extra, tiles=tiles)
 
                     try:
                         best.append((graph_time_us(run), block_n, block_k, warps))
                     except Exception as error:  # a tile too large for the registers
                         print(f"  {name} n{block_n} k{block_k} w{warps}: {type(error).__name__}")
         best.sort()
-        chosen = tg.blocks(n_out, k_in, silu)
         print(f"sweep {model} {name}: default {chosen}; best " + ", ".join(
             f"{t:.2f}us n{n} k{k} w{w}" for t, n, k, w in best[:5]), flush=True)  # fmt: skip
 

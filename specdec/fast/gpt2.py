@@ -1,11 +1,15 @@
 """A lean GPT-2 forward over a static KV cache, for the fast path.
 
-It reads the weights of a loaded ``transformers`` GPT-2 (``Conv1D`` weights are [in, out], used as they are by
-``addmm``, as transformers does; nothing is copied) and computes the same function with one launch per matrix
-product, layer norm and activation plus the shared fused KV-store and attention kernels, so that a whole forward
-can be captured in a CUDA graph. GPT-2 learns its position embeddings: there is no rotation, so the KV-store kernel
-runs without tables. Shapes: B batch, S new tokens, T = B * S, D hidden, H heads, Dh head size, M cache length,
-V vocabulary, L layers, P learned positions.
+It reads the weights of a loaded ``transformers`` GPT-2 and computes the same function through the kernel set:
+each matrix product with the layer norm before it and the bias, GELU or residual add after it
+(``Kernels.fused_linear``; the q/k/v product also writes k and v into the cache: ``Kernels.linear_rope_store``
+without rotary tables) and the shared attention kernel, so that a whole forward can be captured in a CUDA graph.
+With the Triton kernels a decoding step's row takes one kernel per product (five per layer with the attention),
+which reads [out, in] weights: the layers' ``Conv1D`` weights ([in, out]) are copied once into that layout (the
+layers' size again: 170 MB for the 124M GPT-2 in bfloat16), and more rows multiply the copies with cuBLAS.
+Elsewhere nothing is copied and the same functions run as transformers computes them (``F.layer_norm``, ``addmm``
+over the [in, out] weights, ``F.gelu``). Shapes: B batch, S new tokens, T = B * S, D hidden, H heads, Dh head
+size, M cache length, V vocabulary, L layers, P learned positions.
 """
 
 from __future__ import annotations
@@ -41,14 +45,14 @@ def unsupported_reason(model: PreTrainedModel) -> str | None:
 @dataclass(frozen=True)
 class GPT2LayerWeights:
     ln_1: tuple[torch.Tensor, torch.Tensor]  # weight, bias: [D]
-    qkv: torch.Tensor  # [D, 3 D] (Conv1D layout: in, out)
+    qkv: torch.Tensor  # [D, 3 D] (Conv1D layout: in, out), or [3 D, D] where FastGPT2.transposed is False
     qkv_bias: torch.Tensor  # [3 D]
     o: torch.Tensor  # [D, D]
     o_bias: torch.Tensor  # [D]
     ln_2: tuple[torch.Tensor, torch.Tensor]
-    fc: torch.Tensor  # [D, I]
+    fc: torch.Tensor  # [D, I] (or [I, D])
     fc_bias: torch.Tensor  # [I]
-    proj: torch.Tensor  # [I, D]
+    proj: torch.Tensor  # [I, D] (or [D, I])
     proj_bias: torch.Tensor  # [D]
 
 
@@ -74,17 +78,23 @@ class FastGPT2:
         self.position_embed = body.wpe.weight  # [P, D]
         self.final_norm = (body.ln_f.weight, body.ln_f.bias)
         self.lm_head: torch.Tensor = model.get_output_embeddings().weight  # [V, D] (tied to the embedding)
+        # The Triton set's one-row product reads [out, in] weights; elsewhere addmm reads Conv1D's [in, out] as is.
+        self.transposed = kernels.name != "triton"
+
+        def layout(weight: torch.Tensor) -> torch.Tensor:
+            return weight if self.transposed else weight.detach().t().contiguous()
+
         self.layers = [
             GPT2LayerWeights(
                 ln_1=(block.ln_1.weight, block.ln_1.bias),
-                qkv=block.attn.c_attn.weight,
+                qkv=layout(block.attn.c_attn.weight),
                 qkv_bias=block.attn.c_attn.bias,
-                o=block.attn.c_proj.weight,
+                o=layout(block.attn.c_proj.weight),
                 o_bias=block.attn.c_proj.bias,
                 ln_2=(block.ln_2.weight, block.ln_2.bias),
-                fc=block.mlp.c_fc.weight,
+                fc=layout(block.mlp.c_fc.weight),
                 fc_bias=block.mlp.c_fc.bias,
-                proj=block.mlp.c_proj.weight,
+                proj=layout(block.mlp.c_proj.weight),
                 proj_bias=block.mlp.c_proj.bias,
             )
             for block in body.h
@@ -123,26 +133,28 @@ class FastGPT2:
         k = self.kernels
         batch, seq = input_ids.shape
         cache_k, cache_v = cache
-        shape = (self.hidden,)
         hidden = (F.embedding(input_ids, self.embed) + F.embedding(positions, self.position_embed)).view(
             batch * seq, -1
         )
         taken: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self.layers):  # hidden: [T, D], the residual stream
-            normed = F.layer_norm(hidden, shape, *layer.ln_1, self.eps)
-            qkv = torch.addmm(layer.qkv_bias, normed, layer.qkv)  # [T, 3 D]
-            q = k.rope_and_store(
-                qkv.view(batch, seq, -1), positions, None, None,
+            q = k.linear_rope_store(
+                hidden, layer.qkv, layer.qkv_bias, layer.ln_1[0], self.eps, positions, None, None,
                 cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
+                norm_bias=layer.ln_1[1], transposed=self.transposed,
             )  # [B, S, H, Dh]  # fmt: skip
             attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale, tree)
-            hidden = hidden + torch.addmm(layer.o_bias, attended.reshape(batch * seq, -1), layer.o)
-            normed = F.layer_norm(hidden, shape, *layer.ln_2, self.eps)
-            inner = F.gelu(torch.addmm(layer.fc_bias, normed, layer.fc), approximate=self.gelu)  # [T, I]
-            hidden = hidden + torch.addmm(layer.proj_bias, inner, layer.proj)
+            hidden = k.fused_linear(
+                attended.reshape(batch * seq, -1), layer.o, layer.o_bias, residual=hidden, transposed=self.transposed
+            )
+            inner = k.fused_linear(
+                hidden, layer.fc, layer.fc_bias, layer.ln_2[0], self.eps, norm_bias=layer.ln_2[1], gelu=self.gelu,
+                transposed=self.transposed,
+            )  # [T, I]  # fmt: skip
+            hidden = k.fused_linear(inner, layer.proj, layer.proj_bias, residual=hidden, transposed=self.transposed)
             if feature_layers and index in feature_layers:
                 taken[index] = hidden  # [T, D]: the layer's output, the residual stream
-        normed = F.layer_norm(hidden, shape, *self.final_norm, self.eps).view(batch, seq, -1)
+        normed = F.layer_norm(hidden, (self.hidden,), *self.final_norm, self.eps).view(batch, seq, -1)
         features = None
         if feature_layers is not None:
             parts = [taken[i] for i in feature_layers] if feature_layers else [normed]

@@ -69,9 +69,22 @@ def load_triton_kernels() -> Kernels:
 
     gemv_rows = min(int(os.environ.get(ENV_GEMV_ROWS, triton_gemv.MAX_ROWS)), triton_gemv.MAX_ROWS)
 
-    def fused_linear(x, weight, bias=None, norm_weight=None, eps=0.0, residual=None, silu_pair=False):
+    def fused_linear(
+        x, weight, bias=None, norm_weight=None, eps=0.0, residual=None, silu_pair=False, *, norm_bias=None,
+        gelu=None, transposed=False,
+    ):  # fmt: skip
+        if transposed:  # a [K, N] weight (GPT-2's Conv1D layout): cuBLAS reads it as it is
+            return reference.fused_linear(
+                x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu, transposed=True
+            )
         if 0 < x.shape[0] <= gemv_rows:  # a decoding step's row: one kernel
-            return triton_gemv.fused_linear(x, weight, bias, norm_weight, eps, residual, silu_pair)
+            return triton_gemv.fused_linear(
+                x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu
+            )
+        if norm_bias is not None or gelu is not None:  # GPT-2's layer norm and GELU, as transformers computes them
+            return reference.fused_linear(
+                x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu
+            )
         h = tk.rms_norm(x, norm_weight, eps) if norm_weight is not None else x
         if residual is not None and bias is None and not silu_pair:  # the add in cuBLAS's epilogue: one kernel
             return torch.addmm(residual, h, weight.t())
@@ -80,12 +93,17 @@ def load_triton_kernels() -> Kernels:
             y = tk.silu_mul(y)
         return y if residual is None else residual + y
 
-    def linear_rope_store(x, weight, bias, norm_weight, eps, positions, cos, sin, cache_k, cache_v, columns, h, h_kv):
-        if 0 < x.shape[0] <= gemv_rows and cos is not None and sin is not None:  # one token: one kernel
+    def linear_rope_store(
+        x, weight, bias, norm_weight, eps, positions, cos, sin, cache_k, cache_v, columns, h, h_kv, *,
+        norm_bias=None, transposed=False,
+    ):  # fmt: skip
+        if 0 < x.shape[0] <= gemv_rows and not transposed:  # one token: one kernel
             return triton_gemv.linear_rope_store(
-                x, weight, bias, norm_weight, eps, positions, cos, sin, cache_k, cache_v, columns, h, h_kv
-            )
-        qkv = fused_linear(x, weight, bias, norm_weight, eps).view(*positions.shape, -1)
+                x, weight, bias, norm_weight, eps, positions, cos, sin, cache_k, cache_v, columns, h, h_kv,
+                norm_bias=norm_bias,
+            )  # fmt: skip
+        qkv = fused_linear(x, weight, bias, norm_weight, eps, norm_bias=norm_bias, transposed=transposed)
+        qkv = qkv.view(*positions.shape, -1)
         return tk.rope_and_store(qkv, positions, cos, sin, cache_k, cache_v, columns, h, h_kv)
 
     def decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree=None):

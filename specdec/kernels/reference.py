@@ -8,6 +8,7 @@ query heads, ``Hkv`` key/value heads, ``Dh`` head size, ``M`` cache length, ``V`
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from specdec.kernels import cpu_linear
 
@@ -28,21 +29,37 @@ def fused_linear(
     eps: float = 0.0,
     residual: torch.Tensor | None = None,
     silu_pair: bool = False,
+    *,
+    norm_bias: torch.Tensor | None = None,
+    gelu: str | None = None,
+    transposed: bool = False,
 ) -> torch.Tensor:
-    """A product with the small operations around it: x [T, K] (RMS-normed first with ``norm_weight`` [K]) times
-    weight [N, K] plus bias [N]; with ``silu_pair`` the weight is [2I, K], gate then up, and the result
-    silu(gate) * up [T, I]; then ``residual`` [T, N] + the result."""
-    h = rms_norm(x, norm_weight, eps) if norm_weight is not None else x
-    y = cpu_linear.linear(h, weight, bias)
+    """A product with the small operations around it: x [T, K] (normed first with ``norm_weight`` [K]: an RMS norm,
+    or with ``norm_bias`` [K] a layer norm, GPT-2's) times weight [N, K] (or [K, N] with ``transposed``: GPT-2's
+    Conv1D layout, multiplied as transformers does, by ``addmm``) plus bias [N]; with ``silu_pair`` the weight is
+    [2I, K], gate then up, and the result silu(gate) * up [T, I]; with ``gelu`` ("tanh" or "none", F.gelu's
+    approximation) the result's GELU; then ``residual`` [T, N] + the result."""
+    if norm_weight is None:
+        h = x
+    elif norm_bias is not None:
+        h = F.layer_norm(x, (x.shape[-1],), norm_weight, norm_bias, eps)
+    else:
+        h = rms_norm(x, norm_weight, eps)
+    if transposed:
+        y = torch.addmm(bias, h, weight) if bias is not None else h @ weight
+    else:
+        y = cpu_linear.linear(h, weight, bias)
     if silu_pair:
         y = silu_mul(y)
+    if gelu is not None:
+        y = F.gelu(y, approximate=gelu)
     return y if residual is None else residual + y
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up: [T, 2I] (gate then up) -> silu(gate) * up: [T, I]."""
     gate, up = gate_up.chunk(2, dim=-1)
-    return torch.nn.functional.silu(gate) * up
+    return F.silu(gate) * up
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -109,10 +126,15 @@ def linear_rope_store(
     columns: torch.Tensor,
     num_heads: int,
     num_kv_heads: int,
+    *,
+    norm_bias: torch.Tensor | None = None,
+    transposed: bool = False,
 ) -> torch.Tensor:
-    """A layer's q/k/v product (``fused_linear`` of x [B * S, D] with its norm and bias) followed by
-    ``rope_and_store`` (positions [B, S]; the other arguments as there). Returns q: [B, S, H, Dh]."""
-    qkv = fused_linear(x, weight, bias, norm_weight, eps).view(*positions.shape, -1)
+    """A layer's q/k/v product (``fused_linear`` of x [B * S, D] with its norm and bias; ``norm_bias`` and
+    ``transposed`` as there) followed by ``rope_and_store`` (positions [B, S]; the other arguments as there).
+    Returns q: [B, S, H, Dh]."""
+    qkv = fused_linear(x, weight, bias, norm_weight, eps, norm_bias=norm_bias, transposed=transposed)
+    qkv = qkv.view(*positions.shape, -1)
     return rope_and_store(qkv, positions, cos_table, sin_table, cache_k, cache_v, columns, num_heads, num_kv_heads)
 
 

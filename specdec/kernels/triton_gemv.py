@@ -27,6 +27,12 @@ import triton.language as tl
 MAX_ROWS = 1  # the kernel takes one row; more (a verification, a batch) take the unfused path: cuBLAS and small kernels
 
 
+NORM_RMS, NORM_LAYER = 1, 2  # the kernel's NORM (0: none)
+ACT_SILU_PAIR, ACT_GELU_TANH, ACT_GELU_ERF = 1, 2, 3  # its ACT (0: none)
+QKV_STORE, QKV_ROTATE = 1, 2  # its QKV (0: the product goes to ``out``)
+GELU = {"tanh": ACT_GELU_TANH, "none": ACT_GELU_ERF}  # F.gelu's ``approximate`` -> ACT
+
+
 @triton.jit
 def _weight_tile(w_ptr, rows, rows_ok, k0, kk, k_in):
     """Weight rows ``rows`` [N] at inputs [k0, k0 + BLOCK_K): [N, K], nothing read past the end of a row."""
@@ -36,27 +42,29 @@ def _weight_tile(w_ptr, rows, rows_ok, k0, kk, k_in):
 
 @triton.jit
 def _fused_linear_kernel(
-    x_ptr, w_ptr, bias_ptr, norm_ptr, residual_ptr, out_ptr, n_out, k_in, eps,
+    x_ptr, w_ptr, bias_ptr, norm_ptr, norm_bias_ptr, residual_ptr, out_ptr, n_out, k_in, eps,
     positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length,
-    HAS_NORM: tl.constexpr, HAS_BIAS: tl.constexpr, SILU_PAIR: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    ROPE: tl.constexpr, PAIRED: tl.constexpr, HEAD_DIM: tl.constexpr,
+    NORM: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    QKV: tl.constexpr, PAIRED: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_X: tl.constexpr,
 ):  # fmt: skip
-    """Program p: outputs [p * BLOCK_N, (p + 1) * BLOCK_N) of the row. With SILU_PAIR the weight has 2 n_out rows
-    (gate, then up) and the program reads the gate rows and the up rows of its outputs. With ROPE the weight is a
-    q/k/v projection and the program reads rows j and j + HEAD_DIM / 2 of one head (j in a block of its first
-    half), rotates them if the head is a q or k head, and writes q to ``out`` and k and v into the caches at
-    ``columns[0]`` (what ``reference.rope_and_store`` does). Each weight tile is read one step ahead of its use (the
-    first before the norm's pass over the input), so that no load waits for arithmetic."""
+    """Program p: outputs [p * BLOCK_N, (p + 1) * BLOCK_N) of the row. NORM: the input's RMS norm (1) or layer
+    norm with its bias (2). ACT: SiLU(gate) * up (1: the weight has 2 n_out rows, gate then up, and the program reads
+    the gate rows and the up rows of its outputs), GELU with tanh (2) or erf (3). QKV: the weight is a q/k/v
+    projection; its product goes to q (``out``) and into the caches at ``columns[0]`` (what
+    ``reference.rope_and_store`` does), as it is (1) or rotated (2: the program reads rows j and j + HEAD_DIM / 2
+    of one head, j in a block of its first half). PAIRED: ACT 1 or QKV 2, two weight rows per output. Each weight
+    tile is read one step ahead of its use (the first before the norm's pass over the input), so that no load waits
+    for arithmetic."""
     pid = tl.program_id(0)
-    if ROPE:
+    if QKV == 2:
         head = pid // (HEAD_DIM // 2 // BLOCK_N)
         j = (pid % (HEAD_DIM // 2 // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)  # [N] within the head's first half
         n = head * HEAD_DIM + j
         n2 = n + HEAD_DIM // 2
     else:
         n = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [N]
-        n2 = n_out + n  # the up rows (SILU_PAIR)
+        n2 = n_out + n  # the up rows (ACT 1)
     kk = tl.arange(0, BLOCK_K)  # [K]
     n_ok = n < n_out
     dtype = x_ptr.dtype.element_ty
@@ -64,49 +72,90 @@ def _fused_linear_kernel(
     w2 = w
     if PAIRED:
         w2 = _weight_tile(w_ptr, n2, n_ok, 0, kk, k_in)
-    inverse_rms = 0.0
-    if HAS_NORM:  # 1 / rms of the row, over the whole input in loads of BLOCK_X (one for hidden sizes to 8192)
+    mean = 0.0
+    inverse_std = 0.0
+    if NORM != 0:  # the row's mean (layer norm) and 1 / std, in loads of BLOCK_X (one for hidden sizes to 8192)
         xx = tl.arange(0, BLOCK_X)
+        if NORM == 2:
+            total = tl.zeros((BLOCK_X,), tl.float32)
+            for k0 in range(0, k_in, BLOCK_X):
+                total += tl.load(x_ptr + k0 + xx, mask=(k0 + xx) < k_in, other=0.0).to(tl.float32)
+            mean = tl.sum(total, axis=0) / k_in
         squares = tl.zeros((BLOCK_X,), tl.float32)
         for k0 in range(0, k_in, BLOCK_X):
-            xs = tl.load(x_ptr + k0 + xx, mask=(k0 + xx) < k_in, other=0.0).to(tl.float32)
+            inside = (k0 + xx) < k_in
+            xs = tl.load(x_ptr + k0 + xx, mask=inside, other=0.0).to(tl.float32)
+            if NORM == 2:
+                xs = tl.where(inside, xs - mean, 0.0)
             squares += xs * xs
-        inverse_rms = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / k_in + eps)
+        inverse_std = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / k_in + eps)
     acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)  # elementwise products, reduced once at the end
     acc2 = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)
     for k0 in range(0, k_in, BLOCK_K):
         k_ok = (k0 + kk) < k_in
         xs = tl.load(x_ptr + k0 + kk, mask=k_ok, other=0.0)  # [K]
-        if HAS_NORM:  # as reference.rms_norm: normalised in float32, rounded, times the weight, rounded
-            normed = (xs.to(tl.float32) * inverse_rms).to(dtype)
+        if NORM == 1:  # as reference.rms_norm: normalised in float32, rounded, times the weight, rounded
+            normed = (xs.to(tl.float32) * inverse_std).to(dtype)
             g = tl.load(norm_ptr + k0 + kk, mask=k_ok, other=0.0)
             xs = (g.to(tl.float32) * normed.to(tl.float32)).to(dtype)
+        elif NORM == 2:  # as F.layer_norm: in float32, rounded once
+            g = tl.load(norm_ptr + k0 + kk, mask=k_ok, other=0.0).to(tl.float32)
+            b = tl.load(norm_bias_ptr + k0 + kk, mask=k_ok, other=0.0).to(tl.float32)
+            xs = ((xs.to(tl.float32) - mean) * inverse_std * g + b).to(dtype)
         xf = xs.to(tl.float32)[None, :]  # [1, K]
         acc += xf * w.to(tl.float32)  # [N, K]
         if PAIRED:
             acc2 += xf * w2.to(tl.float32)
-        w = _weight_tile(w_ptr, n, n_ok, k0 + BLOCK_K, kk, k_in)  # the next tile (nothing read past the last)
+        w = _weight_tile(w_ptr, n, n_ok, k0 + BLOCK_K, kk, k_in)  # the next (none past the last)
         if PAIRED:
             w2 = _weight_tile(w_ptr, n2, n_ok, k0 + BLOCK_K, kk, k_in)
     y = tl.sum(acc, axis=1)  # [N]
     if HAS_BIAS:
         y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     y = y.to(dtype)  # the product rounded, as F.linear returns it
-    if ROPE:
+    if QKV == 2:
         y2 = tl.sum(acc2, axis=1)
         if HAS_BIAS:
             y2 += tl.load(bias_ptr + n2).to(tl.float32)
         _rope_store(y, y2.to(dtype), head, j, out_ptr, positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr,
                     columns_ptr, num_heads, num_kv_heads, max_length, HEAD_DIM)  # fmt: skip
+    elif QKV == 1:
+        _store_qkv(y, n, n_ok, out_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length,
+                   HEAD_DIM)  # fmt: skip
     else:
-        if SILU_PAIR:  # as silu_mul over the rounded gate and up
+        if ACT == 1:  # as silu_mul over the rounded gate and up
             gate = y.to(tl.float32)
             up = tl.sum(acc2, axis=1).to(dtype).to(tl.float32)
             y = (gate / (1.0 + tl.exp(-gate)) * up).to(dtype)
+        elif ACT == 2:  # F.gelu(approximate="tanh") of the rounded product, 1 + tanh(u) as 2 / (1 + exp(-2 u))
+            yf = y.to(tl.float32)
+            u = 0.7978845608028654 * (yf + 0.044715 * yf * yf * yf)
+            y = (0.5 * yf * (2.0 / (1.0 + tl.exp(-2.0 * u)))).to(dtype)
+        elif ACT == 3:  # F.gelu(approximate="none")
+            yf = y.to(tl.float32)
+            y = (0.5 * yf * (1.0 + tl.math.erf(yf * 0.7071067811865476))).to(dtype)
         if HAS_RESIDUAL:  # residual + y, rounded like an add in the model's dtype
             r = tl.load(residual_ptr + n, mask=n_ok, other=0.0)
             y = (r.to(tl.float32) + y.to(tl.float32)).to(dtype)
         tl.store(out_ptr + n, y, mask=n_ok)
+
+
+@triton.jit
+def _store_qkv(
+    y, n, n_ok, q_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length,
+    HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """Outputs n [N] (rounded) of one token's q/k/v product, stored as they are: q heads to q, k and v heads into the
+    caches ([Hkv, M, Dh], one batch row) at column ``columns[0]``."""
+    head = n // HEAD_DIM
+    d = n % HEAD_DIM
+    column = tl.load(columns_ptr)
+    tl.store(q_ptr + n, y, mask=n_ok & (head < num_heads))
+    kv_head = head - num_heads
+    is_k = n_ok & (kv_head >= 0) & (kv_head < num_kv_heads)
+    tl.store(cache_k_ptr + (kv_head * max_length + column) * HEAD_DIM + d, y, mask=is_k)
+    v_head = kv_head - num_kv_heads
+    tl.store(cache_v_ptr + (v_head * max_length + column) * HEAD_DIM + d, y, mask=n_ok & (v_head >= 0))
 
 
 @triton.jit
@@ -141,13 +190,13 @@ def _rope_store(
 def blocks(n_out: int, k_in: int, silu_pair: bool) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, warps): two output rows per program, 1024 inputs per load (512 with ``silu_pair``, which
     reads a gate and an up row per output), one warp; one row and four warps for few outputs of long rows, so that
-    enough loads are in flight (the 1B shape's down projection). Chosen from sweeps over the 1B and 8B shapes'
-    products on an H200 (``scripts/diag/gemv_variants.py``, ``scripts/diag/gemv_ab.py sweep``; docs/performance.md,
-    ninth session)."""
+    enough loads are in flight (the 1B shape's down projection, GPT-2's second MLP product). Chosen from sweeps over
+    the 1B, 8B and GPT-2 shapes' products on an H200 (``scripts/diag/gemv_variants.py``, ``scripts/diag/gemv_ab.py
+    sweep``; docs/performance.md, ninth and tenth sessions)."""
     if silu_pair:
         return 2, min(triton.next_power_of_2(k_in), 512), 1
     block_k = min(triton.next_power_of_2(k_in), 1024)
-    if n_out <= 2048 and k_in > 4096:
+    if n_out <= 2048 and k_in > 2048:
         return 1, block_k, 4
     return 2, block_k, 1
 
@@ -160,22 +209,35 @@ def fused_linear(
     eps: float = 0.0,
     residual: torch.Tensor | None = None,
     silu_pair: bool = False,
+    *,
+    norm_bias: torch.Tensor | None = None,
+    gelu: str | None = None,
+    tiles: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """x: [1, K] contiguous; weight: [N, K] ([2 N, K] with ``silu_pair``); bias: [N]; norm_weight: [K]; residual:
-    [1, N]. Returns [1, N] in x's dtype (see the module docstring)."""
+    """x: [1, K] contiguous; weight: [N, K] ([2 N, K] with ``silu_pair``); bias: [N]; norm_weight, norm_bias:
+    [K]; residual: [1, N]. Returns [1, N] in x's dtype: ``reference.fused_linear``
+    (see there and the module docstring). ``tiles``: (BLOCK_N, BLOCK_K, warps) instead of :func:`blocks` (sweeps)."""
     rows, k_in = x.shape
     assert rows == MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
     assert residual is None or residual.is_contiguous()
+    assert not (silu_pair and gelu is not None)
     n_out = weight.shape[0] // 2 if silu_pair else weight.shape[0]
     out = torch.empty((rows, n_out), dtype=x.dtype, device=x.device)
-    block_n, block_k, warps = blocks(n_out, k_in, silu_pair)
+    block_n, block_k, warps = tiles or blocks(n_out, k_in, silu_pair)
+    act = ACT_SILU_PAIR if silu_pair else GELU[gelu] if gelu is not None else 0
     _fused_linear_kernel[(triton.cdiv(n_out, block_n),)](
         x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x,
-        residual if residual is not None else x, out, n_out, k_in, eps, x, x, x, x, x, x, 0, 0, 0,
-        norm_weight is not None, bias is not None, silu_pair, residual is not None, False, silu_pair, 2,
+        norm_bias if norm_bias is not None else x, residual if residual is not None else x, out, n_out, k_in, eps,
+        x, x, x, x, x, x, 0, 0, 0,
+        _norm_kind(norm_weight, norm_bias), bias is not None, act, residual is not None, 0, silu_pair, 2,
         block_n, block_k, _norm_block(k_in), num_warps=warps,
     )  # fmt: skip
     return out
+
+
+def _norm_kind(norm_weight: torch.Tensor | None, norm_bias: torch.Tensor | None) -> int:
+    assert norm_bias is None or norm_weight is not None
+    return 0 if norm_weight is None else NORM_LAYER if norm_bias is not None else NORM_RMS
 
 
 def _norm_block(k_in: int) -> int:
@@ -192,28 +254,40 @@ def linear_rope_store(
     norm_weight: torch.Tensor | None,
     eps: float,
     positions: torch.Tensor,
-    cos_table: torch.Tensor,
-    sin_table: torch.Tensor,
+    cos_table: torch.Tensor | None,
+    sin_table: torch.Tensor | None,
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
     columns: torch.Tensor,
     num_heads: int,
     num_kv_heads: int,
+    *,
+    norm_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``reference.linear_rope_store`` for one token: the q/k/v product (with its norm and bias), RoPE and the KV
-    write in one kernel. x: [1, D]; weight: [(H + 2 Hkv) Dh, D]; positions: [1, 1]; cache_k, cache_v: [1, Hkv, M,
-    Dh] contiguous; columns: [1]. Returns q: [1, 1, H, Dh]."""
+    """``reference.linear_rope_store`` for one token: the q/k/v product (with its norm and bias), RoPE (unless the
+    tables are None: learned positions) and the KV write in one kernel. x: [1, D]; weight: [(H + 2 Hkv) Dh, D];
+    positions: [1, 1]; cache_k, cache_v: [1, Hkv, M, Dh] contiguous;
+    columns: [1]. Returns q: [1, 1, H, Dh]."""
     rows, k_in = x.shape
     assert rows == MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
     assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[0] == 1
     n_out = weight.shape[0]
     head_dim = n_out // (num_heads + 2 * num_kv_heads)
-    assert (head_dim // 2) % ROPE_BLOCK_N == 0
     q = torch.empty((1, 1, num_heads, head_dim), dtype=x.dtype, device=x.device)
-    _fused_linear_kernel[(n_out // (2 * ROPE_BLOCK_N),)](
-        x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x, x, q, n_out, k_in,
-        eps, positions, cos_table, sin_table, cache_k, cache_v, columns, num_heads, num_kv_heads, cache_k.shape[2],
-        norm_weight is not None, bias is not None, False, False, True, True, head_dim,
-        ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), _norm_block(k_in), num_warps=1,
+    rotate = cos_table is not None and sin_table is not None
+    if rotate:  # pairs of rows j, j + Dh / 2 per program
+        assert (head_dim // 2) % ROPE_BLOCK_N == 0
+        block_n, block_k, warps = ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), 1
+        grid = n_out // (2 * ROPE_BLOCK_N)
+    else:  # plain outputs, each routed to q, k or v
+        block_n, block_k, warps = blocks(n_out, k_in, False)
+        grid = triton.cdiv(n_out, block_n)
+    _fused_linear_kernel[(grid,)](
+        x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x,
+        norm_bias if norm_bias is not None else x, x, q, n_out, k_in, eps, positions,
+        cos_table if rotate else x, sin_table if rotate else x, cache_k, cache_v, columns, num_heads, num_kv_heads,
+        cache_k.shape[2], _norm_kind(norm_weight, norm_bias), bias is not None, 0, False,
+        QKV_ROTATE if rotate else QKV_STORE, rotate, head_dim, block_n, block_k, _norm_block(k_in),
+        num_warps=warps,
     )  # fmt: skip
     return q
