@@ -6,9 +6,13 @@ shape, about 25 us per layer beyond the weights' own read time: docs/performance
 :func:`fused_linear` reads the weight once, in tiles of ``BLOCK_N`` output rows by ``BLOCK_K`` inputs, and does in
 the same kernel:
 
-- before the product (``norm_weight``): the RMS norm of the input row, the way ``reference.rms_norm`` rounds it;
+- before the product (``norm_weight``): the RMS norm of the input row, the way ``reference.rms_norm`` rounds it,
+  or with ``norm_bias`` GPT-2's layer norm, the way ``F.layer_norm`` rounds it;
 - after it: the bias, SiLU(gate) * up over a ``[2I, K]`` gate-then-up weight (``silu_pair``: each program reads
-  the gate rows and the matching up rows), and the residual add (``residual``).
+  the gate rows and the matching up rows) or a GELU (``gelu``), and the residual add (``residual``).
+
+:func:`linear_rope_store` is the q/k/v product of one token that also rotates q and k (RoPE) and writes k and v
+into the KV cache, instead of returning the product (without rotary tables, GPT-2's, it only routes them).
 
 Each program keeps a ``[BLOCK_N, BLOCK_K]`` float32 accumulator of elementwise products over the whole input and
 reduces it once at the end, so its loads never wait for a reduction (1.03x-1.24x faster per product than reducing
