@@ -219,8 +219,8 @@ def fused_linear(
     tiles: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """x: [1, K] contiguous; weight: [N, K] ([2 N, K] with ``silu_pair``); bias: [N]; norm_weight, norm_bias:
-    [K]; residual: [1, N]. Returns [1, N] in x's dtype: ``reference.fused_linear``
-    (see there and the module docstring). ``tiles``: (BLOCK_N, BLOCK_K, warps) instead of :func:`blocks` (sweeps)."""
+    [K]; residual: [1, N]. Returns [1, N] in x's dtype: ``reference.fused_linear`` (see there and the module
+    docstring). ``tiles``: (BLOCK_N, BLOCK_K, warps) instead of :func:`blocks`, for sweeps."""
     rows, k_in = x.shape
     assert rows == MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
     assert residual is None or residual.is_contiguous()
@@ -270,8 +270,7 @@ def linear_rope_store(
 ) -> torch.Tensor:
     """``reference.linear_rope_store`` for one token: the q/k/v product (with its norm and bias), RoPE (unless the
     tables are None: learned positions) and the KV write in one kernel. x: [1, D]; weight: [(H + 2 Hkv) Dh, D];
-    positions: [1, 1]; cache_k, cache_v: [1, Hkv, M, Dh] contiguous;
-    columns: [1]. Returns q: [1, 1, H, Dh]."""
+    positions: [1, 1]; cache_k, cache_v: [1, Hkv, M, Dh] contiguous; columns: [1]. Returns q: [1, 1, H, Dh]."""
     rows, k_in = x.shape
     assert rows == MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
     assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[0] == 1
