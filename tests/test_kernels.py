@@ -146,6 +146,17 @@ def test_rope_and_store_writes_the_same_cache_and_queries(tk, dtype, heads, kv_h
         assert torch.equal(mine[:, :, untouched], theirs[:, :, untouched])
 
 
+def assert_same_one_token_store(q, q_ref, ours, caches, column, dtype) -> None:
+    """One token's q [1, 1, H, Dh] matches, and the caches [1, Hkv, M, Dh] match at ``column`` and are untouched
+    elsewhere."""
+    assert q.shape == q_ref.shape
+    assert relative_error(q, q_ref) < TOLERANCE[dtype]
+    for mine, theirs in zip(ours, caches, strict=True):
+        assert relative_error(mine[:, :, column], theirs[:, :, column]) < TOLERANCE[dtype]
+        others = torch.arange(mine.shape[2], device=DEVICE) != column
+        assert torch.equal(mine[:, :, others], theirs[:, :, others])
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "bias"), [(4, 2, 32, False), (6, 2, 64, True)])
 def test_the_one_token_qkv_product_rotates_and_stores_in_one_kernel(dtype, heads, kv_heads, head_dim, bias):
@@ -172,12 +183,8 @@ def test_the_one_token_qkv_product_rotates_and_stores_in_one_kernel(dtype, heads
     columns = torch.tensor([column], device=DEVICE)
     q_ref = reference.linear_rope_store(x, weight, *args, *tables, *caches, columns, heads, kv_heads)
     q = triton_gemv.linear_rope_store(x, weight, *args, *tables, *ours, columns, heads, kv_heads)
-    assert q.shape == q_ref.shape == (1, 1, heads, head_dim)
-    assert relative_error(q, q_ref) < TOLERANCE[dtype]
-    for mine, theirs in zip(ours, caches, strict=True):
-        assert relative_error(mine[:, :, column], theirs[:, :, column]) < TOLERANCE[dtype]
-        others = torch.arange(max_length, device=DEVICE) != column
-        assert torch.equal(mine[:, :, others], theirs[:, :, others])
+    assert q.shape == (1, 1, heads, head_dim)
+    assert_same_one_token_store(q, q_ref, ours, caches, column, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -196,12 +203,8 @@ def test_the_one_token_qkv_product_of_gpt2_stores_without_rotation(dtype):
     common = (bias, norm_weight, 1e-5, torch.tensor([[column]], device=DEVICE), None, None)
     q_ref = reference.linear_rope_store(x, weight, *common, *caches, columns, heads, heads, norm_bias=norm_bias)
     q = triton_gemv.linear_rope_store(x, weight, *common, *ours, columns, heads, heads, norm_bias=norm_bias)
-    assert q.shape == q_ref.shape == (1, 1, heads, head_dim)
-    assert relative_error(q, q_ref) < TOLERANCE[dtype]
-    for mine, theirs in zip(ours, caches, strict=True):
-        assert relative_error(mine[:, :, column], theirs[:, :, column]) < TOLERANCE[dtype]
-        others = torch.arange(max_length, device=DEVICE) != column
-        assert torch.equal(mine[:, :, others], theirs[:, :, others])
+    assert q.shape == (1, 1, heads, head_dim)
+    assert_same_one_token_store(q, q_ref, ours, caches, column, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -73,18 +73,15 @@ def load_triton_kernels() -> Kernels:
         x, weight, bias=None, norm_weight=None, eps=0.0, residual=None, silu_pair=False, *, norm_bias=None,
         gelu=None, transposed=False,
     ):  # fmt: skip
-        if transposed:  # a [K, N] weight (GPT-2's Conv1D layout): cuBLAS reads it as it is
-            return reference.fused_linear(
-                x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu, transposed=True
-            )
-        if 0 < x.shape[0] <= gemv_rows:  # a decoding step's row: one kernel
+        if 0 < x.shape[0] <= gemv_rows and not transposed:  # a decoding step's row: one kernel
             return triton_gemv.fused_linear(
                 x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu
             )
-        if norm_bias is not None or gelu is not None:  # GPT-2's layer norm and GELU, as transformers computes them
+        if transposed or norm_bias is not None or gelu is not None:  # GPT-2's operations, as transformers does them
             return reference.fused_linear(
-                x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu
-            )
+                x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu,
+                transposed=transposed,
+            )  # fmt: skip
         h = tk.rms_norm(x, norm_weight, eps) if norm_weight is not None else x
         if residual is not None and bias is None and not silu_pair:  # the add in cuBLAS's epilogue: one kernel
             return torch.addmm(residual, h, weight.t())
