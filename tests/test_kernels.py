@@ -299,11 +299,13 @@ def test_speculative_sampling_matches_the_reference_given_the_same_noise(tk, voc
             assert torch.equal(ours.next_tokens, ref.next_tokens)
 
 
-@pytest.mark.parametrize("vocab", [8, 50, 5000, 40000] if DEVICE.type == "cuda" else [8, 50, 3000])
+@pytest.mark.parametrize("vocab", [8, 50, 5000, 40000, 128256] if DEVICE.type == "cuda" else [8, 50, 3000])
 def test_sampling_probs_match_the_reference(tk, vocab):
-    """Temperature, top-k and top-p without the softmaxes: the same distribution, ties at top-p's edge included.
-    The masses are summed unnormalised, so a token whose mass before it is within rounding of top-p may fall on the
-    other side: the two may differ by such tokens only."""
+    """Temperature, top-k and top-p without the softmaxes (and without top-k, top-p's threshold without a sort: one
+    program per row of a small vocabulary, many for a large one): the same distribution, ties at top-p's edge.
+    Compared with the reference in float64: the kernels sum float32 masses, so a token whose mass before it is
+    within rounding of top-p may fall on the other side (the reference's own float32 cumulative sum moves 122 tokens
+    of the 128k-token row of ties at top-p 0.999); each row may differ by such tokens only."""
     g = torch.Generator(DEVICE).manual_seed(vocab)
     logits = 3 * torch.randn(4, vocab, generator=g, device=DEVICE)
     logits[1] = logits[1].bfloat16().float()  # coarse values: many tokens tie, some at the edge of top-p
@@ -312,10 +314,10 @@ def test_sampling_probs_match_the_reference(tk, vocab):
     for temperature, top_k, top_p in [(1.0, None, None), (0.8, None, 0.95), (0.3, None, 0.5), (1.7, None, 0.999),
                                       (0.7, 5, 0.9), (1.0, 3, None), (1e-4, None, 0.9)]:  # fmt: skip
         ours = tk.sampling_probs(logits, temperature, top_k, top_p)
-        ref = reference.sampling_probs(logits, temperature, top_k, top_p)
+        ref = reference.sampling_probs(logits.double(), temperature, top_k, top_p).float()
         setting = f"T={temperature} top_k={top_k} top_p={top_p}"
         differ = (ours > 0) != (ref > 0)  # tokens kept by one of the two only
-        assert int(differ.sum()) <= 2, setting
+        assert int(differ.sum(-1).max()) <= 2, setting
         assert float(torch.where(differ, ours + ref, 0.0).sum(-1).max()) < 1e-4, setting  # at the edge, negligible
         total_variation = 0.5 * (ours - ref).abs().sum(-1)
         assert float(total_variation.max()) < 1e-4, setting

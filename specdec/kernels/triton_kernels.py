@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from specdec.kernels import reference
+from specdec.kernels import reference, triton_sampling
 from specdec.verification import Verdict
 
 
@@ -470,11 +470,12 @@ def speculative_sample_from_noise(
 
 # -------------------------------------------------------------------------------------- sampling distributions
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """The sampling distribution of ``reference.sampling_probs`` (logits [..., V] float32 -> [..., V]) in fewer,
-    wider GPU kernels: the reference's two softmaxes over one row of a large vocabulary run as one thread block
-    each (55 us per 128k-token row on an H200); here ``e = exp(score)`` is computed once, top-p's cumulative mass is
-    a cumulative sum of the sorted ``e`` against ``top_p`` times their total, and the kept ``e`` are divided by
-    their sum. Top-p keeps every token tying with the last one kept, as the reference does."""
+    """The sampling distribution of ``reference.sampling_probs`` (logits [..., V] float32 -> [..., V]). Without
+    top-k: ``triton_sampling``'s kernels, which find top-p's threshold without a sort. With top-k: PyTorch, in fewer
+    kernels than the reference (``e = exp(score)`` once, top-p's cumulative mass as a cumulative sum of the sorted
+    ``e`` against ``top_p`` times their total, the kept ``e`` divided by their sum; ties at the edge kept)."""
+    if not top_k:
+        return triton_sampling.sampling_probs(logits, temperature, top_p)
     e = reference.top_k_scores(logits, temperature, top_k).exp()  # [..., V], the best exactly 1
     if top_p is not None and top_p < 1.0:
         sorted_e = torch.sort(e, dim=-1, descending=True).values  # [..., V]
