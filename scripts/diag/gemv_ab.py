@@ -6,6 +6,7 @@
     python scripts/diag/gemv_ab.py ar                       # ... and with it (run both in one call, interleaved)
     python scripts/diag/gemv_ab.py ar 1b                    # one shape (1b, 8b or gpt2)
     python scripts/diag/gemv_ab.py chain 1b                 # the engine's step against its forward alone
+    python scripts/diag/gemv_ab.py busy gpt2,1b,gpt2        # GPU time per forward by kernel, shapes in one process
 
 ``kernels``: each product of a layer at 1 row, timed in a CUDA graph of 50 calls over 4 copies of the weight (so
 that the 50 MB L2 does not hold it): the fused kernel, then the sequence it replaces (the Triton RMS norm,
@@ -15,6 +16,9 @@ sizes and warps for the fused kernel on the same products. ``ar``: tokens/s of t
 batch 1, 128-token prompt, 256 new tokens (median of 3 after a warm-up), and the sampled run (temperature 0.8,
 top-p 0.95). ``chain``: the engine's greedy autoregressive ms per token against the same forward replayed 16 times
 in one CUDA graph with its argmax (the decoder's ``greedy_chain``: no host work between forwards), in one process.
+``busy``: per shape, in the order given and in one process (a shape named twice loads twice), the forward in a
+16-step graph as in ``chain``, then 16 one-token forwards run eagerly under the torch profiler: the kernels' summed
+device time per forward (what the GPU must do, without launch gaps) and the five largest kernels.
 """
 
 # ruff: noqa: B023  (each closure runs inside the iteration that defines it)
@@ -219,5 +223,55 @@ def chain() -> None:
               f"({step_ms / chained:.3f}x)", flush=True)  # fmt: skip
 
 
+def chain_ms(decoder, ids: torch.Tensor) -> float:
+    """Median ms per forward of the decoder's 16-token greedy chain (one graph) after a 128-token prompt."""
+    decoder.prepare(torch.zeros(1, dtype=torch.long), None, 1024)
+    decoder.forward(ids, last_only=True)
+    times = []
+    for _ in range(6):
+        decoder.rollback(128)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(8):
+            decoder.greedy_chain(ids[:, -1:], 16)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / (8 * 16))
+    decoder.rollback(128)
+    return sorted(times)[len(times) // 2]
+
+
+def busy() -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from specdec import load_model
+    from specdec.fast.decoder import FastDecoder
+
+    prompt = torch.randint(0, 32000, (1, 128), generator=torch.Generator().manual_seed(0)).cuda()
+    for shape in sys.argv[2].split(","):
+        decoder = FastDecoder(load_model(TARGETS[shape], device="cuda", dtype="bfloat16"))
+        graphed = chain_ms(decoder, prompt)
+        decoder._graphs.enabled = False
+        for _ in range(4):  # warm
+            decoder.forward(prompt[:, -1:], last_only=True)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(16):
+                decoder.forward(prompt[:, -1:], last_only=True)
+            torch.cuda.synchronize()
+        totals: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for event in prof.events():
+            if event.device_type == torch.autograd.DeviceType.CUDA:
+                totals[event.name] = totals.get(event.name, 0.0) + event.device_time / 16
+                counts[event.name] = counts.get(event.name, 0) + 1
+        top = sorted(totals.items(), key=lambda item: -item[1])[:5]
+        print(f"busy {shape}: graph {graphed * 1000:.1f} us/forward, kernels {sum(totals.values()):.1f} us/forward "
+              f"({sum(counts.values()) / 16:.0f} kernels); top: " + "; ".join(
+                  f"{name[:40]} x{counts[name] // 16} {t:.1f}us" for name, t in top), flush=True)  # fmt: skip
+        del decoder
+        torch.cuda.empty_cache()
+
+
 if __name__ == "__main__":
-    {"kernels": kernels, "sweep": sweep, "ar": ar, "chain": chain}[sys.argv[1]]()
+    {"kernels": kernels, "sweep": sweep, "ar": ar, "chain": chain, "busy": busy}[sys.argv[1]]()
