@@ -203,22 +203,7 @@ def chain() -> None:
         engine = SpeculativeEngine(load_model(TARGETS[shape], device="cuda", dtype="bfloat16"))
         timed = time_engine(engine, prompt, GenerationConfig(max_new_tokens=256, stop_at_eos=False))
         step_ms = 1000 / timed.tokens_per_second
-        decoder = engine.target
-        ids = torch.tensor([prompt], device="cuda")
-        decoder.prepare(torch.zeros(1, dtype=torch.long), None, 1024)
-        decoder.forward(ids, last_only=True)
-        times = []
-        for _ in range(6):
-            decoder.rollback(128)
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(8):
-                decoder.greedy_chain(ids[:, -1:], 16)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / (8 * 16))
-            decoder.rollback(128)
-        chained = sorted(times)[len(times) // 2]
+        chained = chain_ms(engine.target, torch.tensor([prompt], device="cuda"))
         print(f"{shape}: engine step {step_ms:.3f} ms/token, forward in a 16-step graph {chained:.3f} ms "
               f"({step_ms / chained:.3f}x)", flush=True)  # fmt: skip
 

@@ -4,10 +4,12 @@
 
 Each piece is timed in a CUDA graph of 50 calls (median of 5 replays), in microseconds per call: the greedy step's
 argmax; the sampled step's noise (``draw_noise``); the sampling distribution (temperature 0.8, top-p 0.95) and its
-parts (scores and ``exp``, the sort, the cumulative sum), the sort-based top-p of the kernel set's top-k path; and the whole function the sampled step replays after the
-forward (``Verifier.sample_from_noise``: distribution, race and verdict).
+parts (scores and ``exp``, the sort, the cumulative sum); the sort-based top-p of the kernel set's top-k path; the
+distribution without top-p; and the whole function the sampled step replays after the forward
+(``Verifier.sample_from_noise``: distribution, race and verdict).
 """
 
+# ruff: noqa: B023  (each closure runs inside the iteration that defines it)
 from __future__ import annotations
 
 import torch
