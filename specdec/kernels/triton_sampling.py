@@ -31,7 +31,7 @@ import triton.language as tl
 BLOCK = 512  # tokens per load (a pass's bucket masses take [BLOCK, BUCKETS] registers)
 MAX_SPLITS = 128  # programs per row
 DIGIT_BITS = 5
-BUCKETS = 32  # 2 ** DIGIT_BITS
+BUCKETS = 2**DIGIT_BITS
 SHIFTS = (25, 20, 15, 10, 5, 0)  # the digits of a key in [0, 2**30), most significant first
 
 
@@ -100,7 +100,7 @@ def _digit_pass_kernel(
             tl.store(prefix_ptr + ((PASS + 1) % 2) * rows + row, prefix)
             tl.store(above_ptr + ((PASS + 1) % 2) * rows + row, above)
     total = tl.zeros((BLOCK,), tl.float32)
-    counts = tl.zeros((BUCKETS,), tl.float32)
+    bucket_mass = tl.zeros((BUCKETS,), tl.float32)
     for start in range(begin, end, BLOCK):
         offsets = start + tl.arange(0, BLOCK)
         inside = offsets < end
@@ -117,11 +117,11 @@ def _digit_pass_kernel(
             member = inside if PASS == 0 else inside & ((key >> SHIFT_BEFORE) == (prefix >> SHIFT_BEFORE))
             digit = (key >> SHIFT) & (BUCKETS - 1)
             hit = member[:, None] & (digit[:, None] == buckets[None, :])  # [BLOCK, BUCKETS]
-            counts += tl.sum(tl.where(hit, e[:, None], 0.0), axis=0)
+            bucket_mass += tl.sum(tl.where(hit, e[:, None], 0.0), axis=0)
     if PASS == 0:
         tl.store(mass_ptr + row * SPLITS + split, tl.sum(total, axis=0))
     if HISTOGRAM:
-        tl.store(bucket_ptr + (((PASS % 2) * rows + row) * SPLITS + split) * BUCKETS + buckets, counts)
+        tl.store(bucket_ptr + (((PASS % 2) * rows + row) * SPLITS + split) * BUCKETS + buckets, bucket_mass)
 
 
 @triton.jit
