@@ -323,3 +323,17 @@ def test_sampling_probs_match_the_reference(tk, vocab):
         assert float(total_variation.max()) < 1e-4, setting
         torch.testing.assert_close(ours.sum(-1), torch.ones(4, device=DEVICE), msg=setting)
     assert int((tk.sampling_probs(logits, 0.8, None, 0.95)[1] > 0).sum()) > 1
+
+
+@pytest.mark.parametrize("top_p", [None, 0.9])
+def test_sampling_probs_at_extreme_temperatures(tk, top_p):
+    """A subnormal temperature gives the argmax (ties shared), not 0 / T = nan at the best token; the largest float32
+    temperature gives the uniform distribution over the unmasked tokens (what ``logits_to_probs`` clamps T to)."""
+    logits = torch.tensor([[3.0, 7.5, -2.0, 7.4999, float("-inf")], [2.0, 9.0, 9.0, -3.0, 1.0]], device=DEVICE)
+    for temperature in (1e-45, 1e-30):
+        probs = tk.sampling_probs(logits, temperature, None, top_p)
+        expected = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0, 0.0]], device=DEVICE)
+        torch.testing.assert_close(probs, expected, msg=f"T={temperature}")
+    probs = tk.sampling_probs(logits, torch.finfo(torch.float32).max, None, None)
+    torch.testing.assert_close(probs[0], torch.tensor([0.25, 0.25, 0.25, 0.25, 0.0], device=DEVICE))
+    torch.testing.assert_close(probs[1], torch.full((5,), 0.2, device=DEVICE))

@@ -77,7 +77,7 @@ def _resolve_digit(bucket_ptr, prefix_ptr, above_ptr, mass_ptr, row, rows, used,
 
 @triton.jit
 def _digit_pass_kernel(
-    logits_ptr, e_ptr, max_ptr, mass_ptr, bucket_ptr, prefix_ptr, above_ptr, vocab, rows, chunk, used, inverse_t,
+    logits_ptr, e_ptr, max_ptr, mass_ptr, bucket_ptr, prefix_ptr, above_ptr, vocab, rows, chunk, used, temperature,
     top_p, PASS: tl.constexpr, SHIFT_BEFORE: tl.constexpr, SHIFT: tl.constexpr, HISTOGRAM: tl.constexpr,
     SPLITS: tl.constexpr, BUCKETS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
@@ -106,7 +106,7 @@ def _digit_pass_kernel(
         inside = offsets < end
         if PASS == 0:
             logits = tl.load(logits_ptr + row * vocab + offsets, mask=inside, other=float("-inf"))
-            e = tl.exp((logits - highest) * inverse_t)
+            e = tl.exp(tl.math.div_rn(logits - highest, temperature))  # IEEE: 0 / a subnormal T is 0, not nan
             e = tl.where(inside, e, 0.0)
             tl.store(e_ptr + row * vocab + offsets, e, mask=inside)
             total += e
@@ -173,7 +173,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float | None
     _max_partials_kernel[grid](flat, maxima, vocab, chunk, padded, BLOCK, num_warps=8)
     common = (vocab, rows, chunk, splits)
     _digit_pass_kernel[grid](
-        flat, e, maxima, mass, buckets, prefix, above, *common, 1.0 / temperature, p, 0, 0, SHIFTS[0], top_p_on,
+        flat, e, maxima, mass, buckets, prefix, above, *common, temperature, p, 0, 0, SHIFTS[0], top_p_on,
         padded, BUCKETS, BLOCK, num_warps=8,
     )  # fmt: skip
     if top_p_on:
