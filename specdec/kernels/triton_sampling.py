@@ -49,6 +49,13 @@ def _max_partials_kernel(logits_ptr, partial_ptr, vocab, chunk, SPLITS: tl.const
 
 
 @triton.jit
+def _total_mass(mass_ptr, row, used, SPLITS: tl.constexpr):
+    """S: the sum of a row's e, from its programs' sums."""
+    splits = tl.arange(0, SPLITS)
+    return tl.sum(tl.load(mass_ptr + row * SPLITS + splits, mask=splits < used, other=0.0), axis=0)
+
+
+@triton.jit
 def _resolve_digit(bucket_ptr, prefix_ptr, above_ptr, mass_ptr, row, rows, used, top_p,
                    PASS: tl.constexpr, SHIFT: tl.constexpr, SPLITS: tl.constexpr, BUCKETS: tl.constexpr):  # fmt: skip
     """The threshold's digit at SHIFT from the bucket masses of the pass before (``PASS - 1``): returns the key's
@@ -58,7 +65,7 @@ def _resolve_digit(bucket_ptr, prefix_ptr, above_ptr, mass_ptr, row, rows, used,
     before = (PASS - 1) % 2  # the masses and the state alternate between two buffers, one per pass parity
     at = ((before * rows + row) * SPLITS + splits[:, None]) * BUCKETS + buckets[None, :]
     mass = tl.sum(tl.load(bucket_ptr + at, mask=splits[:, None] < used, other=0.0), axis=0)  # [BUCKETS]
-    target = top_p * tl.sum(tl.load(mass_ptr + row * SPLITS + splits, mask=splits < used, other=0.0), axis=0)
+    target = top_p * _total_mass(mass_ptr, row, used, SPLITS)
     if PASS == 1:
         prefix = 0
         above = 0.0
@@ -140,8 +147,7 @@ def _normalise_kernel(
         )
     else:
         threshold = 0
-        splits = tl.arange(0, SPLITS)
-        kept_mass = tl.sum(tl.load(mass_ptr + row * SPLITS + splits, mask=splits < used, other=0.0), axis=0)
+        kept_mass = _total_mass(mass_ptr, row, used, SPLITS)
     for start in range(begin, end, BLOCK):
         offsets = start + tl.arange(0, BLOCK)
         inside = offsets < end
@@ -168,8 +174,8 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float | None
     e = torch.empty_like(flat)
     out = torch.empty_like(flat)
     grid = (rows, splits)
-    top_p_on = top_p is not None and top_p < 1.0
-    p = float(top_p) if top_p_on and top_p is not None else 1.0
+    p = float(top_p) if top_p is not None and top_p < 1.0 else 1.0
+    top_p_on = p < 1.0
     _max_partials_kernel[grid](flat, maxima, vocab, chunk, padded, BLOCK, num_warps=8)
     common = (vocab, rows, chunk, splits)
     _digit_pass_kernel[grid](
