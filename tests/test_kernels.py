@@ -208,10 +208,15 @@ def test_the_one_token_qkv_product_of_gpt2_stores_without_rotation(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("heads", "kv_heads", "seq", "padded"), [(4, 2, 1, False), (8, 2, 5, True), (4, 4, 9, True)])
-def test_decode_attention(tk, dtype, heads, kv_heads, seq, padded):
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "seq", "padded", "max_length"),
+    [(4, 2, 1, False, 150), (8, 2, 5, True, 150), (4, 4, 9, True, 150), (4, 2, 1, False, 640), (8, 2, 5, True, 640)],
+)
+def test_decode_attention(tk, dtype, heads, kv_heads, seq, padded, max_length):
+    """A cache of 640 columns holds 10 blocks of keys, of which the first 3 reach the last new token's column 129:
+    the blocks after them are neither computed nor merged."""
     g = torch.Generator(DEVICE).manual_seed(heads + seq)
-    batch, head_dim, max_length = 2, 64, 150
+    batch, head_dim = 2, 64
     q = rand(batch, seq, heads, head_dim, dtype=dtype, generator=g)
     cache_k = rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g)
     cache_v = rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g)

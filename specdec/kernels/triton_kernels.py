@@ -132,7 +132,8 @@ def _attention_split_kernel(
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Program (batch row * kv head, split): the split's BLOCK_N keys against the group's GROUP x S queries.
-    Writes the block's running max, sum of exponentials and unnormalised output (flash-decoding partials).
+    Writes the block's running max, sum of exponentials and unnormalised output (flash-decoding partials); a block
+    past the last new token's column writes nothing (the combine stops before it).
     HAS_TREE: the S new tokens are a token tree at consecutive columns from columns[0]; query s sees every key before
     them and new key j where tree[s, j] ([S, S] bytes)."""
     program = tl.program_id(0)
@@ -148,11 +149,7 @@ def _attention_split_kernel(
     partial = (program * num_splits + split) * BLOCK_R + rows  # [R]
     last_column = tl.load(columns_ptr + seq_len - 1)
     keys_at = split * BLOCK_N + tl.arange(0, BLOCK_N)
-    if split * BLOCK_N > last_column:  # nothing visible in this block
-        tl.store(max_ptr + partial, tl.full((BLOCK_R,), float("-inf"), tl.float32))
-        tl.store(sum_ptr + partial, tl.zeros((BLOCK_R,), tl.float32))
-        tl.store(acc_ptr + partial[:, None] * HEAD_DIM + dims[None, :], tl.zeros((BLOCK_R, HEAD_DIM), tl.float32))
-    else:
+    if split * BLOCK_N <= last_column:  # else nothing in this block is visible
         q_rows = ((batch_row * seq_len + s) * num_heads + head) * HEAD_DIM
         q = tl.load(q_ptr + q_rows[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)  # [R, Dh]
         own_column = tl.load(columns_ptr + s, mask=row_ok, other=0)  # [R]
@@ -186,10 +183,11 @@ def _attention_split_kernel(
 
 @triton.jit
 def _attention_combine_kernel(
-    max_ptr, sum_ptr, acc_ptr, out_ptr, seq_len, num_heads, num_kv_heads, num_splits,
-    GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr,
+    max_ptr, sum_ptr, acc_ptr, out_ptr, columns_ptr, seq_len, num_heads, num_kv_heads, num_splits,
+    GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
-    """Program (batch row * kv head): merge the splits' partials into the normalised output rows."""
+    """Program (batch row * kv head): merge the partials of the splits up to the last new token's column (the cache's
+    length, read on the device: the graphs replay one launch for every length) into the normalised output rows."""
     program = tl.program_id(0)
     batch_row = program // num_kv_heads
     kv_head = program % num_kv_heads
@@ -198,8 +196,9 @@ def _attention_combine_kernel(
     running_max = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     running_sum = tl.zeros((BLOCK_R,), tl.float32)
     acc = tl.zeros((BLOCK_R, HEAD_DIM), tl.float32)
+    used = tl.load(columns_ptr + seq_len - 1) // BLOCK_N + 1  # the splits that hold a visible key
     split = 0
-    while split < num_splits:
+    while split < used:
         partial = (program * num_splits + split) * BLOCK_R + rows
         block_max = tl.load(max_ptr + partial)
         new_max = tl.maximum(running_max, block_max)
@@ -255,8 +254,9 @@ def decode_attention(
         group, key_valid is not None, tree is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision, num_warps=4,
     )  # fmt: skip
     _attention_combine_kernel[(programs,)](
-        maxima, sums, partial, out, seq, num_heads, num_kv_heads, splits, group, block_r, head_dim, num_warps=4
-    )
+        maxima, sums, partial, out, columns, seq, num_heads, num_kv_heads, splits, group, block_r, ATTENTION_BLOCK_N,
+        head_dim, num_warps=4,
+    )  # fmt: skip
     return out
 
 
