@@ -209,18 +209,20 @@ def test_the_one_token_qkv_product_of_gpt2_stores_without_rotation(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    ("heads", "kv_heads", "seq", "padded", "max_length"),
-    [(4, 2, 1, False, 150), (8, 2, 5, True, 150), (4, 4, 9, True, 150), (4, 2, 1, False, 640), (8, 2, 5, True, 640)],
-)
-def test_decode_attention(tk, dtype, heads, kv_heads, seq, padded, max_length):
-    """A cache of 640 columns holds 10 blocks of keys, of which the first 3 reach the last new token's column 129:
-    the blocks after them are neither computed nor merged."""
+    ("heads", "kv_heads", "seq", "padded", "max_length", "end"),
+    [(4, 2, 1, False, 150, 130), (8, 2, 5, True, 150, 130), (4, 4, 9, True, 150, 130), (4, 2, 1, False, 640, 130),
+     (8, 2, 5, True, 1200, 700), (4, 2, 1, False, 1200, 1025)],
+)  # fmt: skip
+def test_decode_attention(tk, dtype, heads, kv_heads, seq, padded, max_length, end):
+    """The new tokens end at column ``end - 1``. One split of the Triton kernel holds up to 512 keys: 150 columns are
+    one split (no merge); 640 columns with 130 used are two splits, the second past the last key (neither computed
+    nor merged); 1200 columns are three, two of them used (and, ending at 1024, all three, the last with one key)."""
     g = torch.Generator(DEVICE).manual_seed(heads + seq)
     batch, head_dim = 2, 64
     q = rand(batch, seq, heads, head_dim, dtype=dtype, generator=g)
     cache_k = rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g)
     cache_v = rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g)
-    columns = torch.arange(130 - seq, 130, device=DEVICE)  # keys beyond 129 hold junk that must stay unseen
+    columns = torch.arange(end - seq, end, device=DEVICE)  # keys beyond end - 1 hold junk that must stay unseen
     key_valid = None
     if padded:
         key_valid = torch.ones(batch, max_length, dtype=torch.bool, device=DEVICE)

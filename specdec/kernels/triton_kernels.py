@@ -126,14 +126,15 @@ def rope_and_store(
 # ------------------------------------------------------------------------------------------------ attention
 @triton.jit
 def _attention_split_kernel(
-    q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, tree_ptr, max_ptr, sum_ptr, acc_ptr, scale,
-    seq_len, num_heads, num_kv_heads, max_length, num_splits,
-    GROUP: tl.constexpr, HAS_VALID: tl.constexpr, HAS_TREE: tl.constexpr, BLOCK_R: tl.constexpr,
-    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+    q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, tree_ptr, max_ptr, sum_ptr, acc_ptr, out_ptr, scale,
+    seq_len, num_heads, num_kv_heads, max_length, num_splits, split_keys,
+    GROUP: tl.constexpr, HAS_VALID: tl.constexpr, HAS_TREE: tl.constexpr, DIRECT: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """Program (batch row * kv head, split): the split's BLOCK_N keys against the group's GROUP x S queries.
-    Writes the block's running max, sum of exponentials and unnormalised output (flash-decoding partials); a block
-    past the last new token's column writes nothing (the combine stops before it).
+    """Program (batch row * kv head, split): the split's keys (``split_keys``, up to the last new token's column), in
+    blocks of BLOCK_N with a running softmax, against the group's GROUP x S queries. DIRECT (one split): writes the
+    normalised output rows; else the split's running max, sum of exponentials and unnormalised output
+    (flash-decoding partials; a split past the last new token's column writes nothing, the combine stops before it).
     HAS_TREE: the S new tokens are a token tree at consecutive columns from columns[0]; query s sees every key before
     them and new key j where tree[s, j] ([S, S] bytes)."""
     program = tl.program_id(0)
@@ -146,45 +147,59 @@ def _attention_split_kernel(
     row_ok = rows < GROUP * seq_len
     head = kv_head * GROUP + group_index
     dims = tl.arange(0, HEAD_DIM)
-    partial = (program * num_splits + split) * BLOCK_R + rows  # [R]
     last_column = tl.load(columns_ptr + seq_len - 1)
-    keys_at = split * BLOCK_N + tl.arange(0, BLOCK_N)
-    if split * BLOCK_N <= last_column:  # else nothing in this block is visible
-        q_rows = ((batch_row * seq_len + s) * num_heads + head) * HEAD_DIM
+    first_key = split * split_keys
+    end_key = tl.minimum(first_key + split_keys, last_column + 1)
+    q_rows = ((batch_row * seq_len + s) * num_heads + head) * HEAD_DIM
+    if first_key < end_key:  # else nothing in this split is visible
         q = tl.load(q_ptr + q_rows[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)  # [R, Dh]
         own_column = tl.load(columns_ptr + s, mask=row_ok, other=0)  # [R]
+        first_column = tl.load(columns_ptr)
         kv_base = (batch_row * num_kv_heads + kv_head) * max_length * HEAD_DIM
-        key_ok = keys_at <= last_column
-        k = tl.load(k_ptr + kv_base + keys_at[:, None] * HEAD_DIM + dims[None, :], mask=key_ok[:, None], other=0.0)
-        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [R, N]
-        if HAS_TREE:
-            first_column = tl.load(columns_ptr)
-            new_key = keys_at - first_column  # [N] index among the new tokens (negative: an earlier key)
-            is_new = (new_key >= 0) & key_ok
-            tree_bit = tl.load(
-                tree_ptr + s[:, None] * seq_len + new_key[None, :], mask=row_ok[:, None] & is_new[None, :], other=0
-            )  # [R, N]
-            visible = (new_key[None, :] < 0) | (tree_bit != 0)
+        running_max = tl.full((BLOCK_R,), float("-inf"), tl.float32)
+        running_sum = tl.zeros((BLOCK_R,), tl.float32)
+        acc = tl.zeros((BLOCK_R, HEAD_DIM), tl.float32)
+        for block in range(first_key, end_key, BLOCK_N):
+            keys_at = block + tl.arange(0, BLOCK_N)
+            key_ok = keys_at < end_key
+            at = kv_base + keys_at[:, None] * HEAD_DIM + dims[None, :]
+            k = tl.load(k_ptr + at, mask=key_ok[:, None], other=0.0)
+            v = tl.load(v_ptr + at, mask=key_ok[:, None], other=0.0)
+            scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # [R, N]
+            if HAS_TREE:
+                new_key = keys_at - first_column  # [N] index among the new tokens (negative: an earlier key)
+                is_new = (new_key >= 0) & key_ok
+                tree_bit = tl.load(
+                    tree_ptr + s[:, None] * seq_len + new_key[None, :], mask=row_ok[:, None] & is_new[None, :], other=0
+                )  # [R, N]
+                visible = ((new_key[None, :] < 0) | (tree_bit != 0)) & key_ok[None, :]
+            else:
+                visible = keys_at[None, :] <= own_column[:, None]
+            if HAS_VALID:
+                valid = tl.load(valid_ptr + batch_row * max_length + keys_at, mask=key_ok, other=0) != 0
+                visible = visible & (valid[None, :] | (keys_at[None, :] == own_column[:, None]))
+            scores = tl.where(visible, scores, float("-inf"))
+            new_max = tl.maximum(running_max, tl.max(scores, axis=1))
+            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+            old_scale = tl.exp(running_max - safe_max)
+            p = tl.exp(scores - safe_max[:, None])
+            running_sum = running_sum * old_scale + tl.sum(p, axis=1)
+            acc = acc * old_scale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)  # [R, Dh]
+            running_max = new_max
+        if DIRECT:
+            out = acc / running_sum[:, None]
+            tl.store(out_ptr + q_rows[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
         else:
-            visible = keys_at[None, :] <= own_column[:, None]
-        if HAS_VALID:
-            valid = tl.load(valid_ptr + batch_row * max_length + keys_at, mask=key_ok, other=0) != 0
-            visible = visible & (valid[None, :] | (keys_at[None, :] == own_column[:, None]))
-        scores = tl.where(visible, scores, float("-inf"))
-        block_max = tl.max(scores, axis=1)
-        safe_max = tl.where(block_max == float("-inf"), 0.0, block_max)
-        p = tl.exp(scores - safe_max[:, None])
-        v = tl.load(v_ptr + kv_base + keys_at[:, None] * HEAD_DIM + dims[None, :], mask=key_ok[:, None], other=0.0)
-        acc = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)  # [R, Dh]
-        tl.store(max_ptr + partial, block_max)
-        tl.store(sum_ptr + partial, tl.sum(p, axis=1))
-        tl.store(acc_ptr + partial[:, None] * HEAD_DIM + dims[None, :], acc)
+            partial = (program * num_splits + split) * BLOCK_R + rows  # [R]
+            tl.store(max_ptr + partial, running_max)
+            tl.store(sum_ptr + partial, running_sum)
+            tl.store(acc_ptr + partial[:, None] * HEAD_DIM + dims[None, :], acc)
 
 
 @triton.jit
 def _attention_combine_kernel(
-    max_ptr, sum_ptr, acc_ptr, out_ptr, columns_ptr, seq_len, num_heads, num_kv_heads, num_splits,
-    GROUP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    max_ptr, sum_ptr, acc_ptr, out_ptr, columns_ptr, seq_len, num_heads, num_kv_heads, num_splits, split_keys,
+    GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     """Program (batch row * kv head): merge the partials of the splits up to the last new token's column (the cache's
     length, read on the device: the graphs replay one launch for every length) into the normalised output rows."""
@@ -196,7 +211,7 @@ def _attention_combine_kernel(
     running_max = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     running_sum = tl.zeros((BLOCK_R,), tl.float32)
     acc = tl.zeros((BLOCK_R, HEAD_DIM), tl.float32)
-    used = tl.load(columns_ptr + seq_len - 1) // BLOCK_N + 1  # the splits that hold a visible key
+    used = tl.load(columns_ptr + seq_len - 1) // split_keys + 1  # the splits that hold a visible key
     split = 0
     while split < used:
         partial = (program * num_splits + split) * BLOCK_R + rows
@@ -219,7 +234,8 @@ def _attention_combine_kernel(
     tl.store(out_ptr + q_rows[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-ATTENTION_BLOCK_N = 64  # keys per program of the split kernel
+ATTENTION_BLOCK_N = 64  # keys per block of the split kernel's loop
+ATTENTION_SPLIT_KEYS = 512  # keys per program: a cache of at most this many columns needs no combine kernel
 
 
 MAX_ATTENTION_ROWS = 128  # GROUP * S per program; longer query blocks (prefill) use the reference
@@ -243,20 +259,23 @@ def decode_attention(
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     valid = key_valid if key_valid is not None else columns
     tree_bytes = tree.contiguous().view(torch.uint8) if tree is not None else columns  # [S, S]
-    splits = triton.cdiv(max_length, ATTENTION_BLOCK_N)  # fixed by the cache size, so graphs can replay it
+    splits = triton.cdiv(max_length, ATTENTION_SPLIT_KEYS)  # fixed by the cache size, so graphs can replay it
     programs = batch * num_kv_heads
-    maxima = torch.empty((programs, splits, block_r), dtype=torch.float32, device=q.device)
+    direct = splits == 1
+    maxima = torch.empty((programs, 0 if direct else splits, block_r), dtype=torch.float32, device=q.device)
     sums = torch.empty_like(maxima)
-    partial = torch.empty((programs, splits, block_r, head_dim), dtype=torch.float32, device=q.device)
+    partial = torch.empty((programs, 0 if direct else splits, block_r, head_dim), dtype=torch.float32, device=q.device)
     _attention_split_kernel[(programs, splits)](
-        q, cache_k, cache_v, columns, valid, tree_bytes, maxima, sums, partial, scale,
-        seq, num_heads, num_kv_heads, max_length, splits,
-        group, key_valid is not None, tree is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision, num_warps=4,
+        q, cache_k, cache_v, columns, valid, tree_bytes, maxima, sums, partial, out, scale,
+        seq, num_heads, num_kv_heads, max_length, splits, ATTENTION_SPLIT_KEYS,
+        group, key_valid is not None, tree is not None, direct, block_r, ATTENTION_BLOCK_N, head_dim, precision,
+        num_warps=4,
     )  # fmt: skip
-    _attention_combine_kernel[(programs,)](
-        maxima, sums, partial, out, columns, seq, num_heads, num_kv_heads, splits, group, block_r, ATTENTION_BLOCK_N,
-        head_dim, num_warps=4,
-    )  # fmt: skip
+    if not direct:
+        _attention_combine_kernel[(programs,)](
+            maxima, sums, partial, out, columns, seq, num_heads, num_kv_heads, splits, ATTENTION_SPLIT_KEYS, group,
+            block_r, head_dim, num_warps=4,
+        )  # fmt: skip
     return out
 
 
