@@ -28,6 +28,9 @@ import torch
 import triton
 import triton.language as tl
 
+from specdec.kernels import dependent_launch
+from specdec.kernels.dependent_launch import await_previous, prefetch_l2
+
 MAX_ROWS = 1  # the kernel takes one row; more (a verification, a batch) take the unfused path: cuBLAS and small kernels
 
 
@@ -45,12 +48,20 @@ def _weight_tile(w_ptr, rows, rows_ok, k0, kk, k_in):
 
 
 @triton.jit
+def _prefetch_rows(w_ptr, rows, rows_ok, k_in, LINE: tl.constexpr, LINES: tl.constexpr):
+    """The first LINES 128-byte lines of weight rows ``rows`` [N] into L2 (rows past the end: row 0's)."""
+    safe = tl.where(rows_ok, rows, 0)
+    prefetch_l2(w_ptr + safe[:, None] * k_in + (tl.arange(0, LINES) * LINE)[None, :])
+
+
+@triton.jit
 def _fused_linear_kernel(
     x_ptr, w_ptr, bias_ptr, norm_ptr, norm_bias_ptr, residual_ptr, out_ptr, n_out, k_in, eps,
     positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length,
     NORM: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     QKV: tl.constexpr, PAIRED: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_X: tl.constexpr,
+    PDL: tl.constexpr, LINE: tl.constexpr, PREFETCH_LINES: tl.constexpr,
 ):  # fmt: skip
     """Program p: outputs [p * BLOCK_N, (p + 1) * BLOCK_N) of the row. NORM: the input's RMS norm (1) or layer
     norm with its bias (2). ACT: SiLU(gate) * up (1: the weight has 2 n_out rows, gate then up, and the program reads
@@ -59,7 +70,8 @@ def _fused_linear_kernel(
     ``reference.rope_and_store`` does), as it is (1) or rotated (2: the program reads rows j and j + HEAD_DIM / 2
     of one head, j in a block of its first half). PAIRED: ACT 1 or QKV 2, two weight rows per output. Each weight
     tile is read one step ahead of its use (the first before the norm's pass over the input), so that no load waits
-    for arithmetic."""
+    for arithmetic. PDL: launched as a dependent (``dependent_launch``): the first PREFETCH_LINES lines of each of
+    the program's weight rows go to L2 while the kernel before this one finishes."""
     pid = tl.program_id(0)
     if QKV == 2:
         head = pid // (HEAD_DIM // 2 // BLOCK_N)
@@ -71,6 +83,11 @@ def _fused_linear_kernel(
         n2 = n_out + n  # the up rows (ACT 1)
     kk = tl.arange(0, BLOCK_K)  # [K]
     n_ok = n < n_out
+    if PDL and PREFETCH_LINES > 0:
+        _prefetch_rows(w_ptr, n, n_ok, k_in, LINE, PREFETCH_LINES)
+        if PAIRED:
+            _prefetch_rows(w_ptr, n2, n_ok, k_in, LINE, PREFETCH_LINES)
+    await_previous(PDL)
     dtype = x_ptr.dtype.element_ty
     w = _weight_tile(w_ptr, n, n_ok, 0, kk, k_in)  # [N, K]
     w2 = w
@@ -229,12 +246,14 @@ def fused_linear(
     out = torch.empty((rows, n_out), dtype=x.dtype, device=x.device)
     block_n, block_k, warps = tiles or blocks(n_out, k_in, silu_pair)
     act = ACT_SILU_PAIR if silu_pair else GELU[gelu] if gelu is not None else 0
+    pdl = dependent_launch.enabled(x.device)
     _fused_linear_kernel[(triton.cdiv(n_out, block_n),)](
         x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x,
         norm_bias if norm_bias is not None else x, residual if residual is not None else x, out, n_out, k_in, eps,
         x, x, x, x, x, x, 0, 0, 0,
         _norm_kind(norm_weight, norm_bias), bias is not None, act, residual is not None, 0, silu_pair, 2,
-        block_n, block_k, _norm_block(k_in), num_warps=warps,
+        block_n, block_k, _norm_block(k_in), pdl, *dependent_launch.prefetch_lines(weight, pdl), num_warps=warps,
+        launch_pdl=pdl,
     )  # fmt: skip
     return out
 
@@ -278,6 +297,7 @@ def linear_rope_store(
     head_dim = n_out // (num_heads + 2 * num_kv_heads)
     q = torch.empty((1, 1, num_heads, head_dim), dtype=x.dtype, device=x.device)
     rotate = cos_table is not None and sin_table is not None
+    pdl = dependent_launch.enabled(x.device)
     if rotate:  # pairs of rows j, j + Dh / 2 per program
         assert (head_dim // 2) % ROPE_BLOCK_N == 0
         block_n, block_k, warps = ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), 1
@@ -291,6 +311,6 @@ def linear_rope_store(
         cos_table if rotate else x, sin_table if rotate else x, cache_k, cache_v, columns, num_heads, num_kv_heads,
         cache_k.shape[2], _norm_kind(norm_weight, norm_bias), bias is not None, 0, False,
         QKV_ROTATE if rotate else QKV_STORE, rotate, head_dim, block_n, block_k, _norm_block(k_in),
-        num_warps=warps,
+        pdl, *dependent_launch.prefetch_lines(weight, pdl), num_warps=warps, launch_pdl=pdl,
     )  # fmt: skip
     return q

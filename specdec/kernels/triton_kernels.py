@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from specdec.kernels import reference, triton_sampling
+from specdec.kernels import dependent_launch, reference, triton_sampling
+from specdec.kernels.dependent_launch import await_previous
 from specdec.verification import Verdict
 
 
@@ -20,7 +21,8 @@ def _warps(block: int) -> int:
 
 # ------------------------------------------------------------------------------------------------- normalisation
 @triton.jit
-def _rms_norm_kernel(x_ptr, weight_ptr, out_ptr, width, eps, BLOCK: tl.constexpr):
+def _rms_norm_kernel(x_ptr, weight_ptr, out_ptr, width, eps, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    await_previous(PDL)
     row = tl.program_id(0)
     offsets = tl.arange(0, BLOCK)
     inside = offsets < width
@@ -35,7 +37,10 @@ def _rms_norm_kernel(x_ptr, weight_ptr, out_ptr, width, eps, BLOCK: tl.constexpr
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     out = torch.empty_like(x)
     block = triton.next_power_of_2(x.shape[-1])
-    _rms_norm_kernel[(x.shape[0],)](x, weight, out, x.shape[-1], eps, block, num_warps=_warps(block))
+    pdl = dependent_launch.enabled(x.device)
+    _rms_norm_kernel[(x.shape[0],)](
+        x, weight, out, x.shape[-1], eps, block, pdl, num_warps=_warps(block), launch_pdl=pdl
+    )
     return out
 
 
@@ -130,13 +135,15 @@ def _attention_split_kernel(
     seq_len, num_heads, num_kv_heads, max_length, num_splits, split_keys,
     GROUP: tl.constexpr, HAS_VALID: tl.constexpr, HAS_TREE: tl.constexpr, DIRECT: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (batch row * kv head, split): the split's keys (``split_keys``, up to the last new token's column), in
     blocks of BLOCK_N with a running softmax, against the group's GROUP x S queries. DIRECT (one split): writes the
     normalised output rows; else the split's running max, sum of exponentials and unnormalised output
     (flash-decoding partials; a split past the last new token's column writes nothing, the combine stops before it).
     HAS_TREE: the S new tokens are a token tree at consecutive columns from columns[0]; query s sees every key before
-    them and new key j where tree[s, j] ([S, S] bytes)."""
+    them and new key j where tree[s, j] ([S, S] bytes). PDL: launched as a dependent (``dependent_launch``)."""
+    await_previous(PDL)
     program = tl.program_id(0)
     split = tl.program_id(1)
     batch_row = program // num_kv_heads
@@ -199,10 +206,11 @@ def _attention_split_kernel(
 @triton.jit
 def _attention_combine_kernel(
     max_ptr, sum_ptr, acc_ptr, out_ptr, columns_ptr, seq_len, num_heads, num_kv_heads, num_splits, split_keys,
-    GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr,
+    GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (batch row * kv head): merge the partials of the splits up to the last new token's column (the cache's
     length, read on the device: the graphs replay one launch for every length) into the normalised output rows."""
+    await_previous(PDL)
     program = tl.program_id(0)
     batch_row = program // num_kv_heads
     kv_head = program % num_kv_heads
@@ -262,6 +270,7 @@ def decode_attention(
     splits = triton.cdiv(max_length, ATTENTION_SPLIT_KEYS)  # fixed by the cache size, so graphs can replay it
     programs = batch * num_kv_heads
     direct = splits == 1
+    pdl = dependent_launch.enabled(q.device)
     maxima = torch.empty((programs, 0 if direct else splits, block_r), dtype=torch.float32, device=q.device)
     sums = torch.empty_like(maxima)
     partial = torch.empty((programs, 0 if direct else splits, block_r, head_dim), dtype=torch.float32, device=q.device)
@@ -269,12 +278,12 @@ def decode_attention(
         q, cache_k, cache_v, columns, valid, tree_bytes, maxima, sums, partial, out, scale,
         seq, num_heads, num_kv_heads, max_length, splits, ATTENTION_SPLIT_KEYS,
         group, key_valid is not None, tree is not None, direct, block_r, ATTENTION_BLOCK_N, head_dim, precision,
-        num_warps=4,
+        pdl, num_warps=4, launch_pdl=pdl,
     )  # fmt: skip
     if not direct:
         _attention_combine_kernel[(programs,)](
             maxima, sums, partial, out, columns, seq, num_heads, num_kv_heads, splits, ATTENTION_SPLIT_KEYS, group,
-            block_r, head_dim, num_warps=4,
+            block_r, head_dim, pdl, num_warps=4, launch_pdl=pdl,
         )  # fmt: skip
     return out
 
