@@ -273,11 +273,14 @@ class Generation:
                 batch.tokens[:, length : length + drafted] = proposal.tokens
         tree = tree_attention(parents, engine.device) if parents is not None else None
         limits = self._limits(proposal) if self.per_row and drafted > 0 else None  # [B]: the most each row keeps
-        from_noise = self.verifier.samples_from_noise and engine.target.feature_request is None
+        features_off = engine.target.feature_request is None
+        from_noise = self.verifier.samples_from_noise and features_off
         if from_noise and drafter is None:  # sampled autoregressive: one graph on a fast path
             verdict = self._sample_from_noise(verify_ids)
         elif from_noise and drafted > 0 and parents is None and proposal.probs is not None:
             verdict = self._sample_from_noise(verify_ids, proposal.tokens, proposal.probs, limits)  # a sampled chain
+        elif self.verifier.verifies_greedy_on_device and parents is None and limits is None and features_off:
+            verdict = self._verify_greedy(verify_ids, proposal.tokens)  # a greedy chain (or none), in lockstep
         else:
             target_logits = engine.target.forward(verify_ids, tree=tree)  # [B, W + 1, V]
             verdict = self.verifier.verify(
@@ -343,6 +346,15 @@ class Generation:
         record.marks = (start_mark, drafted_mark, verified_mark)
         record.previous, self._emitted_mark = self._emitted_mark, verified_mark
         self.records.append(record)
+
+    def _verify_greedy(self, verify_ids: torch.Tensor, drafts: torch.Tensor) -> Verdict:
+        """Greedy verification of a chain ([B, W], W may be 0) in lockstep: the same verdict as ``verifier.verify``,
+        with the forward and the verification in one ``forward_then`` (one graph on a fast path, instead of a graph
+        and the verification's launches from the host)."""
+        outputs = self.engine.target.forward_then(
+            verify_ids, (drafts,), self.verifier.greedy_from_logits, ("greedy", self.verifier.backend)
+        )
+        return Verdict(num_accepted=outputs[0], row_accepted=outputs[1], next_tokens=outputs[2])
 
     def _sample_from_noise(
         self,

@@ -450,6 +450,21 @@ class Verifier:
         assert verdict.kept is not None
         return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens, verdict.kept
 
+    @property
+    def verifies_greedy_on_device(self) -> bool:
+        """Whether a greedy chain step can verify as device work after the forward (:meth:`greedy_from_logits`, which
+        a fast path replays with the target's forward as one graph): lossless greedy, not synthetic."""
+        return self.generation.greedy and self.synthetic is None and self.acceptance.policy.is_lossless
+
+    def greedy_from_logits(
+        self, target_logits: torch.Tensor, draft_tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Device work only: what :meth:`verify` gives for a greedy chain in lockstep; target_logits [B, K + 1, V],
+        draft_tokens [B, K] (K may be 0). Returns the verdict's (num_accepted, row_accepted, next_tokens)."""
+        greedy = self.kernels.greedy_verify if self.kernels is not None else greedy_verify
+        verdict = greedy(draft_tokens, target_logits)
+        return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens
+
     def check_trees(self, drafter_name: str) -> None:
         """Refuse token trees under a policy that is not lossless on them (lossy and synthetic: chains only)."""
         if not self.acceptance.policy.is_lossless:

@@ -100,3 +100,24 @@ def test_alternating_batch_sizes_do_not_grow_the_cache():
     assert decoder._cache is not None and decoder._cache[0].shape[3] == 40
     decoder.prepare(torch.zeros(3, dtype=torch.long), None, 41)  # a longer run of the same batch size doubles
     assert decoder._cache[0].shape[3] == 80
+
+
+@pytest.mark.parametrize("draft", [True, False], ids=["speculative", "autoregressive"])
+def test_greedy_steps_verify_with_their_forward(draft):
+    """A greedy lockstep step hands the verification to the forward (``forward_then``: one graph on CUDA) rather
+    than verifying the returned logits from the host; the tokens stay the target's own greedy ones."""
+    target = make_model("llama", seed=4)
+    drafter = loaded(make_model("llama", seed=5, layers=1), "d") if draft else None
+    engine = SpeculativeEngine(loaded(target, "t"), drafter, "fast")
+    calls = {"forward": 0, "forward_then": 0}
+    for name in calls:
+        real = getattr(engine.target, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        setattr(engine.target, name, counted)
+    result = engine.generate(PROMPTS[0], GenerationConfig(max_new_tokens=12), SpeculationConfig(k=3))
+    assert result.token_ids[0] == reference(target, PROMPTS[0], 12)
+    assert calls == {"forward": 1, "forward_then": result.metrics.steps}  # the prefill, then one per step
