@@ -162,3 +162,23 @@ def test_greedy_chain_graph_equals_a_loop_of_forwards():
         chains.append((first, second, third))
     for ours, reference in zip(*chains, strict=True):
         assert torch.equal(ours, reference)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_dependent_launch_changes_no_result(family, monkeypatch):
+    """One-token steps in CUDA graphs, bf16, with the kernels launched as dependents (each reads its first weight
+    tile before the kernel before it has finished) and without: the same arithmetic, so the same bits."""
+    from specdec.kernels import dependent_launch
+
+    if not dependent_launch.enabled(CUDA):
+        pytest.skip("programmatic dependent launch needs Hopper or later and Triton 3.3")
+    model = on_cuda(make_model(family, seed=2, layers=3), "m", torch.bfloat16)
+    ids = torch.randint(3, 300, (1, 30), device=CUDA)
+    outputs = []
+    for setting in ("0", "1"):
+        monkeypatch.setenv(dependent_launch.ENV_PDL, setting)
+        decoder = FastDecoder(model)
+        decoder.prepare(torch.zeros(1, dtype=torch.long, device=CUDA), None, 64)
+        decoder.forward(ids[:, :20])
+        outputs.append(torch.stack([decoder.forward(ids[:, i : i + 1]).clone() for i in range(20, 30)]))
+    assert torch.equal(outputs[0], outputs[1])

@@ -1,14 +1,19 @@
 """Programmatic dependent launch (Hopper and later): a kernel starts while the one before it in the stream finishes.
 
 At batch 1 a decoding step is a chain of short kernels, each one's input the output of the one before, and each
-one idles the memory system while it ramps up and drains. With programmatic dependent launch (PDL) a kernel is
-launched as soon as every program of the kernel before it has called ``launch_dependents``; it may then do work
-that does not depend on that kernel (here: fetch its weights into L2) and must call ``gdc_wait`` before it reads
-anything an earlier kernel wrote or writes anything. :func:`await_previous` is that barrier: every kernel launched
-with ``launch_pdl=True`` calls it before touching activations, and then lets the next kernel launch, so that at most
-one kernel runs ahead. Because each kernel waits for the one before it to complete, completion is transitive.
+one idles the memory system while its first loads are in flight. With programmatic dependent launch (PDL) a kernel
+is launched as soon as every program of the kernel before it has called ``launch_dependents``. Until it calls
+``gdc_wait`` it may only do what does not depend on the kernels before it: a product of ``triton_gemv`` issues
+the loads of its first weight tile there, so that they overlap the end of the kernel before it. Weights are read
+before the wait, so a weight must not be written by the kernel just before its product (the models' weights are
+written once, when they load).
 
-``SPECDEC_PDL=0`` turns it off (for comparisons). On a CPU (the Triton interpreter) and before Hopper it is off.
+:func:`await_previous` is the barrier: every kernel launched with ``launch_pdl=True`` calls it before it reads
+anything else that an earlier kernel may have written, and before it writes anything; it then lets the next kernel
+launch, so that at most one kernel runs ahead. Each kernel completes only after the one before it has, so
+completion is transitive along the chain.
+
+``SPECDEC_PDL=0`` turns it off (for comparisons). Before Hopper, and in Triton's interpreter, it is off.
 """
 
 from __future__ import annotations
@@ -48,26 +53,3 @@ def await_previous(PDL: tl.constexpr):
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-
-
-@triton.jit
-def prefetch_l2(ptrs):
-    """Bring the 128-byte lines at ``ptrs`` (a block of pointers) into L2, to be read soon; a hint, so it is safe
-    before :func:`await_previous` whatever the lines hold."""
-    tl.inline_asm_elementwise(
-        "mov.u32 $0, 0;\n\tprefetch.global.L2::evict_last [$1];", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
-    )
-
-
-ENV_PREFETCH_MB = "SPECDEC_PDL_PREFETCH_MB"  # weights a product fetches into L2 before its wait (default 16 MB)
-LINE_BYTES = 128
-
-
-def prefetch_lines(weight: torch.Tensor, pdl: bool) -> tuple[int, int]:
-    """(elements per 128-byte line, lines per weight row to prefetch): the start of each row of a [N, K] weight,
-    a power of two of lines, at most the budget in all (L2 is 50 MB on an H100, and the kernel before this one is
-    still reading its own). (line, 0) without PDL."""
-    line = max(1, LINE_BYTES // weight.element_size())
-    budget = int(float(os.environ.get(ENV_PREFETCH_MB, "16")) * 2**20)
-    lines = min(weight.shape[1] // line, budget // (weight.shape[0] * LINE_BYTES)) if pdl else 0
-    return line, (1 << (lines.bit_length() - 1)) if lines > 0 else 0

@@ -17,7 +17,9 @@ into the KV cache, instead of returning the product (without rotary tables, GPT-
 Each program keeps a ``[BLOCK_N, BLOCK_K]`` float32 accumulator of elementwise products over the whole input and
 reduces it once at the end, so its loads never wait for a reduction (1.03x-1.24x faster per product than reducing
 after every load: docs/performance.md, ninth session). It computes what ``reference.fused_linear`` computes,
-products in float32 (no TF32) with a different summation order than cuBLAS. More rows (a verification, a batch)
+products in float32 (no TF32) with a different summation order than cuBLAS. On Hopper it launches as a dependent
+of the kernel before it (``dependent_launch``) and reads its first weight tile before that kernel has finished:
+a weight must not be the output of the kernel just before the product. More rows (a verification, a batch)
 take the unfused path: a version that tiled rows x outputs x inputs in registers ran 10x slower than cuBLAS. Shapes:
 K inputs, N outputs.
 """
@@ -29,7 +31,7 @@ import triton
 import triton.language as tl
 
 from specdec.kernels import dependent_launch
-from specdec.kernels.dependent_launch import await_previous, prefetch_l2
+from specdec.kernels.dependent_launch import await_previous
 
 MAX_ROWS = 1  # the kernel takes one row; more (a verification, a batch) take the unfused path: cuBLAS and small kernels
 
@@ -48,20 +50,13 @@ def _weight_tile(w_ptr, rows, rows_ok, k0, kk, k_in):
 
 
 @triton.jit
-def _prefetch_rows(w_ptr, rows, rows_ok, k_in, LINE: tl.constexpr, LINES: tl.constexpr):
-    """The first LINES 128-byte lines of weight rows ``rows`` [N] into L2 (rows past the end: row 0's)."""
-    safe = tl.where(rows_ok, rows, 0)
-    prefetch_l2(w_ptr + safe[:, None] * k_in + (tl.arange(0, LINES) * LINE)[None, :])
-
-
-@triton.jit
 def _fused_linear_kernel(
     x_ptr, w_ptr, bias_ptr, norm_ptr, norm_bias_ptr, residual_ptr, out_ptr, n_out, k_in, eps,
     positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length,
     NORM: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     QKV: tl.constexpr, PAIRED: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_X: tl.constexpr,
-    PDL: tl.constexpr, LINE: tl.constexpr, PREFETCH_LINES: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """Program p: outputs [p * BLOCK_N, (p + 1) * BLOCK_N) of the row. NORM: the input's RMS norm (1) or layer
     norm with its bias (2). ACT: SiLU(gate) * up (1: the weight has 2 n_out rows, gate then up, and the program reads
@@ -70,8 +65,8 @@ def _fused_linear_kernel(
     ``reference.rope_and_store`` does), as it is (1) or rotated (2: the program reads rows j and j + HEAD_DIM / 2
     of one head, j in a block of its first half). PAIRED: ACT 1 or QKV 2, two weight rows per output. Each weight
     tile is read one step ahead of its use (the first before the norm's pass over the input), so that no load waits
-    for arithmetic. PDL: launched as a dependent (``dependent_launch``): the first PREFETCH_LINES lines of each of
-    the program's weight rows go to L2 while the kernel before this one finishes."""
+    for arithmetic. PDL: launched as a dependent (``dependent_launch``): the first weight tile is read while the
+    kernel before this one finishes, everything else after it has completed."""
     pid = tl.program_id(0)
     if QKV == 2:
         head = pid // (HEAD_DIM // 2 // BLOCK_N)
@@ -83,16 +78,12 @@ def _fused_linear_kernel(
         n2 = n_out + n  # the up rows (ACT 1)
     kk = tl.arange(0, BLOCK_K)  # [K]
     n_ok = n < n_out
-    if PDL and PREFETCH_LINES > 0:
-        _prefetch_rows(w_ptr, n, n_ok, k_in, LINE, PREFETCH_LINES)
-        if PAIRED:
-            _prefetch_rows(w_ptr, n2, n_ok, k_in, LINE, PREFETCH_LINES)
-    await_previous(PDL)
     dtype = x_ptr.dtype.element_ty
     w = _weight_tile(w_ptr, n, n_ok, 0, kk, k_in)  # [N, K]
     w2 = w
     if PAIRED:
         w2 = _weight_tile(w_ptr, n2, n_ok, 0, kk, k_in)
+    await_previous(PDL)  # the weights are constant; what the kernels before wrote is read after this
     mean = 0.0
     inverse_std = 0.0
     if NORM != 0:  # the row's mean (layer norm) and 1 / std, in loads of BLOCK_X (one for hidden sizes to 8192)
@@ -252,7 +243,7 @@ def fused_linear(
         norm_bias if norm_bias is not None else x, residual if residual is not None else x, out, n_out, k_in, eps,
         x, x, x, x, x, x, 0, 0, 0,
         _norm_kind(norm_weight, norm_bias), bias is not None, act, residual is not None, 0, silu_pair, 2,
-        block_n, block_k, _norm_block(k_in), pdl, *dependent_launch.prefetch_lines(weight, pdl), num_warps=warps,
+        block_n, block_k, _norm_block(k_in), pdl, num_warps=warps,
         launch_pdl=pdl,
     )  # fmt: skip
     return out
@@ -311,6 +302,6 @@ def linear_rope_store(
         cos_table if rotate else x, sin_table if rotate else x, cache_k, cache_v, columns, num_heads, num_kv_heads,
         cache_k.shape[2], _norm_kind(norm_weight, norm_bias), bias is not None, 0, False,
         QKV_ROTATE if rotate else QKV_STORE, rotate, head_dim, block_n, block_k, _norm_block(k_in),
-        pdl, *dependent_launch.prefetch_lines(weight, pdl), num_warps=warps, launch_pdl=pdl,
+        pdl, num_warps=warps, launch_pdl=pdl,
     )  # fmt: skip
     return q
