@@ -170,7 +170,7 @@ def test_dependent_launch_changes_no_result(family, monkeypatch):
     tile before the kernel before it has finished) and without: the same arithmetic, so the same bits."""
     from specdec.kernels import dependent_launch
 
-    if not dependent_launch.enabled(CUDA):
+    if not dependent_launch.supported(CUDA):
         pytest.skip("programmatic dependent launch needs Hopper or later and Triton 3.3")
     model = on_cuda(make_model(family, seed=2, layers=3), "m", torch.bfloat16)
     ids = torch.randint(3, 300, (1, 30), device=CUDA)

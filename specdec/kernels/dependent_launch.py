@@ -13,7 +13,9 @@ anything else that an earlier kernel may have written, and before it writes anyt
 launch, so that at most one kernel runs ahead. Each kernel completes only after the one before it has, so
 completion is transitive along the chain.
 
-``SPECDEC_PDL=0`` turns it off (for comparisons). Before Hopper, and in Triton's interpreter, it is off.
+It is off unless ``SPECDEC_PDL=1``: on an H200 (docs/performance.md, twelfth session) it made the 1B shape about
+2% and GPT-2's sampled decoding about 7% faster, and the 8B shape 5% slower. Before Hopper, and in Triton's
+interpreter, it is always off.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-ENV_PDL = "SPECDEC_PDL"  # "0": launch every kernel after the one before it has completed
+ENV_PDL = "SPECDEC_PDL"  # "1": launch the decode chain's kernels as dependents where the device supports it
 
 try:  # Triton 3.3 and later
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -34,17 +36,20 @@ except ImportError:  # pragma: no cover - an older Triton: PDL stays off
 
 
 @cache
-def _supported(index: int) -> bool:
+def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (9, 0)
+
+
+def supported(device: torch.device) -> bool:
+    """Whether kernels on ``device`` can launch as dependents (Hopper or later, Triton 3.3 or later, compiled)."""
+    if device.type != "cuda" or gdc_wait is None or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return _capable(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def enabled(device: torch.device) -> bool:
     """Whether kernels on ``device`` launch as dependents (and so must call :func:`await_previous`)."""
-    if device.type != "cuda" or gdc_wait is None or os.environ.get(ENV_PDL, "1") == "0":
-        return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return False
-    return _supported(device.index if device.index is not None else torch.cuda.current_device())
+    return os.environ.get(ENV_PDL, "0") == "1" and supported(device)
 
 
 @triton.jit

@@ -17,11 +17,11 @@ into the KV cache, instead of returning the product (without rotary tables, GPT-
 Each program keeps a ``[BLOCK_N, BLOCK_K]`` float32 accumulator of elementwise products over the whole input and
 reduces it once at the end, so its loads never wait for a reduction (1.03x-1.24x faster per product than reducing
 after every load: docs/performance.md, ninth session). It computes what ``reference.fused_linear`` computes,
-products in float32 (no TF32) with a different summation order than cuBLAS. On Hopper it launches as a dependent
-of the kernel before it (``dependent_launch``) and reads its first weight tile before that kernel has finished:
-a weight must not be the output of the kernel just before the product. More rows (a verification, a batch)
-take the unfused path: a version that tiled rows x outputs x inputs in registers ran 10x slower than cuBLAS. Shapes:
-K inputs, N outputs.
+products in float32 (no TF32) with a different summation order than cuBLAS. With ``SPECDEC_PDL=1`` on Hopper it
+launches as a dependent of the kernel before it (``dependent_launch``) and reads its first weight tile before that
+kernel has finished: a weight must not be the output of the kernel just before the product. More rows (a
+verification, a batch) take the unfused path: a version that tiled rows x outputs x inputs in registers ran 10x
+slower than cuBLAS. Shapes: K inputs, N outputs.
 """
 
 from __future__ import annotations
