@@ -399,8 +399,7 @@ class Verifier:
             if self.generation.greedy:
                 if limits is not None:
                     return greedy_verify(draft_tokens, target_logits, limits)
-                greedy = self.kernels.greedy_verify if self.kernels is not None else greedy_verify
-                return greedy(draft_tokens, target_logits)
+                return self._greedy(draft_tokens, target_logits)
             return speculative_sample_verify(
                 draft_tokens, draft_probs, self.target_probs(target_logits), generator, self._from_noise, limits=limits
             )
@@ -412,6 +411,11 @@ class Verifier:
         else:
             own_choice = sample(_at(target_probs, n), generator)
         return _finish(draft_tokens, row_accepted, own_choice, n)
+
+    @property
+    def _greedy(self) -> Callable[..., Verdict]:
+        """The kernel set's ``greedy_verify``, or this module's."""
+        return self.kernels.greedy_verify if self.kernels is not None else greedy_verify
 
     @property
     def _from_noise(self) -> Callable[..., Verdict]:
@@ -461,8 +465,7 @@ class Verifier:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Device work only: what :meth:`verify` gives for a greedy chain in lockstep; target_logits [B, K + 1, V],
         draft_tokens [B, K] (K may be 0). Returns the verdict's (num_accepted, row_accepted, next_tokens)."""
-        greedy = self.kernels.greedy_verify if self.kernels is not None else greedy_verify
-        verdict = greedy(draft_tokens, target_logits)
+        verdict = self._greedy(draft_tokens, target_logits)
         return verdict.num_accepted, verdict.row_accepted, verdict.next_tokens
 
     def check_trees(self, drafter_name: str) -> None:

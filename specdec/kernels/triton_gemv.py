@@ -243,8 +243,7 @@ def fused_linear(
         norm_bias if norm_bias is not None else x, residual if residual is not None else x, out, n_out, k_in, eps,
         x, x, x, x, x, x, 0, 0, 0,
         _norm_kind(norm_weight, norm_bias), bias is not None, act, residual is not None, 0, silu_pair, 2,
-        block_n, block_k, _norm_block(k_in), pdl, num_warps=warps,
-        launch_pdl=pdl,
+        block_n, block_k, _norm_block(k_in), pdl, num_warps=warps, launch_pdl=pdl,
     )  # fmt: skip
     return out
 
