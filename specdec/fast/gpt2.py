@@ -56,6 +56,43 @@ class GPT2LayerWeights:
     proj_bias: torch.Tensor  # [D]
 
 
+@dataclass(frozen=True)
+class GPT2Stack:
+    """A GPT-2's layer weights stacked over its L layers, products in [out, in] (the fused GEMV's layout): the
+    layers' ``GPT2LayerWeights`` are views of it, and the persistent step reads it whole."""
+
+    ln_1: tuple[torch.Tensor, torch.Tensor]  # weight, bias: [L, D]
+    qkv: torch.Tensor  # [L, 3 D, D]
+    qkv_bias: torch.Tensor  # [L, 3 D]
+    o: torch.Tensor  # [L, D, D]
+    o_bias: torch.Tensor  # [L, D]
+    ln_2: tuple[torch.Tensor, torch.Tensor]  # [L, D]
+    fc: torch.Tensor  # [L, I, D]
+    fc_bias: torch.Tensor  # [L, I]
+    proj: torch.Tensor  # [L, D, I]
+    proj_bias: torch.Tensor  # [L, D]
+
+
+def _stack(blocks: list[Any]) -> GPT2Stack:
+    """The blocks' weights stacked, each product's Conv1D weight [in, out] copied once to [out, in]."""
+
+    def stacked(get: Any, transpose: bool = False) -> torch.Tensor:
+        return torch.stack([get(b).detach().t() if transpose else get(b).detach() for b in blocks]).contiguous()
+
+    return GPT2Stack(
+        ln_1=(stacked(lambda b: b.ln_1.weight), stacked(lambda b: b.ln_1.bias)),
+        qkv=stacked(lambda b: b.attn.c_attn.weight, transpose=True),
+        qkv_bias=stacked(lambda b: b.attn.c_attn.bias),
+        o=stacked(lambda b: b.attn.c_proj.weight, transpose=True),
+        o_bias=stacked(lambda b: b.attn.c_proj.bias),
+        ln_2=(stacked(lambda b: b.ln_2.weight), stacked(lambda b: b.ln_2.bias)),
+        fc=stacked(lambda b: b.mlp.c_fc.weight, transpose=True),
+        fc_bias=stacked(lambda b: b.mlp.c_fc.bias),
+        proj=stacked(lambda b: b.mlp.c_proj.weight, transpose=True),
+        proj_bias=stacked(lambda b: b.mlp.c_proj.bias),
+    )
+
+
 class FastGPT2:
     """The GPT-2 forward. ``forward`` writes the new tokens' keys and values into the cache."""
 
@@ -78,27 +115,50 @@ class FastGPT2:
         self.position_embed = body.wpe.weight  # [P, D]
         self.final_norm = (body.ln_f.weight, body.ln_f.bias)
         self.lm_head: torch.Tensor = model.get_output_embeddings().weight  # [V, D] (tied to the embedding)
-        # The Triton set's one-row product reads [out, in] weights; elsewhere addmm reads Conv1D's [in, out] as is.
+        # The Triton set's one-row product reads [out, in] weights, copied once into a stack of every layer's (the
+        # layers' weights are views of it); elsewhere addmm reads Conv1D's [in, out] as is.
         self.transposed = kernels.name != "triton"
+        blocks = list(body.h)
+        self.stack: GPT2Stack | None = None
+        if self.transposed:
+            self.layers = [
+                GPT2LayerWeights(
+                    ln_1=(block.ln_1.weight, block.ln_1.bias),
+                    qkv=block.attn.c_attn.weight,
+                    qkv_bias=block.attn.c_attn.bias,
+                    o=block.attn.c_proj.weight,
+                    o_bias=block.attn.c_proj.bias,
+                    ln_2=(block.ln_2.weight, block.ln_2.bias),
+                    fc=block.mlp.c_fc.weight,
+                    fc_bias=block.mlp.c_fc.bias,
+                    proj=block.mlp.c_proj.weight,
+                    proj_bias=block.mlp.c_proj.bias,
+                )
+                for block in blocks
+            ]
+        else:
+            s = self.stack = _stack(blocks)
+            self.layers = [
+                GPT2LayerWeights(
+                    ln_1=(s.ln_1[0][i], s.ln_1[1][i]),
+                    qkv=s.qkv[i],
+                    qkv_bias=s.qkv_bias[i],
+                    o=s.o[i],
+                    o_bias=s.o_bias[i],
+                    ln_2=(s.ln_2[0][i], s.ln_2[1][i]),
+                    fc=s.fc[i],
+                    fc_bias=s.fc_bias[i],
+                    proj=s.proj[i],
+                    proj_bias=s.proj_bias[i],
+                )
+                for i in range(len(blocks))
+            ]
+        self.persistent: Any = None  # a PersistentGPT2 for one-token steps (SPECDEC_PERSISTENT=1)
+        if self.stack is not None:
+            from specdec.kernels import triton_persistent
 
-        def layout(weight: torch.Tensor) -> torch.Tensor:
-            return weight if self.transposed else weight.detach().t().contiguous()
-
-        self.layers = [
-            GPT2LayerWeights(
-                ln_1=(block.ln_1.weight, block.ln_1.bias),
-                qkv=layout(block.attn.c_attn.weight),
-                qkv_bias=block.attn.c_attn.bias,
-                o=layout(block.attn.c_proj.weight),
-                o_bias=block.attn.c_proj.bias,
-                ln_2=(block.ln_2.weight, block.ln_2.bias),
-                fc=layout(block.mlp.c_fc.weight),
-                fc_bias=block.mlp.c_fc.bias,
-                proj=layout(block.mlp.c_proj.weight),
-                proj_bias=block.mlp.c_proj.bias,
-            )
-            for block in body.h
-        ]
+            if triton_persistent.enabled():
+                self.persistent = triton_persistent.persistent_gpt2(self)
 
     @property
     def num_layers(self) -> int:
@@ -132,6 +192,8 @@ class FastGPT2:
         the features [B, S, F] (see ``FeatureRequest``: () is the final normed state) else None."""
         k = self.kernels
         batch, seq = input_ids.shape
+        if self.persistent is not None and batch == seq == 1 and tree is None and feature_layers is None:
+            return self.persistent(input_ids, positions, columns, key_valid, cache, self.num_layers), None
         cache_k, cache_v = cache
         hidden = (F.embedding(input_ids, self.embed) + F.embedding(positions, self.position_embed)).view(
             batch * seq, -1

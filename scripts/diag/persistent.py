@@ -1,0 +1,90 @@
+"""The persistent GPT-2 step (``specdec.kernels.triton_persistent``) on CUDA: what a grid barrier costs, and the step
+against the fast forward it replaces.
+
+    python scripts/diag/persistent.py barrier      # us per grid barrier, every SM (and half of them) taking part
+    python scripts/diag/persistent.py step         # one-token forward of the GPT-2 shape: kernels vs one persistent
+                                                   # kernel (its tiles, warps and splits), and one launch per phase
+
+``barrier``: a kernel that only passes B barriers, timed in a CUDA graph for B = 0, 16 and 64: the slope is one
+barrier's cost. ``step``: the zoo's synthetic GPT-2 shape in bfloat16 after a 128-token prompt (cache of 1024
+columns), each variant's one-token forward replayed 50 times in a CUDA graph; first the largest difference of its
+logits from the fast forward's and whether a barrier gave up.
+"""
+
+# ruff: noqa: B023  (each closure runs inside the iteration that defines it)
+from __future__ import annotations
+
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+from specdec.kernels.triton_persistent import PersistentShape, _grid_sync, persistent_gpt2
+
+sys.path.insert(0, "scripts/diag")
+from gemv_ab import TARGETS, graph_time_us
+
+
+@triton.jit
+def _barriers_kernel(counter_ptr, error_ptr, count):
+    nprog = tl.num_programs(0)
+    arrivals = 0
+    for _ in range(count):
+        arrivals += nprog
+        _grid_sync(counter_ptr, error_ptr, arrivals, True)
+    tl.debug_barrier()
+    before = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+    if before == arrivals + nprog - 1:
+        tl.atomic_xchg(counter_ptr, 0)
+
+
+def barrier() -> None:
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    counter = torch.zeros(2, dtype=torch.int32, device="cuda")
+    for programs in (sms, sms // 2):
+        times = {}
+        for count in (0, 16, 64):
+            times[count] = graph_time_us(
+                lambda i: _barriers_kernel[(programs,)](counter, counter[1:], count, num_warps=4)
+            )
+        slope = (times[64] - times[16]) / 48
+        failed = bool(counter[1].item())
+        print(f"barrier: {programs} programs: launch {times[0]:.2f} us, 16 barriers {times[16]:.2f} us, "
+              f"64 {times[64]:.2f} us: {slope:.3f} us per barrier; failed {failed}", flush=True)  # fmt: skip
+
+
+def step() -> None:
+    from specdec import load_model
+    from specdec.fast.decoder import FastDecoder
+
+    decoder = FastDecoder(load_model(TARGETS["gpt2"], device="cuda", dtype="bfloat16"), use_graphs=False)
+    prompt = torch.randint(0, 32000, (1, 129), generator=torch.Generator().manual_seed(0)).cuda()
+    decoder.prepare(torch.zeros(1, dtype=torch.long), None, 1024)
+    decoder.forward(prompt[:, :128], last_only=True)
+    fast = decoder.model
+    cache = decoder._cache
+    columns = torch.tensor([128], device="cuda")
+    positions = decoder._positions.index_select(1, columns)
+    token = prompt[:, 128:]
+    args = (token, positions, columns, decoder._key_valid, cache)
+    expected = fast.run(token, columns, positions, decoder._key_valid, cache, True)[0].float()
+    base = graph_time_us(lambda i: fast.run(token, columns, positions, decoder._key_valid, cache, True))
+    print(f"step: kernels (the fast forward) {base:.1f} us", flush=True)
+    variants = [PersistentShape()]
+    variants += [PersistentShape(tile_elements=t, warps=w) for t in (4096, 16384) for w in (4, 8)]
+    variants += [PersistentShape(warps=8), PersistentShape(split_keys=32), PersistentShape(split_keys=128)]
+    variants += [PersistentShape(programs=p) for p in (66, 100)]
+    variants += [PersistentShape(phase_launches=True)]
+    for shape in variants:
+        step = persistent_gpt2(fast, shape)
+        got = step(*args, fast.num_layers).float()
+        error = (got - expected).abs().max().item()
+        same = bool((got.argmax() == expected.argmax()).item())
+        us = graph_time_us(lambda i: step(*args, fast.num_layers))
+        print(f"step: {shape}: {us:.1f} us ({base / us:.2f}x), max |logit diff| {error:.4f}, same argmax {same}, "
+              f"failed {step.failed()}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    {"barrier": barrier, "step": step}[sys.argv[1]]()

@@ -1,0 +1,100 @@
+"""The persistent GPT-2 step (one kernel per token, grid barriers between phases) computes the fast forward's step.
+
+Runs on CUDA; on a CPU only in Triton's interpreter (``TRITON_INTERPRET=1`` with triton installed), where programs
+run one after another: there the whole step runs as one program, and the work split over several programs is
+checked with one launch per phase. The grid barrier itself runs on CUDA only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from tiny_models import loaded, make_model
+
+from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
+from specdec.fast.decoder import FastDecoder
+from specdec.kernels import triton_runs_on
+from specdec.loading import LoadedModel
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+pytestmark = pytest.mark.skipif(
+    not triton_runs_on(DEVICE), reason="Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1 with triton installed)"
+)
+
+# Small tiles and splits, so that the tiny model's products take several tiles per program and its attention several
+# splits; the barrier's shape (every SM) only where barriers run.
+SHAPES = {
+    "one program": dict(programs=1, tile_elements=512, split_keys=8),
+    "phase launches": dict(programs=3, tile_elements=512, split_keys=8, phase_launches=True),
+    "grid barrier": dict(tile_elements=512, split_keys=8),
+}
+
+
+def on_device(model, name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    return dataclasses.replace(loaded(model.to(device=DEVICE, dtype=dtype), name), device=DEVICE, dtype=dtype)
+
+
+def prompt_and_decoder(dtype: torch.dtype) -> tuple[torch.Tensor, FastDecoder]:
+    decoder = FastDecoder(on_device(make_model("gpt2", seed=3), "gpt2-tiny", dtype), use_graphs=False)
+    assert decoder.kernels.name == "triton"
+    ids = torch.randint(3, 300, (1, 30), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    mask = torch.ones((1, 20), dtype=torch.long)
+    mask[0, 2:4] = 0  # two keys the queries must not see
+    decoder.prepare(torch.tensor([0]), mask, 40)
+    decoder.forward(ids[:, :20], last_only=True)
+    return ids, decoder
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16] if DEVICE.type == "cuda" else [torch.float32])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_persistent_step_equals_the_fast_forward(shape, dtype):
+    from specdec.kernels import triton_persistent
+
+    if shape == "grid barrier" and DEVICE.type != "cuda":
+        pytest.skip("a grid barrier waits forever in Triton's interpreter (programs run one after another)")
+    ids, decoder = prompt_and_decoder(dtype)
+    fast = decoder.model
+    step = triton_persistent.persistent_gpt2(fast, triton_persistent.PersistentShape(**SHAPES[shape]))
+    assert decoder._cache is not None
+    cache = decoder._cache
+    tolerance = 2e-5 if dtype == torch.float32 else 3e-2
+    for column in range(20, 26):  # the cache crosses a split (8 keys) on the way
+        columns = torch.tensor([column], device=DEVICE)
+        positions = decoder._positions.index_select(1, columns)
+        token = ids[:, column : column + 1]
+        before = [c.clone() for c in cache]
+        logits = step(token, positions, columns, decoder._key_valid, cache, fast.num_layers)
+        written = [c[..., column, :].clone() for c in cache]
+        for c, saved in zip(cache, before, strict=True):
+            c.copy_(saved)
+        expected, _ = fast.run(token, columns, positions, decoder._key_valid, cache, True)
+        scale = expected.float().abs().max()
+        assert (logits.float() - expected.float()).abs().max() <= tolerance * scale, f"column {column}"
+        for got, want in zip(written, (c[..., column, :] for c in cache), strict=True):
+            torch.testing.assert_close(got.float(), want.float(), rtol=tolerance, atol=tolerance)
+    if DEVICE.type == "cuda":
+        assert not step.failed()
+
+
+def reference(model, prompt: list[int], max_new: int) -> list[int]:
+    ids = torch.tensor([prompt])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False)
+    return out[0, len(prompt) :].tolist()
+
+
+def test_generation_through_the_persistent_step_equals_generate(monkeypatch):
+    """Autoregressive and speculative decoding (the draft's one-token steps persistent; the target's too when the
+    draft is the autoregressive baseline) keep the greedy output, graphs and all on CUDA."""
+    monkeypatch.setenv("SPECDEC_PERSISTENT", "1")
+    target = make_model("gpt2", seed=4)
+    draft = make_model("gpt2", seed=5, layers=1)
+    prompt = [5, 17, 99, 240, 31, 8]
+    expected = reference(target, prompt, 12)
+    alone = SpeculativeEngine(on_device(target, "t"), decoder="fast")
+    assert alone.target.model.persistent is not None
+    assert alone.generate(prompt, GenerationConfig(max_new_tokens=12)).token_ids[0] == expected
+    pair = SpeculativeEngine(on_device(target, "t"), on_device(draft, "d"), "fast")
+    result = pair.generate(prompt, GenerationConfig(max_new_tokens=12), SpeculationConfig(k=3))
+    assert result.token_ids[0] == expected
