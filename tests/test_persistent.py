@@ -26,9 +26,19 @@ pytestmark = pytest.mark.skipif(
 # Small tiles and splits, so that the tiny model's products take several tiles per program and its attention several
 # splits; the barrier's shape (every SM) only where barriers run.
 SHAPES = {
-    "one program": dict(programs=1, tile_elements=512, split_keys=8),
-    "phase launches": dict(programs=3, tile_elements=512, split_keys=8, phase_launches=True),
-    "grid barrier": dict(tile_elements=512, split_keys=8),
+    "one program": dict(
+        programs=1, tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024
+    ),
+    "phase launches": dict(
+        programs=3,
+        tile_elements=512,
+        split_keys=8,
+        max_splits=4,
+        block_keys=8,
+        head_tile_elements=1024,
+        phase_launches=True,
+    ),
+    "grid barrier": dict(tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024),
 }
 
 

@@ -89,53 +89,80 @@ def _row_tile(w_ptr, n, n_out, kk, k_ok, k_in):
 
 
 @triton.jit
-def _merged_attention(max_ptr, sum_ptr, acc_ptr, column, num_splits, kk, k_ok, HEAD_DIM: tl.constexpr,
-                      SPLIT_KEYS: tl.constexpr):  # fmt: skip
-    """The attention's output row [K_PAD] (lane kk: head kk // Dh, dimension kk % Dh), float32: each head's split
-    partials merged, up to the split that holds ``column``."""
-    head = kk // HEAD_DIM
-    running_max = tl.full(kk.shape, float("-inf"), tl.float32)
-    running_sum = tl.zeros(kk.shape, tl.float32)
-    acc = tl.zeros(kk.shape, tl.float32)
-    for split in range(0, column // SPLIT_KEYS + 1):
-        part = head * num_splits + split
-        block_max = tl.load(max_ptr + part, mask=k_ok, other=float("-inf"), cache_modifier=".cg")
-        new_max = tl.maximum(running_max, block_max)
-        safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
-        old_scale = tl.exp(running_max - safe_max)
-        block_scale = tl.exp(block_max - safe_max)
-        block_sum = tl.load(sum_ptr + part, mask=k_ok, other=0.0, cache_modifier=".cg")
-        block_acc = tl.load(acc_ptr + part * HEAD_DIM + kk % HEAD_DIM, mask=k_ok, other=0.0, cache_modifier=".cg")
-        running_sum = running_sum * old_scale + block_sum * block_scale
-        acc = acc * old_scale + block_acc * block_scale
-        running_max = new_max
-    return tl.where(k_ok, acc / running_sum, 0.0)
+def _merged_attention(max_ptr, sum_ptr, acc_ptr, column, split_keys, HEADS: tl.constexpr, H_PAD: tl.constexpr,
+                      HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr):  # fmt: skip
+    """The attention's output row [H_PAD * Dh] (heads one after another), float32: each head's split partials
+    ([H, SPLITS] maxima and sums, [H, SPLITS, Dh] outputs) merged in one load, the splits up to the one holding
+    ``column``; zero for padding heads."""
+    heads = tl.arange(0, H_PAD)
+    splits = tl.arange(0, SPLITS)
+    dims = tl.arange(0, HEAD_DIM)
+    used = (heads < HEADS)[:, None] & (splits <= column // split_keys)[None, :]  # [H_PAD, S]
+    part = heads[:, None] * SPLITS + splits[None, :]
+    maxima = tl.load(max_ptr + part, mask=used, other=float("-inf"), cache_modifier=".cg")
+    sums = tl.load(sum_ptr + part, mask=used, other=0.0, cache_modifier=".cg")
+    acc = tl.load(acc_ptr + part[:, :, None] * HEAD_DIM + dims[None, None, :], mask=used[:, :, None], other=0.0,
+                  cache_modifier=".cg")  # [H_PAD, S, Dh]  # fmt: skip
+    top = tl.max(maxima, axis=1)  # [H_PAD]
+    safe_top = tl.where(top == float("-inf"), 0.0, top)
+    weights = tl.exp(maxima - safe_top[:, None])  # [H_PAD, S]; 0 for unused splits
+    total = tl.sum(sums * weights, axis=1)  # [H_PAD]
+    out = tl.sum(acc * weights[:, :, None], axis=1) / tl.where(total == 0.0, 1.0, total)[:, None]  # [H_PAD, Dh]
+    return tl.reshape(out, (H_PAD * HEAD_DIM,))
+
+
+@triton.jit
+def _product_out(
+    y, n, n_ok, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
+    OUTPUT: tl.constexpr, ACT: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """Store outputs n [N] of a product (y: rounded, with its bias) as OUTPUT says (see ``_linear_phase``)."""
+    dtype = out_ptr.dtype.element_ty
+    if OUTPUT == 0:  # q, k, v of one token: k_in is the hidden size, heads of HEAD_DIM
+        section = n // k_in
+        within = n - section * k_in
+        at = ((within // HEAD_DIM) * max_length + column) * HEAD_DIM + within % HEAD_DIM
+        tl.store(out_ptr + within, y, mask=n_ok & (section == 0))
+        tl.store(cache_k_ptr + at, y, mask=n_ok & (section == 1))
+        tl.store(cache_v_ptr + at, y, mask=n_ok & (section == 2))
+    elif OUTPUT == 1:  # residual + y, rounded like an add in the model's dtype
+        r = tl.load(out_ptr + n, mask=n_ok, other=0.0, cache_modifier=".cg")
+        tl.store(out_ptr + n, (r.to(tl.float32) + y.to(tl.float32)).to(dtype), mask=n_ok)
+    elif OUTPUT == 2:
+        yf = y.to(tl.float32)
+        if ACT == 2:  # F.gelu(approximate="tanh") of the rounded product, 1 + tanh(u) as 2 / (1 + exp(-2 u))
+            u = 0.7978845608028654 * (yf + 0.044715 * yf * yf * yf)
+            yf = 0.5 * yf * (2.0 / (1.0 + tl.exp(-2.0 * u)))
+        else:  # F.gelu(approximate="none")
+            yf = 0.5 * yf * (1.0 + tl.math.erf(yf * 0.7071067811865476))
+        tl.store(out_ptr + n, yf.to(dtype), mask=n_ok)
+    else:
+        tl.store(out_ptr + n, y, mask=n_ok)
 
 
 @triton.jit
 def _linear_phase(
     x_ptr, w_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, out_ptr, n_out, k_in, eps,
-    max_ptr, sum_ptr, acc_ptr, column, num_splits, cache_k_ptr, cache_v_ptr, max_length,
+    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k_ptr, cache_v_ptr, max_length,
     counter_ptr, error_ptr, sync_to, pid, nprog,
     INPUT: tl.constexpr, OUTPUT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    HEAD_DIM: tl.constexpr, SPLIT_KEYS: tl.constexpr, BLOCK_N: tl.constexpr, K_PAD: tl.constexpr,
-    SYNC: tl.constexpr,
+    HEADS: tl.constexpr, H_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
+    BLOCK_N: tl.constexpr, K_PAD: tl.constexpr, STAGES: tl.constexpr, SYNC: tl.constexpr,
 ):  # fmt: skip
     """out = act(W [n_out, k_in] @ input + bias), in tiles of BLOCK_N whole rows, tile t on program t % P. The
     input: the vector at x_ptr (INPUT 0), its layer norm (1), or the attention's merged partials (2). The output:
     q/k/v routed to out (q) and the caches at ``column`` (OUTPUT 0), added in place to the residual at out (1),
     through ACT (2), or as it is (3). ``sync_to`` > 0: wait at the grid barrier first, after the first weight tile's
-    loads are issued."""
+    loads are issued; the program's later tiles stream through a loop pipelined STAGES deep."""
     rows = tl.arange(0, BLOCK_N)
     kk = tl.arange(0, K_PAD)
     k_ok = kk < k_in
-    tile = pid
-    w = _row_tile(w_ptr, tile * BLOCK_N + rows, n_out, kk, k_ok, k_in)  # [N, K_PAD], before the barrier
+    w = _row_tile(w_ptr, pid * BLOCK_N + rows, n_out, kk, k_ok, k_in)  # [N, K_PAD], before the barrier
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
     dtype = out_ptr.dtype.element_ty
     if INPUT == 2:
-        x = _merged_attention(max_ptr, sum_ptr, acc_ptr, column, num_splits, kk, k_ok, HEAD_DIM, SPLIT_KEYS)
+        x = _merged_attention(max_ptr, sum_ptr, acc_ptr, column, split_keys, HEADS, H_PAD, HEAD_DIM, SPLITS)
         x = x.to(dtype).to(tl.float32)  # the attention's output, rounded as the attention kernel stores it
     else:
         x = tl.load(x_ptr + kk, mask=k_ok, other=0.0, cache_modifier=".cg").to(tl.float32)  # [K_PAD]
@@ -146,73 +173,67 @@ def _linear_phase(
             g = tl.load(norm_w_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
             b = tl.load(norm_b_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
             x = (centred * inverse_std * g + b).to(dtype).to(tl.float32)
-    while tile * BLOCK_N < n_out:
-        n = tile * BLOCK_N + rows  # [N]
+    n = pid * BLOCK_N + rows  # [N]
+    n_ok = n < n_out
+    y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    _product_out(y.to(dtype), n, n_ok, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, OUTPUT, ACT,
+                 HEAD_DIM)  # fmt: skip
+    for tile in tl.range(pid + nprog, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
+        n = tile * BLOCK_N + rows
         n_ok = n < n_out
-        w_next = _row_tile(w_ptr, (tile + nprog) * BLOCK_N + rows, n_out, kk, k_ok, k_in)  # none past the last
-        y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)  # [N]
+        w = _row_tile(w_ptr, n, n_out, kk, k_ok, k_in)
+        y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
         if HAS_BIAS:
             y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-        y = y.to(dtype)  # the product rounded, as F.linear returns it
-        if OUTPUT == 0:  # q, k, v of one token: k_in is the hidden size, heads of HEAD_DIM
-            section = n // k_in
-            within = n - section * k_in
-            at = ((within // HEAD_DIM) * max_length + column) * HEAD_DIM + within % HEAD_DIM
-            tl.store(out_ptr + within, y, mask=n_ok & (section == 0))
-            tl.store(cache_k_ptr + at, y, mask=n_ok & (section == 1))
-            tl.store(cache_v_ptr + at, y, mask=n_ok & (section == 2))
-        elif OUTPUT == 1:  # residual + y, rounded like an add in the model's dtype
-            r = tl.load(out_ptr + n, mask=n_ok, other=0.0, cache_modifier=".cg")
-            tl.store(out_ptr + n, (r.to(tl.float32) + y.to(tl.float32)).to(dtype), mask=n_ok)
-        elif OUTPUT == 2:
-            yf = y.to(tl.float32)
-            if ACT == 2:  # F.gelu(approximate="tanh") of the rounded product, 1 + tanh(u) as 2 / (1 + exp(-2 u))
-                u = 0.7978845608028654 * (yf + 0.044715 * yf * yf * yf)
-                yf = 0.5 * yf * (2.0 / (1.0 + tl.exp(-2.0 * u)))
-            else:  # F.gelu(approximate="none")
-                yf = 0.5 * yf * (1.0 + tl.math.erf(yf * 0.7071067811865476))
-            tl.store(out_ptr + n, yf.to(dtype), mask=n_ok)
-        else:
-            tl.store(out_ptr + n, y, mask=n_ok)
-        w = w_next
-        tile += nprog
+        _product_out(y.to(dtype), n, n_ok, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, OUTPUT,
+                     ACT, HEAD_DIM)  # fmt: skip
 
 
 @triton.jit
 def _attention_phase(
-    q_ptr, cache_k_ptr, cache_v_ptr, valid_ptr, max_ptr, sum_ptr, acc_ptr, column, scale, max_length, num_heads,
-    num_splits, counter_ptr, error_ptr, sync_to, pid, nprog,
-    HEAD_DIM: tl.constexpr, SPLIT_KEYS: tl.constexpr, SYNC: tl.constexpr,
+    q_ptr, cache_k_ptr, cache_v_ptr, valid_ptr, max_ptr, sum_ptr, acc_ptr, column, scale, max_length, split_keys,
+    counter_ptr, error_ptr, sync_to, pid, nprog,
+    HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, BLOCK_KEYS: tl.constexpr,
+    SYNC: tl.constexpr,
 ):  # fmt: skip
-    """Item (split, head), item t on program t % P, for the splits up to the one holding ``column``: the softmax
-    partials of the one query against the split's visible keys (columns <= ``column`` that are valid, and its own),
-    as the split attention kernel computes them (probabilities rounded to the cache's dtype before the values)."""
+    """Item (split, head), item t on program t % P, for the splits (of ``split_keys``, in blocks of BLOCK_KEYS) up to
+    the one holding ``column``: the softmax partials of the one query against the split's visible keys (columns <=
+    ``column`` that are valid, and its own), as the split attention kernel computes them (probabilities rounded to
+    the cache's dtype before they weight the values)."""
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
-    keys = tl.arange(0, SPLIT_KEYS)
+    keys = tl.arange(0, BLOCK_KEYS)
     dims = tl.arange(0, HEAD_DIM)
     item = pid
-    while item < num_heads * (column // SPLIT_KEYS + 1):
-        head = item % num_heads
-        split = item // num_heads
-        at = split * SPLIT_KEYS + keys  # [SK] key columns
-        visible = at <= column
-        valid = tl.load(valid_ptr + at, mask=visible, other=0) != 0
-        visible = visible & (valid | (at == column))
+    while item < HEADS * (column // split_keys + 1):
+        head = item % HEADS
+        split = item // HEADS
         q = tl.load(q_ptr + head * HEAD_DIM + dims, cache_modifier=".cg").to(tl.float32)  # [Dh]
-        kv = (head * max_length + at)[:, None] * HEAD_DIM + dims[None, :]  # [SK, Dh]
-        k = tl.load(cache_k_ptr + kv, mask=visible[:, None], other=0.0, cache_modifier=".cg")
-        v = tl.load(cache_v_ptr + kv, mask=visible[:, None], other=0.0, cache_modifier=".cg")
-        scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale  # [SK]
-        scores = tl.where(visible, scores, float("-inf"))
-        block_max = tl.max(scores, axis=0)
-        safe_max = tl.where(block_max == float("-inf"), 0.0, block_max)
-        p = tl.exp(scores - safe_max)
-        out = tl.sum(p.to(v.dtype).to(tl.float32)[:, None] * v.to(tl.float32), axis=0)  # [Dh]
-        part = head * num_splits + split
-        tl.store(max_ptr + part, block_max)
-        tl.store(sum_ptr + part, tl.sum(p, axis=0))
-        tl.store(acc_ptr + part * HEAD_DIM + dims, out)
+        running_max = float("-inf")
+        running_sum = 0.0
+        acc = tl.zeros((HEAD_DIM,), tl.float32)
+        for block in range(split * split_keys, tl.minimum((split + 1) * split_keys, column + 1), BLOCK_KEYS):
+            at = block + keys  # [B] key columns
+            visible = at <= column
+            valid = tl.load(valid_ptr + at, mask=visible, other=0) != 0
+            visible = visible & (valid | (at == column))
+            kv = (head * max_length + at)[:, None] * HEAD_DIM + dims[None, :]  # [B, Dh]
+            k = tl.load(cache_k_ptr + kv, mask=visible[:, None], other=0.0, cache_modifier=".cg")
+            v = tl.load(cache_v_ptr + kv, mask=visible[:, None], other=0.0, cache_modifier=".cg")
+            scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale, float("-inf"))
+            new_max = tl.maximum(running_max, tl.max(scores, axis=0))
+            safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
+            old_scale = tl.exp(running_max - safe_max)
+            p = tl.exp(scores - safe_max)  # [B]
+            running_sum = running_sum * old_scale + tl.sum(p, axis=0)
+            acc = acc * old_scale + tl.sum(p.to(v.dtype).to(tl.float32)[:, None] * v.to(tl.float32), axis=0)
+            running_max = new_max
+        part = head * SPLITS + split
+        tl.store(max_ptr + part, running_max)
+        tl.store(sum_ptr + part, running_sum)
+        tl.store(acc_ptr + part * HEAD_DIM + dims, acc)
         item += nprog
 
 
@@ -223,14 +244,16 @@ def _gpt2_step_kernel(
     fc_w_ptr, fc_b_ptr, proj_w_ptr, proj_b_ptr, lnf_w_ptr, lnf_b_ptr, head_w_ptr,
     cache_k_ptr, cache_v_ptr, hidden_ptr, q_ptr, max_ptr, sum_ptr, acc_ptr, inner_ptr, logits_ptr,
     counter_ptr, error_ptr,
-    eps, scale, vocab, max_length, num_layers, num_splits, first_phase, end_phase,
-    HIDDEN: tl.constexpr, INNER: tl.constexpr, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLIT_KEYS: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, PHASES: tl.constexpr, SYNC: tl.constexpr,
+    eps, scale, vocab, max_length, num_layers, split_keys, first_phase, end_phase,
+    HIDDEN: tl.constexpr, INNER: tl.constexpr, HEADS: tl.constexpr, H_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr, BLOCK_KEYS: tl.constexpr, ACT: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, STAGES: tl.constexpr,
+    PHASES: tl.constexpr, SYNC: tl.constexpr,
 ):  # fmt: skip
     """Phases [first_phase, end_phase) of the step (0: embed; 1 + PHASES l + j: layer l's j-th; 1 + PHASES L: the
-    head), a grid barrier before each but the first. BLOCK_D, BLOCK_I: weight rows per tile of the products over D
-    and I inputs. Layer weights are stacked: [L, out, in], biases and norms [L, out]; the caches [L, H, M, Dh]."""
+    head), a grid barrier before each but the first. BLOCK_D, BLOCK_I, BLOCK_V: weight rows per tile of the products
+    over D inputs, over I inputs, and of the output layer. Layer weights are stacked: [L, out, in], biases and norms
+    [L, out]; the caches [L, H, M, Dh]; the attention's partials [H, SPLITS] and [H, SPLITS, Dh]."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     column = tl.load(columns_ptr)
@@ -253,9 +276,9 @@ def _gpt2_step_kernel(
         elif phase == head_phase:
             _linear_phase(
                 hidden_ptr, head_w_ptr, head_w_ptr, lnf_w_ptr, lnf_b_ptr, logits_ptr, vocab, HIDDEN, eps,
-                max_ptr, sum_ptr, acc_ptr, column, num_splits, cache_k_ptr, cache_v_ptr, max_length,
+                max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k_ptr, cache_v_ptr, max_length,
                 counter_ptr, error_ptr, sync_to, pid, nprog,
-                INPUT_LAYER_NORM, OUTPUT_PLAIN, False, 0, HEAD_DIM, SPLIT_KEYS, BLOCK_D, D_PAD, SYNC,
+                INPUT_LAYER_NORM, OUTPUT_PLAIN, False, 0, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_V, D_PAD, STAGES, SYNC,
             )  # fmt: skip
         else:
             layer = tl.cast((phase - 1) // PHASES, tl.int64)
@@ -266,38 +289,43 @@ def _gpt2_step_kernel(
                 _linear_phase(
                     hidden_ptr, qkv_w_ptr + layer * 3 * HIDDEN * HIDDEN, qkv_b_ptr + layer * 3 * HIDDEN,
                     ln1_w_ptr + layer * HIDDEN, ln1_b_ptr + layer * HIDDEN, q_ptr, 3 * HIDDEN, HIDDEN, eps,
-                    max_ptr, sum_ptr, acc_ptr, column, num_splits, cache_k, cache_v, max_length,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length,
                     counter_ptr, error_ptr, sync_to, pid, nprog,
-                    INPUT_LAYER_NORM, OUTPUT_QKV, True, 0, HEAD_DIM, SPLIT_KEYS, BLOCK_D, D_PAD, SYNC,
+                    INPUT_LAYER_NORM, OUTPUT_QKV, True, 0, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD, STAGES,
+                    SYNC,
                 )  # fmt: skip
             elif kind == 1:
                 _attention_phase(
-                    q_ptr, cache_k, cache_v, valid_ptr, max_ptr, sum_ptr, acc_ptr, column, scale, max_length, HEADS,
-                    num_splits, counter_ptr, error_ptr, sync_to, pid, nprog, HEAD_DIM, SPLIT_KEYS, SYNC,
+                    q_ptr, cache_k, cache_v, valid_ptr, max_ptr, sum_ptr, acc_ptr, column, scale, max_length,
+                    split_keys, counter_ptr, error_ptr, sync_to, pid, nprog, HEADS, HEAD_DIM, SPLITS, BLOCK_KEYS,
+                    SYNC,
                 )  # fmt: skip
             elif kind == 2:
                 _linear_phase(
                     hidden_ptr, o_w_ptr + layer * HIDDEN * HIDDEN, o_b_ptr + layer * HIDDEN, hidden_ptr, hidden_ptr,
                     hidden_ptr, HIDDEN, HIDDEN, eps,
-                    max_ptr, sum_ptr, acc_ptr, column, num_splits, cache_k, cache_v, max_length,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length,
                     counter_ptr, error_ptr, sync_to, pid, nprog,
-                    INPUT_ATTENTION, OUTPUT_RESIDUAL, True, 0, HEAD_DIM, SPLIT_KEYS, BLOCK_D, D_PAD, SYNC,
+                    INPUT_ATTENTION, OUTPUT_RESIDUAL, True, 0, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD, STAGES,
+                    SYNC,
                 )  # fmt: skip
             elif kind == 3:
                 _linear_phase(
                     hidden_ptr, fc_w_ptr + layer * INNER * HIDDEN, fc_b_ptr + layer * INNER,
                     ln2_w_ptr + layer * HIDDEN, ln2_b_ptr + layer * HIDDEN, inner_ptr, INNER, HIDDEN, eps,
-                    max_ptr, sum_ptr, acc_ptr, column, num_splits, cache_k, cache_v, max_length,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length,
                     counter_ptr, error_ptr, sync_to, pid, nprog,
-                    INPUT_LAYER_NORM, OUTPUT_ACTIVATION, True, ACT, HEAD_DIM, SPLIT_KEYS, BLOCK_D, D_PAD, SYNC,
+                    INPUT_LAYER_NORM, OUTPUT_ACTIVATION, True, ACT, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD,
+                    STAGES, SYNC,
                 )  # fmt: skip
             else:
                 _linear_phase(
                     inner_ptr, proj_w_ptr + layer * HIDDEN * INNER, proj_b_ptr + layer * HIDDEN, inner_ptr,
                     inner_ptr, hidden_ptr, HIDDEN, INNER, eps,
-                    max_ptr, sum_ptr, acc_ptr, column, num_splits, cache_k, cache_v, max_length,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length,
                     counter_ptr, error_ptr, sync_to, pid, nprog,
-                    INPUT_PLAIN, OUTPUT_RESIDUAL, True, 0, HEAD_DIM, SPLIT_KEYS, BLOCK_I, I_PAD, SYNC,
+                    INPUT_PLAIN, OUTPUT_RESIDUAL, True, 0, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD, STAGES,
+                    SYNC,
                 )  # fmt: skip
     if SYNC:  # leave; the last program out resets the counter (every other has passed its last barrier)
         tl.debug_barrier()
@@ -308,14 +336,29 @@ def _gpt2_step_kernel(
 
 @dataclass(frozen=True)
 class PersistentShape:
-    """How the step is cut: ``programs`` (0: one per SM), ``tile_elements`` weights per product tile (rows of it,
-    whole), ``split_keys`` keys per attention item, ``warps`` per program, ``phase_launches`` one launch per phase."""
+    """How the step is cut.
+
+    programs: 0 for one per SM. tile_elements, head_tile_elements: weights per tile of a layer's products and of the
+    output layer (whole rows). split_keys: the fewest keys per attention item; longer caches take longer splits, so
+    that a head has at most max_splits (the merge reads them all in one load). block_keys: keys per load within a
+    split. stages: tiles in flight per program (the pipelined loop's depth). warps: per program. phase_launches: one
+    launch per phase instead of barriers.
+    """
 
     programs: int = 0
     tile_elements: int = 8192
+    head_tile_elements: int = 8192
     split_keys: int = 64
+    max_splits: int = 8
+    block_keys: int = 128
+    stages: int = 3
     warps: int = 4
     phase_launches: bool = False
+
+    def splits(self, max_length: int) -> tuple[int, int]:
+        """(keys per split, splits padded to a power of two) for a cache of ``max_length`` columns."""
+        split_keys = max(self.split_keys, triton.next_power_of_2(triton.cdiv(max_length, self.max_splits)))
+        return split_keys, triton.next_power_of_2(triton.cdiv(max_length, split_keys))
 
 
 class PersistentGPT2:
@@ -340,6 +383,7 @@ class PersistentGPT2:
         self.hidden = embed.shape[1]
         self.inner = stack.fc.shape[1]
         self.head_dim = self.hidden // num_heads
+        assert triton.next_power_of_2(num_heads) * self.head_dim == triton.next_power_of_2(self.hidden)
         self.eps = eps
         self.act = GELU[gelu]
         self.shape = shape or PersistentShape()
@@ -367,7 +411,7 @@ class PersistentGPT2:
 
     def _buffers(self, max_length: int) -> tuple[torch.Tensor, ...]:
         if max_length not in self._scratch:
-            splits = triton.cdiv(max_length, self.shape.split_keys)
+            _, splits = self.shape.splits(max_length)
             device, dtype = self.embed.device, self.embed.dtype
             self._scratch[max_length] = (
                 torch.empty(self.hidden, dtype=dtype, device=device),  # the residual stream
@@ -394,12 +438,14 @@ class PersistentGPT2:
         assert input_ids.shape == (1, 1) and cache_k.shape[1] == 1 and cache_k.is_contiguous()
         max_length = cache_k.shape[3]
         hidden, q, maxima, sums, partial, inner = self._buffers(max_length)
+        split_keys, splits = self.shape.splits(max_length)
         vocab = self.lm_head.shape[0]
         logits = torch.empty(vocab, dtype=self.embed.dtype, device=self.embed.device)
         s = self.stack
         d_pad, i_pad = triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner)
         block_d = max(1, self.shape.tile_elements // d_pad)
         block_i = max(1, self.shape.tile_elements // i_pad)
+        block_v = max(1, self.shape.head_tile_elements // d_pad)
         end = 2 + PHASES_PER_LAYER * num_layers
         ranges = [(p, p + 1) for p in range(end)] if self.shape.phase_launches else [(0, end)]
         sync = self.programs > 1 and not self.shape.phase_launches
@@ -410,9 +456,10 @@ class PersistentGPT2:
                 s.fc, s.fc_bias, s.proj, s.proj_bias, self.final_norm[0], self.final_norm[1], self.lm_head,
                 cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits,
                 self.counter, self.counter[1:],
-                self.eps, self.head_dim**-0.5, vocab, max_length, num_layers, maxima.shape[1], first, stop,
-                self.hidden, self.inner, self.num_heads, self.head_dim, d_pad, i_pad, self.shape.split_keys,
-                self.act, block_d, block_i, PHASES_PER_LAYER, sync, num_warps=self.shape.warps,
+                self.eps, self.head_dim**-0.5, vocab, max_length, num_layers, split_keys, first, stop,
+                self.hidden, self.inner, self.num_heads, triton.next_power_of_2(self.num_heads), self.head_dim,
+                d_pad, i_pad, splits, min(self.shape.block_keys, split_keys), self.act, block_d, block_i, block_v,
+                self.shape.stages, PHASES_PER_LAYER, sync, num_warps=self.shape.warps,
             )  # fmt: skip
         return logits.view(1, 1, vocab)
 
