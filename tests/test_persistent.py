@@ -1,4 +1,5 @@
-"""The persistent GPT-2 step (one kernel per token, grid barriers between phases) computes the fast forward's step.
+"""The persistent step (one kernel per token, grid barriers between phases) computes the fast forward's step, for
+GPT-2 and the Llama family (Qwen2's q/k/v biases included).
 
 Runs on CUDA; on a CPU only in Triton's interpreter (``TRITON_INTERPRET=1`` with triton installed), where programs
 run one after another: there the whole step runs as one program, and the work split over several programs is
@@ -46,8 +47,11 @@ def on_device(model, name: str, dtype: torch.dtype = torch.float32) -> LoadedMod
     return dataclasses.replace(loaded(model.to(device=DEVICE, dtype=dtype), name), device=DEVICE, dtype=dtype)
 
 
-def prompt_and_decoder(dtype: torch.dtype) -> tuple[torch.Tensor, FastDecoder]:
-    decoder = FastDecoder(on_device(make_model("gpt2", seed=3), "gpt2-tiny", dtype), use_graphs=False)
+FAMILIES = ("gpt2", "llama", "qwen2")
+
+
+def prompt_and_decoder(family: str, dtype: torch.dtype) -> tuple[torch.Tensor, FastDecoder]:
+    decoder = FastDecoder(on_device(make_model(family, seed=3), f"{family}-tiny", dtype), use_graphs=False)
     assert decoder.kernels.name == "triton"
     ids = torch.randint(3, 300, (1, 30), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     mask = torch.ones((1, 20), dtype=torch.long)
@@ -59,14 +63,16 @@ def prompt_and_decoder(dtype: torch.dtype) -> tuple[torch.Tensor, FastDecoder]:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16] if DEVICE.type == "cuda" else [torch.float32])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_persistent_step_equals_the_fast_forward(shape, dtype):
+@pytest.mark.parametrize("family", FAMILIES)
+def test_persistent_step_equals_the_fast_forward(family, shape, dtype):
     from specdec.kernels import triton_persistent
 
     if shape == "grid barrier" and DEVICE.type != "cuda":
         pytest.skip("a grid barrier waits forever in Triton's interpreter (programs run one after another)")
-    ids, decoder = prompt_and_decoder(dtype)
+    ids, decoder = prompt_and_decoder(family, dtype)
     fast = decoder.model
-    step = triton_persistent.persistent_gpt2(fast, triton_persistent.PersistentShape(**SHAPES[shape]))
+    step = triton_persistent.persistent_step(fast, triton_persistent.PersistentShape(**SHAPES[shape]))
+    tables = (fast.cos_table, fast.sin_table) if family != "gpt2" else ()
     assert decoder._cache is not None
     cache = decoder._cache
     tolerance = 2e-5 if dtype == torch.float32 else 3e-2
@@ -75,7 +81,7 @@ def test_persistent_step_equals_the_fast_forward(shape, dtype):
         positions = decoder._positions.index_select(1, columns)
         token = ids[:, column : column + 1]
         before = [c.clone() for c in cache]
-        logits = step(token, positions, columns, decoder._key_valid, cache, fast.num_layers)
+        logits = step(token, positions, columns, decoder._key_valid, cache, fast.num_layers, *tables)
         written = [c[..., column, :].clone() for c in cache]
         for c, saved in zip(cache, before, strict=True):
             c.copy_(saved)
@@ -94,12 +100,13 @@ def reference(model, prompt: list[int], max_new: int) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
-def test_generation_through_the_persistent_step_equals_generate(monkeypatch):
-    """Autoregressive and speculative decoding (the draft's one-token steps persistent; the target's too when the
-    draft is the autoregressive baseline) keep the greedy output, graphs and all on CUDA."""
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_generation_through_the_persistent_step_equals_generate(family, monkeypatch):
+    """Autoregressive decoding (every step persistent) and speculative decoding (the draft's one-token steps) keep
+    the greedy output, graphs and all on CUDA."""
     monkeypatch.setenv("SPECDEC_PERSISTENT", "1")
-    target = make_model("gpt2", seed=4)
-    draft = make_model("gpt2", seed=5, layers=1)
+    target = make_model(family, seed=4)
+    draft = make_model(family, seed=5, layers=1)
     prompt = [5, 17, 99, 240, 31, 8]
     expected = reference(target, prompt, 12)
     alone = SpeculativeEngine(on_device(target, "t"), decoder="fast")

@@ -1,14 +1,14 @@
-"""The persistent GPT-2 step (``specdec.kernels.triton_persistent``) on CUDA: what a grid barrier costs, and the step
+"""The persistent step (``specdec.kernels.triton_persistent``) on CUDA: what a grid barrier costs, and the step
 against the fast forward it replaces.
 
-    python scripts/diag/persistent.py barrier      # us per grid barrier, every SM (and half of them) taking part
-    python scripts/diag/persistent.py step         # one-token forward of the GPT-2 shape: kernels vs one persistent
-                                                   # kernel (its tiles, warps and splits), and one launch per phase
+    python scripts/diag/persistent.py barrier              # us per grid barrier, every SM (and half) taking part
+    python scripts/diag/persistent.py step gpt2,1b,8b      # one-token forward: kernels vs one persistent kernel
+                                                           # (tiles, stages, warps), and one launch per phase
 
 ``barrier``: a kernel that only passes B barriers, timed in a CUDA graph for B = 0, 16 and 64: the slope is one
-barrier's cost. ``step``: the zoo's synthetic GPT-2 shape in bfloat16 after a 128-token prompt (cache of 1024
-columns), each variant's one-token forward replayed 50 times in a CUDA graph; first the largest difference of its
-logits from the fast forward's and whether a barrier gave up.
+barrier's cost. ``step``: the zoo's synthetic shapes in bfloat16 after a 128-token prompt (cache of 1024 columns),
+the fast forward replayed 50 times in a CUDA graph and each variant 20 times; first the largest difference of its
+logits from the fast forward's, whether the argmax agrees, and whether a barrier gave up.
 """
 
 # ruff: noqa: B023  (each closure runs inside the iteration that defines it)
@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from specdec.kernels.triton_persistent import PersistentShape, _grid_sync, persistent_gpt2
+from specdec.kernels.triton_persistent import PersistentShape, _grid_sync, persistent_step
 
 sys.path.insert(0, "scripts/diag")
 from gemv_ab import TARGETS, graph_time_us
@@ -58,35 +58,42 @@ def step() -> None:
     from specdec import load_model
     from specdec.fast.decoder import FastDecoder
 
-    decoder = FastDecoder(load_model(TARGETS["gpt2"], device="cuda", dtype="bfloat16"), use_graphs=False)
-    prompt = torch.randint(0, 32000, (1, 129), generator=torch.Generator().manual_seed(0)).cuda()
-    decoder.prepare(torch.zeros(1, dtype=torch.long), None, 1024)
-    decoder.forward(prompt[:, :128], last_only=True)
-    fast = decoder.model
-    cache = decoder._cache
-    columns = torch.tensor([128], device="cuda")
-    positions = decoder._positions.index_select(1, columns)
-    token = prompt[:, 128:]
-    args = (token, positions, columns, decoder._key_valid, cache)
-    expected = fast.run(token, columns, positions, decoder._key_valid, cache, True)[0].float()
-    base = graph_time_us(lambda i: fast.run(token, columns, positions, decoder._key_valid, cache, True))
-    print(f"step: kernels (the fast forward) {base:.1f} us", flush=True)
-    variants = [PersistentShape(), PersistentShape(phase_launches=True)]
-    variants += [PersistentShape(stages=n) for n in (1, 2, 4)]
-    variants += [PersistentShape(tile_elements=t, head_tile_elements=h) for t in (4096, 16384) for h in (8192, 16384)]
-    variants += [PersistentShape(warps=8), PersistentShape(split_keys=32), PersistentShape(split_keys=128)]
-    variants += [PersistentShape(programs=p) for p in (66, 100)]
-    for shape in variants:
-        step = persistent_gpt2(fast, shape)
-        got = step(*args, fast.num_layers).float()
-        error = (got - expected).abs().max().item()
-        same = bool((got.argmax() == expected.argmax()).item())
-        if step.failed():  # a barrier gave up: every later launch would wait out its polls too
-            print(f"step: {shape}: a barrier gave up waiting; not timed", flush=True)
-            continue
-        us = graph_time_us(lambda i: step(*args, fast.num_layers))
-        print(f"step: {shape}: {us:.1f} us ({base / us:.2f}x), max |logit diff| {error:.4f}, same argmax {same}, "
-              f"failed {step.failed()}", flush=True)  # fmt: skip
+    for shape_name in sys.argv[2].split(",") if len(sys.argv) > 2 else ["gpt2"]:
+        decoder = FastDecoder(load_model(TARGETS[shape_name], device="cuda", dtype="bfloat16"), use_graphs=False)
+        prompt = torch.randint(0, 32000, (1, 129), generator=torch.Generator().manual_seed(0)).cuda()
+        decoder.prepare(torch.zeros(1, dtype=torch.long), None, 1024)
+        decoder.forward(prompt[:, :128], last_only=True)
+        fast = decoder.model
+        cache = decoder._cache
+        columns = torch.tensor([128], device="cuda")
+        positions = decoder._positions.index_select(1, columns)
+        token = prompt[:, 128:]
+        args = (token, positions, columns, decoder._key_valid, cache)
+        tables = (fast.cos_table, fast.sin_table) if fast.family == "llama" else ()
+        expected = fast.run(token, columns, positions, decoder._key_valid, cache, True)[0].float()
+        base = graph_time_us(lambda i: fast.run(token, columns, positions, decoder._key_valid, cache, True))
+        print(f"step {shape_name}: kernels (the fast forward) {base:.1f} us", flush=True)
+        variants = [PersistentShape(), PersistentShape(phase_launches=True)]
+        variants += [PersistentShape(stages=n) for n in (1, 4)] + [PersistentShape(warps=8)]
+        variants += [
+            PersistentShape(tile_elements=4096),
+            PersistentShape(tile_elements=16384, head_tile_elements=16384),
+        ]
+        if shape_name == "gpt2":
+            variants += [PersistentShape(split_keys=128), PersistentShape(programs=66)]
+        for shape in variants:
+            step = persistent_step(fast, shape)
+            got = step(*args, fast.num_layers, *tables).float()
+            error = (got - expected).abs().max().item()
+            same = bool((got.argmax() == expected.argmax()).item())
+            if step.failed():  # a barrier gave up: every later launch would wait out its polls too
+                print(f"step {shape_name}: {shape}: a barrier gave up waiting; not timed", flush=True)
+                continue
+            us = graph_time_us(lambda i: step(*args, fast.num_layers, *tables), calls=20)
+            print(f"step {shape_name}: {shape}: {us:.1f} us ({base / us:.2f}x), max |logit diff| {error:.4f}, "
+                  f"same argmax {same}, failed {step.failed()}", flush=True)  # fmt: skip
+        del decoder, fast, cache
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ class FastGPT2:
             from specdec.kernels import triton_persistent
 
             if triton_persistent.enabled():
-                self.persistent = triton_persistent.persistent_gpt2(self)
+                self.persistent = triton_persistent.persistent_step(self)
 
     @property
     def num_layers(self) -> int:

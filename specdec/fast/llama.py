@@ -9,6 +9,7 @@ T = B * S, D hidden, H / Hkv query / key-value heads, Dh head size, M cache leng
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -95,6 +96,12 @@ class FastLlama:
         self.attention_scaling = float(getattr(rotary, "attention_scaling", 1.0))
         self.cos_table = torch.empty(0)
         self.sin_table = torch.empty(0)
+        self.persistent: Any = None  # a PersistentLlama for one-token steps (SPECDEC_PERSISTENT=1, Triton kernels)
+        if kernels.name == "triton":
+            from specdec.kernels import triton_persistent
+
+            if triton_persistent.enabled():
+                self.persistent = triton_persistent.persistent_step(self)
 
     @property
     def num_layers(self) -> int:
@@ -132,6 +139,10 @@ class FastLlama:
         the features [B, S, F] (see ``FeatureRequest``: () is the final normed state) else None."""
         k = self.kernels
         batch, seq = input_ids.shape
+        if self.persistent is not None and batch == seq == 1 and tree is None and feature_layers is None:
+            step = self.persistent(input_ids, positions, columns, key_valid, cache, self.num_layers, self.cos_table,
+                                   self.sin_table)  # fmt: skip
+            return step, None
         cache_k, cache_v = cache
         residual = F.embedding(input_ids, self.embed).view(batch * seq, -1)  # [T, D] the residual stream
         taken: dict[int, torch.Tensor] = {}

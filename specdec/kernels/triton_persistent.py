@@ -39,22 +39,23 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import triton
 import triton.language as tl
 
-if TYPE_CHECKING:
-    from specdec.fast.gpt2 import FastGPT2, GPT2Stack
+from specdec.fast.gpt2 import FastGPT2, GPT2Stack
+from specdec.fast.llama import FastLlama
 
 ENV_PERSISTENT = "SPECDEC_PERSISTENT"  # "1": GPT-2's one-token steps run as one persistent kernel (CUDA only)
 
 SPIN_LIMIT = tl.constexpr(1 << 16)  # polls of a barrier's counter before it gives up (tens of milliseconds)
 PHASES_PER_LAYER = 5  # the kernel's PHASES
 # A product phase's INPUT (what it multiplies) and OUTPUT (where it writes): see _linear_phase.
-INPUT_PLAIN, INPUT_LAYER_NORM, INPUT_ATTENTION = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
-OUTPUT_QKV, OUTPUT_RESIDUAL, OUTPUT_ACTIVATION, OUTPUT_PLAIN = (tl.constexpr(i) for i in range(4))
+INPUT_PLAIN, INPUT_LAYER_NORM, INPUT_ATTENTION, INPUT_RMS_NORM = (tl.constexpr(i) for i in range(4))
+OUTPUT_QKV, OUTPUT_RESIDUAL, OUTPUT_ACTIVATION, OUTPUT_PLAIN, OUTPUT_ROPE, OUTPUT_SILU = (
+    tl.constexpr(i) for i in range(6)
+)
 GELU = {"tanh": 2, "none": 3}  # F.gelu's ``approximate`` -> ACT (as triton_gemv's)
 
 
@@ -82,10 +83,10 @@ def _grid_sync(counter_ptr, error_ptr, arrivals, SYNC: tl.constexpr):
 
 
 @triton.jit
-def _row_tile(w_ptr, n, n_out, kk, k_ok, k_in):
-    """Weight rows n [N] (all K_PAD inputs, nothing past a row's end): [N, K_PAD]."""
-    mask = (n < n_out)[:, None] & k_ok[None, :]
-    return tl.load(w_ptr + n[:, None] * k_in + kk[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
+def _row_tile(w_ptr, rows, rows_ok, kk, k_ok, k_in):
+    """Weight rows ``rows`` [N] where ``rows_ok`` (all K_PAD inputs, nothing past a row's end): [N, K_PAD]."""
+    mask = rows_ok[:, None] & k_ok[None, :]
+    return tl.load(w_ptr + rows[:, None] * k_in + kk[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
 
 
 @triton.jit
@@ -112,22 +113,38 @@ def _merged_attention(max_ptr, sum_ptr, acc_ptr, column, split_keys, HEADS: tl.c
 
 
 @triton.jit
+def _pair_rows(p, n_out, OUTPUT: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """The weight rows of outputs (pairs with OUTPUT 4 and 5) p [N]: (rows, second rows). RoPE (4): pair p is
+    dimensions j and j + Dh / 2 of head p // (Dh / 2); SiLU (5): the gate row p and the up row n_out + p."""
+    if OUTPUT == 4:
+        first = (p // (HEAD_DIM // 2)) * HEAD_DIM + p % (HEAD_DIM // 2)
+        return first, first + HEAD_DIM // 2
+    elif OUTPUT == 5:
+        return p, p + n_out
+    else:
+        return p, p
+
+
+@triton.jit
 def _product_out(
-    y, n, n_ok, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
-    OUTPUT: tl.constexpr, ACT: tl.constexpr, HEAD_DIM: tl.constexpr,
+    y, y2, p, p_ok, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, position, cos_ptr, sin_ptr,
+    OUTPUT: tl.constexpr, ACT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
-    """Store outputs n [N] of a product (y: rounded, with its bias) as OUTPUT says (see ``_linear_phase``)."""
+    """Store outputs p [N] of a product (y: rounded, with its bias; y2: the second rows' of pairs) as OUTPUT says
+    (see ``_linear_phase``)."""
     dtype = out_ptr.dtype.element_ty
-    if OUTPUT == 0:  # q, k, v of one token: k_in is the hidden size, heads of HEAD_DIM
-        section = n // k_in
-        within = n - section * k_in
-        at = ((within // HEAD_DIM) * max_length + column) * HEAD_DIM + within % HEAD_DIM
-        tl.store(out_ptr + within, y, mask=n_ok & (section == 0))
-        tl.store(cache_k_ptr + at, y, mask=n_ok & (section == 1))
-        tl.store(cache_v_ptr + at, y, mask=n_ok & (section == 2))
+    if OUTPUT == 0:  # q, k, v of one token (as they are): q heads to out, k and v into the caches at ``column``
+        head = p // HEAD_DIM
+        d = p % HEAD_DIM
+        kv_head = head - HEADS
+        v_head = kv_head - KV_HEADS
+        tl.store(out_ptr + p, y, mask=p_ok & (head < HEADS))
+        tl.store(cache_k_ptr + (kv_head * max_length + column) * HEAD_DIM + d, y,
+                 mask=p_ok & (kv_head >= 0) & (kv_head < KV_HEADS))  # fmt: skip
+        tl.store(cache_v_ptr + (v_head * max_length + column) * HEAD_DIM + d, y, mask=p_ok & (v_head >= 0))
     elif OUTPUT == 1:  # residual + y, rounded like an add in the model's dtype
-        r = tl.load(out_ptr + n, mask=n_ok, other=0.0, cache_modifier=".cg")
-        tl.store(out_ptr + n, (r.to(tl.float32) + y.to(tl.float32)).to(dtype), mask=n_ok)
+        r = tl.load(out_ptr + p, mask=p_ok, other=0.0, cache_modifier=".cg")
+        tl.store(out_ptr + p, (r.to(tl.float32) + y.to(tl.float32)).to(dtype), mask=p_ok)
     elif OUTPUT == 2:
         yf = y.to(tl.float32)
         if ACT == 2:  # F.gelu(approximate="tanh") of the rounded product, 1 + tanh(u) as 2 / (1 + exp(-2 u))
@@ -135,73 +152,140 @@ def _product_out(
             yf = 0.5 * yf * (2.0 / (1.0 + tl.exp(-2.0 * u)))
         else:  # F.gelu(approximate="none")
             yf = 0.5 * yf * (1.0 + tl.math.erf(yf * 0.7071067811865476))
-        tl.store(out_ptr + n, yf.to(dtype), mask=n_ok)
-    else:
-        tl.store(out_ptr + n, y, mask=n_ok)
+        tl.store(out_ptr + p, yf.to(dtype), mask=p_ok)
+    elif OUTPUT == 3:
+        tl.store(out_ptr + p, y, mask=p_ok)
+    elif OUTPUT == 4:  # dimensions j, j + Dh / 2 of q, k and v heads: q and k rotated as triton_gemv's _rope_store
+        half = HEAD_DIM // 2
+        head = p // half
+        j = p % half
+        x1 = y.to(tl.float32)
+        x2 = y2.to(tl.float32)
+        rotated = p_ok & (head < HEADS + KV_HEADS)
+        cos1 = tl.load(cos_ptr + position * HEAD_DIM + j, mask=rotated, other=1.0).to(tl.float32)
+        cos2 = tl.load(cos_ptr + position * HEAD_DIM + half + j, mask=rotated, other=1.0).to(tl.float32)
+        sin1 = tl.load(sin_ptr + position * HEAD_DIM + j, mask=rotated, other=0.0).to(tl.float32)
+        sin2 = tl.load(sin_ptr + position * HEAD_DIM + half + j, mask=rotated, other=0.0).to(tl.float32)
+        x1, x2 = x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2
+        kv_head = head - HEADS
+        v_head = kv_head - KV_HEADS
+        is_q = p_ok & (head < HEADS)
+        is_k = p_ok & (kv_head >= 0) & (kv_head < KV_HEADS)
+        is_v = p_ok & (v_head >= 0)
+        at_q = head * HEAD_DIM + j
+        at_k = (kv_head * max_length + column) * HEAD_DIM + j
+        at_v = (v_head * max_length + column) * HEAD_DIM + j
+        tl.store(out_ptr + at_q, x1.to(dtype), mask=is_q)
+        tl.store(out_ptr + at_q + half, x2.to(dtype), mask=is_q)
+        tl.store(cache_k_ptr + at_k, x1.to(dtype), mask=is_k)
+        tl.store(cache_k_ptr + at_k + half, x2.to(dtype), mask=is_k)
+        tl.store(cache_v_ptr + at_v, x1.to(dtype), mask=is_v)
+        tl.store(cache_v_ptr + at_v + half, x2.to(dtype), mask=is_v)
+    else:  # SiLU(gate) * up over the rounded gate and up, as silu_mul
+        gate = y.to(tl.float32)
+        tl.store(out_ptr + p, (gate / (1.0 + tl.exp(-gate)) * y2.to(tl.float32)).to(dtype), mask=p_ok)
+
+
+@triton.jit
+def _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, INPUT: tl.constexpr, dtype: tl.constexpr):
+    """The vector at x_ptr [K_PAD] in float32 (zeros past k_in): as it is (INPUT 0), its layer norm (1, as
+    F.layer_norm rounds it) or its RMS norm (3, as reference.rms_norm rounds it)."""
+    x = tl.load(x_ptr + kk, mask=k_ok, other=0.0, cache_modifier=".cg").to(tl.float32)  # [K_PAD]
+    if INPUT == 1:  # in float32, rounded once
+        mean = tl.sum(x, axis=0) / k_in
+        centred = tl.where(k_ok, x - mean, 0.0)
+        inverse_std = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / k_in + eps)
+        g = tl.load(norm_w_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+        b = tl.load(norm_b_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+        x = (centred * inverse_std * g + b).to(dtype).to(tl.float32)
+    elif INPUT == 3:  # normalised in float32, rounded, times the weight, rounded
+        inverse_std = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / k_in + eps)
+        g = tl.load(norm_w_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+        x = (g * (x * inverse_std).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _tile_out(
+    w, w2, x, p, p_ok, first, second, bias_ptr, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
+    position, cos_ptr, sin_ptr,
+    OUTPUT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    """One tile's products (w, w2: [N, K_PAD] rows ``first`` and ``second``; x [K_PAD]) with their biases, rounded
+    to the model's dtype as F.linear returns them, then stored (``_product_out``)."""
+    dtype = out_ptr.dtype.element_ty
+    y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)  # [N]
+    y2 = y
+    if OUTPUT >= 4:
+        y2 = tl.sum(w2.to(tl.float32) * x[None, :], axis=1)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + first, mask=p_ok, other=0.0).to(tl.float32)
+        if OUTPUT >= 4:
+            y2 += tl.load(bias_ptr + second, mask=p_ok, other=0.0).to(tl.float32)
+    _product_out(y.to(dtype), y2.to(dtype), p, p_ok, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
+                 position, cos_ptr, sin_ptr, OUTPUT, ACT, HEADS, KV_HEADS, HEAD_DIM)  # fmt: skip
 
 
 @triton.jit
 def _linear_phase(
     x_ptr, w_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, out_ptr, n_out, k_in, eps,
-    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k_ptr, cache_v_ptr, max_length,
+    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k_ptr, cache_v_ptr, max_length, position, cos_ptr, sin_ptr,
     counter_ptr, error_ptr, sync_to, pid, nprog,
     INPUT: tl.constexpr, OUTPUT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
-    HEADS: tl.constexpr, H_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
+    HEADS: tl.constexpr, KV_HEADS: tl.constexpr, H_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
     BLOCK_N: tl.constexpr, K_PAD: tl.constexpr, STAGES: tl.constexpr, SYNC: tl.constexpr,
 ):  # fmt: skip
-    """out = act(W [n_out, k_in] @ input + bias), in tiles of BLOCK_N whole rows, tile t on program t % P. The
-    input: the vector at x_ptr (INPUT 0), its layer norm (1), or the attention's merged partials (2). The output:
-    q/k/v routed to out (q) and the caches at ``column`` (OUTPUT 0), added in place to the residual at out (1),
-    through ACT (2), or as it is (3). ``sync_to`` > 0: wait at the grid barrier first, after the first weight tile's
-    loads are issued; the program's later tiles stream through a loop pipelined STAGES deep."""
-    rows = tl.arange(0, BLOCK_N)
+    """n_out outputs of a product with a weight of k_in inputs (plus bias), in tiles of BLOCK_N outputs (whole rows;
+    two rows per output with OUTPUT 4 and 5), tile t on program t % P.
+
+    INPUT: the vector at x_ptr (0), its layer norm (1) or RMS norm (3), or the attention's merged partials (2).
+    OUTPUT: q/k/v as they are, q to out and k, v into the caches at ``column`` (0); added in place to the residual
+    at out (1); through ACT (2); as it is (3); q/k/v pairs rotated (RoPE at ``position``) and stored as 0 does (4);
+    SiLU(gate) * up (5). ``sync_to`` > 0: wait at the grid barrier first, after the first tile's loads are issued;
+    the program's later tiles stream through a loop pipelined STAGES deep."""
+    outs = tl.arange(0, BLOCK_N)
     kk = tl.arange(0, K_PAD)
     k_ok = kk < k_in
-    w = _row_tile(w_ptr, pid * BLOCK_N + rows, n_out, kk, k_ok, k_in)  # [N, K_PAD], before the barrier
+    p = pid * BLOCK_N + outs  # [N]
+    p_ok = p < n_out
+    first, second = _pair_rows(p, n_out, OUTPUT, HEAD_DIM)
+    w = _row_tile(w_ptr, first, p_ok, kk, k_ok, k_in)  # [N, K_PAD], before the barrier
+    w2 = w
+    if OUTPUT >= 4:
+        w2 = _row_tile(w_ptr, second, p_ok, kk, k_ok, k_in)
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
-    dtype = out_ptr.dtype.element_ty
     if INPUT == 2:
         x = _merged_attention(max_ptr, sum_ptr, acc_ptr, column, split_keys, HEADS, H_PAD, HEAD_DIM, SPLITS)
-        x = x.to(dtype).to(tl.float32)  # the attention's output, rounded as the attention kernel stores it
+        x = x.to(out_ptr.dtype.element_ty).to(tl.float32)  # the attention's output, rounded as the kernel stores it
     else:
-        x = tl.load(x_ptr + kk, mask=k_ok, other=0.0, cache_modifier=".cg").to(tl.float32)  # [K_PAD]
-        if INPUT == 1:  # as F.layer_norm: in float32, rounded once
-            mean = tl.sum(x, axis=0) / k_in
-            centred = tl.where(k_ok, x - mean, 0.0)
-            inverse_std = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / k_in + eps)
-            g = tl.load(norm_w_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
-            b = tl.load(norm_b_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
-            x = (centred * inverse_std * g + b).to(dtype).to(tl.float32)
-    n = pid * BLOCK_N + rows  # [N]
-    n_ok = n < n_out
-    y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    _product_out(y.to(dtype), n, n_ok, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, OUTPUT, ACT,
-                 HEAD_DIM)  # fmt: skip
+        x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, INPUT, out_ptr.dtype.element_ty)
+    _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column,
+              max_length, position, cos_ptr, sin_ptr, OUTPUT, HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM)  # fmt: skip
     for tile in tl.range(pid + nprog, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
-        n = tile * BLOCK_N + rows
-        n_ok = n < n_out
-        w = _row_tile(w_ptr, n, n_out, kk, k_ok, k_in)
-        y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-        if HAS_BIAS:
-            y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-        _product_out(y.to(dtype), n, n_ok, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, OUTPUT,
-                     ACT, HEAD_DIM)  # fmt: skip
+        p = tile * BLOCK_N + outs
+        p_ok = p < n_out
+        first, second = _pair_rows(p, n_out, OUTPUT, HEAD_DIM)
+        w = _row_tile(w_ptr, first, p_ok, kk, k_ok, k_in)
+        w2 = w
+        if OUTPUT >= 4:
+            w2 = _row_tile(w_ptr, second, p_ok, kk, k_ok, k_in)
+        _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column,
+                  max_length, position, cos_ptr, sin_ptr, OUTPUT, HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM)  # fmt: skip
 
 
 @triton.jit
 def _attention_phase(
     q_ptr, cache_k_ptr, cache_v_ptr, valid_ptr, max_ptr, sum_ptr, acc_ptr, column, scale, max_length, split_keys,
     counter_ptr, error_ptr, sync_to, pid, nprog,
-    HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr, BLOCK_KEYS: tl.constexpr,
-    SYNC: tl.constexpr,
+    HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
+    BLOCK_KEYS: tl.constexpr, SYNC: tl.constexpr,
 ):  # fmt: skip
-    """Item (split, head), item t on program t % P, for the splits (of ``split_keys``, in blocks of BLOCK_KEYS) up to
-    the one holding ``column``: the softmax partials of the one query against the split's visible keys (columns <=
-    ``column`` that are valid, and its own), as the split attention kernel computes them (probabilities rounded to
-    the cache's dtype before they weight the values)."""
+    """Item (split, query head; GROUP query heads per cached head), item t on program t % P, for the splits (of
+    ``split_keys``, in blocks of BLOCK_KEYS) up to the one holding ``column``: the softmax partials of the one query
+    against the split's visible keys (columns <= ``column`` that are valid, and its own), as the split attention
+    kernel computes them (probabilities rounded to the cache's dtype before they weight the values)."""
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
     keys = tl.arange(0, BLOCK_KEYS)
@@ -219,7 +303,7 @@ def _attention_phase(
             visible = at <= column
             valid = tl.load(valid_ptr + at, mask=visible, other=0) != 0
             visible = visible & (valid | (at == column))
-            kv = (head * max_length + at)[:, None] * HEAD_DIM + dims[None, :]  # [B, Dh]
+            kv = ((head // GROUP) * max_length + at)[:, None] * HEAD_DIM + dims[None, :]  # [B, Dh]
             k = tl.load(cache_k_ptr + kv, mask=visible[:, None], other=0.0, cache_modifier=".cg")
             v = tl.load(cache_v_ptr + kv, mask=visible[:, None], other=0.0, cache_modifier=".cg")
             scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale, float("-inf"))
@@ -276,9 +360,11 @@ def _gpt2_step_kernel(
         elif phase == head_phase:
             _linear_phase(
                 hidden_ptr, head_w_ptr, head_w_ptr, lnf_w_ptr, lnf_b_ptr, logits_ptr, vocab, HIDDEN, eps,
-                max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k_ptr, cache_v_ptr, max_length,
+                max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k_ptr, cache_v_ptr, max_length, 0, wte_ptr,
+                wte_ptr,
                 counter_ptr, error_ptr, sync_to, pid, nprog,
-                INPUT_LAYER_NORM, OUTPUT_PLAIN, False, 0, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_V, D_PAD, STAGES, SYNC,
+                INPUT_LAYER_NORM, OUTPUT_PLAIN, False, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_V, D_PAD, STAGES,
+                SYNC,
             )  # fmt: skip
         else:
             layer = tl.cast((phase - 1) // PHASES, tl.int64)
@@ -289,43 +375,141 @@ def _gpt2_step_kernel(
                 _linear_phase(
                     hidden_ptr, qkv_w_ptr + layer * 3 * HIDDEN * HIDDEN, qkv_b_ptr + layer * 3 * HIDDEN,
                     ln1_w_ptr + layer * HIDDEN, ln1_b_ptr + layer * HIDDEN, q_ptr, 3 * HIDDEN, HIDDEN, eps,
-                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
                     counter_ptr, error_ptr, sync_to, pid, nprog,
-                    INPUT_LAYER_NORM, OUTPUT_QKV, True, 0, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD, STAGES,
-                    SYNC,
+                    INPUT_LAYER_NORM, OUTPUT_QKV, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD,
+                    STAGES, SYNC,
                 )  # fmt: skip
             elif kind == 1:
                 _attention_phase(
                     q_ptr, cache_k, cache_v, valid_ptr, max_ptr, sum_ptr, acc_ptr, column, scale, max_length,
-                    split_keys, counter_ptr, error_ptr, sync_to, pid, nprog, HEADS, HEAD_DIM, SPLITS, BLOCK_KEYS,
+                    split_keys, counter_ptr, error_ptr, sync_to, pid, nprog, HEADS, 1, HEAD_DIM, SPLITS, BLOCK_KEYS,
                     SYNC,
                 )  # fmt: skip
             elif kind == 2:
                 _linear_phase(
                     hidden_ptr, o_w_ptr + layer * HIDDEN * HIDDEN, o_b_ptr + layer * HIDDEN, hidden_ptr, hidden_ptr,
                     hidden_ptr, HIDDEN, HIDDEN, eps,
-                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
                     counter_ptr, error_ptr, sync_to, pid, nprog,
-                    INPUT_ATTENTION, OUTPUT_RESIDUAL, True, 0, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD, STAGES,
-                    SYNC,
+                    INPUT_ATTENTION, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD,
+                    STAGES, SYNC,
                 )  # fmt: skip
             elif kind == 3:
                 _linear_phase(
                     hidden_ptr, fc_w_ptr + layer * INNER * HIDDEN, fc_b_ptr + layer * INNER,
                     ln2_w_ptr + layer * HIDDEN, ln2_b_ptr + layer * HIDDEN, inner_ptr, INNER, HIDDEN, eps,
-                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
                     counter_ptr, error_ptr, sync_to, pid, nprog,
-                    INPUT_LAYER_NORM, OUTPUT_ACTIVATION, True, ACT, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD,
-                    STAGES, SYNC,
+                    INPUT_LAYER_NORM, OUTPUT_ACTIVATION, True, ACT, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D,
+                    D_PAD, STAGES, SYNC,
                 )  # fmt: skip
             else:
                 _linear_phase(
                     inner_ptr, proj_w_ptr + layer * HIDDEN * INNER, proj_b_ptr + layer * HIDDEN, inner_ptr,
                     inner_ptr, hidden_ptr, HIDDEN, INNER, eps,
-                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
                     counter_ptr, error_ptr, sync_to, pid, nprog,
-                    INPUT_PLAIN, OUTPUT_RESIDUAL, True, 0, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD, STAGES,
-                    SYNC,
+                    INPUT_PLAIN, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
+                    STAGES, SYNC,
+                )  # fmt: skip
+    if SYNC:  # leave; the last program out resets the counter (every other has passed its last barrier)
+        tl.debug_barrier()
+        before = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+        if before == arrivals + nprog - 1:
+            tl.atomic_xchg(counter_ptr, 0)
+
+
+@triton.jit
+def _llama_step_kernel(
+    ids_ptr, positions_ptr, columns_ptr, valid_ptr, embed_ptr, cos_ptr, sin_ptr,
+    in_norm_ptr, qkv_w_ptr, qkv_b_ptr, o_w_ptr, o_b_ptr, post_norm_ptr, gate_up_ptr, down_ptr, final_norm_ptr,
+    head_w_ptr, cache_k_ptr, cache_v_ptr, hidden_ptr, q_ptr, max_ptr, sum_ptr, acc_ptr, inner_ptr, logits_ptr,
+    counter_ptr, error_ptr,
+    eps, scale, vocab, max_length, num_layers, split_keys, first_phase, end_phase,
+    HIDDEN: tl.constexpr, INNER: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, H_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr,
+    BLOCK_KEYS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, HAS_O_BIAS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, STAGES: tl.constexpr,
+    PHASES: tl.constexpr, SYNC: tl.constexpr,
+):  # fmt: skip
+    """The Llama family's step, as ``_gpt2_step_kernel`` (phases, barriers, tiles): RMS norms, q/k/v rotated in pairs
+    (BLOCK_D / 2 pairs per tile), grouped-query attention, SiLU(gate) * up over [2 I, D] gate-then-up weights
+    (BLOCK_D / 2 outputs per tile). Stacked weights: qkv [L, (H + 2 Hkv) Dh, D], o [L, D, H Dh], gate_up
+    [L, 2 I, D], down [L, D, I], norms [L, D]; the caches [L, Hkv, M, Dh]; cos and sin tables [positions, Dh]."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    column = tl.load(columns_ptr)
+    position = tl.load(positions_ptr)
+    head_phase = 1 + PHASES * num_layers
+    arrivals = 0
+    for phase in range(first_phase, end_phase):
+        sync_to = 0
+        if phase > first_phase:
+            arrivals += nprog
+            sync_to = arrivals
+        if phase == 0:  # the residual stream: the token's embedding
+            if pid == 0:
+                d = tl.arange(0, D_PAD)
+                token = tl.load(ids_ptr).to(tl.int64)
+                e = tl.load(embed_ptr + token * HIDDEN + d, mask=d < HIDDEN, other=0.0)
+                tl.store(hidden_ptr + d, e, mask=d < HIDDEN)
+        elif phase == head_phase:
+            _linear_phase(
+                hidden_ptr, head_w_ptr, head_w_ptr, final_norm_ptr, final_norm_ptr, logits_ptr, vocab, HIDDEN, eps,
+                max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k_ptr, cache_v_ptr, max_length, position,
+                cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog,
+                INPUT_RMS_NORM, OUTPUT_PLAIN, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_V, D_PAD,
+                STAGES, SYNC,
+            )  # fmt: skip
+        else:
+            layer = tl.cast((phase - 1) // PHASES, tl.int64)
+            kind = (phase - 1) % PHASES
+            cache_k = cache_k_ptr + layer * KV_HEADS * max_length * HEAD_DIM
+            cache_v = cache_v_ptr + layer * KV_HEADS * max_length * HEAD_DIM
+            if kind == 0:
+                _linear_phase(
+                    hidden_ptr, qkv_w_ptr + layer * (HEADS + 2 * KV_HEADS) * HEAD_DIM * HIDDEN,
+                    qkv_b_ptr + layer * (HEADS + 2 * KV_HEADS) * HEAD_DIM,
+                    in_norm_ptr + layer * HIDDEN, in_norm_ptr, q_ptr, (HEADS + 2 * KV_HEADS) * HEAD_DIM // 2, HIDDEN,
+                    eps,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
+                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog,
+                    INPUT_RMS_NORM, OUTPUT_ROPE, HAS_QKV_BIAS, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS,
+                    BLOCK_D // 2, D_PAD, STAGES, SYNC,
+                )  # fmt: skip
+            elif kind == 1:
+                _attention_phase(
+                    q_ptr, cache_k, cache_v, valid_ptr, max_ptr, sum_ptr, acc_ptr, column, scale, max_length,
+                    split_keys, counter_ptr, error_ptr, sync_to, pid, nprog, HEADS, HEADS // KV_HEADS, HEAD_DIM,
+                    SPLITS, BLOCK_KEYS, SYNC,
+                )  # fmt: skip
+            elif kind == 2:
+                _linear_phase(
+                    hidden_ptr, o_w_ptr + layer * HIDDEN * HEADS * HEAD_DIM, o_b_ptr + layer * HIDDEN, hidden_ptr,
+                    hidden_ptr, hidden_ptr, HIDDEN, HEADS * HEAD_DIM, eps,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
+                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog,
+                    INPUT_ATTENTION, OUTPUT_RESIDUAL, HAS_O_BIAS, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS,
+                    BLOCK_D, H_PAD * HEAD_DIM, STAGES, SYNC,
+                )  # fmt: skip
+            elif kind == 3:
+                _linear_phase(
+                    hidden_ptr, gate_up_ptr + layer * 2 * INNER * HIDDEN, gate_up_ptr, post_norm_ptr + layer * HIDDEN,
+                    post_norm_ptr, inner_ptr, INNER, HIDDEN, eps,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
+                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog,
+                    INPUT_RMS_NORM, OUTPUT_SILU, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS,
+                    BLOCK_D // 2, D_PAD, STAGES, SYNC,
+                )  # fmt: skip
+            else:
+                _linear_phase(
+                    inner_ptr, down_ptr + layer * HIDDEN * INNER, down_ptr, inner_ptr, inner_ptr, hidden_ptr, HIDDEN,
+                    INNER, eps,
+                    max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
+                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog,
+                    INPUT_PLAIN, OUTPUT_RESIDUAL, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
+                    STAGES, SYNC,
                 )  # fmt: skip
     if SYNC:  # leave; the last program out resets the counter (every other has passed its last barrier)
         tl.debug_barrier()
@@ -361,31 +545,18 @@ class PersistentShape:
         return split_keys, triton.next_power_of_2(triton.cdiv(max_length, split_keys))
 
 
-class PersistentGPT2:
-    """GPT-2's one-token step as one launch (see the module docstring). Scratch buffers are its own, allocated on the
-    first call for a cache size (before any CUDA graph captures the launch)."""
+class PersistentStep:
+    """A model's one-token step as one launch (see the module docstring): what the GPT-2 and Llama steps share.
+    Scratch buffers are its own, allocated on the first call for a cache size (before any CUDA graph captures the
+    launch)."""
 
     def __init__(
-        self,
-        stack: GPT2Stack,
-        embed: torch.Tensor,
-        position_embed: torch.Tensor,
-        final_norm: tuple[torch.Tensor, torch.Tensor],
-        lm_head: torch.Tensor,
-        num_heads: int,
-        eps: float,
-        gelu: str,
-        shape: PersistentShape | None = None,
+        self, embed: torch.Tensor, num_heads: int, head_dim: int, inner: int, shape: PersistentShape | None
     ) -> None:
-        self.stack = stack
-        self.embed, self.position_embed, self.final_norm, self.lm_head = embed, position_embed, final_norm, lm_head
-        self.num_heads = num_heads
+        self.embed = embed  # [V, D]
+        self.num_heads, self.head_dim, self.inner = num_heads, head_dim, inner
         self.hidden = embed.shape[1]
-        self.inner = stack.fc.shape[1]
-        self.head_dim = self.hidden // num_heads
-        assert triton.next_power_of_2(num_heads) * self.head_dim == triton.next_power_of_2(self.hidden)
-        self.eps = eps
-        self.act = GELU[gelu]
+        assert triton.next_power_of_2(num_heads) * head_dim == triton.next_power_of_2(num_heads * head_dim)
         self.shape = shape or PersistentShape()
         device = embed.device
         if self.shape.programs:
@@ -409,19 +580,56 @@ class PersistentGPT2:
     def reset(self) -> None:
         self.counter.zero_()
 
-    def _buffers(self, max_length: int) -> tuple[torch.Tensor, ...]:
+    def buffers(self, max_length: int) -> tuple[torch.Tensor, ...]:
+        """The residual stream [D], q [H Dh], the attention's partial maxima and sums [H, S] and outputs
+        [H, S, Dh], the MLP's activations [I], for a cache of ``max_length`` columns."""
         if max_length not in self._scratch:
             _, splits = self.shape.splits(max_length)
-            device, dtype = self.embed.device, self.embed.dtype
+            device, dtype, heads = self.embed.device, self.embed.dtype, self.num_heads
             self._scratch[max_length] = (
-                torch.empty(self.hidden, dtype=dtype, device=device),  # the residual stream
-                torch.empty(self.hidden, dtype=dtype, device=device),  # q
-                torch.empty((self.num_heads, splits), dtype=torch.float32, device=device),  # partial maxima
-                torch.empty((self.num_heads, splits), dtype=torch.float32, device=device),  # partial sums
-                torch.empty((self.num_heads, splits, self.head_dim), dtype=torch.float32, device=device),  # outputs
-                torch.empty(self.inner, dtype=dtype, device=device),  # the MLP's activations
+                torch.empty(self.hidden, dtype=dtype, device=device),
+                torch.empty(heads * self.head_dim, dtype=dtype, device=device),
+                torch.empty((heads, splits), dtype=torch.float32, device=device),
+                torch.empty((heads, splits), dtype=torch.float32, device=device),
+                torch.empty((heads, splits, self.head_dim), dtype=torch.float32, device=device),
+                torch.empty(self.inner, dtype=dtype, device=device),
             )
         return self._scratch[max_length]
+
+    def launches(self, num_layers: int) -> tuple[list[tuple[int, int]], bool]:
+        """The phase ranges to launch, and whether the programs pass barriers between phases."""
+        end = 2 + PHASES_PER_LAYER * num_layers
+        ranges = [(p, p + 1) for p in range(end)] if self.shape.phase_launches else [(0, end)]
+        return ranges, self.programs > 1 and not self.shape.phase_launches
+
+    def blocks(self, rows_per_output: int = 1) -> tuple[int, int, int]:
+        """Rows per tile of the products over D inputs (at least ``rows_per_output``), over I inputs, and of the
+        output layer."""
+        d_pad, i_pad = triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner)
+        block_d = max(rows_per_output, self.shape.tile_elements // d_pad)
+        return block_d, max(1, self.shape.tile_elements // i_pad), max(1, self.shape.head_tile_elements // d_pad)
+
+
+class PersistentGPT2(PersistentStep):
+    """GPT-2's one-token step as one launch."""
+
+    def __init__(
+        self,
+        stack: GPT2Stack,
+        embed: torch.Tensor,
+        position_embed: torch.Tensor,
+        final_norm: tuple[torch.Tensor, torch.Tensor],
+        lm_head: torch.Tensor,
+        num_heads: int,
+        eps: float,
+        gelu: str,
+        shape: PersistentShape | None = None,
+    ) -> None:
+        super().__init__(embed, num_heads, embed.shape[1] // num_heads, stack.fc.shape[1], shape)
+        self.stack = stack
+        self.position_embed, self.final_norm, self.lm_head = position_embed, final_norm, lm_head
+        self.eps = eps
+        self.act = GELU[gelu]
 
     def __call__(
         self,
@@ -437,18 +645,13 @@ class PersistentGPT2:
         cache_k, cache_v = cache
         assert input_ids.shape == (1, 1) and cache_k.shape[1] == 1 and cache_k.is_contiguous()
         max_length = cache_k.shape[3]
-        hidden, q, maxima, sums, partial, inner = self._buffers(max_length)
+        hidden, q, maxima, sums, partial, inner = self.buffers(max_length)
         split_keys, splits = self.shape.splits(max_length)
         vocab = self.lm_head.shape[0]
         logits = torch.empty(vocab, dtype=self.embed.dtype, device=self.embed.device)
         s = self.stack
-        d_pad, i_pad = triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner)
-        block_d = max(1, self.shape.tile_elements // d_pad)
-        block_i = max(1, self.shape.tile_elements // i_pad)
-        block_v = max(1, self.shape.head_tile_elements // d_pad)
-        end = 2 + PHASES_PER_LAYER * num_layers
-        ranges = [(p, p + 1) for p in range(end)] if self.shape.phase_launches else [(0, end)]
-        sync = self.programs > 1 and not self.shape.phase_launches
+        block_d, block_i, block_v = self.blocks()
+        ranges, sync = self.launches(num_layers)
         for first, stop in ranges:
             _gpt2_step_kernel[(self.programs,)](
                 input_ids, positions, columns, key_valid, self.embed, self.position_embed,
@@ -458,14 +661,96 @@ class PersistentGPT2:
                 self.counter, self.counter[1:],
                 self.eps, self.head_dim**-0.5, vocab, max_length, num_layers, split_keys, first, stop,
                 self.hidden, self.inner, self.num_heads, triton.next_power_of_2(self.num_heads), self.head_dim,
-                d_pad, i_pad, splits, min(self.shape.block_keys, split_keys), self.act, block_d, block_i, block_v,
-                self.shape.stages, PHASES_PER_LAYER, sync, num_warps=self.shape.warps,
+                triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
+                min(self.shape.block_keys, split_keys), self.act, block_d, block_i, block_v, self.shape.stages,
+                PHASES_PER_LAYER, sync, num_warps=self.shape.warps,
             )  # fmt: skip
         return logits.view(1, 1, vocab)
 
 
-def persistent_gpt2(model: FastGPT2, shape: PersistentShape | None = None) -> PersistentGPT2:
-    """The persistent step over a ``FastGPT2``'s weights (built with the Triton kernels: its stack)."""
+@dataclass(frozen=True)
+class LlamaStack:
+    """A Llama-family model's layer weights stacked over its L layers (a copy: the fast path's own are per layer)."""
+
+    input_norm: torch.Tensor  # [L, D]
+    qkv: torch.Tensor  # [L, (H + 2 Hkv) Dh, D]
+    qkv_bias: torch.Tensor | None  # [L, (H + 2 Hkv) Dh]
+    o: torch.Tensor  # [L, D, H Dh]
+    o_bias: torch.Tensor | None  # [L, D]
+    post_norm: torch.Tensor  # [L, D]
+    gate_up: torch.Tensor  # [L, 2 I, D]
+    down: torch.Tensor  # [L, D, I]
+
+
+class PersistentLlama(PersistentStep):
+    """A Llama-family model's one-token step as one launch."""
+
+    def __init__(self, model: FastLlama, shape: PersistentShape | None = None) -> None:
+        first = model.layers[0]
+        super().__init__(model.embed, model.num_heads, model.head_dim, first.down.shape[1], shape)
+        self.model = model  # for its final norm and output layer
+        self.num_kv_heads = model.num_kv_heads
+        layers = model.layers
+
+        def stacked(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if tensors[0] is None else torch.stack([t for t in tensors if t is not None]).contiguous()
+
+        with torch.no_grad():
+            stack = LlamaStack(
+                input_norm=stacked([layer.input_norm for layer in layers]),  # type: ignore[arg-type]
+                qkv=stacked([layer.qkv for layer in layers]),  # type: ignore[arg-type]
+                qkv_bias=stacked([layer.qkv_bias for layer in layers]),
+                o=stacked([layer.o for layer in layers]),  # type: ignore[arg-type]
+                o_bias=stacked([layer.o_bias for layer in layers]),
+                post_norm=stacked([layer.post_norm for layer in layers]),  # type: ignore[arg-type]
+                gate_up=stacked([layer.gate_up for layer in layers]),  # type: ignore[arg-type]
+                down=stacked([layer.down for layer in layers]),  # type: ignore[arg-type]
+            )
+        self.stack = stack
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        columns: torch.Tensor,
+        key_valid: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+        num_layers: int,
+        cos_table: torch.Tensor,
+        sin_table: torch.Tensor,
+    ) -> torch.Tensor:
+        """As ``PersistentGPT2.__call__``; cache: two [L', 1, Hkv, M, Dh]; cos_table, sin_table: [positions, Dh]
+        (the calling model's: a view of fewer layers has its own)."""
+        cache_k, cache_v = cache
+        assert input_ids.shape == (1, 1) and cache_k.shape[1] == 1 and cache_k.is_contiguous()
+        max_length = cache_k.shape[3]
+        hidden, q, maxima, sums, partial, inner = self.buffers(max_length)
+        split_keys, splits = self.shape.splits(max_length)
+        m, s = self.model, self.stack
+        vocab = m.lm_head.shape[0]
+        logits = torch.empty(vocab, dtype=self.embed.dtype, device=self.embed.device)
+        block_d, block_i, block_v = self.blocks(rows_per_output=2)
+        ranges, sync = self.launches(num_layers)
+        for first, stop in ranges:
+            _llama_step_kernel[(self.programs,)](
+                input_ids, positions, columns, key_valid, self.embed, cos_table, sin_table,
+                s.input_norm, s.qkv, s.qkv_bias if s.qkv_bias is not None else s.qkv, s.o,
+                s.o_bias if s.o_bias is not None else s.o, s.post_norm, s.gate_up, s.down, m.final_norm, m.lm_head,
+                cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits,
+                self.counter, self.counter[1:],
+                m.eps, m.scale, vocab, max_length, num_layers, split_keys, first, stop,
+                self.hidden, self.inner, self.num_heads, self.num_kv_heads, triton.next_power_of_2(self.num_heads),
+                self.head_dim, triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
+                min(self.shape.block_keys, split_keys), s.qkv_bias is not None, s.o_bias is not None,
+                block_d, block_i, block_v, self.shape.stages, PHASES_PER_LAYER, sync, num_warps=self.shape.warps,
+            )  # fmt: skip
+        return logits.view(1, 1, vocab)
+
+
+def persistent_step(model: FastGPT2 | FastLlama, shape: PersistentShape | None = None) -> PersistentStep:
+    """The persistent step over a fast model's weights (GPT-2: built with the Triton kernels, its stack)."""
+    if isinstance(model, FastLlama):
+        return PersistentLlama(model, shape)
     assert model.stack is not None, "the persistent step reads the Triton layout's stacked weights"
     return PersistentGPT2(
         model.stack, model.embed, model.position_embed, model.final_norm, model.lm_head, model.num_heads, model.eps,
