@@ -92,7 +92,6 @@ def step() -> None:
             us = graph_time_us(lambda i: step(*args, fast.num_layers, *tables), calls=20)
             print(f"step {shape_name}: {shape}: {us:.1f} us ({base / us:.2f}x), max |logit diff| {error:.4f}, "
                   f"same argmax {same}, failed {step.failed()}", flush=True)  # fmt: skip
-        del decoder, fast, cache
         torch.cuda.empty_cache()
 
 
