@@ -1,17 +1,18 @@
-"""One decoding step of a whole GPT-2 as one kernel: a persistent grid that passes a barrier between phases.
+"""One decoding step of a whole model as one kernel: a persistent grid that passes a barrier between phases.
 
 At batch 1 a small model's decoding step is bound by latency, not bandwidth: GPT-2's layer is five kernels that each
 read 0.4-4.7 MB of weights, well under a microsecond at full bandwidth, yet take several microseconds each from
-launch to completion (the GPT-2 shape ran at 15-16% of its weights-read floor: docs/performance.md). Here one launch
-of one program per SM runs the whole step for one token, phase by phase:
+launch to completion (the GPT-2 shape ran at 15-16% of its weights-read floor, the Llama-3.2-1B shape at 61-63%:
+docs/performance.md). Here one launch of one program per SM runs the whole step for one token, phase by phase:
 
-    embed (token + position)
-    per layer:  qkv     layer norm 1, the q/k/v product and bias; q to a buffer, k and v into the cache
-                attend  per head and split of SPLIT_KEYS keys: the split's softmax partials (max, sum, output)
-                out     the merge of each head's splits, the output product, bias and the residual add
-                mlp_in  layer norm 2, the first MLP product, bias and GELU
-                mlp_out the second MLP product, bias and the residual add
-    head        the final layer norm and the output layer: logits
+    embed       the token's embedding (GPT-2: plus its position's)
+    per layer:  qkv     the norm, the q/k/v product and bias; RoPE (Llama family); q to a buffer, k and v into the
+                        cache
+                attend  per query head and split of keys: the split's softmax partials (max, sum, output)
+                out     the merge of each head's splits, the output product (and bias), the residual add
+                mlp_in  the norm, the first MLP product: GELU (GPT-2, with the bias) or SiLU(gate) * up (Llama)
+                mlp_out the second MLP product (and bias), the residual add
+    head        the final norm and the output layer: logits
 
 Every phase after the first starts with a grid barrier: an arrival counter in global memory that each program
 increments with release semantics and then polls with acquire semantics until every program has arrived (Triton
@@ -21,18 +22,19 @@ latency hides behind the barrier's. Activations written during the step are read
 SM's L1, which is not coherent across SMs). The last program to leave resets the counter for the next launch.
 
 A grid barrier needs every program resident at once: one program per SM (a kernel that launches at all fits one
-program on an SM), and no other kernel running beside it (a CUDA graph replays the step alone). A barrier
-that waits more than SPIN_LIMIT polls (a program that never became resident) gives up and sets the error flag
-instead of hanging the GPU; the step's output is then garbage and :meth:`PersistentGPT2.failed` says so.
+program on an SM), and no other kernel running beside it (a CUDA graph replays the step alone). A barrier that
+waits more than SPIN_LIMIT polls (a program that never became resident) gives up and sets the error flag instead of
+hanging the GPU; the step's output is then garbage and :meth:`PersistentStep.failed` says so.
 
 With ``phase_launches`` each phase is a launch of its own and the launches' boundaries are the barriers. Triton's
 interpreter runs programs one after another, so a barrier would wait forever in it: there the tests run one program
 over every phase, and several programs over one phase per launch, which checks how the work is split.
 
-It computes what ``FastGPT2.run`` computes for one token (the same rounding points as ``triton_gemv``: products in
-float32, rounded to the model's dtype after the bias, GELU and residual add; the attention as the split kernel
-computes it). It is off unless ``SPECDEC_PERSISTENT=1``: it has not yet been measured on a GPU. Shapes: D hidden, I
-inner (MLP), H heads, Dh head size, M cache columns, V vocabulary, L layers, P programs.
+It computes what ``FastGPT2.run`` and ``FastLlama.run`` compute for one token, at the same rounding points as
+``triton_gemv`` (products in float32, rounded to the model's dtype after the bias, then the activation and the
+residual add, each rounded; RoPE and the norms as there) and the split attention kernel, with other summation
+orders. It is off unless ``SPECDEC_PERSISTENT=1``: it has not yet been measured on a GPU. Shapes: D hidden, I inner
+(MLP), H / Hkv query / key-value heads, Dh head size, M cache columns, V vocabulary, L layers, P programs.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ import torch
 import triton
 import triton.language as tl
 
+from specdec.errors import UnsupportedModelError
 from specdec.fast.gpt2 import FastGPT2, GPT2Stack
 from specdec.fast.llama import FastLlama
 
-ENV_PERSISTENT = "SPECDEC_PERSISTENT"  # "1": GPT-2's one-token steps run as one persistent kernel (CUDA only)
+ENV_PERSISTENT = "SPECDEC_PERSISTENT"  # "1": one-token forwards run as one persistent kernel
 
 SPIN_LIMIT = tl.constexpr(1 << 16)  # polls of a barrier's counter before it gives up (tens of milliseconds)
 PHASES_PER_LAYER = 5  # the kernel's PHASES
@@ -556,7 +559,11 @@ class PersistentStep:
         self.embed = embed  # [V, D]
         self.num_heads, self.head_dim, self.inner = num_heads, head_dim, inner
         self.hidden = embed.shape[1]
-        assert triton.next_power_of_2(num_heads) * head_dim == triton.next_power_of_2(num_heads * head_dim)
+        if triton.next_power_of_2(num_heads) * head_dim != triton.next_power_of_2(num_heads * head_dim):
+            raise UnsupportedModelError(
+                f"{ENV_PERSISTENT}=1: the persistent step needs a power-of-two head size (this model's is {head_dim}); "
+                f"unset {ENV_PERSISTENT}"
+            )
         self.shape = shape or PersistentShape()
         device = embed.device
         if self.shape.programs:
