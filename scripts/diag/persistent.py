@@ -75,6 +75,7 @@ def step() -> None:
         print(f"step {shape_name}: kernels (the fast forward) {base:.1f} us", flush=True)
         variants = [PersistentShape(), PersistentShape(phase_launches=True)]
         variants += [PersistentShape(stages=n) for n in (1, 4)] + [PersistentShape(warps=8)]
+        variants += [PersistentShape(programs_per_sm=2), PersistentShape(max_splits=8)]
         variants += [
             PersistentShape(tile_elements=4096),
             PersistentShape(tile_elements=16384, head_tile_elements=16384),

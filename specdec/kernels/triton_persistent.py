@@ -525,18 +525,20 @@ def _llama_step_kernel(
 class PersistentShape:
     """How the step is cut.
 
-    programs: 0 for one per SM. tile_elements, head_tile_elements: weights per tile of a layer's products and of the
-    output layer (whole rows). split_keys: the fewest keys per attention item; longer caches take longer splits, so
-    that a head has at most max_splits (the merge reads them all in one load). block_keys: keys per load within a
-    split. stages: tiles in flight per program (the pipelined loop's depth). warps: per program. phase_launches: one
-    launch per phase instead of barriers.
+    programs: 0 for ``programs_per_sm`` per SM (more than one: checked against the compiled kernel's registers and
+    shared memory at the first launch). tile_elements, head_tile_elements: weights per tile of a layer's products
+    and of the output layer (whole rows). split_keys: the fewest keys per attention item; longer caches take longer
+    splits, so that a head has at most max_splits (the merge reads them all in one load). block_keys: keys per load
+    within a split. stages: tiles in flight per program (the pipelined loop's depth). warps: per program.
+    phase_launches: one launch per phase instead of barriers.
     """
 
     programs: int = 0
+    programs_per_sm: int = 1
     tile_elements: int = 8192
     head_tile_elements: int = 8192
     split_keys: int = 64
-    max_splits: int = 8
+    max_splits: int = 4
     block_keys: int = 128
     stages: int = 3
     warps: int = 4
@@ -566,16 +568,20 @@ class PersistentStep:
             )
         self.shape = shape or PersistentShape()
         device = embed.device
+        self.sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         if self.shape.programs:
             self.programs = self.shape.programs
         elif device.type == "cuda":
-            self.programs = torch.cuda.get_device_properties(device).multi_processor_count
+            self.programs = self.sms * self.shape.programs_per_sm
         else:
             self.programs = 1  # Triton's interpreter: programs run one after another
-        if device.type == "cuda" and not self.shape.phase_launches:
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-            if self.programs > sms:  # one program per SM at most, so that all are resident at once
-                raise ValueError(f"the persistent step's {self.programs} programs outnumber the {sms} SMs")
+        resident_at_most = self.sms * self.shape.programs_per_sm
+        if device.type == "cuda" and not self.shape.phase_launches and self.programs > resident_at_most:
+            raise ValueError(
+                f"the persistent step's {self.programs} programs outnumber its {self.shape.programs_per_sm} "
+                f"per SM on {self.sms} SMs"
+            )
+        self._resident = self.programs <= self.sms  # one program per SM always fits; more is checked at launch
         self.counter = torch.zeros(2, dtype=torch.int32, device=device)  # the barrier's counter, the error flag
         self._scratch: dict[int, tuple[torch.Tensor, ...]] = {}
 
@@ -602,6 +608,25 @@ class PersistentStep:
                 torch.empty(self.inner, dtype=dtype, device=device),
             )
         return self._scratch[max_length]
+
+    def check_residency(self, compiled: object) -> None:
+        """More than one program per SM: that many must fit on an SM at once, by the compiled kernel's registers and
+        shared memory, or a barrier waits for a program that cannot start (it gives up; see ``failed``)."""
+        if self._resident:
+            return
+        props = torch.cuda.get_device_properties(self.embed.device)
+        registers = triton.cdiv(getattr(compiled, "n_regs", 255) * 32, 256) * 256 * self.shape.warps
+        shared = max(getattr(getattr(compiled, "metadata", None), "shared", 0), 1)
+        fits = min(
+            getattr(props, "regs_per_multiprocessor", 65536) // registers,
+            getattr(props, "shared_memory_per_multiprocessor", 233472) // shared,
+        )
+        if fits < triton.cdiv(self.programs, self.sms):
+            raise ValueError(
+                f"{triton.cdiv(self.programs, self.sms)} programs per SM of the persistent step do not fit on an SM "
+                f"({registers} registers and {shared} bytes of shared memory each; {fits} fit): ask for fewer"
+            )
+        self._resident = True
 
     def launches(self, num_layers: int) -> tuple[list[tuple[int, int]], bool]:
         """The phase ranges to launch, and whether the programs pass barriers between phases."""
@@ -660,7 +685,7 @@ class PersistentGPT2(PersistentStep):
         block_d, block_i, block_v = self.blocks()
         ranges, sync = self.launches(num_layers)
         for first, stop in ranges:
-            _gpt2_step_kernel[(self.programs,)](
+            compiled = _gpt2_step_kernel[(self.programs,)](
                 input_ids, positions, columns, key_valid, self.embed, self.position_embed,
                 s.ln_1[0], s.ln_1[1], s.qkv, s.qkv_bias, s.o, s.o_bias, s.ln_2[0], s.ln_2[1],
                 s.fc, s.fc_bias, s.proj, s.proj_bias, self.final_norm[0], self.final_norm[1], self.lm_head,
@@ -672,6 +697,8 @@ class PersistentGPT2(PersistentStep):
                 min(self.shape.block_keys, split_keys), self.act, block_d, block_i, block_v, self.shape.stages,
                 PHASES_PER_LAYER, sync, num_warps=self.shape.warps,
             )  # fmt: skip
+            if sync:
+                self.check_residency(compiled)
         return logits.view(1, 1, vocab)
 
 
@@ -739,7 +766,7 @@ class PersistentLlama(PersistentStep):
         block_d, block_i, block_v = self.blocks(rows_per_output=2)
         ranges, sync = self.launches(num_layers)
         for first, stop in ranges:
-            _llama_step_kernel[(self.programs,)](
+            compiled = _llama_step_kernel[(self.programs,)](
                 input_ids, positions, columns, key_valid, self.embed, cos_table, sin_table,
                 s.input_norm, s.qkv, s.qkv_bias if s.qkv_bias is not None else s.qkv, s.o,
                 s.o_bias if s.o_bias is not None else s.o, s.post_norm, s.gate_up, s.down, m.final_norm, m.lm_head,
@@ -751,6 +778,8 @@ class PersistentLlama(PersistentStep):
                 min(self.shape.block_keys, split_keys), s.qkv_bias is not None, s.o_bias is not None,
                 block_d, block_i, block_v, self.shape.stages, PHASES_PER_LAYER, sync, num_warps=self.shape.warps,
             )  # fmt: skip
+            if sync:
+                self.check_residency(compiled)
         return logits.view(1, 1, vocab)
 
 
