@@ -63,8 +63,8 @@ GELU = {"tanh": 2, "none": 3}  # F.gelu's ``approximate`` -> ACT (as triton_gemv
 
 
 def enabled() -> bool:
-    """Whether GPT-2's one-token steps run as one persistent kernel where the Triton kernels run (on a CPU, in
-    Triton's interpreter: one program)."""
+    """Whether one-token forwards (GPT-2, the Llama family) run as one persistent kernel where the Triton kernels run
+    (on a CPU, in Triton's interpreter: one program)."""
     return os.environ.get(ENV_PERSISTENT, "0") == "1"
 
 
@@ -130,7 +130,7 @@ def _pair_rows(p, n_out, OUTPUT: tl.constexpr, HEAD_DIM: tl.constexpr):
 
 @triton.jit
 def _product_out(
-    y, y2, p, p_ok, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, position, cos_ptr, sin_ptr,
+    y, y2, p, p_ok, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, position, cos_ptr, sin_ptr,
     OUTPUT: tl.constexpr, ACT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     """Store outputs p [N] of a product (y: rounded, with its bias; y2: the second rows' of pairs) as OUTPUT says
@@ -210,7 +210,7 @@ def _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, INPUT: tl.
 
 @triton.jit
 def _tile_out(
-    w, w2, x, p, p_ok, first, second, bias_ptr, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
+    w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
     position, cos_ptr, sin_ptr,
     OUTPUT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -226,7 +226,7 @@ def _tile_out(
         y += tl.load(bias_ptr + first, mask=p_ok, other=0.0).to(tl.float32)
         if OUTPUT >= 4:
             y2 += tl.load(bias_ptr + second, mask=p_ok, other=0.0).to(tl.float32)
-    _product_out(y.to(dtype), y2.to(dtype), p, p_ok, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
+    _product_out(y.to(dtype), y2.to(dtype), p, p_ok, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
                  position, cos_ptr, sin_ptr, OUTPUT, ACT, HEADS, KV_HEADS, HEAD_DIM)  # fmt: skip
 
 
@@ -264,7 +264,7 @@ def _linear_phase(
         x = x.to(out_ptr.dtype.element_ty).to(tl.float32)  # the attention's output, rounded as the kernel stores it
     else:
         x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, INPUT, out_ptr.dtype.element_ty)
-    _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column,
+    _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
               max_length, position, cos_ptr, sin_ptr, OUTPUT, HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM)  # fmt: skip
     for tile in tl.range(pid + nprog, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
         p = tile * BLOCK_N + outs
@@ -274,7 +274,7 @@ def _linear_phase(
         w2 = w
         if OUTPUT >= 4:
             w2 = _row_tile(w_ptr, second, p_ok, kk, k_ok, k_in)
-        _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, k_in, out_ptr, cache_k_ptr, cache_v_ptr, column,
+        _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
                   max_length, position, cos_ptr, sin_ptr, OUTPUT, HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM)  # fmt: skip
 
 
