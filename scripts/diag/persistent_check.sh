@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# The persistent step on the device, in one call: its tests, a barrier's cost, the step's variants against the fast
-# forward, and the engine's autoregressive speed with it off and on (two alternations).
+# The persistent step on the device: its tests, a barrier's cost, the step's variants against the fast forward, and
+# the engine's autoregressive speed with it off and on (two alternations of scripts/diag/ab.sh).
 #
-#   bash scripts/diag/persistent_check.sh [SHAPES]      # on the device machine, from the repository root
+#   bash scripts/diag/persistent_check.sh [SHAPES]           # on the device machine, from the repository root
+#   PARTS="tests barrier" bash scripts/diag/persistent_check.sh   # some parts (default: tests barrier step ab)
+#
+# The whole check takes several minutes (each step variant compiles its own kernel): split it over two calls with
+# PARTS if one call's limit is near.
 set -uo pipefail
 shapes=${1:-gpt2,1b}
+parts=" ${PARTS:-tests barrier step ab} "
 export PYTHONPATH=$PWD
-timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_persistent.py 2>&1 | tail -5
-timeout 60 python3 scripts/diag/persistent.py barrier
-timeout 300 python3 scripts/diag/persistent.py step "$shapes"
-bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1
+[[ $parts == *" tests "* ]] && timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_persistent.py 2>&1 | tail -5
+[[ $parts == *" barrier "* ]] && timeout 60 python3 scripts/diag/persistent.py barrier
+[[ $parts == *" step "* ]] && timeout 300 python3 scripts/diag/persistent.py step "$shapes"
+[[ $parts == *" ab "* ]] && bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1
+exit 0
