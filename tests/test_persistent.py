@@ -12,7 +12,8 @@ import dataclasses
 
 import pytest
 import torch
-from tiny_models import loaded, make_model
+import transformers
+from tiny_models import loaded, make_config, make_model
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
 from specdec.fast.decoder import FastDecoder
@@ -115,3 +116,13 @@ def test_generation_through_the_persistent_step_equals_generate(family, monkeypa
     pair = SpeculativeEngine(on_device(target, "t"), on_device(draft, "d"), "fast")
     result = pair.generate(prompt, GenerationConfig(max_new_tokens=12), SpeculationConfig(k=3))
     assert result.token_ids[0] == expected
+
+
+def test_a_model_the_step_cannot_run_says_so(monkeypatch):
+    """A head size that is not a power of two (96 / 4 = 24) is refused by name, not miscomputed."""
+    from specdec.errors import UnsupportedModelError
+
+    monkeypatch.setenv("SPECDEC_PERSISTENT", "1")
+    model = transformers.AutoModelForCausalLM.from_config(make_config("llama", hidden=96), dtype=torch.float32)
+    with pytest.raises(UnsupportedModelError, match=r"SPECDEC_PERSISTENT=1: .* head size .* 24"):
+        FastDecoder(on_device(model, "llama-96"))
