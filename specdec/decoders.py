@@ -26,7 +26,7 @@ def make_decoder(loaded: LoadedModel, vocab_size: int | None = None, choice: str
     """
     if choice not in DECODER_CHOICES:
         raise ConfigError(f"unknown decoder {choice!r}: expected one of {', '.join(DECODER_CHOICES)}")
-    reason = unsupported_reason(loaded.model)
+    reason = unsupported_reason(loaded.model, loaded.device)
     if choice == "fast":
         if reason is not None:
             raise UnsupportedModelError(f"no fast path for {loaded.name!r}: {reason}; use --decoder generic")

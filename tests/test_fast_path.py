@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import loaded, make_model
+import transformers
+from tiny_models import loaded, make_config, make_model
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
 from specdec.decoder import HFDecoder
@@ -121,3 +122,16 @@ def test_greedy_steps_verify_with_their_forward(draft):
     result = engine.generate(PROMPTS[0], GenerationConfig(max_new_tokens=12), SpeculationConfig(k=3))
     assert result.token_ids[0] == reference(target, PROMPTS[0], 12)
     assert calls == {"forward": 1, "forward_then": result.metrics.steps}  # the prefill, then one per step
+
+
+def test_the_triton_kernels_refuse_a_head_size_that_is_not_a_power_of_two():
+    """Their head loops need a power of two: a Llama-family model with heads of 24 takes the generic path where the
+    Triton kernels would run (``auto``; ``fast`` says why), and keeps the fast path on the reference kernels."""
+    from specdec.fast import llama
+    from specdec.fast.models import unsupported_reason
+
+    model = transformers.AutoModelForCausalLM.from_config(make_config("llama", hidden=96), dtype=torch.float32)
+    assert llama.unsupported_reason(model, triton=False) is None
+    assert "head size 24 is not a power of two" in (llama.unsupported_reason(model, triton=True) or "")
+    with_triton = unsupported_reason(model, torch.device("cpu")) is not None
+    assert make_decoder(loaded(model, "heads-24"), choice="auto").path == ("generic" if with_triton else "fast-llama")

@@ -40,7 +40,7 @@ class FastDecoder:
         model: FastModel | None = None,
     ) -> None:
         """``model``: a lean module to run instead of building one from ``loaded`` (a view of fewer layers)."""
-        reason = unsupported_reason(loaded.model)
+        reason = unsupported_reason(loaded.model, loaded.device)
         if reason is not None:
             raise UnsupportedModelError(f"no fast path for {loaded.name!r}: {reason}; use --decoder generic")
         self.name = loaded.name

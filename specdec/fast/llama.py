@@ -20,10 +20,14 @@ from specdec.kernels import Kernels, reference
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inverse frequencies that do not depend on length
 
 
-def unsupported_reason(model: PreTrainedModel) -> str | None:
-    """Why the Llama-family fast path cannot run this Llama, Mistral or Qwen2 model (None if it can). A sliding
-    window shorter than a run is refused when the run's length is known (``FastDecoder.prepare``)."""
+def unsupported_reason(model: PreTrainedModel, triton: bool = False) -> str | None:
+    """Why the Llama-family fast path cannot run this Llama, Mistral or Qwen2 model (None if it can); ``triton``:
+    with the Triton kernels, whose head loops need a power-of-two head size. A sliding window shorter than a run is
+    refused when the run's length is known (``FastDecoder.prepare``)."""
     config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if triton and head_dim & (head_dim - 1):
+        return f"head size {head_dim} is not a power of two (the Triton kernels need one)"
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"activation {config.hidden_act!r} is not silu"
     if getattr(config, "mlp_bias", False):
