@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from specdec.kernels.triton_persistent import PersistentShape, _grid_sync, persistent_step
+from specdec.kernels.triton_persistent import PersistentShape, _grid_leave, _grid_sync, persistent_step
 
 sys.path.insert(0, "scripts/diag")
 from gemv_ab import TARGETS, graph_time_us
@@ -33,10 +33,7 @@ def _barriers_kernel(counter_ptr, error_ptr, count):
     for _ in range(count):
         arrivals += nprog
         _grid_sync(counter_ptr, error_ptr, arrivals, True)
-    tl.debug_barrier()
-    before = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
-    if before == arrivals + nprog - 1:
-        tl.atomic_xchg(counter_ptr, 0)
+    _grid_leave(counter_ptr, arrivals, nprog, True)
 
 
 def barrier() -> None:

@@ -86,6 +86,17 @@ def _grid_sync(counter_ptr, error_ptr, arrivals, SYNC: tl.constexpr):
 
 
 @triton.jit
+def _grid_leave(counter_ptr, arrivals, nprog, SYNC: tl.constexpr):
+    """Leave after the barriers that brought the counter to ``arrivals``: the last program out resets it for the next
+    launch (every other has passed its last barrier, so none is still polling)."""
+    if SYNC:
+        tl.debug_barrier()
+        before = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+        if before == arrivals + nprog - 1:
+            tl.atomic_xchg(counter_ptr, 0)
+
+
+@triton.jit
 def _row_tile(w_ptr, rows, rows_ok, kk, k_ok, k_in):
     """Weight rows ``rows`` [N] where ``rows_ok`` (all K_PAD inputs, nothing past a row's end): [N, K_PAD]."""
     mask = rows_ok[:, None] & k_ok[None, :]
@@ -416,11 +427,7 @@ def _gpt2_step_kernel(
                     INPUT_PLAIN, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
                     STAGES, SYNC,
                 )  # fmt: skip
-    if SYNC:  # leave; the last program out resets the counter (every other has passed its last barrier)
-        tl.debug_barrier()
-        before = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
-        if before == arrivals + nprog - 1:
-            tl.atomic_xchg(counter_ptr, 0)
+    _grid_leave(counter_ptr, arrivals, nprog, SYNC)
 
 
 @triton.jit
@@ -514,11 +521,7 @@ def _llama_step_kernel(
                     INPUT_PLAIN, OUTPUT_RESIDUAL, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
                     STAGES, SYNC,
                 )  # fmt: skip
-    if SYNC:  # leave; the last program out resets the counter (every other has passed its last barrier)
-        tl.debug_barrier()
-        before = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
-        if before == arrivals + nprog - 1:
-            tl.atomic_xchg(counter_ptr, 0)
+    _grid_leave(counter_ptr, arrivals, nprog, SYNC)
 
 
 @dataclass(frozen=True)
