@@ -128,3 +128,26 @@ def test_a_model_the_step_cannot_run_says_so():
     model = transformers.AutoModelForCausalLM.from_config(make_config("llama", hidden=96), dtype=torch.float32)
     with pytest.raises(UnsupportedModelError, match=r"SPECDEC_PERSISTENT=1: .* head size .* 24"):
         triton_persistent.persistent_step(FastLlama(model, TORCH_KERNELS))
+
+
+def test_a_barrier_that_waits_in_vain_gives_up_and_the_step_says_so():
+    """Two programs in Triton's interpreter run one after the other, so the first waits at its first barrier for a
+    program that has not started: it gives up once, which opens every later barrier for both programs (one give-up,
+    not one per phase), and the step raises instead of returning what it computed; the counter is left ready for
+    another launch."""
+    from specdec.errors import DeviceError
+    from specdec.kernels import triton_persistent
+
+    if DEVICE.type == "cuda":
+        pytest.skip("on a GPU both programs run at once")
+    ids, decoder = prompt_and_decoder("llama", torch.float32)
+    fast = decoder.model
+    shape = triton_persistent.PersistentShape(**{**SHAPES["grid barrier"], "programs": 2})
+    step = triton_persistent.persistent_step(fast, shape)
+    columns = torch.tensor([20])
+    assert decoder._cache is not None
+    message = r"SPECDEC_PERSISTENT=1: a grid barrier .* \(1 of its programs\).* 2 programs .* unset"
+    with pytest.raises(DeviceError, match=message):
+        step(ids[:, 20:21], decoder._positions.index_select(1, columns), columns, decoder._key_valid, decoder._cache,
+             fast.num_layers, fast.cos_table, fast.sin_table)  # fmt: skip
+    assert step.counter.tolist() == [0, 0]

@@ -8,7 +8,7 @@ against the fast forward it replaces.
 ``barrier``: a kernel that only passes B barriers, timed in a CUDA graph for B = 0, 16 and 64: the slope is one
 barrier's cost. ``step``: the zoo's synthetic shapes in bfloat16 after a 128-token prompt (cache of 1024 columns),
 the fast forward replayed 50 times in a CUDA graph and each variant 20 times; first the largest difference of its
-logits from the fast forward's, whether the argmax agrees, and whether a barrier gave up.
+logits from the fast forward's and whether the argmax agrees (a variant whose barrier gave up is named, not timed).
 """
 
 # ruff: noqa: B023  (each closure runs inside the iteration that defines it)
@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from specdec.errors import DeviceError
 from specdec.kernels.triton_persistent import PersistentShape, _grid_leave, _grid_sync, persistent_step
 
 sys.path.insert(0, "scripts/diag")
@@ -73,6 +74,7 @@ def step() -> None:
         variants = [PersistentShape(), PersistentShape(phase_launches=True)]
         variants += [PersistentShape(stages=n) for n in (1, 4)] + [PersistentShape(warps=8)]
         variants += [PersistentShape(programs_per_sm=2), PersistentShape(max_splits=8)]
+        variants += [PersistentShape(block_keys=n) for n in (16, 32)]  # fewer registers (ptxas spills less)
         variants += [
             PersistentShape(tile_elements=4096),
             PersistentShape(tile_elements=16384, head_tile_elements=16384),
@@ -81,12 +83,13 @@ def step() -> None:
             variants += [PersistentShape(split_keys=128), PersistentShape(programs=66)]
         for shape in variants:
             step = persistent_step(fast, shape)
-            got = step(*args, fast.num_layers, *tables).float()
+            try:
+                got = step(*args, fast.num_layers, *tables).float()
+            except DeviceError as error:  # a barrier gave up (the first launch reads the flag)
+                print(f"step {shape_name}: {shape}: {error}; not timed", flush=True)
+                continue
             error = (got - expected).abs().max().item()
             same = bool((got.argmax() == expected.argmax()).item())
-            if step.failed():  # a barrier gave up: every later launch would wait out its polls too
-                print(f"step {shape_name}: {shape}: a barrier gave up waiting; not timed", flush=True)
-                continue
             us = graph_time_us(lambda i: step(*args, fast.num_layers, *tables), calls=20)
             print(f"step {shape_name}: {shape}: {us:.1f} us ({base / us:.2f}x), max |logit diff| {error:.4f}, "
                   f"same argmax {same}, failed {step.failed()}", flush=True)  # fmt: skip

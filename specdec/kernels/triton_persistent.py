@@ -23,8 +23,10 @@ SM's L1, which is not coherent across SMs). The last program to leave resets the
 
 A grid barrier needs every program resident at once: one program per SM (a kernel that launches at all fits one
 program on an SM), and no other kernel running beside it (a CUDA graph replays the step alone). A barrier that
-waits more than SPIN_LIMIT polls (a program that never became resident) gives up and sets the error flag instead of
-hanging the GPU; the step's output is then garbage and :meth:`PersistentStep.failed` says so.
+waits more than SPIN_LIMIT polls (a program that never became resident) gives up instead of hanging the GPU: it sets
+the error flag and opens the counter (OPEN), so that every later barrier passes at once and the launch ends after
+one wait, not one per phase. The step's output is then garbage: the first launch for each cache size (the eager one,
+before a CUDA graph captures the step) reads the flag and raises :class:`~specdec.errors.DeviceError`.
 
 With ``phase_launches`` each phase is a launch of its own and the launches' boundaries are the barriers. Triton's
 interpreter runs programs one after another, so a barrier would wait forever in it: there the tests run one program
@@ -46,13 +48,14 @@ import torch
 import triton
 import triton.language as tl
 
-from specdec.errors import UnsupportedModelError
+from specdec.errors import DeviceError, UnsupportedModelError
 from specdec.fast.gpt2 import FastGPT2, GPT2Stack
 from specdec.fast.llama import FastLlama
 
 ENV_PERSISTENT = "SPECDEC_PERSISTENT"  # "1": one-token forwards run as one persistent kernel
 
 SPIN_LIMIT = tl.constexpr(1 << 16)  # polls of a barrier's counter before it gives up (tens of milliseconds)
+OPEN = tl.constexpr(1 << 30)  # or-ed into the counter by a barrier that gave up: every later wait passes at once
 PHASES_PER_LAYER = 5  # the kernel's PHASES
 # A product phase's INPUT (what it multiplies) and OUTPUT (where it writes): see _linear_phase.
 INPUT_PLAIN, INPUT_LAYER_NORM, INPUT_ATTENTION, INPUT_RMS_NORM = (tl.constexpr(i) for i in range(4))
@@ -80,8 +83,9 @@ def _grid_sync(counter_ptr, error_ptr, arrivals, SYNC: tl.constexpr):
         while (seen < arrivals) & (polls < SPIN_LIMIT):
             seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
             polls += 1
-        if seen < arrivals:
-            tl.atomic_xchg(error_ptr, 1)
+        if seen < arrivals:  # give up: flag the error and open every later barrier of every program at once
+            tl.atomic_add(error_ptr, 1)
+            tl.atomic_or(counter_ptr, OPEN)
         tl.debug_barrier()
 
 
@@ -584,17 +588,37 @@ class PersistentStep:
                 f"the persistent step's {self.programs} programs outnumber its {self.shape.programs_per_sm} "
                 f"per SM on {self.sms} SMs"
             )
-        self._resident = self.programs <= self.sms  # one program per SM always fits; more is checked at launch
+        # One program per SM always fits, more is checked at launch; the interpreter runs programs one by one.
+        self._resident = device.type != "cuda" or self.programs <= self.sms
         self.counter = torch.zeros(2, dtype=torch.int32, device=device)  # the barrier's counter, the error flag
         self._scratch: dict[int, tuple[torch.Tensor, ...]] = {}
+        self._checked: set[int] = set()  # cache sizes whose first launch passed every barrier
 
     def failed(self) -> bool:
         """Whether a barrier has given up waiting (some program never ran beside the others): outputs since are
-        garbage. Reads the device (a sync)."""
+        garbage. Reads the device (a sync). The flag counts the programs that gave up."""
         return bool(self.counter[1].item())
 
     def reset(self) -> None:
         self.counter.zero_()
+
+    def check_barriers(self, max_length: int) -> None:
+        """After the first launch for a cache size, which runs eagerly (before a CUDA graph captures the step): raise
+        if a barrier gave up. Reads the error flag (a sync); graph replays are not checked."""
+        if max_length in self._checked:
+            return
+        if self.embed.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return
+        gave_up = int(self.counter[1].item())
+        if gave_up:
+            self.reset()
+            raise DeviceError(
+                f"{ENV_PERSISTENT}=1: a grid barrier of the persistent step gave up waiting ({gave_up} of its "
+                f"programs), so not all of its {self.programs} programs ran at once on the {self.sms} SMs (a kernel "
+                f"beside it, a GPU shared through MPS, or more programs per SM than fit) and its output is garbage; "
+                f"unset {ENV_PERSISTENT}"
+            )
+        self._checked.add(max_length)
 
     def buffers(self, max_length: int) -> tuple[torch.Tensor, ...]:
         """The residual stream [D], q [H Dh], the attention's partial maxima and sums [H, S] and outputs
@@ -702,6 +726,8 @@ class PersistentGPT2(PersistentStep):
             )  # fmt: skip
             if sync:
                 self.check_residency(compiled)
+        if sync:
+            self.check_barriers(max_length)
         return logits.view(1, 1, vocab)
 
 
@@ -783,6 +809,8 @@ class PersistentLlama(PersistentStep):
             )  # fmt: skip
             if sync:
                 self.check_residency(compiled)
+        if sync:
+            self.check_barriers(max_length)
         return logits.view(1, 1, vocab)
 
 
