@@ -29,18 +29,20 @@ pytestmark = pytest.mark.skipif(
 # splits; the barrier's shape (every SM) only where barriers run.
 SHAPES = {
     "one program": dict(
-        programs=1, tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024
+        programs=1, tile_elements=512, split_keys=8, max_splits=4, key_block_elements=128, head_tile_elements=1024
     ),
     "phase launches": dict(
         programs=3,
         tile_elements=512,
         split_keys=8,
         max_splits=4,
-        block_keys=8,
+        key_block_elements=128,
         head_tile_elements=1024,
         phase_launches=True,
     ),
-    "grid barrier": dict(tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024),
+    "grid barrier": dict(
+        tile_elements=512, split_keys=8, max_splits=4, key_block_elements=128, head_tile_elements=1024
+    ),
 }
 
 
@@ -82,7 +84,9 @@ def test_persistent_step_equals_the_fast_forward(family, shape, dtype):
         positions = decoder._positions.index_select(1, columns)
         token = ids[:, column : column + 1]
         before = [c.clone() for c in cache]
-        logits = step(token, positions, columns, decoder._key_valid, cache, fast.num_layers, *tables)
+        length = torch.tensor(column, device=DEVICE)
+        logits = step(token, length, decoder._positions, decoder._key_valid, cache, fast.num_layers, *tables)
+        assert logits.dtype == torch.float32 and length.item() == column + 1  # the step advanced the length
         written = [c[..., column, :].clone() for c in cache]
         for c, saved in zip(cache, before, strict=True):
             c.copy_(saved)
@@ -144,10 +148,10 @@ def test_a_barrier_that_waits_in_vain_gives_up_and_the_step_says_so():
     fast = decoder.model
     shape = triton_persistent.PersistentShape(**{**SHAPES["grid barrier"], "programs": 2})
     step = triton_persistent.persistent_step(fast, shape)
-    columns = torch.tensor([20])
     assert decoder._cache is not None
+    length = torch.tensor(20)
     message = r"SPECDEC_PERSISTENT=1: a grid barrier .* \(1 of its programs\).* 2 programs .* unset"
     with pytest.raises(DeviceError, match=message):
-        step(ids[:, 20:21], decoder._positions.index_select(1, columns), columns, decoder._key_valid, decoder._cache,
-             fast.num_layers, fast.cos_table, fast.sin_table)  # fmt: skip
+        step(ids[:, 20:21], length, decoder._positions, decoder._key_valid, decoder._cache, fast.num_layers,
+             fast.cos_table, fast.sin_table)  # fmt: skip
     assert step.counter.tolist() == [0, 0]

@@ -7,7 +7,8 @@ against the fast forward it replaces.
 
 ``barrier``: a kernel that only passes B barriers, timed in a CUDA graph for B = 0, 16 and 64: the slope is one
 barrier's cost. ``step``: the zoo's synthetic shapes in bfloat16 after a 128-token prompt (cache of 1024 columns),
-the fast forward replayed 50 times in a CUDA graph and each variant 20 times; first the largest difference of its
+the decoder's one-token step (the fast forward and its bookkeeping) replayed 50 times in a CUDA graph and each
+variant 20 times, each call one token further on, as in decoding; first the largest difference of its
 logits from the fast forward's and whether the argmax agrees (a variant whose barrier gave up is named, not timed).
 """
 
@@ -66,15 +67,15 @@ def step() -> None:
         columns = torch.tensor([128], device="cuda")
         positions = decoder._positions.index_select(1, columns)
         token = prompt[:, 128:]
-        args = (token, positions, columns, decoder._key_valid, cache)
         tables = (fast.cos_table, fast.sin_table) if fast.family == "llama" else ()
         expected = fast.run(token, columns, positions, decoder._key_valid, cache, True)[0].float()
-        base = graph_time_us(lambda i: fast.run(token, columns, positions, decoder._key_valid, cache, True))
-        print(f"step {shape_name}: kernels (the fast forward) {base:.1f} us", flush=True)
+        # The decoder's step: its column and position lookups, the fast forward, the length's advance, float logits.
+        base = graph_time_us(lambda i: decoder._forward(token, True))
+        print(f"step {shape_name}: kernels (the decoder's step over the fast forward) {base:.1f} us", flush=True)
         variants = [PersistentShape(), PersistentShape(phase_launches=True)]
         variants += [PersistentShape(stages=n) for n in (1, 4)] + [PersistentShape(warps=8)]
         variants += [PersistentShape(programs_per_sm=2), PersistentShape(max_splits=8)]
-        variants += [PersistentShape(block_keys=n) for n in (16, 32)]  # fewer registers (ptxas spills less)
+        variants += [PersistentShape(key_block_elements=n) for n in (1024, 4096, 8192)]  # 8192: spills more
         variants += [
             PersistentShape(tile_elements=4096),
             PersistentShape(tile_elements=16384, head_tile_elements=16384),
@@ -83,14 +84,16 @@ def step() -> None:
             variants += [PersistentShape(split_keys=128), PersistentShape(programs=66)]
         for shape in variants:
             step = persistent_step(fast, shape)
+            length = torch.tensor(128, device="cuda")  # advanced by every call, as the decoder's is
+            args = (token, length, decoder._positions, decoder._key_valid, cache, fast.num_layers, *tables)
             try:
-                got = step(*args, fast.num_layers, *tables).float()
-            except DeviceError as error:  # a barrier gave up (the first launch reads the flag)
-                print(f"step {shape_name}: {shape}: {error}; not timed", flush=True)
+                got = step(*args).float()
+            except DeviceError as gave_up:  # a barrier gave up (the first launch reads the flag)
+                print(f"step {shape_name}: {shape}: {gave_up}; not timed", flush=True)
                 continue
             error = (got - expected).abs().max().item()
             same = bool((got.argmax() == expected.argmax()).item())
-            us = graph_time_us(lambda i: step(*args, fast.num_layers, *tables), calls=20)
+            us = graph_time_us(lambda i: step(*args), calls=20)
             print(f"step {shape_name}: {shape}: {us:.1f} us ({base / us:.2f}x), max |logit diff| {error:.4f}, "
                   f"same argmax {same}, failed {step.failed()}", flush=True)  # fmt: skip
         torch.cuda.empty_cache()

@@ -148,14 +148,19 @@ class FastDecoder:
         ``feature_request``, the features [B, S, F]. ``visible`` [S, S] and ``depths`` [S]: a token tree (root
         first; positions from the depths, the mask in the attention)."""
         assert self._cache is not None, "prepare() must be called before forward()"
-        seq = input_ids.shape[1]
+        batch, seq = input_ids.shape
+        request = self.feature_request
+        if self.model.persistent is not None and batch == seq == 1 and depths is None and request is None:
+            # One kernel: it reads the token's column and position on the device and advances the length itself.
+            logits = self.model.persistent_run(input_ids, self._device_length, self._positions, self._key_valid,
+                                               self._cache)  # fmt: skip
+            return logits[..., : self.vocab_size], None  # float32 already
         steps = self._steps[:seq] if seq <= self._steps.shape[0] else torch.arange(seq, device=self.device)
         columns = self._device_length + steps  # [S]
         if depths is None:
             positions = self._positions.index_select(1, columns)  # [B, S]
         else:  # a tree: the root's position plus each node's depth
             positions = self._positions.index_select(1, columns[:1]) + depths[None, :]
-        request = self.feature_request
         logits, features = self.model.run(
             input_ids, columns, positions, self._key_valid, self._cache, last_only, visible,
             request.layers if request is not None else None,

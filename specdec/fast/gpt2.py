@@ -164,6 +164,18 @@ class FastGPT2:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    def persistent_run(
+        self,
+        input_ids: torch.Tensor,
+        length: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """One token of one row as one kernel (``persistent`` must be set): input_ids [1, 1]; length [] int64, the
+        cache's length, which it advances; positions, key_valid [1, M]. Returns float32 logits [1, 1, V]."""
+        return self.persistent(input_ids, length, positions, key_valid, cache, self.num_layers)
+
     def position_tables(self, length: int) -> None:
         """Nothing to precompute: the position embeddings are a table of the model's own."""
 
@@ -192,8 +204,6 @@ class FastGPT2:
         the features [B, S, F] (see ``FeatureRequest``: () is the final normed state) else None."""
         k = self.kernels
         batch, seq = input_ids.shape
-        if self.persistent is not None and batch == seq == 1 and tree is None and feature_layers is None:
-            return self.persistent(input_ids, positions, columns, key_valid, cache, self.num_layers), None
         cache_k, cache_v = cache
         hidden = (F.embedding(input_ids, self.embed) + F.embedding(positions, self.position_embed)).view(
             batch * seq, -1

@@ -111,6 +111,20 @@ class FastLlama:
     def num_layers(self) -> int:
         return len(self.layers)
 
+    def persistent_run(
+        self,
+        input_ids: torch.Tensor,
+        length: torch.Tensor,
+        positions: torch.Tensor,
+        key_valid: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """One token of one row as one kernel (``persistent`` must be set): input_ids [1, 1]; length [] int64, the
+        cache's length, which it advances; positions, key_valid [1, M]. Returns float32 logits [1, 1, V]."""
+        return self.persistent(
+            input_ids, length, positions, key_valid, cache, self.num_layers, self.cos_table, self.sin_table
+        )
+
     def position_tables(self, length: int) -> None:
         """cos and sin for positions [0, length): [length, Dh], computed as transformers does, in the model dtype."""
         if self.cos_table.shape[0] < length:
@@ -143,10 +157,6 @@ class FastLlama:
         the features [B, S, F] (see ``FeatureRequest``: () is the final normed state) else None."""
         k = self.kernels
         batch, seq = input_ids.shape
-        if self.persistent is not None and batch == seq == 1 and tree is None and feature_layers is None:
-            step = self.persistent(input_ids, positions, columns, key_valid, cache, self.num_layers, self.cos_table,
-                                   self.sin_table)  # fmt: skip
-            return step, None
         cache_k, cache_v = cache
         residual = F.embedding(input_ids, self.embed).view(batch * seq, -1)  # [T, D] the residual stream
         taken: dict[int, torch.Tensor] = {}

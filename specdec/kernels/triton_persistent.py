@@ -32,6 +32,11 @@ With ``phase_launches`` each phase is a launch of its own and the launches' boun
 interpreter runs programs one after another, so a barrier would wait forever in it: there the tests run one program
 over every phase, and several programs over one phase per launch, which checks how the work is split.
 
+The step also does the decoder's bookkeeping around a forward: it reads the token's cache column from the decoder's
+length and its position from the decoder's table on the device, advances the length (the last program out, after
+every program has read it), and writes float32 logits (rounded to the model's dtype), so that a one-token step of
+``FastDecoder`` is this one launch.
+
 It computes what ``FastGPT2.run`` and ``FastLlama.run`` compute for one token, at the same rounding points as
 ``triton_gemv`` (products in float32, rounded to the model's dtype after the bias, then the activation and the
 residual add, each rounded; RoPE and the norms as there) and the split attention kernel, with other summation
@@ -92,12 +97,17 @@ def _grid_sync(counter_ptr, error_ptr, arrivals, SYNC: tl.constexpr):
 @triton.jit
 def _grid_leave(counter_ptr, arrivals, nprog, SYNC: tl.constexpr):
     """Leave after the barriers that brought the counter to ``arrivals``: the last program out resets it for the next
-    launch (every other has passed its last barrier, so none is still polling)."""
+    launch (every other has passed its last barrier, so none is still polling). Returns whether this program left
+    last (without barriers: whether it is the only one)."""
     if SYNC:
         tl.debug_barrier()
         before = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
-        if before == arrivals + nprog - 1:
+        last = (before & (OPEN - 1)) == arrivals + nprog - 1  # the arrivals count on under an open barrier
+        if last:
             tl.atomic_xchg(counter_ptr, 0)
+        return last
+    else:
+        return nprog == 1
 
 
 @triton.jit
@@ -232,7 +242,7 @@ def _tile_out(
 ):  # fmt: skip
     """One tile's products (w, w2: [N, K_PAD] rows ``first`` and ``second``; x [K_PAD]) with their biases, rounded
     to the model's dtype as F.linear returns them, then stored (``_product_out``)."""
-    dtype = out_ptr.dtype.element_ty
+    dtype = w.dtype  # the model's (the output layer's float32 logits are rounded to it too)
     y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)  # [N]
     y2 = y
     if OUTPUT >= 4:
@@ -276,9 +286,9 @@ def _linear_phase(
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
     if INPUT == 2:
         x = _merged_attention(max_ptr, sum_ptr, acc_ptr, column, split_keys, HEADS, H_PAD, HEAD_DIM, SPLITS)
-        x = x.to(out_ptr.dtype.element_ty).to(tl.float32)  # the attention's output, rounded as the kernel stores it
+        x = x.to(w.dtype).to(tl.float32)  # the attention's output, rounded as the kernel stores it
     else:
-        x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, INPUT, out_ptr.dtype.element_ty)
+        x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, INPUT, w.dtype)
     _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
               max_length, position, cos_ptr, sin_ptr, OUTPUT, HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM)  # fmt: skip
     for tile in tl.range(pid + nprog, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
@@ -341,7 +351,7 @@ def _attention_phase(
 
 @triton.jit
 def _gpt2_step_kernel(
-    ids_ptr, positions_ptr, columns_ptr, valid_ptr, wte_ptr, wpe_ptr,
+    ids_ptr, length_ptr, positions_ptr, valid_ptr, wte_ptr, wpe_ptr,
     ln1_w_ptr, ln1_b_ptr, qkv_w_ptr, qkv_b_ptr, o_w_ptr, o_b_ptr, ln2_w_ptr, ln2_b_ptr,
     fc_w_ptr, fc_b_ptr, proj_w_ptr, proj_b_ptr, lnf_w_ptr, lnf_b_ptr, head_w_ptr,
     cache_k_ptr, cache_v_ptr, hidden_ptr, q_ptr, max_ptr, sum_ptr, acc_ptr, inner_ptr, logits_ptr,
@@ -350,15 +360,19 @@ def _gpt2_step_kernel(
     HIDDEN: tl.constexpr, INNER: tl.constexpr, HEADS: tl.constexpr, H_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr, BLOCK_KEYS: tl.constexpr, ACT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, STAGES: tl.constexpr,
-    PHASES: tl.constexpr, SYNC: tl.constexpr,
+    PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr,
 ):  # fmt: skip
     """Phases [first_phase, end_phase) of the step (0: embed; 1 + PHASES l + j: layer l's j-th; 1 + PHASES L: the
     head), a grid barrier before each but the first. BLOCK_D, BLOCK_I, BLOCK_V: weight rows per tile of the products
     over D inputs, over I inputs, and of the output layer. Layer weights are stacked: [L, out, in], biases and norms
-    [L, out]; the caches [L, H, M, Dh]; the attention's partials [H, SPLITS] and [H, SPLITS, Dh]."""
+    [L, out]; the caches [L, H, M, Dh]; the attention's partials [H, SPLITS] and [H, SPLITS, Dh]. The token goes to
+    the cache column held at length_ptr, at the position positions_ptr [M] gives that column; with ADVANCE the last
+    program out adds one to the length (every program has read it). Logits: float32 [V], rounded to the model's
+    dtype."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    column = tl.load(columns_ptr)
+    column = tl.load(length_ptr)  # the new token's cache column
+    position = tl.load(positions_ptr + column).to(tl.int64)
     head_phase = 1 + PHASES * num_layers
     arrivals = 0
     for phase in range(first_phase, end_phase):
@@ -371,7 +385,6 @@ def _gpt2_step_kernel(
                 d = tl.arange(0, D_PAD)
                 d_ok = d < HIDDEN
                 token = tl.load(ids_ptr).to(tl.int64)
-                position = tl.load(positions_ptr).to(tl.int64)
                 e = tl.load(wte_ptr + token * HIDDEN + d, mask=d_ok, other=0.0).to(tl.float32)
                 p = tl.load(wpe_ptr + position * HIDDEN + d, mask=d_ok, other=0.0).to(tl.float32)
                 tl.store(hidden_ptr + d, (e + p).to(hidden_ptr.dtype.element_ty), mask=d_ok)
@@ -431,12 +444,13 @@ def _gpt2_step_kernel(
                     INPUT_PLAIN, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
                     STAGES, SYNC,
                 )  # fmt: skip
-    _grid_leave(counter_ptr, arrivals, nprog, SYNC)
+    if _grid_leave(counter_ptr, arrivals, nprog, SYNC) and ADVANCE:  # every program has read the length
+        tl.store(length_ptr, column + 1)
 
 
 @triton.jit
 def _llama_step_kernel(
-    ids_ptr, positions_ptr, columns_ptr, valid_ptr, embed_ptr, cos_ptr, sin_ptr,
+    ids_ptr, length_ptr, positions_ptr, valid_ptr, embed_ptr, cos_ptr, sin_ptr,
     in_norm_ptr, qkv_w_ptr, qkv_b_ptr, o_w_ptr, o_b_ptr, post_norm_ptr, gate_up_ptr, down_ptr, final_norm_ptr,
     head_w_ptr, cache_k_ptr, cache_v_ptr, hidden_ptr, q_ptr, max_ptr, sum_ptr, acc_ptr, inner_ptr, logits_ptr,
     counter_ptr, error_ptr,
@@ -445,7 +459,7 @@ def _llama_step_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr,
     BLOCK_KEYS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, HAS_O_BIAS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, STAGES: tl.constexpr,
-    PHASES: tl.constexpr, SYNC: tl.constexpr,
+    PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr,
 ):  # fmt: skip
     """The Llama family's step, as ``_gpt2_step_kernel`` (phases, barriers, tiles): RMS norms, q/k/v rotated in pairs
     (BLOCK_D / 2 pairs per tile), grouped-query attention, SiLU(gate) * up over [2 I, D] gate-then-up weights
@@ -453,8 +467,8 @@ def _llama_step_kernel(
     [L, 2 I, D], down [L, D, I], norms [L, D]; the caches [L, Hkv, M, Dh]; cos and sin tables [positions, Dh]."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    column = tl.load(columns_ptr)
-    position = tl.load(positions_ptr)
+    column = tl.load(length_ptr)  # the new token's cache column
+    position = tl.load(positions_ptr + column)
     head_phase = 1 + PHASES * num_layers
     arrivals = 0
     for phase in range(first_phase, end_phase):
@@ -525,7 +539,8 @@ def _llama_step_kernel(
                     INPUT_PLAIN, OUTPUT_RESIDUAL, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
                     STAGES, SYNC,
                 )  # fmt: skip
-    _grid_leave(counter_ptr, arrivals, nprog, SYNC)
+    if _grid_leave(counter_ptr, arrivals, nprog, SYNC) and ADVANCE:  # every program has read the length
+        tl.store(length_ptr, column + 1)
 
 
 @dataclass(frozen=True)
@@ -535,8 +550,10 @@ class PersistentShape:
     programs: 0 for ``programs_per_sm`` per SM (more than one: checked against the compiled kernel's registers and
     shared memory at the first launch). tile_elements, head_tile_elements: weights per tile of a layer's products
     and of the output layer (whole rows). split_keys: the fewest keys per attention item; longer caches take longer
-    splits, so that a head has at most max_splits (the merge reads them all in one load). block_keys: keys per load
-    within a split. stages: tiles in flight per program (the pipelined loop's depth). warps: per program.
+    splits, so that a head has at most max_splits (the merge reads them all in one load). key_block_elements: keys
+    times head size per load within a split (2048: 32 keys of 64 dimensions; compiled for sm_90 with Triton 3.6,
+    ptxas spills 32 bytes on the 1B shape, 116 on the 8B and none on GPT-2, where 128 keys per load spill 552,
+    1324 and 512). stages: tiles in flight per program (the pipelined loop's depth). warps: per program.
     phase_launches: one launch per phase instead of barriers.
     """
 
@@ -546,7 +563,7 @@ class PersistentShape:
     head_tile_elements: int = 8192
     split_keys: int = 64
     max_splits: int = 4
-    block_keys: int = 128
+    key_block_elements: int = 2048
     stages: int = 3
     warps: int = 4
     phase_launches: bool = False
@@ -655,11 +672,32 @@ class PersistentStep:
             )
         self._resident = True
 
+    @staticmethod
+    def check_inputs(
+        input_ids: torch.Tensor, length: torch.Tensor, positions: torch.Tensor, cache_k: torch.Tensor
+    ) -> None:
+        """One token of one row; the kernel reads the length, a row of positions and the cache in place."""
+        assert input_ids.shape == (1, 1) and length.dim() == 0 and length.dtype == torch.long
+        assert positions.shape[0] == 1 and positions.is_contiguous()
+        assert cache_k.shape[1] == 1 and cache_k.is_contiguous()
+
+    def finish(self, length: torch.Tensor, launched: int, sync: bool, max_length: int) -> None:
+        """After the launches: one launch advanced the length itself, one per phase leaves it here; the first step
+        for a cache size checks its barriers."""
+        if launched > 1:
+            length.add_(1)
+        if sync:
+            self.check_barriers(max_length)
+
     def launches(self, num_layers: int) -> tuple[list[tuple[int, int]], bool]:
         """The phase ranges to launch, and whether the programs pass barriers between phases."""
         end = 2 + PHASES_PER_LAYER * num_layers
         ranges = [(p, p + 1) for p in range(end)] if self.shape.phase_launches else [(0, end)]
         return ranges, self.programs > 1 and not self.shape.phase_launches
+
+    def key_block(self, split_keys: int) -> int:
+        """Keys per load within an attention split."""
+        return min(split_keys, max(1, self.shape.key_block_elements // self.head_dim))
 
     def blocks(self, rows_per_output: int = 1) -> tuple[int, int, int]:
         """Rows per tile of the products over D inputs (at least ``rows_per_output``), over I inputs, and of the
@@ -693,27 +731,29 @@ class PersistentGPT2(PersistentStep):
     def __call__(
         self,
         input_ids: torch.Tensor,
+        length: torch.Tensor,
         positions: torch.Tensor,
-        columns: torch.Tensor,
         key_valid: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor],
         num_layers: int,
     ) -> torch.Tensor:
-        """input_ids, positions: [1, 1]; columns: [1]; key_valid: [1, M] bool; cache: two [L', 1, H, M, Dh]
-        (L' >= num_layers). Writes the token's keys and values; returns logits [1, 1, V] in the model's dtype."""
+        """input_ids: [1, 1]; length: [] int64, the cache's length (the new token's column), advanced by one;
+        positions: [1, M] each column's position; key_valid: [1, M] bool; cache: two [L', 1, H, M, Dh]
+        (L' >= num_layers). Writes the token's keys and values; returns logits [1, 1, V], float32 (rounded to the
+        model's dtype)."""
         cache_k, cache_v = cache
-        assert input_ids.shape == (1, 1) and cache_k.shape[1] == 1 and cache_k.is_contiguous()
+        self.check_inputs(input_ids, length, positions, cache_k)
         max_length = cache_k.shape[3]
         hidden, q, maxima, sums, partial, inner = self.buffers(max_length)
         split_keys, splits = self.shape.splits(max_length)
         vocab = self.lm_head.shape[0]
-        logits = torch.empty(vocab, dtype=self.embed.dtype, device=self.embed.device)
+        logits = torch.empty(vocab, dtype=torch.float32, device=self.embed.device)
         s = self.stack
         block_d, block_i, block_v = self.blocks()
         ranges, sync = self.launches(num_layers)
         for first, stop in ranges:
             compiled = _gpt2_step_kernel[(self.programs,)](
-                input_ids, positions, columns, key_valid, self.embed, self.position_embed,
+                input_ids, length, positions, key_valid, self.embed, self.position_embed,
                 s.ln_1[0], s.ln_1[1], s.qkv, s.qkv_bias, s.o, s.o_bias, s.ln_2[0], s.ln_2[1],
                 s.fc, s.fc_bias, s.proj, s.proj_bias, self.final_norm[0], self.final_norm[1], self.lm_head,
                 cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits,
@@ -721,13 +761,12 @@ class PersistentGPT2(PersistentStep):
                 self.eps, self.head_dim**-0.5, vocab, max_length, num_layers, split_keys, first, stop,
                 self.hidden, self.inner, self.num_heads, triton.next_power_of_2(self.num_heads), self.head_dim,
                 triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
-                min(self.shape.block_keys, split_keys), self.act, block_d, block_i, block_v, self.shape.stages,
-                PHASES_PER_LAYER, sync, num_warps=self.shape.warps,
+                self.key_block(split_keys), self.act, block_d, block_i, block_v, self.shape.stages,
+                PHASES_PER_LAYER, sync, len(ranges) == 1, num_warps=self.shape.warps,
             )  # fmt: skip
             if sync:
                 self.check_residency(compiled)
-        if sync:
-            self.check_barriers(max_length)
+        self.finish(length, len(ranges), sync, max_length)
         return logits.view(1, 1, vocab)
 
 
@@ -774,8 +813,8 @@ class PersistentLlama(PersistentStep):
     def __call__(
         self,
         input_ids: torch.Tensor,
+        length: torch.Tensor,
         positions: torch.Tensor,
-        columns: torch.Tensor,
         key_valid: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor],
         num_layers: int,
@@ -785,18 +824,18 @@ class PersistentLlama(PersistentStep):
         """As ``PersistentGPT2.__call__``; cache: two [L', 1, Hkv, M, Dh]; cos_table, sin_table: [positions, Dh]
         (the calling model's: a view of fewer layers has its own)."""
         cache_k, cache_v = cache
-        assert input_ids.shape == (1, 1) and cache_k.shape[1] == 1 and cache_k.is_contiguous()
+        self.check_inputs(input_ids, length, positions, cache_k)
         max_length = cache_k.shape[3]
         hidden, q, maxima, sums, partial, inner = self.buffers(max_length)
         split_keys, splits = self.shape.splits(max_length)
         m, s = self.model, self.stack
         vocab = m.lm_head.shape[0]
-        logits = torch.empty(vocab, dtype=self.embed.dtype, device=self.embed.device)
+        logits = torch.empty(vocab, dtype=torch.float32, device=self.embed.device)
         block_d, block_i, block_v = self.blocks(rows_per_output=2)
         ranges, sync = self.launches(num_layers)
         for first, stop in ranges:
             compiled = _llama_step_kernel[(self.programs,)](
-                input_ids, positions, columns, key_valid, self.embed, cos_table, sin_table,
+                input_ids, length, positions, key_valid, self.embed, cos_table, sin_table,
                 s.input_norm, s.qkv, s.qkv_bias if s.qkv_bias is not None else s.qkv, s.o,
                 s.o_bias if s.o_bias is not None else s.o, s.post_norm, s.gate_up, s.down, m.final_norm, m.lm_head,
                 cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits,
@@ -804,13 +843,13 @@ class PersistentLlama(PersistentStep):
                 m.eps, m.scale, vocab, max_length, num_layers, split_keys, first, stop,
                 self.hidden, self.inner, self.num_heads, self.num_kv_heads, triton.next_power_of_2(self.num_heads),
                 self.head_dim, triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
-                min(self.shape.block_keys, split_keys), s.qkv_bias is not None, s.o_bias is not None,
-                block_d, block_i, block_v, self.shape.stages, PHASES_PER_LAYER, sync, num_warps=self.shape.warps,
+                self.key_block(split_keys), s.qkv_bias is not None, s.o_bias is not None,
+                block_d, block_i, block_v, self.shape.stages, PHASES_PER_LAYER, sync, len(ranges) == 1,
+                num_warps=self.shape.warps,
             )  # fmt: skip
             if sync:
                 self.check_residency(compiled)
-        if sync:
-            self.check_barriers(max_length)
+        self.finish(length, len(ranges), sync, max_length)
         return logits.view(1, 1, vocab)
 
 
