@@ -13,8 +13,15 @@ drafters (and a batch of one) run in lockstep: every row keeps the batch's short
 
 Host syncs: a step that drafted reads what each row kept (one sync; pending end-of-sequence flags ride along). A step
 that drafted nothing needs no sync on an accelerator: end-of-sequence flags are read every ``EOS_CHECK_EVERY`` steps
-(the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens. Step timings
-(draft, verify and inter-token latency) come from the step clock, which adds no sync (``specdec.metrics``).
+(the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens.
+
+With ``SPECDEC_AR_CHUNK=N`` (off by default: on the H200 it did not move the autoregressive speed while the forward
+itself was the bound; it is there to measure beside the persistent step, whose shorter forward leaves the host's
+work per step exposed), greedy autoregressive decoding on a CUDA fast path (no drafter, not streamed) runs N steps at
+a time as one CUDA graph (the decoder's ``greedy_chain``: each forward's argmax feeds the next without the host), so
+the host work of a step is paid once per chunk; the tokens and forwards are the same as step by step, and each
+chunk's time is shared evenly by its steps' metrics. Step timings (draft, verify and inter-token latency) come from
+the step clock, which adds no sync (``specdec.metrics``).
 
 A token-tree proposal (``DraftProposal.parents``, :mod:`specdec.tree`) runs the same step: the target scores the root
 and every node in one tree forward, the verifier keeps one root-to-node path, whose tokens are written into the
@@ -25,6 +32,7 @@ gets those of the newly committed positions after the prefill and after every st
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -64,6 +72,8 @@ if TYPE_CHECKING:
     from specdec.engine import SpeculativeEngine
 
 EOS_CHECK_EVERY = 16  # without drafts, an accelerator's EOS flags are read every this many steps
+ENV_AR_CHUNK = "SPECDEC_AR_CHUNK"  # N >= 2: greedy autoregressive steps run N at a time (see the module docstring)
+AR_CHUNK_DEVICES = ("cuda",)
 EOS_NOT_FOUND = 1 << 30
 HOLE_ROOM = 0.5  # per row: cache columns for holes between compactions, as a fraction of max_new_tokens
 
@@ -160,6 +170,11 @@ class Generation:
         # (new tokens per row before the step, rows that took part, [B] EOS offsets in the step's window)
         self._pending_eos: list[tuple[list[int], list[bool], torch.Tensor]] = []
         self._eos_check_every = 1 if stream or engine.device.type == "cpu" else EOS_CHECK_EVERY
+        chunk = ar_chunk()  # greedy autoregressive steps per graph (see the module docstring)
+        chunked = drafter is None and generation.greedy and not stream and not self.slots
+        if engine.device.type not in AR_CHUNK_DEVICES or not getattr(engine.target, "chain_graph", False):
+            chunked = False
+        self._chunk = chunk if chunked else 0
         self._clock = StepClock(engine.device)
         self._ahead_mark: int | None = None  # the clock mark before a drafter drafted this step ahead
         self._generator: torch.Generator | None = None
@@ -252,6 +267,9 @@ class Generation:
         room = max((n - c for n, c, a in zip(budgets, counts, taking_part, strict=True) if a), default=1)
         requested_k = self.controller.next_k() if drafter is not None else 0
         budget = min(requested_k, room - 1)  # the neediest row's budget; each row's own limits its keep
+        if self._chunk > 1:
+            self._autoregressive_chunk(min(self._chunk, room), counts)
+            return
         if self.per_row and batch.length + budget >= batch.max_length:  # the bonus column must fit
             self._compact()
         start_mark = self._clock.mark() if self._ahead_mark is None else self._ahead_mark  # drafting began there
@@ -376,6 +394,28 @@ class Generation:
         verdict = target.forward_then(verify_ids, (*noise, *chain, *per_row), self.verifier.sample_from_noise, key)
         kept = verdict[3] if limits is not None else None
         return Verdict(num_accepted=verdict[0], row_accepted=verdict[1], next_tokens=verdict[2], kept=kept)
+
+    def _autoregressive_chunk(self, n: int, counts: list[int]) -> None:
+        """``n`` greedy autoregressive steps as one graph (every row in step: no drafter, lockstep): the target's
+        ``greedy_chain`` reads each row's newest token and chooses ``n`` tokens, each after the one before."""
+        engine, batch = self.engine, self.batch
+        start_mark = self._clock.mark()
+        length = batch.length
+        tokens = engine.target.greedy_chain(batch.tokens[:, length - 1 : length], n)  # [B, n]
+        batch.tokens[:, length : length + n] = tokens
+        kept = torch.full((batch.batch_size,), n - 1, dtype=torch.long, device=engine.device)  # [B]
+        window = self._commit(tokens[:, : n - 1], kept, tokens[:, n - 1])  # [B, n]
+        if self._eos.numel() > 0:
+            self._pending_eos.append((counts, [True] * len(counts), _first_eos_offsets(window, self._eos, kept)))
+            self._sync(None)  # one read per chunk
+        verified_mark = self._clock.mark()
+        batch.length = length + n
+        self._advance(length, n - 1, [n - 1] * batch.batch_size, kept, [True] * batch.batch_size)
+        for _ in range(n):  # each step of the chunk gets an even share of its time
+            record = StepRecord(k=0, drafted=0, accepted=0, share=n)
+            record.marks, record.previous = (start_mark, start_mark, verified_mark), self._emitted_mark
+            self.records.append(record)
+        self._emitted_mark = verified_mark
 
     @property
     def free_rows(self) -> list[int]:
@@ -681,6 +721,16 @@ class Generation:
             synthetic=speculation.acceptance.synthetic if speculative else None,
             mean_tree_size=sum(trees) / len(trees) if trees else None,
         )
+
+
+def ar_chunk() -> int:
+    """Greedy autoregressive steps per CUDA graph from ``SPECDEC_AR_CHUNK`` (0: unset, one step at a time)."""
+    value = os.environ.get(ENV_AR_CHUNK, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ConfigError(f"{ENV_AR_CHUNK}={value!r}: expected a whole number of steps (e.g. 16), or unset it")
+    return int(value)
 
 
 def _first_eos_offsets(window: torch.Tensor, eos: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:

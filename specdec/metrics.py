@@ -249,6 +249,7 @@ class StepRecord:
     row_accepted: tuple[int, ...] = ()
     marks: tuple[int, int, int] = field(default=(0, 0, 0))  # start, drafted, verified
     previous: int = 0  # the mark at which the tokens before this step's were known (prefill's or previous step's)
+    share: int = 1  # steps that ran as one between these marks (an autoregressive chunk): each gets 1/share
 
     def resolve(self, clock: StepClock) -> StepMetrics:
         start, drafted, verified = self.marks
@@ -258,9 +259,9 @@ class StepRecord:
             drafted=self.drafted,
             accepted=self.accepted,
             emitted=self.accepted + rows,
-            draft_ms=clock.elapsed_ms(start, drafted),
-            verify_ms=clock.elapsed_ms(drafted, verified),
-            itl_ms=clock.elapsed_ms(self.previous, verified),
+            draft_ms=clock.elapsed_ms(start, drafted) / self.share,
+            verify_ms=clock.elapsed_ms(drafted, verified) / self.share,
+            itl_ms=clock.elapsed_ms(self.previous, verified) / self.share,
             tree_size=self.tree_size,
             tree_depth=self.tree_depth,
             rows=rows,

@@ -15,6 +15,7 @@ import torch
 import transformers
 from tiny_models import loaded, make_config, make_model
 
+import specdec.generation as generation_module
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
 from specdec.fast.decoder import FastDecoder
 from specdec.kernels import triton_runs_on
@@ -107,8 +108,8 @@ def reference(model, prompt: list[int], max_new: int) -> list[int]:
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_generation_through_the_persistent_step_equals_generate(family, monkeypatch):
-    """Autoregressive decoding (every step persistent) and speculative decoding (the draft's one-token steps) keep
-    the greedy output, graphs and all on CUDA."""
+    """Autoregressive decoding (every step persistent; one at a time, and in chunks) and speculative decoding (the
+    draft's one-token steps) keep the greedy output, graphs and all on CUDA."""
     monkeypatch.setenv("SPECDEC_PERSISTENT", "1")
     target = make_model(family, seed=4)
     draft = make_model(family, seed=5, layers=1)
@@ -117,6 +118,10 @@ def test_generation_through_the_persistent_step_equals_generate(family, monkeypa
     alone = SpeculativeEngine(on_device(target, "t"), decoder="fast")
     assert alone.target.model.persistent is not None
     assert alone.generate(prompt, GenerationConfig(max_new_tokens=12)).token_ids[0] == expected
+    monkeypatch.setattr(generation_module, "AR_CHUNK_DEVICES", ("cpu", "cuda"))
+    monkeypatch.setenv("SPECDEC_AR_CHUNK", "5")  # steps in chunks of 5 (one graph each on CUDA)
+    assert alone.generate(prompt, GenerationConfig(max_new_tokens=12)).token_ids[0] == expected
+    monkeypatch.delenv("SPECDEC_AR_CHUNK")
     pair = SpeculativeEngine(on_device(target, "t"), on_device(draft, "d"), "fast")
     result = pair.generate(prompt, GenerationConfig(max_new_tokens=12), SpeculationConfig(k=3))
     assert result.token_ids[0] == expected

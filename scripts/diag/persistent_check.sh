@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The persistent step on the device: its tests, a barrier's cost, the step's variants against the fast forward, and
-# the engine's autoregressive speed with it off and on (two alternations of scripts/diag/ab.sh).
+# the engine's autoregressive speed with it off and on, each with and without greedy steps in chunks of 16 per graph
+# (SPECDEC_AR_CHUNK; two alternations of scripts/diag/ab.sh).
 #
 #   bash scripts/diag/persistent_check.sh [SHAPES]           # on the device machine, from the repository root
 #   PARTS="tests barrier" bash scripts/diag/persistent_check.sh   # some parts (default: tests barrier step ab)
@@ -14,5 +15,6 @@ export PYTHONPATH=$PWD
 [[ $parts == *" tests "* ]] && timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_persistent.py 2>&1 | tail -5
 [[ $parts == *" barrier "* ]] && timeout 60 python3 scripts/diag/persistent.py barrier
 [[ $parts == *" step "* ]] && timeout 300 python3 scripts/diag/persistent.py step "$shapes"
-[[ $parts == *" ab "* ]] && bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1
+[[ $parts == *" ab "* ]] && bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1 \
+  chunks=.,SPECDEC_AR_CHUNK=16 both=.,SPECDEC_PERSISTENT=1,SPECDEC_AR_CHUNK=16
 exit 0
