@@ -30,20 +30,18 @@ pytestmark = pytest.mark.skipif(
 # splits; the barrier's shape (every SM) only where barriers run.
 SHAPES = {
     "one program": dict(
-        programs=1, tile_elements=512, split_keys=8, max_splits=4, key_block_elements=128, head_tile_elements=1024
+        programs=1, tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024
     ),
     "phase launches": dict(
         programs=3,
         tile_elements=512,
         split_keys=8,
         max_splits=4,
-        key_block_elements=128,
+        block_keys=8,
         head_tile_elements=1024,
         phase_launches=True,
     ),
-    "grid barrier": dict(
-        tile_elements=512, split_keys=8, max_splits=4, key_block_elements=128, head_tile_elements=1024
-    ),
+    "grid barrier": dict(tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024),
 }
 
 

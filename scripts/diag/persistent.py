@@ -1,7 +1,8 @@
 """The persistent step (``specdec.kernels.triton_persistent``) on CUDA: what a grid barrier costs, and the step
 against the fast forward it replaces.
 
-    python scripts/diag/persistent.py barrier              # us per grid barrier, every SM (and half) taking part
+    python scripts/diag/persistent.py barrier              # us per grid barrier, every SM (and half) taking part,
+                                                           # a flag-per-program barrier's, float32 atomic sums
     python scripts/diag/persistent.py step gpt2,1b,8b      # one-token forward: kernels vs one persistent kernel
                                                            # (tiles, stages, warps), and one launch per phase
 
@@ -38,19 +39,75 @@ def _barriers_kernel(counter_ptr, error_ptr, count):
     _grid_leave(counter_ptr, arrivals, nprog, True)
 
 
+@triton.jit
+def _load_acquire(pointers, mask):
+    """ld.acquire.gpu of each pointer where mask holds, else the largest int32 (Triton has no acquire load)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .pred p; setp.ne.b32 p, $2, 0; @p ld.global.acquire.gpu.b32 $0, [$1]; @!p mov.b32 $0, 2147483647; }",
+        "=r,l,r", [pointers, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1,
+    )  # fmt: skip
+
+
+@triton.jit
+def _flag_barriers_kernel(flags_ptr, error_ptr, count, P_PAD: tl.constexpr):
+    """``count`` barriers of another kind, for comparison: each program publishes its epoch in its own flag (a release
+    store, no contended counter) and polls every program's flag (acquire loads) until all have reached it. Epochs go
+    on from launch to launch (a program's flag holds the last one), so nothing is reset."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    others = tl.arange(0, P_PAD)
+    base = tl.load(flags_ptr + pid)
+    for epoch in range(1, count + 1):
+        tl.debug_barrier()
+        tl.atomic_xchg(flags_ptr + pid, base + epoch, sem="release", scope="gpu")
+        lag = tl.min(_load_acquire(flags_ptr + others, others < nprog) - (base + epoch), axis=0)
+        polls = 0
+        while (lag < 0) & (polls < 65536):
+            lag = tl.min(_load_acquire(flags_ptr + others, others < nprog) - (base + epoch), axis=0)
+            polls += 1
+        if lag < 0:
+            tl.atomic_add(error_ptr, 1)
+        tl.debug_barrier()
+
+
+@triton.jit
+def _accumulate_kernel(out_ptr, count, D: tl.constexpr, D_PAD: tl.constexpr):
+    """Every program adds a [D] float32 vector into out ``count`` times (float32 atomics): what a split-K product
+    summed across programs (an MLP fused into one phase) would cost instead of a barrier."""
+    d = tl.arange(0, D_PAD)
+    x = (d + tl.program_id(0)).to(tl.float32) * 1e-3
+    for _ in range(count):
+        tl.atomic_add(out_ptr + d, x, mask=d < D, sem="relaxed", scope="gpu")
+
+
 def barrier() -> None:
+    """The grid barrier's cost (the counter the step uses, and a flag per program), and float32 atomic sums."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     counter = torch.zeros(2, dtype=torch.int32, device="cuda")
+    flags = torch.zeros(sms + 1, dtype=torch.int32, device="cuda")  # the last: the flag barrier's error count
     for programs in (sms, sms // 2):
-        times = {}
-        for count in (0, 16, 64):
-            times[count] = graph_time_us(
-                lambda i: _barriers_kernel[(programs,)](counter, counter[1:], count, num_warps=4)
+        for name, run in (
+            ("counter", lambda count: _barriers_kernel[(programs,)](counter, counter[1:], count, num_warps=4)),
+            ("flags", lambda count: _flag_barriers_kernel[(programs,)](
+                flags, flags[sms:], count, triton.next_power_of_2(sms), num_warps=4)),
+        ):  # fmt: skip
+            times = {count: graph_time_us(lambda i: run(count)) for count in (0, 16, 64)}
+            slope = (times[64] - times[16]) / 48
+            failed = bool(counter[1].item()) or bool(flags[sms].item())
+            print(f"barrier ({name}): {programs} programs: launch {times[0]:.2f} us, 16 barriers "
+                  f"{times[16]:.2f} us, 64 {times[64]:.2f} us: {slope:.3f} us per barrier; failed {failed}",
+                  flush=True)  # fmt: skip
+    for width in (768, 2048, 4096):
+        out = torch.zeros(width, dtype=torch.float32, device="cuda")
+        times = {
+            count: graph_time_us(
+                lambda i: _accumulate_kernel[(sms,)](out, count, width, triton.next_power_of_2(width), num_warps=4)
             )
-        slope = (times[64] - times[16]) / 48
-        failed = bool(counter[1].item())
-        print(f"barrier: {programs} programs: launch {times[0]:.2f} us, 16 barriers {times[16]:.2f} us, "
-              f"64 {times[64]:.2f} us: {slope:.3f} us per barrier; failed {failed}", flush=True)  # fmt: skip
+            for count in (0, 1, 8)
+        }
+        print(f"atomics: {sms} programs each adding [{width}] float32: launch {times[0]:.2f} us, once "
+              f"{times[1]:.2f} us, 8 times {times[8]:.2f} us ({(times[8] - times[1]) / 7:.3f} us per sum)",
+              flush=True)  # fmt: skip
 
 
 def step() -> None:
@@ -75,7 +132,7 @@ def step() -> None:
         variants = [PersistentShape(), PersistentShape(phase_launches=True)]
         variants += [PersistentShape(stages=n) for n in (1, 4)] + [PersistentShape(warps=8)]
         variants += [PersistentShape(programs_per_sm=2), PersistentShape(max_splits=8)]
-        variants += [PersistentShape(key_block_elements=n) for n in (1024, 4096, 8192)]  # 8192: spills more
+        variants += [PersistentShape(block_keys=n) for n in (32, 64)]
         variants += [
             PersistentShape(tile_elements=4096),
             PersistentShape(tile_elements=16384, head_tile_elements=16384),

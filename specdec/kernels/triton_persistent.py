@@ -550,11 +550,10 @@ class PersistentShape:
     programs: 0 for ``programs_per_sm`` per SM (more than one: checked against the compiled kernel's registers and
     shared memory at the first launch). tile_elements, head_tile_elements: weights per tile of a layer's products
     and of the output layer (whole rows). split_keys: the fewest keys per attention item; longer caches take longer
-    splits, so that a head has at most max_splits (the merge reads them all in one load). key_block_elements: keys
-    times head size per load within a split (2048: 32 keys of 64 dimensions; compiled for sm_90 with Triton 3.6,
-    ptxas spills 32 bytes on the 1B shape, 116 on the 8B and none on GPT-2, where 128 keys per load spill 552,
-    1324 and 512). stages: tiles in flight per program (the pipelined loop's depth). warps: per program.
-    phase_launches: one launch per phase instead of barriers.
+    splits, so that a head has at most max_splits (the merge reads them all in one load). block_keys: keys per load
+    within a split (compiled for sm_90 with Triton 3.6 and the launch's 16-byte alignment, 128 spills no register on
+    the GPT-2, 1B and 8B shapes; 32 spills 136 bytes on GPT-2). stages: tiles in flight per program (the pipelined
+    loop's depth). warps: per program. phase_launches: one launch per phase instead of barriers.
     """
 
     programs: int = 0
@@ -563,7 +562,7 @@ class PersistentShape:
     head_tile_elements: int = 8192
     split_keys: int = 64
     max_splits: int = 4
-    key_block_elements: int = 2048
+    block_keys: int = 128
     stages: int = 3
     warps: int = 4
     phase_launches: bool = False
@@ -695,10 +694,6 @@ class PersistentStep:
         ranges = [(p, p + 1) for p in range(end)] if self.shape.phase_launches else [(0, end)]
         return ranges, self.programs > 1 and not self.shape.phase_launches
 
-    def key_block(self, split_keys: int) -> int:
-        """Keys per load within an attention split."""
-        return min(split_keys, max(1, self.shape.key_block_elements // self.head_dim))
-
     def blocks(self, rows_per_output: int = 1) -> tuple[int, int, int]:
         """Rows per tile of the products over D inputs (at least ``rows_per_output``), over I inputs, and of the
         output layer."""
@@ -761,7 +756,7 @@ class PersistentGPT2(PersistentStep):
                 self.eps, self.head_dim**-0.5, vocab, max_length, num_layers, split_keys, first, stop,
                 self.hidden, self.inner, self.num_heads, triton.next_power_of_2(self.num_heads), self.head_dim,
                 triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
-                self.key_block(split_keys), self.act, block_d, block_i, block_v, self.shape.stages,
+                min(self.shape.block_keys, split_keys), self.act, block_d, block_i, block_v, self.shape.stages,
                 PHASES_PER_LAYER, sync, len(ranges) == 1, num_warps=self.shape.warps,
             )  # fmt: skip
             if sync:
@@ -843,7 +838,7 @@ class PersistentLlama(PersistentStep):
                 m.eps, m.scale, vocab, max_length, num_layers, split_keys, first, stop,
                 self.hidden, self.inner, self.num_heads, self.num_kv_heads, triton.next_power_of_2(self.num_heads),
                 self.head_dim, triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
-                self.key_block(split_keys), s.qkv_bias is not None, s.o_bias is not None,
+                min(self.shape.block_keys, split_keys), s.qkv_bias is not None, s.o_bias is not None,
                 block_d, block_i, block_v, self.shape.stages, PHASES_PER_LAYER, sync, len(ranges) == 1,
                 num_warps=self.shape.warps,
             )  # fmt: skip
