@@ -43,6 +43,9 @@ SHAPES = {
     ),
     "grid barrier": dict(tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024),
 }
+# The MLP as one phase, summed across programs (float32 atomics): small tiles, so that programs share its units.
+FUSED = dict(fused_mlp=True, mlp_tile_elements=256)
+SHAPES |= {f"{name}, fused MLP": {**shape, **FUSED} for name, shape in SHAPES.items()}
 
 
 def on_device(model, name: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
@@ -52,8 +55,9 @@ def on_device(model, name: str, dtype: torch.dtype = torch.float32) -> LoadedMod
 FAMILIES = ("gpt2", "llama", "qwen2")
 
 
-def prompt_and_decoder(family: str, dtype: torch.dtype) -> tuple[torch.Tensor, FastDecoder]:
-    decoder = FastDecoder(on_device(make_model(family, seed=3), f"{family}-tiny", dtype), use_graphs=False)
+def prompt_and_decoder(family: str, dtype: torch.dtype, layers: int = 2) -> tuple[torch.Tensor, FastDecoder]:
+    model = make_model(family, seed=3, layers=layers)
+    decoder = FastDecoder(on_device(model, f"{family}-tiny", dtype), use_graphs=False)
     assert decoder.kernels.name == "triton"
     ids = torch.randint(3, 300, (1, 30), generator=torch.Generator().manual_seed(0)).to(DEVICE)
     mask = torch.ones((1, 20), dtype=torch.long)
@@ -69,9 +73,10 @@ def prompt_and_decoder(family: str, dtype: torch.dtype) -> tuple[torch.Tensor, F
 def test_persistent_step_equals_the_fast_forward(family, shape, dtype):
     from specdec.kernels import triton_persistent
 
-    if shape == "grid barrier" and DEVICE.type != "cuda":
+    if shape.startswith("grid barrier") and DEVICE.type != "cuda":
         pytest.skip("a grid barrier waits forever in Triton's interpreter (programs run one after another)")
-    ids, decoder = prompt_and_decoder(family, dtype)
+    # The fused MLP's sums alternate between two buffers: a third layer reuses the first's, which must be cleared.
+    ids, decoder = prompt_and_decoder(family, dtype, layers=3 if "fused" in shape else 2)
     fast = decoder.model
     step = triton_persistent.persistent_step(fast, triton_persistent.PersistentShape(**SHAPES[shape]))
     tables = (fast.cos_table, fast.sin_table) if family != "gpt2" else ()
@@ -104,17 +109,18 @@ def reference(model, prompt: list[int], max_new: int) -> list[int]:
     return out[0, len(prompt) :].tolist()
 
 
+@pytest.mark.parametrize("setting", ["1", "fused"])
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_generation_through_the_persistent_step_equals_generate(family, monkeypatch):
+def test_generation_through_the_persistent_step_equals_generate(family, setting, monkeypatch):
     """Autoregressive decoding (every step persistent; one at a time, and in chunks) and speculative decoding (the
     draft's one-token steps) keep the greedy output, graphs and all on CUDA."""
-    monkeypatch.setenv("SPECDEC_PERSISTENT", "1")
-    target = make_model(family, seed=4)
+    monkeypatch.setenv("SPECDEC_PERSISTENT", setting)
+    target = make_model(family, seed=4, layers=3)
     draft = make_model(family, seed=5, layers=1)
     prompt = [5, 17, 99, 240, 31, 8]
     expected = reference(target, prompt, 12)
     alone = SpeculativeEngine(on_device(target, "t"), decoder="fast")
-    assert alone.target.model.persistent is not None
+    assert alone.target.model.persistent.shape.fused_mlp == (setting == "fused")
     assert alone.generate(prompt, GenerationConfig(max_new_tokens=12)).token_ids[0] == expected
     monkeypatch.setattr(generation_module, "AR_CHUNK_DEVICES", ("cpu", "cuda"))
     monkeypatch.setenv("SPECDEC_AR_CHUNK", "5")  # steps in chunks of 5 (one graph each on CUDA)
@@ -158,3 +164,18 @@ def test_a_barrier_that_waits_in_vain_gives_up_and_the_step_says_so():
         step(ids[:, 20:21], length, decoder._positions, decoder._key_valid, decoder._cache, fast.num_layers,
              fast.cos_table, fast.sin_table)  # fmt: skip
     assert step.counter.tolist() == [0, 0]
+
+
+def test_the_setting_is_read_by_name(monkeypatch):
+    from specdec.errors import ConfigError
+    from specdec.kernels import triton_persistent
+
+    monkeypatch.setenv("SPECDEC_PERSISTENT", "fused")
+    assert triton_persistent.enabled() and triton_persistent.default_shape().fused_mlp
+    monkeypatch.setenv("SPECDEC_PERSISTENT", "1")
+    assert triton_persistent.enabled() and not triton_persistent.default_shape().fused_mlp
+    monkeypatch.setenv("SPECDEC_PERSISTENT", "0")
+    assert not triton_persistent.enabled()
+    monkeypatch.setenv("SPECDEC_PERSISTENT", "yes")
+    with pytest.raises(ConfigError, match="SPECDEC_PERSISTENT='yes': expected one of 0, 1, fused"):
+        triton_persistent.enabled()

@@ -4,7 +4,8 @@ against the fast forward it replaces.
     python scripts/diag/persistent.py barrier              # us per grid barrier, every SM (and half) taking part,
                                                            # a flag-per-program barrier's, float32 atomic sums
     python scripts/diag/persistent.py step gpt2,1b,8b      # one-token forward: kernels vs one persistent kernel
-                                                           # (tiles, stages, warps), and one launch per phase
+                                                           # (tiles, stages, warps, the MLP fused), and one launch
+                                                           # per phase
 
 ``barrier``: a kernel that only passes B barriers, timed in a CUDA graph for B = 0, 16 and 64: the slope is one
 barrier's cost. ``step``: the zoo's synthetic shapes in bfloat16 after a 128-token prompt (cache of 1024 columns),
@@ -133,6 +134,7 @@ def step() -> None:
         variants += [PersistentShape(stages=n) for n in (1, 4)] + [PersistentShape(warps=8)]
         variants += [PersistentShape(programs_per_sm=2), PersistentShape(max_splits=8)]
         variants += [PersistentShape(block_keys=n) for n in (32, 64)]
+        variants += [PersistentShape(fused_mlp=True, mlp_tile_elements=n) for n in (2048, 4096, 8192)]
         variants += [
             PersistentShape(tile_elements=4096),
             PersistentShape(tile_elements=16384, head_tile_elements=16384),

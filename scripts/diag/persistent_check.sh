@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The persistent step on the device: its tests, a barrier's cost, the step's variants against the fast forward, and
-# the engine's autoregressive speed with it off and on, each with and without greedy steps in chunks of 16 per graph
-# (SPECDEC_AR_CHUNK; two alternations of scripts/diag/ab.sh).
+# The persistent step on the device: its tests, a barrier's cost (two kinds) and float32 atomic sums, the step's
+# variants against the decoder's step, and the engine's autoregressive speed (two alternations of scripts/diag/ab.sh):
+# the kernels, the persistent step with five phases a layer and with the MLP fused into one (SPECDEC_PERSISTENT=1,
+# fused), each of those with greedy steps in chunks of 16 per graph (SPECDEC_AR_CHUNK).
 #
 #   bash scripts/diag/persistent_check.sh [SHAPES]           # on the device machine, from the repository root
 #   PARTS="tests barrier" bash scripts/diag/persistent_check.sh   # some parts (default: tests barrier step ab)
@@ -16,5 +17,6 @@ export PYTHONPATH=$PWD
 [[ $parts == *" barrier "* ]] && timeout 60 python3 scripts/diag/persistent.py barrier
 [[ $parts == *" step "* ]] && timeout 300 python3 scripts/diag/persistent.py step "$shapes"
 [[ $parts == *" ab "* ]] && bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1 \
-  chunks=.,SPECDEC_AR_CHUNK=16 both=.,SPECDEC_PERSISTENT=1,SPECDEC_AR_CHUNK=16
+  fused=.,SPECDEC_PERSISTENT=fused chunks=.,SPECDEC_PERSISTENT=1,SPECDEC_AR_CHUNK=16 \
+  fused_chunks=.,SPECDEC_PERSISTENT=fused,SPECDEC_AR_CHUNK=16
 exit 0

@@ -53,15 +53,15 @@ import torch
 import triton
 import triton.language as tl
 
-from specdec.errors import DeviceError, UnsupportedModelError
+from specdec.errors import ConfigError, DeviceError, UnsupportedModelError
 from specdec.fast.gpt2 import FastGPT2, GPT2Stack
 from specdec.fast.llama import FastLlama
 
-ENV_PERSISTENT = "SPECDEC_PERSISTENT"  # "1": one-token forwards run as one persistent kernel
+ENV_PERSISTENT = "SPECDEC_PERSISTENT"  # "1": one-token forwards run as one persistent kernel; "fused": MLP in one phase
+PERSISTENT_VALUES = ("0", "1", "fused")
 
 SPIN_LIMIT = tl.constexpr(1 << 16)  # polls of a barrier's counter before it gives up (tens of milliseconds)
 OPEN = tl.constexpr(1 << 30)  # or-ed into the counter by a barrier that gave up: every later wait passes at once
-PHASES_PER_LAYER = 5  # the kernel's PHASES
 # A product phase's INPUT (what it multiplies) and OUTPUT (where it writes): see _linear_phase.
 INPUT_PLAIN, INPUT_LAYER_NORM, INPUT_ATTENTION, INPUT_RMS_NORM = (tl.constexpr(i) for i in range(4))
 OUTPUT_QKV, OUTPUT_RESIDUAL, OUTPUT_ACTIVATION, OUTPUT_PLAIN, OUTPUT_ROPE, OUTPUT_SILU = (
@@ -72,8 +72,11 @@ GELU = {"tanh": 2, "none": 3}  # F.gelu's ``approximate`` -> ACT (as triton_gemv
 
 def enabled() -> bool:
     """Whether one-token forwards (GPT-2, the Llama family) run as one persistent kernel where the Triton kernels run
-    (on a CPU, in Triton's interpreter: one program)."""
-    return os.environ.get(ENV_PERSISTENT, "0") == "1"
+    (on a CPU, in Triton's interpreter: one program): ``SPECDEC_PERSISTENT`` 1 or fused (see ``default_shape``)."""
+    value = os.environ.get(ENV_PERSISTENT, "0").strip() or "0"
+    if value not in PERSISTENT_VALUES:
+        raise ConfigError(f"{ENV_PERSISTENT}={value!r}: expected one of {', '.join(PERSISTENT_VALUES)}")
+    return value != "0"
 
 
 @triton.jit
@@ -154,9 +157,35 @@ def _pair_rows(p, n_out, OUTPUT: tl.constexpr, HEAD_DIM: tl.constexpr):
 
 
 @triton.jit
+def _gelu(yf, ACT: tl.constexpr):
+    """F.gelu of the rounded product yf (float32): approximate="tanh" (ACT 2, 1 + tanh(u) as 2 / (1 + exp(-2 u))) or
+    "none" (3)."""
+    if ACT == 2:
+        u = 0.7978845608028654 * (yf + 0.044715 * yf * yf * yf)
+        return 0.5 * yf * (2.0 / (1.0 + tl.exp(-2.0 * u)))
+    else:
+        return 0.5 * yf * (1.0 + tl.math.erf(yf * 0.7071067811865476))
+
+
+@triton.jit
+def _folded(r, index, index_ok, delta_ptr, delta_bias_ptr, delta_bias_ok, DELTA: tl.constexpr):
+    """The residual r [N] (float32 of the model's dtype) at ``index`` with the fused MLP's pending sum folded in, as
+    the unfused step's second MLP product and residual add round it: r + round(sum + bias), rounded (DELTA); else r."""
+    if DELTA:
+        dtype = delta_bias_ptr.dtype.element_ty
+        d = tl.load(delta_ptr + index, mask=index_ok, other=0.0, cache_modifier=".cg")
+        bias_ok = index_ok & ((index * 0 + delta_bias_ok) != 0)  # delta_bias_ok: a bool, scalar or traced
+        b = tl.load(delta_bias_ptr + index, mask=bias_ok, other=0.0).to(tl.float32)
+        r = (r + (d + b).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+    return r
+
+
+@triton.jit
 def _product_out(
     y, y2, p, p_ok, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, position, cos_ptr, sin_ptr,
+    delta_ptr, delta_bias_ptr, delta_bias_ok,
     OUTPUT: tl.constexpr, ACT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+    DELTA: tl.constexpr,
 ):  # fmt: skip
     """Store outputs p [N] of a product (y: rounded, with its bias; y2: the second rows' of pairs) as OUTPUT says
     (see ``_linear_phase``)."""
@@ -170,17 +199,12 @@ def _product_out(
         tl.store(cache_k_ptr + (kv_head * max_length + column) * HEAD_DIM + d, y,
                  mask=p_ok & (kv_head >= 0) & (kv_head < KV_HEADS))  # fmt: skip
         tl.store(cache_v_ptr + (v_head * max_length + column) * HEAD_DIM + d, y, mask=p_ok & (v_head >= 0))
-    elif OUTPUT == 1:  # residual + y, rounded like an add in the model's dtype
-        r = tl.load(out_ptr + p, mask=p_ok, other=0.0, cache_modifier=".cg")
-        tl.store(out_ptr + p, (r.to(tl.float32) + y.to(tl.float32)).to(dtype), mask=p_ok)
+    elif OUTPUT == 1:  # residual + y, rounded like an add in the model's dtype (the pending MLP sum first: DELTA)
+        r = tl.load(out_ptr + p, mask=p_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
+        r = _folded(r, p, p_ok, delta_ptr, delta_bias_ptr, delta_bias_ok, DELTA)
+        tl.store(out_ptr + p, (r + y.to(tl.float32)).to(dtype), mask=p_ok)
     elif OUTPUT == 2:
-        yf = y.to(tl.float32)
-        if ACT == 2:  # F.gelu(approximate="tanh") of the rounded product, 1 + tanh(u) as 2 / (1 + exp(-2 u))
-            u = 0.7978845608028654 * (yf + 0.044715 * yf * yf * yf)
-            yf = 0.5 * yf * (2.0 / (1.0 + tl.exp(-2.0 * u)))
-        else:  # F.gelu(approximate="none")
-            yf = 0.5 * yf * (1.0 + tl.math.erf(yf * 0.7071067811865476))
-        tl.store(out_ptr + p, yf.to(dtype), mask=p_ok)
+        tl.store(out_ptr + p, _gelu(y.to(tl.float32), ACT).to(dtype), mask=p_ok)
     elif OUTPUT == 3:
         tl.store(out_ptr + p, y, mask=p_ok)
     elif OUTPUT == 4:  # dimensions j, j + Dh / 2 of q, k and v heads: q and k rotated as triton_gemv's _rope_store
@@ -215,10 +239,12 @@ def _product_out(
 
 
 @triton.jit
-def _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, INPUT: tl.constexpr, dtype: tl.constexpr):
-    """The vector at x_ptr [K_PAD] in float32 (zeros past k_in): as it is (INPUT 0), its layer norm (1, as
-    F.layer_norm rounds it) or its RMS norm (3, as reference.rms_norm rounds it)."""
+def _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, delta_ptr, delta_bias_ptr, delta_bias_ok,
+                  INPUT: tl.constexpr, dtype: tl.constexpr, DELTA: tl.constexpr):  # fmt: skip
+    """The vector at x_ptr [K_PAD] in float32 (zeros past k_in; the pending MLP sum folded in with DELTA): as it is
+    (INPUT 0), its layer norm (1, as F.layer_norm rounds it) or its RMS norm (3, as reference.rms_norm rounds it)."""
     x = tl.load(x_ptr + kk, mask=k_ok, other=0.0, cache_modifier=".cg").to(tl.float32)  # [K_PAD]
+    x = _folded(x, kk, k_ok, delta_ptr, delta_bias_ptr, delta_bias_ok, DELTA)
     if INPUT == 1:  # in float32, rounded once
         mean = tl.sum(x, axis=0) / k_in
         centred = tl.where(k_ok, x - mean, 0.0)
@@ -236,9 +262,9 @@ def _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, INPUT: tl.
 @triton.jit
 def _tile_out(
     w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
-    position, cos_ptr, sin_ptr,
+    position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok,
     OUTPUT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DELTA: tl.constexpr,
 ):  # fmt: skip
     """One tile's products (w, w2: [N, K_PAD] rows ``first`` and ``second``; x [K_PAD]) with their biases, rounded
     to the model's dtype as F.linear returns them, then stored (``_product_out``)."""
@@ -252,17 +278,18 @@ def _tile_out(
         if OUTPUT >= 4:
             y2 += tl.load(bias_ptr + second, mask=p_ok, other=0.0).to(tl.float32)
     _product_out(y.to(dtype), y2.to(dtype), p, p_ok, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
-                 position, cos_ptr, sin_ptr, OUTPUT, ACT, HEADS, KV_HEADS, HEAD_DIM)  # fmt: skip
+                 position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, ACT, HEADS, KV_HEADS,
+                 HEAD_DIM, DELTA)  # fmt: skip
 
 
 @triton.jit
 def _linear_phase(
     x_ptr, w_ptr, bias_ptr, norm_w_ptr, norm_b_ptr, out_ptr, n_out, k_in, eps,
     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k_ptr, cache_v_ptr, max_length, position, cos_ptr, sin_ptr,
-    counter_ptr, error_ptr, sync_to, pid, nprog,
+    counter_ptr, error_ptr, sync_to, pid, nprog, delta_ptr, delta_bias_ptr, delta_bias_ok,
     INPUT: tl.constexpr, OUTPUT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, H_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
-    BLOCK_N: tl.constexpr, K_PAD: tl.constexpr, STAGES: tl.constexpr, SYNC: tl.constexpr,
+    BLOCK_N: tl.constexpr, K_PAD: tl.constexpr, STAGES: tl.constexpr, SYNC: tl.constexpr, DELTA: tl.constexpr,
 ):  # fmt: skip
     """n_out outputs of a product with a weight of k_in inputs (plus bias), in tiles of BLOCK_N outputs (whole rows;
     two rows per output with OUTPUT 4 and 5), tile t on program t % P.
@@ -271,7 +298,8 @@ def _linear_phase(
     OUTPUT: q/k/v as they are, q to out and k, v into the caches at ``column`` (0); added in place to the residual
     at out (1); through ACT (2); as it is (3); q/k/v pairs rotated (RoPE at ``position``) and stored as 0 does (4);
     SiLU(gate) * up (5). ``sync_to`` > 0: wait at the grid barrier first, after the first tile's loads are issued;
-    the program's later tiles stream through a loop pipelined STAGES deep."""
+    the program's later tiles stream through a loop pipelined STAGES deep. DELTA (a fused MLP's step): the residual,
+    as the norm's input (1, 3) or as the output's (1), has the pending MLP sum at delta_ptr folded in first."""
     outs = tl.arange(0, BLOCK_N)
     kk = tl.arange(0, K_PAD)
     k_ok = kk < k_in
@@ -288,9 +316,11 @@ def _linear_phase(
         x = _merged_attention(max_ptr, sum_ptr, acc_ptr, column, split_keys, HEADS, H_PAD, HEAD_DIM, SPLITS)
         x = x.to(w.dtype).to(tl.float32)  # the attention's output, rounded as the kernel stores it
     else:
-        x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, INPUT, w.dtype)
-    _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
-              max_length, position, cos_ptr, sin_ptr, OUTPUT, HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM)  # fmt: skip
+        x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, delta_ptr, delta_bias_ptr,
+                          delta_bias_ok, INPUT, w.dtype, DELTA)  # fmt: skip
+    _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
+              position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, HAS_BIAS, ACT, HEADS,
+              KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
     for tile in tl.range(pid + nprog, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
         p = tile * BLOCK_N + outs
         p_ok = p < n_out
@@ -300,7 +330,76 @@ def _linear_phase(
         if OUTPUT >= 4:
             w2 = _row_tile(w_ptr, second, p_ok, kk, k_ok, k_in)
         _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
-                  max_length, position, cos_ptr, sin_ptr, OUTPUT, HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM)  # fmt: skip
+                  max_length, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, HAS_BIAS,
+                  ACT, HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
+
+
+@triton.jit
+def _mlp_units(w, w2, wo, x, j, j_ok, bias_ptr, ACT: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Inner units j [M] of an MLP: their activations (w, w2: [M, D_PAD] first-product rows, w2 the up rows with
+    SILU; rounded as the unfused step stores them) times their rows of the transposed second product wo [M, D_PAD]:
+    the units' share of the MLP's output, float32 [D_PAD]."""
+    dtype = w.dtype
+    y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)  # [M]
+    if SILU:  # SiLU(gate) * up over the rounded gate and up
+        gate = y.to(dtype).to(tl.float32)
+        up = tl.sum(w2.to(tl.float32) * x[None, :], axis=1).to(dtype).to(tl.float32)
+        act = (gate / (1.0 + tl.exp(-gate)) * up).to(dtype).to(tl.float32)
+    else:
+        if HAS_BIAS:
+            y += tl.load(bias_ptr + j, mask=j_ok, other=0.0).to(tl.float32)
+        act = _gelu(y.to(dtype).to(tl.float32), ACT).to(dtype).to(tl.float32)
+    act = tl.where(j_ok, act, 0.0)
+    return tl.sum(act[:, None] * wo.to(tl.float32), axis=0)  # [D_PAD]
+
+
+@triton.jit
+def _mlp_phase(
+    x_ptr, norm_w_ptr, norm_b_ptr, eps, w_in_ptr, b_in_ptr, w_out_ptr, delta_ptr, spent_ptr, inner, hidden,
+    counter_ptr, error_ptr, sync_to, pid, nprog,
+    NORM: tl.constexpr, ACT: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+    D_PAD: tl.constexpr, STAGES: tl.constexpr, SYNC: tl.constexpr,
+):  # fmt: skip
+    """The whole MLP as one phase (``fused_mlp``): the norm (NORM: 1 layer, 3 RMS) of the residual at x_ptr, then
+    inner units in tiles of BLOCK_M, tile t on program t % P, each through ``_mlp_units`` (w_in: [I, D] first-product
+    rows, GELU with its bias, or with SILU [2 I, D] gate then up rows; w_out: the second product transposed, [I, D]);
+    a program sums its tiles' shares and adds them to delta_ptr [D] (float32 atomics), the MLP's output before its
+    bias, which the next phases fold into the residual. Program 0 zeroes spent_ptr [D], the previous layer's sum,
+    which the phase before this one folded in."""
+    units = tl.arange(0, BLOCK_M)
+    kk = tl.arange(0, D_PAD)
+    k_ok = kk < hidden
+    j = pid * BLOCK_M + units
+    j_ok = j < inner
+    rows_ok = j_ok[:, None] & k_ok[None, :]
+    w = tl.load(w_in_ptr + j[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0, eviction_policy="evict_first")
+    w2 = w
+    if SILU:
+        w2 = tl.load(w_in_ptr + (inner + j)[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0,
+                     eviction_policy="evict_first")  # fmt: skip
+    wo = tl.load(w_out_ptr + j[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0, eviction_policy="evict_first")
+    if sync_to > 0:
+        _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
+    if pid == 0:
+        tl.store(spent_ptr + kk, tl.zeros((D_PAD,), tl.float32), mask=k_ok)
+    x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, hidden, eps, kk, k_ok, x_ptr, x_ptr, False, NORM, w.dtype,
+                      False)  # fmt: skip
+    total = _mlp_units(w, w2, wo, x, j, j_ok, b_in_ptr, ACT, SILU, HAS_BIAS)  # [D_PAD]
+    for tile in tl.range(pid + nprog, tl.cdiv(inner, BLOCK_M), nprog, num_stages=STAGES):
+        j = tile * BLOCK_M + units
+        j_ok = j < inner
+        rows_ok = j_ok[:, None] & k_ok[None, :]
+        w = tl.load(w_in_ptr + j[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0,
+                    eviction_policy="evict_first")  # fmt: skip
+        w2 = w
+        if SILU:
+            w2 = tl.load(w_in_ptr + (inner + j)[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0,
+                         eviction_policy="evict_first")  # fmt: skip
+        wo = tl.load(w_out_ptr + j[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0,
+                     eviction_policy="evict_first")  # fmt: skip
+        total += _mlp_units(w, w2, wo, x, j, j_ok, b_in_ptr, ACT, SILU, HAS_BIAS)
+    if pid * BLOCK_M < inner:  # a program with units: its share of the sum
+        tl.atomic_add(delta_ptr + kk, total, mask=k_ok, sem="relaxed", scope="gpu")
 
 
 @triton.jit
@@ -354,13 +453,13 @@ def _gpt2_step_kernel(
     ids_ptr, length_ptr, positions_ptr, valid_ptr, wte_ptr, wpe_ptr,
     ln1_w_ptr, ln1_b_ptr, qkv_w_ptr, qkv_b_ptr, o_w_ptr, o_b_ptr, ln2_w_ptr, ln2_b_ptr,
     fc_w_ptr, fc_b_ptr, proj_w_ptr, proj_b_ptr, lnf_w_ptr, lnf_b_ptr, head_w_ptr,
-    cache_k_ptr, cache_v_ptr, hidden_ptr, q_ptr, max_ptr, sum_ptr, acc_ptr, inner_ptr, logits_ptr,
+    cache_k_ptr, cache_v_ptr, hidden_ptr, q_ptr, max_ptr, sum_ptr, acc_ptr, inner_ptr, logits_ptr, delta_ptr,
     counter_ptr, error_ptr,
     eps, scale, vocab, max_length, num_layers, split_keys, first_phase, end_phase,
     HIDDEN: tl.constexpr, INNER: tl.constexpr, HEADS: tl.constexpr, H_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr, BLOCK_KEYS: tl.constexpr, ACT: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, STAGES: tl.constexpr,
-    PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
+    PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr, FUSED: tl.constexpr,
 ):  # fmt: skip
     """Phases [first_phase, end_phase) of the step (0: embed; 1 + PHASES l + j: layer l's j-th; 1 + PHASES L: the
     head), a grid barrier before each but the first. BLOCK_D, BLOCK_I, BLOCK_V: weight rows per tile of the products
@@ -368,7 +467,12 @@ def _gpt2_step_kernel(
     [L, out]; the caches [L, H, M, Dh]; the attention's partials [H, SPLITS] and [H, SPLITS, Dh]. The token goes to
     the cache column held at length_ptr, at the position positions_ptr [M] gives that column; with ADVANCE the last
     program out adds one to the length (every program has read it). Logits: float32 [V], rounded to the model's
-    dtype."""
+    dtype.
+
+    FUSED (four phases a layer): the MLP is one phase (``_mlp_phase``, BLOCK_M inner units a tile; proj_w_ptr then
+    holds the second product transposed, [L, I, D]) that leaves its sum in delta_ptr [2, D] (layer l's in row
+    l % 2, zeroed by the embedding and by layer l + 1's MLP); the next layer's q/k/v phase (and the head) norms the
+    residual with it folded in, and its output product's phase folds it into the residual for good."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     column = tl.load(length_ptr)  # the new token's cache column
@@ -388,28 +492,35 @@ def _gpt2_step_kernel(
                 e = tl.load(wte_ptr + token * HIDDEN + d, mask=d_ok, other=0.0).to(tl.float32)
                 p = tl.load(wpe_ptr + position * HIDDEN + d, mask=d_ok, other=0.0).to(tl.float32)
                 tl.store(hidden_ptr + d, (e + p).to(hidden_ptr.dtype.element_ty), mask=d_ok)
+                if FUSED:  # no MLP sum pending before the first layer
+                    tl.store(delta_ptr + d, tl.zeros((D_PAD,), tl.float32), mask=d_ok)
+                    tl.store(delta_ptr + HIDDEN + d, tl.zeros((D_PAD,), tl.float32), mask=d_ok)
         elif phase == head_phase:
+            last = tl.cast(num_layers - 1, tl.int64)
             _linear_phase(
                 hidden_ptr, head_w_ptr, head_w_ptr, lnf_w_ptr, lnf_b_ptr, logits_ptr, vocab, HIDDEN, eps,
                 max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k_ptr, cache_v_ptr, max_length, 0, wte_ptr,
                 wte_ptr,
-                counter_ptr, error_ptr, sync_to, pid, nprog,
+                counter_ptr, error_ptr, sync_to, pid, nprog, delta_ptr + (last % 2) * HIDDEN,
+                proj_b_ptr + last * HIDDEN, True,
                 INPUT_LAYER_NORM, OUTPUT_PLAIN, False, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_V, D_PAD, STAGES,
-                SYNC,
+                SYNC, FUSED,
             )  # fmt: skip
         else:
             layer = tl.cast((phase - 1) // PHASES, tl.int64)
             kind = (phase - 1) % PHASES
             cache_k = cache_k_ptr + layer * HEADS * max_length * HEAD_DIM
             cache_v = cache_v_ptr + layer * HEADS * max_length * HEAD_DIM
+            spent = delta_ptr + ((layer + 1) % 2) * HIDDEN  # the previous layer's MLP sum (fused)
+            spent_bias = proj_b_ptr + (layer - 1) * HIDDEN
             if kind == 0:
                 _linear_phase(
                     hidden_ptr, qkv_w_ptr + layer * 3 * HIDDEN * HIDDEN, qkv_b_ptr + layer * 3 * HIDDEN,
                     ln1_w_ptr + layer * HIDDEN, ln1_b_ptr + layer * HIDDEN, q_ptr, 3 * HIDDEN, HIDDEN, eps,
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
-                    counter_ptr, error_ptr, sync_to, pid, nprog,
+                    counter_ptr, error_ptr, sync_to, pid, nprog, spent, spent_bias, layer > 0,
                     INPUT_LAYER_NORM, OUTPUT_QKV, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD,
-                    STAGES, SYNC,
+                    STAGES, SYNC, FUSED,
                 )  # fmt: skip
             elif kind == 1:
                 _attention_phase(
@@ -422,27 +533,34 @@ def _gpt2_step_kernel(
                     hidden_ptr, o_w_ptr + layer * HIDDEN * HIDDEN, o_b_ptr + layer * HIDDEN, hidden_ptr, hidden_ptr,
                     hidden_ptr, HIDDEN, HIDDEN, eps,
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
-                    counter_ptr, error_ptr, sync_to, pid, nprog,
+                    counter_ptr, error_ptr, sync_to, pid, nprog, spent, spent_bias, layer > 0,
                     INPUT_ATTENTION, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD,
-                    STAGES, SYNC,
+                    STAGES, SYNC, FUSED,
+                )  # fmt: skip
+            elif FUSED:
+                _mlp_phase(
+                    hidden_ptr, ln2_w_ptr + layer * HIDDEN, ln2_b_ptr + layer * HIDDEN, eps,
+                    fc_w_ptr + layer * INNER * HIDDEN, fc_b_ptr + layer * INNER, proj_w_ptr + layer * INNER * HIDDEN,
+                    delta_ptr + (layer % 2) * HIDDEN, spent, INNER, HIDDEN, counter_ptr, error_ptr, sync_to, pid,
+                    nprog, INPUT_LAYER_NORM, ACT, False, True, BLOCK_M, D_PAD, STAGES, SYNC,
                 )  # fmt: skip
             elif kind == 3:
                 _linear_phase(
                     hidden_ptr, fc_w_ptr + layer * INNER * HIDDEN, fc_b_ptr + layer * INNER,
                     ln2_w_ptr + layer * HIDDEN, ln2_b_ptr + layer * HIDDEN, inner_ptr, INNER, HIDDEN, eps,
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
-                    counter_ptr, error_ptr, sync_to, pid, nprog,
+                    counter_ptr, error_ptr, sync_to, pid, nprog, hidden_ptr, hidden_ptr, False,
                     INPUT_LAYER_NORM, OUTPUT_ACTIVATION, True, ACT, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D,
-                    D_PAD, STAGES, SYNC,
+                    D_PAD, STAGES, SYNC, False,
                 )  # fmt: skip
             else:
                 _linear_phase(
                     inner_ptr, proj_w_ptr + layer * HIDDEN * INNER, proj_b_ptr + layer * HIDDEN, inner_ptr,
                     inner_ptr, hidden_ptr, HIDDEN, INNER, eps,
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
-                    counter_ptr, error_ptr, sync_to, pid, nprog,
+                    counter_ptr, error_ptr, sync_to, pid, nprog, hidden_ptr, hidden_ptr, False,
                     INPUT_PLAIN, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
-                    STAGES, SYNC,
+                    STAGES, SYNC, False,
                 )  # fmt: skip
     if _grid_leave(counter_ptr, arrivals, nprog, SYNC) and ADVANCE:  # every program has read the length
         tl.store(length_ptr, column + 1)
@@ -453,18 +571,19 @@ def _llama_step_kernel(
     ids_ptr, length_ptr, positions_ptr, valid_ptr, embed_ptr, cos_ptr, sin_ptr,
     in_norm_ptr, qkv_w_ptr, qkv_b_ptr, o_w_ptr, o_b_ptr, post_norm_ptr, gate_up_ptr, down_ptr, final_norm_ptr,
     head_w_ptr, cache_k_ptr, cache_v_ptr, hidden_ptr, q_ptr, max_ptr, sum_ptr, acc_ptr, inner_ptr, logits_ptr,
-    counter_ptr, error_ptr,
+    delta_ptr, counter_ptr, error_ptr,
     eps, scale, vocab, max_length, num_layers, split_keys, first_phase, end_phase,
     HIDDEN: tl.constexpr, INNER: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, H_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr,
     BLOCK_KEYS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, HAS_O_BIAS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, STAGES: tl.constexpr,
-    PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
+    PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr, FUSED: tl.constexpr,
 ):  # fmt: skip
-    """The Llama family's step, as ``_gpt2_step_kernel`` (phases, barriers, tiles): RMS norms, q/k/v rotated in pairs
-    (BLOCK_D / 2 pairs per tile), grouped-query attention, SiLU(gate) * up over [2 I, D] gate-then-up weights
-    (BLOCK_D / 2 outputs per tile). Stacked weights: qkv [L, (H + 2 Hkv) Dh, D], o [L, D, H Dh], gate_up
-    [L, 2 I, D], down [L, D, I], norms [L, D]; the caches [L, Hkv, M, Dh]; cos and sin tables [positions, Dh]."""
+    """The Llama family's step, as ``_gpt2_step_kernel`` (phases, barriers, tiles, FUSED): RMS norms, q/k/v rotated
+    in pairs (BLOCK_D / 2 pairs per tile), grouped-query attention, SiLU(gate) * up over [2 I, D] gate-then-up
+    weights (BLOCK_D / 2 outputs per tile). Stacked weights: qkv [L, (H + 2 Hkv) Dh, D], o [L, D, H Dh], gate_up
+    [L, 2 I, D], down [L, D, I] (FUSED: transposed, [L, I, D]), norms [L, D]; the caches [L, Hkv, M, Dh]; cos and
+    sin tables [positions, Dh]."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     column = tl.load(length_ptr)  # the new token's cache column
@@ -482,19 +601,25 @@ def _llama_step_kernel(
                 token = tl.load(ids_ptr).to(tl.int64)
                 e = tl.load(embed_ptr + token * HIDDEN + d, mask=d < HIDDEN, other=0.0)
                 tl.store(hidden_ptr + d, e, mask=d < HIDDEN)
+                if FUSED:  # no MLP sum pending before the first layer
+                    tl.store(delta_ptr + d, tl.zeros((D_PAD,), tl.float32), mask=d < HIDDEN)
+                    tl.store(delta_ptr + HIDDEN + d, tl.zeros((D_PAD,), tl.float32), mask=d < HIDDEN)
         elif phase == head_phase:
+            last = tl.cast(num_layers - 1, tl.int64)
             _linear_phase(
                 hidden_ptr, head_w_ptr, head_w_ptr, final_norm_ptr, final_norm_ptr, logits_ptr, vocab, HIDDEN, eps,
                 max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k_ptr, cache_v_ptr, max_length, position,
-                cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog,
+                cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, delta_ptr + (last % 2) * HIDDEN,
+                hidden_ptr, False,
                 INPUT_RMS_NORM, OUTPUT_PLAIN, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_V, D_PAD,
-                STAGES, SYNC,
+                STAGES, SYNC, FUSED,
             )  # fmt: skip
         else:
             layer = tl.cast((phase - 1) // PHASES, tl.int64)
             kind = (phase - 1) % PHASES
             cache_k = cache_k_ptr + layer * KV_HEADS * max_length * HEAD_DIM
             cache_v = cache_v_ptr + layer * KV_HEADS * max_length * HEAD_DIM
+            spent = delta_ptr + ((layer + 1) % 2) * HIDDEN  # the previous layer's MLP sum (fused)
             if kind == 0:
                 _linear_phase(
                     hidden_ptr, qkv_w_ptr + layer * (HEADS + 2 * KV_HEADS) * HEAD_DIM * HIDDEN,
@@ -502,9 +627,9 @@ def _llama_step_kernel(
                     in_norm_ptr + layer * HIDDEN, in_norm_ptr, q_ptr, (HEADS + 2 * KV_HEADS) * HEAD_DIM // 2, HIDDEN,
                     eps,
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
-                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog,
+                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, spent, hidden_ptr, False,
                     INPUT_RMS_NORM, OUTPUT_ROPE, HAS_QKV_BIAS, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS,
-                    BLOCK_D // 2, D_PAD, STAGES, SYNC,
+                    BLOCK_D // 2, D_PAD, STAGES, SYNC, FUSED,
                 )  # fmt: skip
             elif kind == 1:
                 _attention_phase(
@@ -517,27 +642,34 @@ def _llama_step_kernel(
                     hidden_ptr, o_w_ptr + layer * HIDDEN * HEADS * HEAD_DIM, o_b_ptr + layer * HIDDEN, hidden_ptr,
                     hidden_ptr, hidden_ptr, HIDDEN, HEADS * HEAD_DIM, eps,
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
-                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog,
+                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, spent, hidden_ptr, False,
                     INPUT_ATTENTION, OUTPUT_RESIDUAL, HAS_O_BIAS, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS,
-                    BLOCK_D, H_PAD * HEAD_DIM, STAGES, SYNC,
+                    BLOCK_D, H_PAD * HEAD_DIM, STAGES, SYNC, FUSED,
+                )  # fmt: skip
+            elif FUSED:
+                _mlp_phase(
+                    hidden_ptr, post_norm_ptr + layer * HIDDEN, post_norm_ptr, eps,
+                    gate_up_ptr + layer * 2 * INNER * HIDDEN, gate_up_ptr, down_ptr + layer * INNER * HIDDEN,
+                    delta_ptr + (layer % 2) * HIDDEN, spent, INNER, HIDDEN, counter_ptr, error_ptr, sync_to, pid,
+                    nprog, INPUT_RMS_NORM, 0, True, False, BLOCK_M, D_PAD, STAGES, SYNC,
                 )  # fmt: skip
             elif kind == 3:
                 _linear_phase(
                     hidden_ptr, gate_up_ptr + layer * 2 * INNER * HIDDEN, gate_up_ptr, post_norm_ptr + layer * HIDDEN,
                     post_norm_ptr, inner_ptr, INNER, HIDDEN, eps,
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
-                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog,
+                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, hidden_ptr, hidden_ptr, False,
                     INPUT_RMS_NORM, OUTPUT_SILU, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS,
-                    BLOCK_D // 2, D_PAD, STAGES, SYNC,
+                    BLOCK_D // 2, D_PAD, STAGES, SYNC, False,
                 )  # fmt: skip
             else:
                 _linear_phase(
                     inner_ptr, down_ptr + layer * HIDDEN * INNER, down_ptr, inner_ptr, inner_ptr, hidden_ptr, HIDDEN,
                     INNER, eps,
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
-                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog,
+                    cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, hidden_ptr, hidden_ptr, False,
                     INPUT_PLAIN, OUTPUT_RESIDUAL, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
-                    STAGES, SYNC,
+                    STAGES, SYNC, False,
                 )  # fmt: skip
     if _grid_leave(counter_ptr, arrivals, nprog, SYNC) and ADVANCE:  # every program has read the length
         tl.store(length_ptr, column + 1)
@@ -553,7 +685,9 @@ class PersistentShape:
     splits, so that a head has at most max_splits (the merge reads them all in one load). block_keys: keys per load
     within a split (compiled for sm_90 with Triton 3.6 and the launch's 16-byte alignment, 128 spills no register on
     the GPT-2, 1B and 8B shapes; 32 spills 136 bytes on GPT-2). stages: tiles in flight per program (the pipelined
-    loop's depth). warps: per program. phase_launches: one launch per phase instead of barriers.
+    loop's depth). warps: per program. phase_launches: one launch per phase instead of barriers. fused_mlp: the MLP
+    as one phase summed across programs with float32 atomics (four phases a layer instead of five; a transposed copy
+    of the second MLP product's weights; see ``_mlp_phase``), mlp_tile_elements: its weights per tile and matrix.
     """
 
     programs: int = 0
@@ -566,11 +700,22 @@ class PersistentShape:
     stages: int = 3
     warps: int = 4
     phase_launches: bool = False
+    fused_mlp: bool = False
+    mlp_tile_elements: int = 4096
+
+    @property
+    def phases_per_layer(self) -> int:
+        return 4 if self.fused_mlp else 5
 
     def splits(self, max_length: int) -> tuple[int, int]:
         """(keys per split, splits padded to a power of two) for a cache of ``max_length`` columns."""
         split_keys = max(self.split_keys, triton.next_power_of_2(triton.cdiv(max_length, self.max_splits)))
         return split_keys, triton.next_power_of_2(triton.cdiv(max_length, split_keys))
+
+
+def default_shape() -> PersistentShape:
+    """The step's cut when none is asked for: the defaults, with the fused MLP where ``SPECDEC_PERSISTENT=fused``."""
+    return PersistentShape(fused_mlp=os.environ.get(ENV_PERSISTENT, "").strip() == "fused")
 
 
 class PersistentStep:
@@ -589,7 +734,7 @@ class PersistentStep:
                 f"{ENV_PERSISTENT}=1: the persistent step needs a power-of-two head size (this model's is {head_dim}); "
                 f"unset {ENV_PERSISTENT}"
             )
-        self.shape = shape or PersistentShape()
+        self.shape = shape or default_shape()
         device = embed.device
         self.sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         if self.shape.programs:
@@ -609,6 +754,7 @@ class PersistentStep:
         self.counter = torch.zeros(2, dtype=torch.int32, device=device)  # the barrier's counter, the error flag
         self._scratch: dict[int, tuple[torch.Tensor, ...]] = {}
         self._checked: set[int] = set()  # cache sizes whose first launch passed every barrier
+        self._pending: torch.Tensor | None = None
 
     def failed(self) -> bool:
         """Whether a barrier has given up waiting (some program never ran beside the others): outputs since are
@@ -690,16 +836,28 @@ class PersistentStep:
 
     def launches(self, num_layers: int) -> tuple[list[tuple[int, int]], bool]:
         """The phase ranges to launch, and whether the programs pass barriers between phases."""
-        end = 2 + PHASES_PER_LAYER * num_layers
+        end = 2 + self.shape.phases_per_layer * num_layers
         ranges = [(p, p + 1) for p in range(end)] if self.shape.phase_launches else [(0, end)]
         return ranges, self.programs > 1 and not self.shape.phase_launches
 
-    def blocks(self, rows_per_output: int = 1) -> tuple[int, int, int]:
-        """Rows per tile of the products over D inputs (at least ``rows_per_output``), over I inputs, and of the
-        output layer."""
+    def blocks(self, rows_per_output: int = 1) -> tuple[int, int, int, int]:
+        """Rows per tile of the products over D inputs (at least ``rows_per_output``), over I inputs, of the output
+        layer, and inner units per tile of the fused MLP."""
         d_pad, i_pad = triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner)
         block_d = max(rows_per_output, self.shape.tile_elements // d_pad)
-        return block_d, max(1, self.shape.tile_elements // i_pad), max(1, self.shape.head_tile_elements // d_pad)
+        block_m = max(1, self.shape.mlp_tile_elements // d_pad)
+        return (
+            block_d,
+            max(1, self.shape.tile_elements // i_pad),
+            max(1, self.shape.head_tile_elements // d_pad),
+            block_m,
+        )
+
+    def pending(self) -> torch.Tensor:
+        """The fused MLP's sums, [2, D] float32 (see ``_gpt2_step_kernel``)."""
+        if self._pending is None:
+            self._pending = torch.zeros((2, self.hidden), dtype=torch.float32, device=self.embed.device)
+        return self._pending
 
 
 class PersistentGPT2(PersistentStep):
@@ -722,6 +880,8 @@ class PersistentGPT2(PersistentStep):
         self.position_embed, self.final_norm, self.lm_head = position_embed, final_norm, lm_head
         self.eps = eps
         self.act = GELU[gelu]
+        with torch.no_grad():  # the fused MLP reads the second product's weight transposed: [L, I, D]
+            self.proj = stack.proj.transpose(1, 2).contiguous() if self.shape.fused_mlp else stack.proj
 
     def __call__(
         self,
@@ -744,20 +904,21 @@ class PersistentGPT2(PersistentStep):
         vocab = self.lm_head.shape[0]
         logits = torch.empty(vocab, dtype=torch.float32, device=self.embed.device)
         s = self.stack
-        block_d, block_i, block_v = self.blocks()
+        block_d, block_i, block_v, block_m = self.blocks()
         ranges, sync = self.launches(num_layers)
         for first, stop in ranges:
             compiled = _gpt2_step_kernel[(self.programs,)](
                 input_ids, length, positions, key_valid, self.embed, self.position_embed,
                 s.ln_1[0], s.ln_1[1], s.qkv, s.qkv_bias, s.o, s.o_bias, s.ln_2[0], s.ln_2[1],
-                s.fc, s.fc_bias, s.proj, s.proj_bias, self.final_norm[0], self.final_norm[1], self.lm_head,
-                cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits,
+                s.fc, s.fc_bias, self.proj, s.proj_bias, self.final_norm[0], self.final_norm[1], self.lm_head,
+                cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits, self.pending(),
                 self.counter, self.counter[1:],
                 self.eps, self.head_dim**-0.5, vocab, max_length, num_layers, split_keys, first, stop,
                 self.hidden, self.inner, self.num_heads, triton.next_power_of_2(self.num_heads), self.head_dim,
                 triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
-                min(self.shape.block_keys, split_keys), self.act, block_d, block_i, block_v, self.shape.stages,
-                PHASES_PER_LAYER, sync, len(ranges) == 1, num_warps=self.shape.warps,
+                min(self.shape.block_keys, split_keys), self.act, block_d, block_i, block_v, block_m,
+                self.shape.stages, self.shape.phases_per_layer, sync, len(ranges) == 1, self.shape.fused_mlp,
+                num_warps=self.shape.warps,
             )  # fmt: skip
             if sync:
                 self.check_residency(compiled)
@@ -776,7 +937,7 @@ class LlamaStack:
     o_bias: torch.Tensor | None  # [L, D]
     post_norm: torch.Tensor  # [L, D]
     gate_up: torch.Tensor  # [L, 2 I, D]
-    down: torch.Tensor  # [L, D, I]
+    down: torch.Tensor  # [L, D, I]; with the fused MLP transposed, [L, I, D]
 
 
 class PersistentLlama(PersistentStep):
@@ -801,7 +962,7 @@ class PersistentLlama(PersistentStep):
                 o_bias=stacked([layer.o_bias for layer in layers]),
                 post_norm=stacked([layer.post_norm for layer in layers]),  # type: ignore[arg-type]
                 gate_up=stacked([layer.gate_up for layer in layers]),  # type: ignore[arg-type]
-                down=stacked([layer.down for layer in layers]),  # type: ignore[arg-type]
+                down=stacked([layer.down.t() if self.shape.fused_mlp else layer.down for layer in layers]),  # type: ignore[arg-type]
             )
         self.stack = stack
 
@@ -826,21 +987,21 @@ class PersistentLlama(PersistentStep):
         m, s = self.model, self.stack
         vocab = m.lm_head.shape[0]
         logits = torch.empty(vocab, dtype=torch.float32, device=self.embed.device)
-        block_d, block_i, block_v = self.blocks(rows_per_output=2)
+        block_d, block_i, block_v, block_m = self.blocks(rows_per_output=2)
         ranges, sync = self.launches(num_layers)
         for first, stop in ranges:
             compiled = _llama_step_kernel[(self.programs,)](
                 input_ids, length, positions, key_valid, self.embed, cos_table, sin_table,
                 s.input_norm, s.qkv, s.qkv_bias if s.qkv_bias is not None else s.qkv, s.o,
                 s.o_bias if s.o_bias is not None else s.o, s.post_norm, s.gate_up, s.down, m.final_norm, m.lm_head,
-                cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits,
+                cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits, self.pending(),
                 self.counter, self.counter[1:],
                 m.eps, m.scale, vocab, max_length, num_layers, split_keys, first, stop,
                 self.hidden, self.inner, self.num_heads, self.num_kv_heads, triton.next_power_of_2(self.num_heads),
                 self.head_dim, triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
                 min(self.shape.block_keys, split_keys), s.qkv_bias is not None, s.o_bias is not None,
-                block_d, block_i, block_v, self.shape.stages, PHASES_PER_LAYER, sync, len(ranges) == 1,
-                num_warps=self.shape.warps,
+                block_d, block_i, block_v, block_m, self.shape.stages, self.shape.phases_per_layer, sync,
+                len(ranges) == 1, self.shape.fused_mlp, num_warps=self.shape.warps,
             )  # fmt: skip
             if sync:
                 self.check_residency(compiled)
