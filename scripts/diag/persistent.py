@@ -58,16 +58,18 @@ def _flag_barriers_kernel(flags_ptr, error_ptr, count, P_PAD: tl.constexpr):
     nprog = tl.num_programs(0)
     others = tl.arange(0, P_PAD)
     base = tl.load(flags_ptr + pid)
+    polls_left = tl.where(tl.load(error_ptr) > 0, 0, 65536)  # after a give-up (this launch or one before): no waits
     for epoch in range(1, count + 1):
         tl.debug_barrier()
         tl.atomic_xchg(flags_ptr + pid, base + epoch, sem="release", scope="gpu")
         lag = tl.min(_load_acquire(flags_ptr + others, others < nprog) - (base + epoch), axis=0)
         polls = 0
-        while (lag < 0) & (polls < 65536):
+        while (lag < 0) & (polls < polls_left):
             lag = tl.min(_load_acquire(flags_ptr + others, others < nprog) - (base + epoch), axis=0)
             polls += 1
         if lag < 0:
             tl.atomic_add(error_ptr, 1)
+            polls_left = 0
         tl.debug_barrier()
 
 
