@@ -16,7 +16,8 @@ docs/performance.md). Here one launch of one program per SM runs the whole step 
 
 Every phase after the first starts with a grid barrier: an arrival counter in global memory that each program
 increments with release semantics and then polls with acquire semantics until every program has arrived (Triton
-emits one ``red.release.gpu`` and ``ld.acquire.gpu`` per program, from its first thread, between two ``bar.sync``).
+emits one ``atom.release.gpu`` and ``ld.acquire.gpu`` polls per program, from its first thread, between
+``bar.sync``).
 Weights never depend on the step, so a product's program reads its first weight tile before it waits: the load's
 latency hides behind the barrier's. Activations written during the step are read with ``.cg`` (from L2, past the
 SM's L1, which is not coherent across SMs). The last program to leave resets the counter for the next launch.
@@ -37,11 +38,17 @@ length and its position from the decoder's table on the device, advances the len
 every program has read it), and writes float32 logits (rounded to the model's dtype), so that a one-token step of
 ``FastDecoder`` is this one launch.
 
+With ``fused_mlp`` (``SPECDEC_PERSISTENT=fused``) a layer has four phases: mlp_in and mlp_out become one phase in
+which each program multiplies its inner units' activations by their rows of the second product's transposed weight
+and adds the result to a [D] float32 sum with atomics; the next q/k/v phase (or the head) norms the residual with
+that sum folded in, and the next out phase folds it in for good (``_mlp_phase``, ``_folded``).
+
 It computes what ``FastGPT2.run`` and ``FastLlama.run`` compute for one token, at the same rounding points as
 ``triton_gemv`` (products in float32, rounded to the model's dtype after the bias, then the activation and the
 residual add, each rounded; RoPE and the norms as there) and the split attention kernel, with other summation
-orders. It is off unless ``SPECDEC_PERSISTENT=1``: it has not yet been measured on a GPU. Shapes: D hidden, I inner
-(MLP), H / Hkv query / key-value heads, Dh head size, M cache columns, V vocabulary, L layers, P programs.
+orders. It is off unless ``SPECDEC_PERSISTENT`` is 1 or fused: it has not yet been measured on a GPU. Shapes: D
+hidden, I inner (MLP), H / Hkv query / key-value heads, Dh head size, M cache columns, V vocabulary, L layers, P
+programs.
 """
 
 from __future__ import annotations
@@ -354,6 +361,20 @@ def _mlp_units(w, w2, wo, x, j, j_ok, bias_ptr, ACT: tl.constexpr, SILU: tl.cons
 
 
 @triton.jit
+def _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU: tl.constexpr):
+    """Inner units j's weight rows [M, D_PAD]: the first product's (and, with SILU, the up rows), and the transposed
+    second product's."""
+    rows_ok = j_ok[:, None] & k_ok[None, :]
+    at = j[:, None] * hidden + kk[None, :]
+    w = tl.load(w_in_ptr + at, mask=rows_ok, other=0.0, eviction_policy="evict_first")
+    w2 = w
+    if SILU:
+        w2 = tl.load(w_in_ptr + inner * hidden + at, mask=rows_ok, other=0.0, eviction_policy="evict_first")
+    wo = tl.load(w_out_ptr + at, mask=rows_ok, other=0.0, eviction_policy="evict_first")
+    return w, w2, wo
+
+
+@triton.jit
 def _mlp_phase(
     x_ptr, norm_w_ptr, norm_b_ptr, eps, w_in_ptr, b_in_ptr, w_out_ptr, delta_ptr, spent_ptr, inner, hidden,
     counter_ptr, error_ptr, sync_to, pid, nprog,
@@ -371,13 +392,7 @@ def _mlp_phase(
     k_ok = kk < hidden
     j = pid * BLOCK_M + units
     j_ok = j < inner
-    rows_ok = j_ok[:, None] & k_ok[None, :]
-    w = tl.load(w_in_ptr + j[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0, eviction_policy="evict_first")
-    w2 = w
-    if SILU:
-        w2 = tl.load(w_in_ptr + (inner + j)[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0,
-                     eviction_policy="evict_first")  # fmt: skip
-    wo = tl.load(w_out_ptr + j[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0, eviction_policy="evict_first")
+    w, w2, wo = _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU)  # before the barrier
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
     if pid == 0:
@@ -388,15 +403,7 @@ def _mlp_phase(
     for tile in tl.range(pid + nprog, tl.cdiv(inner, BLOCK_M), nprog, num_stages=STAGES):
         j = tile * BLOCK_M + units
         j_ok = j < inner
-        rows_ok = j_ok[:, None] & k_ok[None, :]
-        w = tl.load(w_in_ptr + j[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0,
-                    eviction_policy="evict_first")  # fmt: skip
-        w2 = w
-        if SILU:
-            w2 = tl.load(w_in_ptr + (inner + j)[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0,
-                         eviction_policy="evict_first")  # fmt: skip
-        wo = tl.load(w_out_ptr + j[:, None] * hidden + kk[None, :], mask=rows_ok, other=0.0,
-                     eviction_policy="evict_first")  # fmt: skip
+        w, w2, wo = _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU)
         total += _mlp_units(w, w2, wo, x, j, j_ok, b_in_ptr, ACT, SILU, HAS_BIAS)
     if pid * BLOCK_M < inner:  # a program with units: its share of the sum
         tl.atomic_add(delta_ptr + kk, total, mask=k_ok, sem="relaxed", scope="gpu")
