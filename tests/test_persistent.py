@@ -139,7 +139,8 @@ def test_a_model_the_step_cannot_run_says_so():
     from specdec.kernels import TORCH_KERNELS, triton_persistent
 
     model = transformers.AutoModelForCausalLM.from_config(make_config("llama", hidden=96), dtype=torch.float32)
-    with pytest.raises(UnsupportedModelError, match=r"SPECDEC_PERSISTENT=1: .* head size .* 24"):
+    message = r"persistent step \(SPECDEC_PERSISTENT\) needs a power-of-two head size .* 24\); unset SPECDEC_PERSISTENT"
+    with pytest.raises(UnsupportedModelError, match=message):
         triton_persistent.persistent_step(FastLlama(model, TORCH_KERNELS))
 
 
@@ -159,7 +160,7 @@ def test_a_barrier_that_waits_in_vain_gives_up_and_the_step_says_so():
     step = triton_persistent.persistent_step(fast, shape)
     assert decoder._cache is not None
     length = torch.tensor(20)
-    message = r"SPECDEC_PERSISTENT=1: a grid barrier .* \(1 of its programs\).* 2 programs .* unset"
+    message = r"grid barrier of the persistent step \(SPECDEC_PERSISTENT\) gave up .*\(1 of its programs\).* 2 programs"
     with pytest.raises(DeviceError, match=message):
         step(ids[:, 20:21], length, decoder._positions, decoder._key_valid, decoder._cache, fast.num_layers,
              fast.cos_table, fast.sin_table)  # fmt: skip

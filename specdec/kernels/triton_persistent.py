@@ -738,8 +738,8 @@ class PersistentStep:
         self.hidden = embed.shape[1]
         if triton.next_power_of_2(num_heads) * head_dim != triton.next_power_of_2(num_heads * head_dim):
             raise UnsupportedModelError(
-                f"{ENV_PERSISTENT}=1: the persistent step needs a power-of-two head size (this model's is {head_dim}); "
-                f"unset {ENV_PERSISTENT}"
+                f"the persistent step ({ENV_PERSISTENT}) needs a power-of-two head size (this model's is "
+                f"{head_dim}); unset {ENV_PERSISTENT}"
             )
         self.shape = shape or default_shape()
         device = embed.device
@@ -782,7 +782,7 @@ class PersistentStep:
         if gave_up:
             self.reset()
             raise DeviceError(
-                f"{ENV_PERSISTENT}=1: a grid barrier of the persistent step gave up waiting ({gave_up} of its "
+                f"a grid barrier of the persistent step ({ENV_PERSISTENT}) gave up waiting ({gave_up} of its "
                 f"programs), so not all of its {self.programs} programs ran at once on the {self.sms} SMs (a kernel "
                 f"beside it, a GPU shared through MPS, or more programs per SM than fit) and its output is garbage; "
                 f"unset {ENV_PERSISTENT}"
