@@ -97,8 +97,11 @@ def test_persistent_step_equals_the_fast_forward(family, shape, dtype):
         expected, _ = fast.run(token, columns, positions, decoder._key_valid, cache, True)
         scale = expected.float().abs().max()
         assert (logits.float() - expected.float()).abs().max() <= tolerance * scale, f"column {column}"
-        for got, want in zip(written, (c[..., column, :] for c in cache), strict=True):
-            torch.testing.assert_close(got.float(), want.float(), rtol=tolerance, atol=tolerance)
+        for got, want in zip(written, (c[..., column, :] for c in cache), strict=True):  # keys, values: [L, 1, H, Dh]
+            # Relative to each layer's largest value: in bfloat16 one element of a later layer may land a few ulps
+            # away (another summation order in the layer before), as the logits may (seen on the H200).
+            scale = want.float().abs().amax(dim=(1, 2, 3), keepdim=True)
+            assert ((got.float() - want.float()).abs() <= tolerance * scale).all(), f"cache at column {column}"
     if DEVICE.type == "cuda":
         assert not step.failed()
 

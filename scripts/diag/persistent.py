@@ -3,7 +3,7 @@ against the fast forward it replaces.
 
     python scripts/diag/persistent.py barrier              # us per grid barrier, every SM (and half) taking part,
                                                            # a flag-per-program barrier's, float32 atomic sums
-    python scripts/diag/persistent.py step gpt2,1b,8b      # one-token forward: kernels vs one persistent kernel
+    python scripts/diag/persistent.py step gpt2,1b,8b [quick]  # one-token forward: kernels vs one persistent kernel
                                                            # (tiles, stages, warps, the MLP fused), and one launch
                                                            # per phase
 
@@ -143,6 +143,8 @@ def step() -> None:
         ]
         if shape_name == "gpt2":
             variants += [PersistentShape(split_keys=128), PersistentShape(programs=66)]
+        if len(sys.argv) > 3 and sys.argv[3] == "quick":  # the default, one launch per phase, the fused MLP
+            variants = [PersistentShape(), PersistentShape(phase_launches=True), PersistentShape(fused_mlp=True)]
         for shape in variants:
             step = persistent_step(fast, shape)
             length = torch.tensor(128, device="cuda")  # advanced by every call, as the decoder's is
