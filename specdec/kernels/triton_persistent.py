@@ -46,7 +46,8 @@ that sum folded in, and the next out phase folds it in for good (``_mlp_phase``,
 It computes what ``FastGPT2.run`` and ``FastLlama.run`` compute for one token, at the same rounding points as
 ``triton_gemv`` (products in float32, rounded to the model's dtype after the bias, then the activation and the
 residual add, each rounded; RoPE and the norms as there) and the split attention kernel, with other summation
-orders. It is off unless ``SPECDEC_PERSISTENT`` is 1 or fused: it has not yet been measured on a GPU. Shapes: D
+orders. It is off unless ``SPECDEC_PERSISTENT`` is 1 or fused: on the H200 it is correct but not faster than the
+kernels (0.92x on GPT-2 and 0.74x on the 1B shape by default; docs/performance.md, fourteenth session). Shapes: D
 hidden, I inner (MLP), H / Hkv query / key-value heads, Dh head size, M cache columns, V vocabulary, L layers, P
 programs.
 """
