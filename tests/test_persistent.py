@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Small tiles and splits, so that the tiny model's products take several tiles per program and its attention several
-# splits; the barrier's shape (every SM) only where barriers run.
+# splits; the barrier's shape (every SM) only where barriers run. Several programs load two tiles before a phase's
+# barrier, one program one.
 SHAPES = {
     "one program": dict(
         programs=1, tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024
@@ -40,8 +41,11 @@ SHAPES = {
         block_keys=8,
         head_tile_elements=1024,
         phase_launches=True,
+        early_tiles=2,
     ),
-    "grid barrier": dict(tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024),
+    "grid barrier": dict(
+        tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024, early_tiles=2
+    ),
 }
 # The MLP as one phase, summed across programs (float32 atomics): small tiles, so that programs share its units.
 FUSED = dict(fused_mlp=True, mlp_tile_elements=256)

@@ -3,15 +3,20 @@ against the fast forward it replaces.
 
     python scripts/diag/persistent.py barrier              # us per grid barrier, every SM (and half) taking part,
                                                            # a flag-per-program barrier's, float32 atomic sums
-    python scripts/diag/persistent.py step gpt2,1b,8b [quick]  # one-token forward: kernels vs one persistent kernel
-                                                           # (tiles, stages, warps, the MLP fused), and one launch
-                                                           # per phase
+    python scripts/diag/persistent.py step gpt2,1b,8b [quick|early]  # one-token forward: kernels vs one persistent
+                                                           # kernel (tiles, stages, warps, the MLP fused, tiles
+                                                           # loaded before the barrier), one launch per phase
+    python scripts/diag/persistent.py phases gpt2,1b       # each kind of phase alone, one launch each
 
 ``barrier``: a kernel that only passes B barriers, timed in a CUDA graph for B = 0, 16 and 64: the slope is one
 barrier's cost. ``step``: the zoo's synthetic shapes in bfloat16 after a 128-token prompt (cache of 1024 columns),
 the decoder's one-token step (the fast forward and its bookkeeping) replayed 50 times in a CUDA graph and each
 variant 20 times, each call one token further on, as in decoding; first the largest difference of its
 logits from the fast forward's and whether the argmax agrees (a variant whose barrier gave up is named, not timed).
+``phases``: the same step cut into one launch per phase, each kind of phase (a layer's five, or four with the MLP
+fused, and the output layer) launched alone 50 times in a CUDA graph, layer after layer so that the L2 does not
+hold the weights: us per phase and the weights' GB/s, to set beside the fast forward's kernels (``gemv_ab.py
+kernels``).
 """
 
 # ruff: noqa: B023  (each closure runs inside the iteration that defines it)
@@ -113,20 +118,72 @@ def barrier() -> None:
               flush=True)  # fmt: skip
 
 
-def step() -> None:
+def prepared(shape_name: str):
+    """A fast decoder of the shape after a 128-token prompt, and the next token."""
     from specdec import load_model
     from specdec.fast.decoder import FastDecoder
 
+    decoder = FastDecoder(load_model(TARGETS[shape_name], device="cuda", dtype="bfloat16"), use_graphs=False)
+    prompt = torch.randint(0, 32000, (1, 129), generator=torch.Generator().manual_seed(0)).cuda()
+    decoder.prepare(torch.zeros(1, dtype=torch.long), None, 1024)
+    decoder.forward(prompt[:, :128], last_only=True)
+    return decoder, prompt[:, 128:]
+
+
+def phases() -> None:
+    names = {5: ["q/k/v", "attention", "o", "gate/up", "down"], 4: ["q/k/v", "attention", "o", "mlp"]}
     for shape_name in sys.argv[2].split(",") if len(sys.argv) > 2 else ["gpt2"]:
-        decoder = FastDecoder(load_model(TARGETS[shape_name], device="cuda", dtype="bfloat16"), use_graphs=False)
-        prompt = torch.randint(0, 32000, (1, 129), generator=torch.Generator().manual_seed(0)).cuda()
-        decoder.prepare(torch.zeros(1, dtype=torch.long), None, 1024)
-        decoder.forward(prompt[:, :128], last_only=True)
+        decoder, token = prepared(shape_name)
+        fast = decoder.model
+        tables = (fast.cos_table, fast.sin_table) if fast.family == "llama" else ()
+        layers = fast.num_layers
+        for shape in (PersistentShape(phase_launches=True), PersistentShape(phase_launches=True, fused_mlp=True)):
+            step = persistent_step(fast, shape)
+            per_layer = shape.phases_per_layer
+            chosen = [0]
+            step.launches = lambda num_layers: ([(chosen[0], chosen[0] + 1)], False)
+            length = torch.tensor(128, device="cuda")
+            args = (token, length, decoder._positions, decoder._key_valid, decoder._cache, layers, *tables)
+            weights = {  # bytes per phase kind
+                name: sum(t.numel() * t.element_size() for t in tensors) / layers
+                for name, tensors in phase_weights(step, per_layer).items()
+            }
+            for kind, name in enumerate(names[per_layer] + ["output layer"]):
+
+                def one(i):
+                    chosen[0] = (
+                        1 + per_layer * layers if name == "output layer" else 1 + per_layer * (i % layers) + kind
+                    )
+                    step(*args)
+
+                us = graph_time_us(one)
+                rate = f", {weights[name] / us / 1e3:.0f} GB/s" if weights.get(name) else ""
+                print(f"phases {shape_name}: {shape}: {name} {us:.2f} us{rate}", flush=True)
+        torch.cuda.empty_cache()
+
+
+def phase_weights(step, per_layer: int) -> dict[str, list[torch.Tensor]]:
+    """The weights each kind of phase reads, over all layers (the output layer's once per layer, to divide alike)."""
+    layers = step.stack.qkv.shape[0]
+    head = step.lm_head if hasattr(step, "lm_head") else step.model.lm_head
+    s = step.stack
+    if hasattr(s, "gate_up"):
+        mlp = {"gate/up": [s.gate_up], "down": [s.down]}
+    else:
+        mlp = {"gate/up": [s.fc], "down": [step.proj]}
+    found = {"q/k/v": [s.qkv], "o": [s.o], **mlp, "output layer": [head] * layers}
+    if per_layer == 4:
+        found["mlp"] = found.pop("gate/up") + found.pop("down")
+    return found
+
+
+def step() -> None:
+    for shape_name in sys.argv[2].split(",") if len(sys.argv) > 2 else ["gpt2"]:
+        decoder, token = prepared(shape_name)
         fast = decoder.model
         cache = decoder._cache
         columns = torch.tensor([128], device="cuda")
         positions = decoder._positions.index_select(1, columns)
-        token = prompt[:, 128:]
         tables = (fast.cos_table, fast.sin_table) if fast.family == "llama" else ()
         expected = fast.run(token, columns, positions, decoder._key_valid, cache, True)[0].float()
         # The decoder's step: its column and position lookups, the fast forward, the length's advance, float logits.
@@ -145,6 +202,19 @@ def step() -> None:
             variants += [PersistentShape(split_keys=128), PersistentShape(programs=66)]
         if len(sys.argv) > 3 and sys.argv[3] == "quick":  # the default, one launch per phase, the fused MLP
             variants = [PersistentShape(), PersistentShape(phase_launches=True), PersistentShape(fused_mlp=True)]
+        if len(sys.argv) > 3 and sys.argv[3] == "early":  # tiles loaded before the barrier, with the best of before
+            fused = {"mlp_tile_elements": 4096, "fused_mlp": True}
+            variants = [
+                PersistentShape(),
+                PersistentShape(early_tiles=2),
+                PersistentShape(early_tiles=4, tile_elements=4096),
+                PersistentShape(early_tiles=4, warps=8),
+                PersistentShape(early_tiles=2, programs_per_sm=2),
+                PersistentShape(early_tiles=2, max_splits=8),
+                PersistentShape(early_tiles=2, **fused),
+                PersistentShape(early_tiles=2, programs_per_sm=2, max_splits=8, **fused),
+                PersistentShape(programs_per_sm=2, max_splits=8, fused_mlp=True, mlp_tile_elements=8192),
+            ]
         for shape in variants:
             step = persistent_step(fast, shape)
             length = torch.tensor(128, device="cuda")  # advanced by every call, as the decoder's is
@@ -157,10 +227,12 @@ def step() -> None:
             error = (got - expected).abs().max().item()
             same = bool((got.argmax() == expected.argmax()).item())
             us = graph_time_us(lambda i: step(*args), calls=20)
+            regs, spills = (getattr(step.compiled, name, "?") for name in ("n_regs", "n_spills"))
             print(f"step {shape_name}: {shape}: {us:.1f} us ({base / us:.2f}x), max |logit diff| {error:.4f}, "
-                  f"same argmax {same}, failed {step.failed()}", flush=True)  # fmt: skip
+                  f"same argmax {same}, failed {step.failed()}, {regs} registers, {spills} spilled",
+                  flush=True)  # fmt: skip
         torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
-    {"barrier": barrier, "step": step}[sys.argv[1]]()
+    {"barrier": barrier, "step": step, "phases": phases}[sys.argv[1]]()

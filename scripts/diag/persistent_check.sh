@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The persistent step on the device: its tests, a barrier's cost (two kinds) and float32 atomic sums, the step's
-# variants against the decoder's step, and the engine's autoregressive speed (two alternations of scripts/diag/ab.sh):
+# variants against the decoder's step (STEP_SET=quick or early: a set of them), each kind of phase alone (PARTS=phases,
+# not in the default), and the engine's autoregressive speed (two alternations of scripts/diag/ab.sh):
 # the kernels, the persistent step with five phases a layer and with the MLP fused into one (SPECDEC_PERSISTENT=1,
 # fused), each of those with greedy steps in chunks of 16 per graph (SPECDEC_AR_CHUNK).
 #
@@ -17,7 +18,8 @@ export PYTHONPATH=$PWD
 [[ $parts == *" tests "* ]] && timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests/test_persistent.py \
   -k "grid or generation or setting" 2>&1 | tail -5
 [[ $parts == *" barrier "* ]] && timeout 120 python3 scripts/diag/persistent.py barrier
-[[ $parts == *" step "* ]] && timeout 420 python3 scripts/diag/persistent.py step "$shapes"
+[[ $parts == *" step "* ]] && timeout 420 python3 scripts/diag/persistent.py step "$shapes" ${STEP_SET:-}
+[[ $parts == *" phases "* ]] && timeout 300 python3 scripts/diag/persistent.py phases "$shapes"
 [[ $parts == *" ab "* ]] && bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1 \
   fused=.,SPECDEC_PERSISTENT=fused chunks=.,SPECDEC_PERSISTENT=1,SPECDEC_AR_CHUNK=16 \
   fused_chunks=.,SPECDEC_PERSISTENT=fused,SPECDEC_AR_CHUNK=16

@@ -122,6 +122,14 @@ def _grid_leave(counter_ptr, arrivals, nprog, SYNC: tl.constexpr):
 
 
 @triton.jit
+def _early(pid, nprog, BLOCK: tl.constexpr, EARLY: tl.constexpr):
+    """The rows (outputs, units) of a program's first EARLY tiles of BLOCK, tile t on program t % nprog: [EARLY BLOCK]
+    (EARLY BLOCK a power of two)."""
+    r = tl.arange(0, EARLY * BLOCK)
+    return (pid + nprog * (r // BLOCK)) * BLOCK + r % BLOCK
+
+
+@triton.jit
 def _row_tile(w_ptr, rows, rows_ok, kk, k_ok, k_in):
     """Weight rows ``rows`` [N] where ``rows_ok`` (all K_PAD inputs, nothing past a row's end): [N, K_PAD]."""
     mask = rows_ok[:, None] & k_ok[None, :]
@@ -298,6 +306,7 @@ def _linear_phase(
     INPUT: tl.constexpr, OUTPUT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr,
     HEADS: tl.constexpr, KV_HEADS: tl.constexpr, H_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
     BLOCK_N: tl.constexpr, K_PAD: tl.constexpr, STAGES: tl.constexpr, SYNC: tl.constexpr, DELTA: tl.constexpr,
+    EARLY: tl.constexpr,
 ):  # fmt: skip
     """n_out outputs of a product with a weight of k_in inputs (plus bias), in tiles of BLOCK_N outputs (whole rows;
     two rows per output with OUTPUT 4 and 5), tile t on program t % P.
@@ -305,16 +314,17 @@ def _linear_phase(
     INPUT: the vector at x_ptr (0), its layer norm (1) or RMS norm (3), or the attention's merged partials (2).
     OUTPUT: q/k/v as they are, q to out and k, v into the caches at ``column`` (0); added in place to the residual
     at out (1); through ACT (2); as it is (3); q/k/v pairs rotated (RoPE at ``position``) and stored as 0 does (4);
-    SiLU(gate) * up (5). ``sync_to`` > 0: wait at the grid barrier first, after the first tile's loads are issued;
-    the program's later tiles stream through a loop pipelined STAGES deep. DELTA (a fused MLP's step): the residual,
-    as the norm's input (1, 3) or as the output's (1), has the pending MLP sum at delta_ptr folded in first."""
+    SiLU(gate) * up (5). ``sync_to`` > 0: wait at the grid barrier first, after the loads of the program's first
+    EARLY tiles are issued (``_early``); its later tiles stream through a loop pipelined STAGES deep. DELTA (a
+    fused MLP's step): the residual, as the norm's input (1, 3) or as the output's (1), has the pending MLP sum at
+    delta_ptr folded in first."""
     outs = tl.arange(0, BLOCK_N)
     kk = tl.arange(0, K_PAD)
     k_ok = kk < k_in
-    p = pid * BLOCK_N + outs  # [N]
+    p = _early(pid, nprog, BLOCK_N, EARLY)  # [EARLY N]
     p_ok = p < n_out
     first, second = _pair_rows(p, n_out, OUTPUT, HEAD_DIM)
-    w = _row_tile(w_ptr, first, p_ok, kk, k_ok, k_in)  # [N, K_PAD], before the barrier
+    w = _row_tile(w_ptr, first, p_ok, kk, k_ok, k_in)  # [EARLY N, K_PAD], before the barrier
     w2 = w
     if OUTPUT >= 4:
         w2 = _row_tile(w_ptr, second, p_ok, kk, k_ok, k_in)
@@ -329,7 +339,7 @@ def _linear_phase(
     _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
               position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, HAS_BIAS, ACT, HEADS,
               KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
-    for tile in tl.range(pid + nprog, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
+    for tile in tl.range(pid + EARLY * nprog, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
         p = tile * BLOCK_N + outs
         p_ok = p < n_out
         first, second = _pair_rows(p, n_out, OUTPUT, HEAD_DIM)
@@ -380,7 +390,7 @@ def _mlp_phase(
     x_ptr, norm_w_ptr, norm_b_ptr, eps, w_in_ptr, b_in_ptr, w_out_ptr, delta_ptr, spent_ptr, inner, hidden,
     counter_ptr, error_ptr, sync_to, pid, nprog,
     NORM: tl.constexpr, ACT: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-    D_PAD: tl.constexpr, STAGES: tl.constexpr, SYNC: tl.constexpr,
+    D_PAD: tl.constexpr, STAGES: tl.constexpr, SYNC: tl.constexpr, EARLY: tl.constexpr,
 ):  # fmt: skip
     """The whole MLP as one phase (``fused_mlp``): the norm (NORM: 1 layer, 3 RMS) of the residual at x_ptr, then
     inner units in tiles of BLOCK_M, tile t on program t % P, each through ``_mlp_units`` (w_in: [I, D] first-product
@@ -391,7 +401,7 @@ def _mlp_phase(
     units = tl.arange(0, BLOCK_M)
     kk = tl.arange(0, D_PAD)
     k_ok = kk < hidden
-    j = pid * BLOCK_M + units
+    j = _early(pid, nprog, BLOCK_M, EARLY)  # [EARLY M]
     j_ok = j < inner
     w, w2, wo = _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU)  # before the barrier
     if sync_to > 0:
@@ -401,7 +411,7 @@ def _mlp_phase(
     x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, hidden, eps, kk, k_ok, x_ptr, x_ptr, False, NORM, w.dtype,
                       False)  # fmt: skip
     total = _mlp_units(w, w2, wo, x, j, j_ok, b_in_ptr, ACT, SILU, HAS_BIAS)  # [D_PAD]
-    for tile in tl.range(pid + nprog, tl.cdiv(inner, BLOCK_M), nprog, num_stages=STAGES):
+    for tile in tl.range(pid + EARLY * nprog, tl.cdiv(inner, BLOCK_M), nprog, num_stages=STAGES):
         j = tile * BLOCK_M + units
         j_ok = j < inner
         w, w2, wo = _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU)
@@ -467,7 +477,7 @@ def _gpt2_step_kernel(
     HIDDEN: tl.constexpr, INNER: tl.constexpr, HEADS: tl.constexpr, H_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr, BLOCK_KEYS: tl.constexpr, ACT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
-    PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr, FUSED: tl.constexpr,
+    PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr, FUSED: tl.constexpr, EARLY: tl.constexpr,
 ):  # fmt: skip
     """Phases [first_phase, end_phase) of the step (0: embed; 1 + PHASES l + j: layer l's j-th; 1 + PHASES L: the
     head), a grid barrier before each but the first. BLOCK_D, BLOCK_I, BLOCK_V: weight rows per tile of the products
@@ -512,7 +522,7 @@ def _gpt2_step_kernel(
                 counter_ptr, error_ptr, sync_to, pid, nprog, delta_ptr + (last % 2) * HIDDEN,
                 proj_b_ptr + last * HIDDEN, True,
                 INPUT_LAYER_NORM, OUTPUT_PLAIN, False, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_V, D_PAD, STAGES,
-                SYNC, FUSED,
+                SYNC, FUSED, EARLY,
             )  # fmt: skip
         else:
             layer = tl.cast((phase - 1) // PHASES, tl.int64)
@@ -528,7 +538,7 @@ def _gpt2_step_kernel(
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
                     counter_ptr, error_ptr, sync_to, pid, nprog, spent, spent_bias, layer > 0,
                     INPUT_LAYER_NORM, OUTPUT_QKV, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD,
-                    STAGES, SYNC, FUSED,
+                    STAGES, SYNC, FUSED, EARLY,
                 )  # fmt: skip
             elif kind == 1:
                 _attention_phase(
@@ -543,14 +553,14 @@ def _gpt2_step_kernel(
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
                     counter_ptr, error_ptr, sync_to, pid, nprog, spent, spent_bias, layer > 0,
                     INPUT_ATTENTION, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD,
-                    STAGES, SYNC, FUSED,
+                    STAGES, SYNC, FUSED, EARLY,
                 )  # fmt: skip
             elif FUSED:
                 _mlp_phase(
                     hidden_ptr, ln2_w_ptr + layer * HIDDEN, ln2_b_ptr + layer * HIDDEN, eps,
                     fc_w_ptr + layer * INNER * HIDDEN, fc_b_ptr + layer * INNER, proj_w_ptr + layer * INNER * HIDDEN,
                     delta_ptr + (layer % 2) * HIDDEN, spent, INNER, HIDDEN, counter_ptr, error_ptr, sync_to, pid,
-                    nprog, INPUT_LAYER_NORM, ACT, False, True, BLOCK_M, D_PAD, STAGES, SYNC,
+                    nprog, INPUT_LAYER_NORM, ACT, False, True, BLOCK_M, D_PAD, STAGES, SYNC, EARLY,
                 )  # fmt: skip
             elif kind == 3:
                 _linear_phase(
@@ -559,7 +569,7 @@ def _gpt2_step_kernel(
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
                     counter_ptr, error_ptr, sync_to, pid, nprog, hidden_ptr, hidden_ptr, False,
                     INPUT_LAYER_NORM, OUTPUT_ACTIVATION, True, ACT, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D,
-                    D_PAD, STAGES, SYNC, False,
+                    D_PAD, STAGES, SYNC, False, EARLY,
                 )  # fmt: skip
             else:
                 _linear_phase(
@@ -568,7 +578,7 @@ def _gpt2_step_kernel(
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
                     counter_ptr, error_ptr, sync_to, pid, nprog, hidden_ptr, hidden_ptr, False,
                     INPUT_PLAIN, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
-                    STAGES, SYNC, False,
+                    STAGES, SYNC, False, EARLY,
                 )  # fmt: skip
     if _grid_leave(counter_ptr, arrivals, nprog, SYNC) and ADVANCE:  # every program has read the length
         tl.store(length_ptr, column + 1)
@@ -585,7 +595,7 @@ def _llama_step_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr,
     BLOCK_KEYS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, HAS_O_BIAS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
-    PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr, FUSED: tl.constexpr,
+    PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr, FUSED: tl.constexpr, EARLY: tl.constexpr,
 ):  # fmt: skip
     """The Llama family's step, as ``_gpt2_step_kernel`` (phases, barriers, tiles, FUSED): RMS norms, q/k/v rotated
     in pairs (BLOCK_D / 2 pairs per tile), grouped-query attention, SiLU(gate) * up over [2 I, D] gate-then-up
@@ -620,7 +630,7 @@ def _llama_step_kernel(
                 cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, delta_ptr + (last % 2) * HIDDEN,
                 hidden_ptr, False,
                 INPUT_RMS_NORM, OUTPUT_PLAIN, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_V, D_PAD,
-                STAGES, SYNC, FUSED,
+                STAGES, SYNC, FUSED, EARLY,
             )  # fmt: skip
         else:
             layer = tl.cast((phase - 1) // PHASES, tl.int64)
@@ -637,7 +647,7 @@ def _llama_step_kernel(
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
                     cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, spent, hidden_ptr, False,
                     INPUT_RMS_NORM, OUTPUT_ROPE, HAS_QKV_BIAS, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS,
-                    BLOCK_D // 2, D_PAD, STAGES, SYNC, FUSED,
+                    BLOCK_D // 2, D_PAD, STAGES, SYNC, FUSED, EARLY,
                 )  # fmt: skip
             elif kind == 1:
                 _attention_phase(
@@ -652,14 +662,14 @@ def _llama_step_kernel(
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
                     cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, spent, hidden_ptr, False,
                     INPUT_ATTENTION, OUTPUT_RESIDUAL, HAS_O_BIAS, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS,
-                    BLOCK_D, H_PAD * HEAD_DIM, STAGES, SYNC, FUSED,
+                    BLOCK_D, H_PAD * HEAD_DIM, STAGES, SYNC, FUSED, EARLY,
                 )  # fmt: skip
             elif FUSED:
                 _mlp_phase(
                     hidden_ptr, post_norm_ptr + layer * HIDDEN, post_norm_ptr, eps,
                     gate_up_ptr + layer * 2 * INNER * HIDDEN, gate_up_ptr, down_ptr + layer * INNER * HIDDEN,
                     delta_ptr + (layer % 2) * HIDDEN, spent, INNER, HIDDEN, counter_ptr, error_ptr, sync_to, pid,
-                    nprog, INPUT_RMS_NORM, 0, True, False, BLOCK_M, D_PAD, STAGES, SYNC,
+                    nprog, INPUT_RMS_NORM, 0, True, False, BLOCK_M, D_PAD, STAGES, SYNC, EARLY,
                 )  # fmt: skip
             elif kind == 3:
                 _linear_phase(
@@ -668,7 +678,7 @@ def _llama_step_kernel(
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
                     cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, hidden_ptr, hidden_ptr, False,
                     INPUT_RMS_NORM, OUTPUT_SILU, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS,
-                    BLOCK_D // 2, D_PAD, STAGES, SYNC, False,
+                    BLOCK_D // 2, D_PAD, STAGES, SYNC, False, EARLY,
                 )  # fmt: skip
             else:
                 _linear_phase(
@@ -677,7 +687,7 @@ def _llama_step_kernel(
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
                     cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, hidden_ptr, hidden_ptr, False,
                     INPUT_PLAIN, OUTPUT_RESIDUAL, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
-                    STAGES, SYNC, False,
+                    STAGES, SYNC, False, EARLY,
                 )  # fmt: skip
     if _grid_leave(counter_ptr, arrivals, nprog, SYNC) and ADVANCE:  # every program has read the length
         tl.store(length_ptr, column + 1)
@@ -696,6 +706,8 @@ class PersistentShape:
     loop's depth). warps: per program. phase_launches: one launch per phase instead of barriers. fused_mlp: the MLP
     as one phase summed across programs with float32 atomics (four phases a layer instead of five; a transposed copy
     of the second MLP product's weights; see ``_mlp_phase``), mlp_tile_elements: its weights per tile and matrix.
+    early_tiles (1, 2 or 4): tiles per phase whose loads a program issues before it waits at the phase's barrier
+    (the rest stream after it).
     """
 
     programs: int = 0
@@ -710,6 +722,11 @@ class PersistentShape:
     phase_launches: bool = False
     fused_mlp: bool = False
     mlp_tile_elements: int = 4096
+    early_tiles: int = 1
+
+    def __post_init__(self) -> None:
+        if self.early_tiles not in (1, 2, 4):
+            raise ValueError(f"PersistentShape.early_tiles={self.early_tiles}: expected 1, 2 or 4")
 
     @property
     def phases_per_layer(self) -> int:
@@ -763,6 +780,7 @@ class PersistentStep:
         self._scratch: dict[int, tuple[torch.Tensor, ...]] = {}
         self._checked: set[int] = set()  # cache sizes whose first launch passed every barrier
         self._pending: torch.Tensor | None = None
+        self.compiled: object = None  # the last launch's compiled kernel (its registers and spills, for the diag)
 
     def failed(self) -> bool:
         """Whether a barrier has given up waiting (some program never ran beside the others): outputs since are
@@ -926,8 +944,9 @@ class PersistentGPT2(PersistentStep):
                 triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
                 min(self.shape.block_keys, split_keys), self.act, block_d, block_i, block_v, block_m,
                 self.shape.stages, self.shape.phases_per_layer, sync, len(ranges) == 1, self.shape.fused_mlp,
-                num_warps=self.shape.warps,
+                self.shape.early_tiles, num_warps=self.shape.warps,
             )  # fmt: skip
+            self.compiled = compiled
             if sync:
                 self.check_residency(compiled)
         self.finish(length, len(ranges), sync, max_length)
@@ -1009,8 +1028,9 @@ class PersistentLlama(PersistentStep):
                 self.head_dim, triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
                 min(self.shape.block_keys, split_keys), s.qkv_bias is not None, s.o_bias is not None,
                 block_d, block_i, block_v, block_m, self.shape.stages, self.shape.phases_per_layer, sync,
-                len(ranges) == 1, self.shape.fused_mlp, num_warps=self.shape.warps,
+                len(ranges) == 1, self.shape.fused_mlp, self.shape.early_tiles, num_warps=self.shape.warps,
             )  # fmt: skip
+            self.compiled = compiled
             if sync:
                 self.check_residency(compiled)
         self.finish(length, len(ranges), sync, max_length)
