@@ -28,10 +28,10 @@ pytestmark = pytest.mark.skipif(
 
 # Small tiles and splits, so that the tiny model's products take several tiles per program and its attention several
 # splits; the barrier's shape (every SM) only where barriers run. Several programs load two tiles before a phase's
-# barrier, one program one.
+# barrier, one program one; without barriers the tiles after those are read one ahead into registers (stages 0).
 SHAPES = {
     "one program": dict(
-        programs=1, tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024
+        programs=1, tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024, stages=0
     ),
     "phase launches": dict(
         programs=3,
@@ -42,6 +42,7 @@ SHAPES = {
         head_tile_elements=1024,
         phase_launches=True,
         early_tiles=2,
+        stages=0,
     ),
     "grid barrier": dict(
         tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024, early_tiles=2

@@ -140,7 +140,9 @@ def phases() -> None:
         for shape in (
             PersistentShape(phase_launches=True),
             PersistentShape(phase_launches=True, fused_mlp=True),
-            PersistentShape(phase_launches=True, programs_per_sm=8, **narrow(1)),
+            PersistentShape(phase_launches=True, stages=0),
+            PersistentShape(phase_launches=True, stages=0, fused_mlp=True),
+            PersistentShape(phase_launches=True, stages=0, programs_per_sm=2),
         ):
             step = persistent_step(fast, shape)
             per_layer = shape.phases_per_layer
@@ -181,12 +183,6 @@ def phase_weights(step, per_layer: int) -> dict[str, list[torch.Tensor]]:
     return found
 
 
-def narrow(warps: int) -> dict:
-    """A program of ``warps`` warps whose tiles are a row of 2048 weights per warp (and keys to match)."""
-    tile = 2048 * warps
-    return {"warps": warps, "tile_elements": tile, "head_tile_elements": tile, "block_keys": 32 * warps}
-
-
 def step() -> None:
     for shape_name in sys.argv[2].split(",") if len(sys.argv) > 2 else ["gpt2"]:
         decoder, token = prepared(shape_name)
@@ -218,17 +214,16 @@ def step() -> None:
                 PersistentShape(),
                 PersistentShape(early_tiles=2),
                 PersistentShape(early_tiles=4, tile_elements=4096),
-                PersistentShape(early_tiles=4, warps=8),
                 PersistentShape(early_tiles=2, programs_per_sm=2),
                 PersistentShape(early_tiles=2, max_splits=8),
                 PersistentShape(early_tiles=2, **fused),
                 PersistentShape(early_tiles=2, programs_per_sm=2, max_splits=8, **fused),
-                PersistentShape(programs_per_sm=2, max_splits=8, fused_mlp=True, mlp_tile_elements=8192),
-                # Programs of one or two warps, several per SM, whose tiles' rows do not span warps.
-                PersistentShape(programs_per_sm=4, **narrow(1)),
-                PersistentShape(programs_per_sm=8, **narrow(1)),
-                PersistentShape(programs_per_sm=8, early_tiles=2, **narrow(1)),
-                PersistentShape(programs_per_sm=4, **narrow(2)),
+                # No pipelined loop: each tile's successor read into registers while the tile is multiplied.
+                PersistentShape(stages=0),
+                PersistentShape(stages=0, early_tiles=2),
+                PersistentShape(stages=0, programs_per_sm=2),
+                PersistentShape(stages=0, early_tiles=2, **fused),
+                PersistentShape(stages=0, programs_per_sm=2, max_splits=8, **fused),
             ]
         for shape in variants:
             step = persistent_step(fast, shape)

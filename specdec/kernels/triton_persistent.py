@@ -315,41 +315,63 @@ def _linear_phase(
     OUTPUT: q/k/v as they are, q to out and k, v into the caches at ``column`` (0); added in place to the residual
     at out (1); through ACT (2); as it is (3); q/k/v pairs rotated (RoPE at ``position``) and stored as 0 does (4);
     SiLU(gate) * up (5). ``sync_to`` > 0: wait at the grid barrier first, after the loads of the program's first
-    EARLY tiles are issued (``_early``); its later tiles stream through a loop pipelined STAGES deep. DELTA (a
-    fused MLP's step): the residual, as the norm's input (1, 3) or as the output's (1), has the pending MLP sum at
-    delta_ptr folded in first."""
-    outs = tl.arange(0, BLOCK_N)
+    EARLY tiles are issued (``_early``); its later tiles stream through a loop pipelined STAGES deep (STAGES 0: one
+    tile read ahead into registers, the first of them before the barrier too). DELTA (a fused MLP's step): the
+    residual, as the norm's input (1, 3) or as the output's (1), has the pending MLP sum at delta_ptr folded in
+    first."""
     kk = tl.arange(0, K_PAD)
     k_ok = kk < k_in
-    p = _early(pid, nprog, BLOCK_N, EARLY)  # [EARLY N]
-    p_ok = p < n_out
-    first, second = _pair_rows(p, n_out, OUTPUT, HEAD_DIM)
-    w = _row_tile(w_ptr, first, p_ok, kk, k_ok, k_in)  # [EARLY N, K_PAD], before the barrier
-    w2 = w
+    p0 = _early(pid, nprog, BLOCK_N, EARLY)  # [EARLY N]
+    p0_ok = p0 < n_out
+    first0, second0 = _pair_rows(p0, n_out, OUTPUT, HEAD_DIM)
+    w0 = _row_tile(w_ptr, first0, p0_ok, kk, k_ok, k_in)  # [EARLY N, K_PAD], before the barrier
+    w20 = w0
     if OUTPUT >= 4:
-        w2 = _row_tile(w_ptr, second, p_ok, kk, k_ok, k_in)
+        w20 = _row_tile(w_ptr, second0, p0_ok, kk, k_ok, k_in)
+    start = pid + EARLY * nprog
+    if STAGES == 0:  # the tile after the early ones, also before the barrier
+        p, p_ok, first, second, w, w2 = _next_tile(w_ptr, start, n_out, k_in, kk, k_ok, BLOCK_N, OUTPUT, HEAD_DIM)
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
     if INPUT == 2:
         x = _merged_attention(max_ptr, sum_ptr, acc_ptr, column, split_keys, HEADS, H_PAD, HEAD_DIM, SPLITS)
-        x = x.to(w.dtype).to(tl.float32)  # the attention's output, rounded as the kernel stores it
+        x = x.to(w0.dtype).to(tl.float32)  # the attention's output, rounded as the kernel stores it
     else:
         x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, delta_ptr, delta_bias_ptr,
-                          delta_bias_ok, INPUT, w.dtype, DELTA)  # fmt: skip
-    _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
-              position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, HAS_BIAS, ACT, HEADS,
-              KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
-    for tile in tl.range(pid + EARLY * nprog, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
-        p = tile * BLOCK_N + outs
-        p_ok = p < n_out
-        first, second = _pair_rows(p, n_out, OUTPUT, HEAD_DIM)
-        w = _row_tile(w_ptr, first, p_ok, kk, k_ok, k_in)
-        w2 = w
-        if OUTPUT >= 4:
-            w2 = _row_tile(w_ptr, second, p_ok, kk, k_ok, k_in)
-        _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
-                  max_length, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, HAS_BIAS,
-                  ACT, HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
+                          delta_bias_ok, INPUT, w0.dtype, DELTA)  # fmt: skip
+    _tile_out(w0, w20, x, p0, p0_ok, first0, second0, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
+              max_length, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, HAS_BIAS, ACT,
+              HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
+    if STAGES == 0:  # each tile's successor read into registers before the tile is multiplied
+        for tile in tl.range(start, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=1):
+            pn, pn_ok, first_n, second_n, wn, w2n = _next_tile(
+                w_ptr, tile + nprog, n_out, k_in, kk, k_ok, BLOCK_N, OUTPUT, HEAD_DIM
+            )
+            _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
+                      max_length, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT,
+                      HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
+            p, p_ok, first, second, w, w2 = pn, pn_ok, first_n, second_n, wn, w2n
+    else:
+        for tile in tl.range(start, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
+            p, p_ok, first, second, w, w2 = _next_tile(w_ptr, tile, n_out, k_in, kk, k_ok, BLOCK_N, OUTPUT, HEAD_DIM)
+            _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
+                      max_length, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT,
+                      HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
+
+
+@triton.jit
+def _next_tile(w_ptr, tile, n_out, k_in, kk, k_ok, BLOCK_N: tl.constexpr, OUTPUT: tl.constexpr,
+               HEAD_DIM: tl.constexpr):  # fmt: skip
+    """Tile ``tile`` of a product (``_linear_phase``): its outputs p [N], which of them exist, their weight rows and
+    second rows, and the weights of both [N, K_PAD] (nothing read past the last tile)."""
+    p = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    p_ok = p < n_out
+    first, second = _pair_rows(p, n_out, OUTPUT, HEAD_DIM)
+    w = _row_tile(w_ptr, first, p_ok, kk, k_ok, k_in)
+    w2 = w
+    if OUTPUT >= 4:
+        w2 = _row_tile(w_ptr, second, p_ok, kk, k_ok, k_in)
+    return p, p_ok, first, second, w, w2
 
 
 @triton.jit
@@ -401,21 +423,34 @@ def _mlp_phase(
     units = tl.arange(0, BLOCK_M)
     kk = tl.arange(0, D_PAD)
     k_ok = kk < hidden
-    j = _early(pid, nprog, BLOCK_M, EARLY)  # [EARLY M]
-    j_ok = j < inner
-    w, w2, wo = _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU)  # before the barrier
+    j0 = _early(pid, nprog, BLOCK_M, EARLY)  # [EARLY M]
+    j0_ok = j0 < inner
+    w0, w20, wo0 = _mlp_rows(w_in_ptr, w_out_ptr, j0, j0_ok, kk, k_ok, inner, hidden, SILU)  # before the barrier
+    start = pid + EARLY * nprog
+    if STAGES == 0:  # the tile after the early ones, also before the barrier
+        j = start * BLOCK_M + units
+        j_ok = j < inner
+        w, w2, wo = _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU)
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
     if pid == 0:
         tl.store(spent_ptr + kk, tl.zeros((D_PAD,), tl.float32), mask=k_ok)
-    x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, hidden, eps, kk, k_ok, x_ptr, x_ptr, False, NORM, w.dtype,
+    x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, hidden, eps, kk, k_ok, x_ptr, x_ptr, False, NORM, w0.dtype,
                       False)  # fmt: skip
-    total = _mlp_units(w, w2, wo, x, j, j_ok, b_in_ptr, ACT, SILU, HAS_BIAS)  # [D_PAD]
-    for tile in tl.range(pid + EARLY * nprog, tl.cdiv(inner, BLOCK_M), nprog, num_stages=STAGES):
-        j = tile * BLOCK_M + units
-        j_ok = j < inner
-        w, w2, wo = _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU)
-        total += _mlp_units(w, w2, wo, x, j, j_ok, b_in_ptr, ACT, SILU, HAS_BIAS)
+    total = _mlp_units(w0, w20, wo0, x, j0, j0_ok, b_in_ptr, ACT, SILU, HAS_BIAS)  # [D_PAD]
+    if STAGES == 0:  # each tile's successor read into registers before the tile is multiplied
+        for tile in tl.range(start, tl.cdiv(inner, BLOCK_M), nprog, num_stages=1):
+            jn = (tile + nprog) * BLOCK_M + units
+            jn_ok = jn < inner
+            wn, w2n, won = _mlp_rows(w_in_ptr, w_out_ptr, jn, jn_ok, kk, k_ok, inner, hidden, SILU)
+            total += _mlp_units(w, w2, wo, x, j, j_ok, b_in_ptr, ACT, SILU, HAS_BIAS)
+            j, j_ok, w, w2, wo = jn, jn_ok, wn, w2n, won
+    else:
+        for tile in tl.range(start, tl.cdiv(inner, BLOCK_M), nprog, num_stages=STAGES):
+            j = tile * BLOCK_M + units
+            j_ok = j < inner
+            w, w2, wo = _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU)
+            total += _mlp_units(w, w2, wo, x, j, j_ok, b_in_ptr, ACT, SILU, HAS_BIAS)
     if pid * BLOCK_M < inner:  # a program with units: its share of the sum
         tl.atomic_add(delta_ptr + kk, total, mask=k_ok, sem="relaxed", scope="gpu")
 
@@ -703,7 +738,8 @@ class PersistentShape:
     splits, so that a head has at most max_splits (the merge reads them all in one load). block_keys: keys per load
     within a split (compiled for sm_90 with Triton 3.6 and the launch's 16-byte alignment, 128 spills no register on
     the GPT-2, 1B and 8B shapes; 32 spills 136 bytes on GPT-2). stages: tiles in flight per program (the pipelined
-    loop's depth). warps: per program. phase_launches: one launch per phase instead of barriers. fused_mlp: the MLP
+    loop's depth; 0: no pipelined loop, each tile's successor read into registers before the tile is multiplied).
+    warps: per program. phase_launches: one launch per phase instead of barriers. fused_mlp: the MLP
     as one phase summed across programs with float32 atomics (four phases a layer instead of five; a transposed copy
     of the second MLP product's weights; see ``_mlp_phase``), mlp_tile_elements: its weights per tile and matrix.
     early_tiles (1, 2 or 4): tiles per phase whose loads a program issues before it waits at the phase's barrier
