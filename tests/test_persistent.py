@@ -188,3 +188,23 @@ def test_the_setting_is_read_by_name(monkeypatch):
     monkeypatch.setenv("SPECDEC_PERSISTENT", "yes")
     with pytest.raises(ConfigError, match="SPECDEC_PERSISTENT='yes': expected one of 0, 1, fused"):
         triton_persistent.enabled()
+
+
+def test_the_shape_setting_names_fields_and_refuses_what_it_cannot_use(monkeypatch):
+    from specdec.errors import ConfigError
+    from specdec.kernels import triton_persistent
+
+    monkeypatch.setenv("SPECDEC_PERSISTENT", "fused")
+    monkeypatch.setenv("SPECDEC_PERSISTENT_SHAPE", " stages=0, early_tiles=2,programs_per_sm=2 ")
+    shape = triton_persistent.default_shape()
+    assert (shape.stages, shape.early_tiles, shape.programs_per_sm, shape.fused_mlp) == (0, 2, 2, True)
+    monkeypatch.setenv("SPECDEC_PERSISTENT_SHAPE", "fused_mlp=0")
+    assert not triton_persistent.default_shape().fused_mlp
+    for value, message in [
+        ("stage=0", "unknown field 'stage'; PersistentShape has programs, "),
+        ("stages=two", "stages='two' is not an integer"),
+        ("early_tiles=3", "early_tiles=3: expected 1, 2 or 4"),
+    ]:
+        monkeypatch.setenv("SPECDEC_PERSISTENT_SHAPE", value)
+        with pytest.raises(ConfigError, match=f"SPECDEC_PERSISTENT_SHAPE: .*{message}"):
+            triton_persistent.default_shape()

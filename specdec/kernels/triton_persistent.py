@@ -67,6 +67,7 @@ from specdec.fast.llama import FastLlama
 
 ENV_PERSISTENT = "SPECDEC_PERSISTENT"  # "1": one-token forwards run as one persistent kernel; "fused": MLP in one phase
 PERSISTENT_VALUES = ("0", "1", "fused")
+ENV_SHAPE = "SPECDEC_PERSISTENT_SHAPE"  # "stages=0,early_tiles=2": PersistentShape fields, to try cuts end to end
 
 SPIN_LIMIT = tl.constexpr(1 << 16)  # polls of a barrier's counter before it gives up (tens of milliseconds)
 OPEN = tl.constexpr(1 << 30)  # or-ed into the counter by a barrier that gave up: every later wait passes at once
@@ -775,8 +776,24 @@ class PersistentShape:
 
 
 def default_shape() -> PersistentShape:
-    """The step's cut when none is asked for: the defaults, with the fused MLP where ``SPECDEC_PERSISTENT=fused``."""
-    return PersistentShape(fused_mlp=os.environ.get(ENV_PERSISTENT, "").strip() == "fused")
+    """The step's cut when none is asked for: the defaults, with the fused MLP where ``SPECDEC_PERSISTENT=fused``,
+    and any fields ``SPECDEC_PERSISTENT_SHAPE`` names (``stages=0,early_tiles=2``: integers, or 0/1 for flags)."""
+    fields: dict[str, int | bool] = {"fused_mlp": os.environ.get(ENV_PERSISTENT, "").strip() == "fused"}
+    known = {name: type(value) for name, value in vars(PersistentShape()).items()}
+    for item in filter(None, (part.strip() for part in os.environ.get(ENV_SHAPE, "").split(","))):
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in known:
+            raise ConfigError(f"{ENV_SHAPE}: unknown field {name!r}; PersistentShape has {', '.join(known)}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{ENV_SHAPE}: {name}={value.strip()!r} is not an integer") from None
+        fields[name] = bool(number) if known[name] is bool else number
+    try:
+        return PersistentShape(**fields)  # type: ignore[arg-type]  # each field's type is the default's
+    except ValueError as error:
+        raise ConfigError(f"{ENV_SHAPE}: {error}") from None
 
 
 class PersistentStep:
