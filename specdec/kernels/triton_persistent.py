@@ -420,7 +420,7 @@ def _mlp_phase(
     rows, GELU with its bias, or with SILU [2 I, D] gate then up rows; w_out: the second product transposed, [I, D]);
     a program sums its tiles' shares and adds them to delta_ptr [D] (float32 atomics), the MLP's output before its
     bias, which the next phases fold into the residual. Program 0 zeroes spent_ptr [D], the previous layer's sum,
-    which the phase before this one folded in."""
+    which the phase before this one folded in. EARLY and STAGES as in ``_linear_phase``."""
     units = tl.arange(0, BLOCK_M)
     kk = tl.arange(0, D_PAD)
     k_ok = kk < hidden
