@@ -322,16 +322,14 @@ def _linear_phase(
     first."""
     kk = tl.arange(0, K_PAD)
     k_ok = kk < k_in
-    p0 = _early(pid, nprog, BLOCK_N, EARLY)  # [EARLY N]
-    p0_ok = p0 < n_out
-    first0, second0 = _pair_rows(p0, n_out, OUTPUT, HEAD_DIM)
-    w0 = _row_tile(w_ptr, first0, p0_ok, kk, k_ok, k_in)  # [EARLY N, K_PAD], before the barrier
-    w20 = w0
-    if OUTPUT >= 4:
-        w20 = _row_tile(w_ptr, second0, p0_ok, kk, k_ok, k_in)
+    outs = tl.arange(0, BLOCK_N)
+    # [EARLY N] outputs and [EARLY N, K_PAD] weights, before the barrier
+    p0, p0_ok, first0, second0, w0, w20 = _tile_at(w_ptr, _early(pid, nprog, BLOCK_N, EARLY), n_out, k_in, kk, k_ok,
+                                                   OUTPUT, HEAD_DIM)  # fmt: skip
     start = pid + EARLY * nprog
     if STAGES == 0:  # the tile after the early ones, also before the barrier
-        p, p_ok, first, second, w, w2 = _next_tile(w_ptr, start, n_out, k_in, kk, k_ok, BLOCK_N, OUTPUT, HEAD_DIM)
+        p, p_ok, first, second, w, w2 = _tile_at(w_ptr, start * BLOCK_N + outs, n_out, k_in, kk, k_ok, OUTPUT,
+                                                 HEAD_DIM)  # fmt: skip
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
     if INPUT == 2:
@@ -345,8 +343,8 @@ def _linear_phase(
               HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
     if STAGES == 0:  # each tile's successor read into registers before the tile is multiplied
         for tile in tl.range(start, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=1):
-            pn, pn_ok, first_n, second_n, wn, w2n = _next_tile(
-                w_ptr, tile + nprog, n_out, k_in, kk, k_ok, BLOCK_N, OUTPUT, HEAD_DIM
+            pn, pn_ok, first_n, second_n, wn, w2n = _tile_at(
+                w_ptr, (tile + nprog) * BLOCK_N + outs, n_out, k_in, kk, k_ok, OUTPUT, HEAD_DIM
             )
             _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
                       max_length, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT,
@@ -354,18 +352,17 @@ def _linear_phase(
             p, p_ok, first, second, w, w2 = pn, pn_ok, first_n, second_n, wn, w2n
     else:
         for tile in tl.range(start, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
-            p, p_ok, first, second, w, w2 = _next_tile(w_ptr, tile, n_out, k_in, kk, k_ok, BLOCK_N, OUTPUT, HEAD_DIM)
+            p, p_ok, first, second, w, w2 = _tile_at(w_ptr, tile * BLOCK_N + outs, n_out, k_in, kk, k_ok, OUTPUT,
+                                                     HEAD_DIM)  # fmt: skip
             _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
                       max_length, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT,
                       HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
 
 
 @triton.jit
-def _next_tile(w_ptr, tile, n_out, k_in, kk, k_ok, BLOCK_N: tl.constexpr, OUTPUT: tl.constexpr,
-               HEAD_DIM: tl.constexpr):  # fmt: skip
-    """Tile ``tile`` of a product (``_linear_phase``): its outputs p [N], which of them exist, their weight rows and
-    second rows, and the weights of both [N, K_PAD] (nothing read past the last tile)."""
-    p = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+def _tile_at(w_ptr, p, n_out, k_in, kk, k_ok, OUTPUT: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Outputs p [N] of a product (``_linear_phase``): p, which of them exist, their weight rows and second rows,
+    and the weights of both [N, K_PAD] (nothing read past the last output)."""
     p_ok = p < n_out
     first, second = _pair_rows(p, n_out, OUTPUT, HEAD_DIM)
     w = _row_tile(w_ptr, first, p_ok, kk, k_ok, k_in)
