@@ -195,7 +195,7 @@ def test_the_shape_setting_names_fields_and_refuses_what_it_cannot_use(monkeypat
     from specdec.kernels import triton_persistent
 
     monkeypatch.setenv("SPECDEC_PERSISTENT", "fused")
-    monkeypatch.setenv("SPECDEC_PERSISTENT_SHAPE", " stages=0, early_tiles=2,programs_per_sm=2 ")
+    monkeypatch.setenv("SPECDEC_PERSISTENT_SHAPE", " stages=0, early_tiles=2 programs_per_sm=2 ")
     shape = triton_persistent.default_shape()
     assert (shape.stages, shape.early_tiles, shape.programs_per_sm, shape.fused_mlp) == (0, 2, 2, True)
     monkeypatch.setenv("SPECDEC_PERSISTENT_SHAPE", "fused_mlp=0")

@@ -55,6 +55,7 @@ programs.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +68,7 @@ from specdec.fast.llama import FastLlama
 
 ENV_PERSISTENT = "SPECDEC_PERSISTENT"  # "1": one-token forwards run as one persistent kernel; "fused": MLP in one phase
 PERSISTENT_VALUES = ("0", "1", "fused")
-ENV_SHAPE = "SPECDEC_PERSISTENT_SHAPE"  # "stages=0,early_tiles=2": PersistentShape fields, to try cuts end to end
+ENV_SHAPE = "SPECDEC_PERSISTENT_SHAPE"  # "stages=0,early_tiles=2" (or spaces): PersistentShape fields, to try cuts
 
 SPIN_LIMIT = tl.constexpr(1 << 16)  # polls of a barrier's counter before it gives up (tens of milliseconds)
 OPEN = tl.constexpr(1 << 30)  # or-ed into the counter by a barrier that gave up: every later wait passes at once
@@ -774,23 +775,83 @@ class PersistentShape:
 
 def default_shape() -> PersistentShape:
     """The step's cut when none is asked for: the defaults, with the fused MLP where ``SPECDEC_PERSISTENT=fused``,
-    and any fields ``SPECDEC_PERSISTENT_SHAPE`` names (``stages=0,early_tiles=2``: integers, or 0/1 for flags)."""
-    fields: dict[str, int | bool] = {"fused_mlp": os.environ.get(ENV_PERSISTENT, "").strip() == "fused"}
+    and any fields ``SPECDEC_PERSISTENT_SHAPE`` names (see ``parse_shape``)."""
+    fused = os.environ.get(ENV_PERSISTENT, "").strip() == "fused"
+    return parse_shape(os.environ.get(ENV_SHAPE, ""), ENV_SHAPE, fused_mlp=fused)
+
+
+def parse_shape(text: str, source: str, **fields: int | bool) -> PersistentShape:
+    """A shape from ``fields`` and the ones ``text`` names (``stages=0,early_tiles=2`` or ``stages=0 early_tiles=2``:
+    integers, or 0/1 for flags); ``source`` (a variable, an argument) names the text in a ``ConfigError`` for an
+    unknown field, a value that is not an integer or one the shape refuses."""
     known = {name: type(value) for name, value in vars(PersistentShape()).items()}
-    for item in filter(None, (part.strip() for part in os.environ.get(ENV_SHAPE, "").split(","))):
+    for item in filter(None, re.split(r"[,\s]+", text)):
         name, _, value = item.partition("=")
         name = name.strip()
         if name not in known:
-            raise ConfigError(f"{ENV_SHAPE}: unknown field {name!r}; PersistentShape has {', '.join(known)}")
+            raise ConfigError(f"{source}: unknown field {name!r}; PersistentShape has {', '.join(known)}")
         try:
             number = int(value)
         except ValueError:
-            raise ConfigError(f"{ENV_SHAPE}: {name}={value.strip()!r} is not an integer") from None
+            raise ConfigError(f"{source}: {name}={value.strip()!r} is not an integer") from None
         fields[name] = bool(number) if known[name] is bool else number
     try:
         return PersistentShape(**fields)  # type: ignore[arg-type]  # each field's type is the default's
     except ValueError as error:
-        raise ConfigError(f"{ENV_SHAPE}: {error}") from None
+        raise ConfigError(f"{source}: {error}") from None
+
+
+@dataclass(frozen=True)
+class StepWidths:
+    """A model's widths, which the step kernel is compiled for (with the shape and the cache's splits). GPT-2
+    (``act``: its GELU as ``GELU`` numbers it) has no key-value heads of its own: kv_heads is heads there."""
+
+    family: str  # "gpt2" or "llama"
+    hidden: int
+    inner: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    act: int = 0
+    qkv_bias: bool = False
+    o_bias: bool = False
+
+
+def step_constants(
+    widths: StepWidths, shape: PersistentShape, max_length: int, sync: bool, advance: bool
+) -> dict[str, int | bool]:
+    """The step kernel's compile-time arguments by name (``_gpt2_step_kernel``, ``_llama_step_kernel``), for a cache
+    of ``max_length`` columns: what a launch passes, and what ``scripts/diag/compile_sm90.py`` compiles without a
+    GPU. Tiles hold whole rows: ``tile_elements`` weights (at least two rows per tile of the Llama family's pairs)."""
+    d_pad, i_pad = triton.next_power_of_2(widths.hidden), triton.next_power_of_2(widths.inner)
+    split_keys, splits = shape.splits(max_length)
+    llama = widths.family == "llama"
+    constants: dict[str, int | bool] = {
+        "HIDDEN": widths.hidden,
+        "INNER": widths.inner,
+        "HEADS": widths.heads,
+        "H_PAD": triton.next_power_of_2(widths.heads),
+        "HEAD_DIM": widths.head_dim,
+        "D_PAD": d_pad,
+        "I_PAD": i_pad,
+        "SPLITS": splits,
+        "BLOCK_KEYS": min(shape.block_keys, split_keys),
+        "BLOCK_D": max(2 if llama else 1, shape.tile_elements // d_pad),
+        "BLOCK_I": max(1, shape.tile_elements // i_pad),
+        "BLOCK_V": max(1, shape.head_tile_elements // d_pad),
+        "BLOCK_M": max(1, shape.mlp_tile_elements // d_pad),
+        "STAGES": shape.stages,
+        "PHASES": shape.phases_per_layer,
+        "SYNC": sync,
+        "ADVANCE": advance,
+        "FUSED": shape.fused_mlp,
+        "EARLY": shape.early_tiles,
+    }
+    if llama:
+        constants |= {"KV_HEADS": widths.kv_heads, "HAS_QKV_BIAS": widths.qkv_bias, "HAS_O_BIAS": widths.o_bias}
+    else:
+        constants["ACT"] = widths.act
+    return constants
 
 
 class PersistentStep:
@@ -916,19 +977,6 @@ class PersistentStep:
         ranges = [(p, p + 1) for p in range(end)] if self.shape.phase_launches else [(0, end)]
         return ranges, self.programs > 1 and not self.shape.phase_launches
 
-    def blocks(self, rows_per_output: int = 1) -> tuple[int, int, int, int]:
-        """Rows per tile of the products over D inputs (at least ``rows_per_output``), over I inputs, of the output
-        layer, and inner units per tile of the fused MLP."""
-        d_pad, i_pad = triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner)
-        block_d = max(rows_per_output, self.shape.tile_elements // d_pad)
-        block_m = max(1, self.shape.mlp_tile_elements // d_pad)
-        return (
-            block_d,
-            max(1, self.shape.tile_elements // i_pad),
-            max(1, self.shape.head_tile_elements // d_pad),
-            block_m,
-        )
-
     def pending(self) -> torch.Tensor:
         """The fused MLP's sums, [2, D] float32 (see ``_gpt2_step_kernel``)."""
         if self._pending is None:
@@ -955,7 +1003,7 @@ class PersistentGPT2(PersistentStep):
         self.stack = stack
         self.position_embed, self.final_norm, self.lm_head = position_embed, final_norm, lm_head
         self.eps = eps
-        self.act = GELU[gelu]
+        self.widths = StepWidths("gpt2", self.hidden, self.inner, num_heads, num_heads, self.head_dim, act=GELU[gelu])
         with torch.no_grad():  # the fused MLP reads the second product's weight transposed: [L, I, D]
             self.proj = stack.proj.transpose(1, 2).contiguous() if self.shape.fused_mlp else stack.proj
 
@@ -976,12 +1024,12 @@ class PersistentGPT2(PersistentStep):
         self.check_inputs(input_ids, length, positions, cache_k)
         max_length = cache_k.shape[3]
         hidden, q, maxima, sums, partial, inner = self.buffers(max_length)
-        split_keys, splits = self.shape.splits(max_length)
+        split_keys, _ = self.shape.splits(max_length)
         vocab = self.lm_head.shape[0]
         logits = torch.empty(vocab, dtype=torch.float32, device=self.embed.device)
         s = self.stack
-        block_d, block_i, block_v, block_m = self.blocks()
         ranges, sync = self.launches(num_layers)
+        constants = step_constants(self.widths, self.shape, max_length, sync, advance=len(ranges) == 1)
         for first, stop in ranges:
             compiled = _gpt2_step_kernel[(self.programs,)](
                 input_ids, length, positions, key_valid, self.embed, self.position_embed,
@@ -990,11 +1038,7 @@ class PersistentGPT2(PersistentStep):
                 cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits, self.pending(),
                 self.counter, self.counter[1:],
                 self.eps, self.head_dim**-0.5, vocab, max_length, num_layers, split_keys, first, stop,
-                self.hidden, self.inner, self.num_heads, triton.next_power_of_2(self.num_heads), self.head_dim,
-                triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
-                min(self.shape.block_keys, split_keys), self.act, block_d, block_i, block_v, block_m,
-                self.shape.stages, self.shape.phases_per_layer, sync, len(ranges) == 1, self.shape.fused_mlp,
-                self.shape.early_tiles, num_warps=self.shape.warps,
+                **constants, num_warps=self.shape.warps,
             )  # fmt: skip
             self.compiled = compiled
             if sync:
@@ -1026,6 +1070,10 @@ class PersistentLlama(PersistentStep):
         self.model = model  # for its final norm and output layer
         self.num_kv_heads = model.num_kv_heads
         layers = model.layers
+        self.widths = StepWidths(
+            "llama", self.hidden, self.inner, model.num_heads, model.num_kv_heads, model.head_dim,
+            qkv_bias=first.qkv_bias is not None, o_bias=first.o_bias is not None,
+        )  # fmt: skip
 
         def stacked(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
             return None if tensors[0] is None else torch.stack([t for t in tensors if t is not None]).contiguous()
@@ -1060,12 +1108,12 @@ class PersistentLlama(PersistentStep):
         self.check_inputs(input_ids, length, positions, cache_k)
         max_length = cache_k.shape[3]
         hidden, q, maxima, sums, partial, inner = self.buffers(max_length)
-        split_keys, splits = self.shape.splits(max_length)
+        split_keys, _ = self.shape.splits(max_length)
         m, s = self.model, self.stack
         vocab = m.lm_head.shape[0]
         logits = torch.empty(vocab, dtype=torch.float32, device=self.embed.device)
-        block_d, block_i, block_v, block_m = self.blocks(rows_per_output=2)
         ranges, sync = self.launches(num_layers)
+        constants = step_constants(self.widths, self.shape, max_length, sync, advance=len(ranges) == 1)
         for first, stop in ranges:
             compiled = _llama_step_kernel[(self.programs,)](
                 input_ids, length, positions, key_valid, self.embed, cos_table, sin_table,
@@ -1074,11 +1122,7 @@ class PersistentLlama(PersistentStep):
                 cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits, self.pending(),
                 self.counter, self.counter[1:],
                 m.eps, m.scale, vocab, max_length, num_layers, split_keys, first, stop,
-                self.hidden, self.inner, self.num_heads, self.num_kv_heads, triton.next_power_of_2(self.num_heads),
-                self.head_dim, triton.next_power_of_2(self.hidden), triton.next_power_of_2(self.inner), splits,
-                min(self.shape.block_keys, split_keys), s.qkv_bias is not None, s.o_bias is not None,
-                block_d, block_i, block_v, block_m, self.shape.stages, self.shape.phases_per_layer, sync,
-                len(ranges) == 1, self.shape.fused_mlp, self.shape.early_tiles, num_warps=self.shape.warps,
+                **constants, num_warps=self.shape.warps,
             )  # fmt: skip
             self.compiled = compiled
             if sync:

@@ -1,0 +1,131 @@
+"""Compile the persistent step (``specdec.kernels.triton_persistent``) for an H100/H200 (sm_90a) on this machine, with
+no GPU: each variant's registers, spills and shared memory, from the installed Triton's code through the ptxas that
+ships with it. A variant that fails to compile fails here, before a device call is spent on it.
+
+    python scripts/diag/compile_sm90.py gpt2,1b,8b [VARIANT ...]   # VARIANT: PersistentShape fields, as
+                                                                    # SPECDEC_PERSISTENT_SHAPE takes them
+    python scripts/diag/compile_sm90.py 1b "" "warps=8,tile_elements=16384,head_tile_elements=16384,stages=0"
+
+No variant: the default shape. "" is the default too. bfloat16 weights, a cache of 1024 columns, one launch with
+barriers (as on the device); ``--dtype float32`` for float32 weights. Needs triton with its NVIDIA backend (the
+pip wheel has it) and TRITON_INTERPRET unset. Exit status 1 when a variant failed to compile.
+
+Registers and spills here are those of this machine's Triton; the device's may differ (the device has Triton 3.6:
+``pip install --target DIR triton==3.6.0`` and PYTHONPATH=DIR:. to compile with that one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+from triton.compiler import ASTSource
+
+from specdec.kernels.triton_persistent import (
+    GELU,
+    StepWidths,
+    _gpt2_step_kernel,
+    _llama_step_kernel,
+    parse_shape,
+    step_constants,
+)
+from specdec.zoo.synthetic import synthetic_config
+
+SHAPES = {"gpt2": "gpt2", "1b": "llama-3.2-1b", "8b": "llama-3.1-8b"}
+GELU_OF = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+# Pointer arguments that are not the model's dtype (by the kernels' parameter names)
+FLOAT32 = {"max_ptr", "sum_ptr", "acc_ptr", "logits_ptr", "delta_ptr"}
+INT64 = {"ids_ptr", "length_ptr", "positions_ptr"}
+INT32 = {"counter_ptr", "error_ptr"}
+FLOAT_SCALARS = {"eps", "scale"}
+
+
+def widths(shape: str) -> StepWidths:
+    """The widths of a zoo synthetic shape (gpt2, 1b, 8b)."""
+    config = synthetic_config(SHAPES[shape])
+    if shape == "gpt2":
+        hidden = config.n_embd
+        act = GELU[GELU_OF[config.activation_function]]
+        heads = config.n_head
+        return StepWidths("gpt2", hidden, config.n_inner or 4 * hidden, heads, heads, hidden // heads, act=act)
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return StepWidths(
+        "llama", config.hidden_size, config.intermediate_size, heads, config.num_key_value_heads, head_dim,
+        qkv_bias=bool(getattr(config, "attention_bias", False)), o_bias=bool(getattr(config, "attention_bias", False)),
+    )  # fmt: skip
+
+
+def compile_step(step_widths: StepWidths, variant: str, dtype: str, max_length: int = 1024) -> str:
+    """Compile the step for sm_90a; ptxas's summary (registers, spills, shared memory) or raise."""
+    shape = parse_shape(variant, "variant")
+    kernel = _llama_step_kernel if step_widths.family == "llama" else _gpt2_step_kernel
+    constants = step_constants(step_widths, shape, max_length, sync=not shape.phase_launches, advance=True)
+    signature: dict[str, str] = {}
+    attrs: dict[tuple[int, ...], list[list[object]]] = {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = (
+                "*fp32" if name in FLOAT32 else "*i64" if name in INT64 else "*i32" if name in INT32
+                else "*i1" if name == "valid_ptr" else f"*{dtype}"
+            )  # fmt: skip
+            attrs[(index,)] = [["tt.divisibility", 16]]  # as the launcher marks 16-byte aligned tensors
+        else:
+            signature[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": shape.warps})
+    ptxas = get_ptxas(90).path  # the assembler Triton itself uses for this target
+    with tempfile.TemporaryDirectory() as folder:
+        ptx = Path(folder) / "step.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        run = subprocess.run([ptxas, "-arch=sm_90a", "-v", str(ptx), "-o", os.devnull], capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"ptxas failed: {run.stderr.strip()}")
+    said = [line.split("info    : ")[-1].strip() for line in run.stderr.splitlines()]
+    lines = [line for line in said if "Used" in line or "spill" in line]
+    return f"{' | '.join(lines)}; {compiled.metadata.shared} bytes of shared memory"
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause's last line (Triton nests a compile error in one per calling function)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip().strip("^")]
+    return f"{type(error).__name__}: {lines[-1][:400] if lines else ''}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("shapes", help="gpt2, 1b, 8b, comma-separated")
+    parser.add_argument("variants", nargs="*", default=[""], help="PersistentShape fields, e.g. stages=0,warps=8")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this compiles")
+    unknown = [name for name in args.shapes.split(",") if name not in SHAPES]
+    if unknown:
+        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}")
+    failed = 0
+    print(f"triton {triton.__version__}, sm_90a, {args.dtype}", flush=True)
+    for name in args.shapes.split(","):
+        for variant in args.variants:
+            try:
+                summary = compile_step(widths(name), variant, args.dtype)
+            except Exception as error:  # a compile error: name the variant, go on with the others
+                failed += 1
+                summary = f"FAILED: {_reason(error)}"
+            print(f"{name:5} {variant or 'default':60} {summary}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
