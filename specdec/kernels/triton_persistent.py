@@ -479,12 +479,14 @@ def _attention_phase(
         acc = tl.zeros((HEAD_DIM,), tl.float32)
         for block in range(split * split_keys, tl.minimum((split + 1) * split_keys, column + 1), BLOCK_KEYS):
             at = block + keys  # [B] key columns
-            visible = at <= column
-            valid = tl.load(valid_ptr + at, mask=visible, other=0) != 0
-            visible = visible & (valid | (at == column))
+            written = at <= column
+            # The keys and values load beside the validity flags, not after them (one round trip, not two); a
+            # written column that is not valid gets a zero weight below (the cache holds zeros or real values).
+            valid = tl.load(valid_ptr + at, mask=written, other=0) != 0
             kv = ((head // GROUP) * max_length + at)[:, None] * HEAD_DIM + dims[None, :]  # [B, Dh]
-            k = tl.load(cache_k_ptr + kv, mask=visible[:, None], other=0.0, cache_modifier=".cg")
-            v = tl.load(cache_v_ptr + kv, mask=visible[:, None], other=0.0, cache_modifier=".cg")
+            k = tl.load(cache_k_ptr + kv, mask=written[:, None], other=0.0, cache_modifier=".cg")
+            v = tl.load(cache_v_ptr + kv, mask=written[:, None], other=0.0, cache_modifier=".cg")
+            visible = written & (valid | (at == column))
             scores = tl.where(visible, tl.sum(k.to(tl.float32) * q[None, :], axis=1) * scale, float("-inf"))
             new_max = tl.maximum(running_max, tl.max(scores, axis=0))
             safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
