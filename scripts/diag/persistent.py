@@ -7,6 +7,7 @@ against the fast forward it replaces.
                                                            # kernel (tiles, stages, warps, the MLP fused, tiles
                                                            # loaded before the barrier), one launch per phase
     python scripts/diag/persistent.py phases gpt2,1b       # each kind of phase alone, one launch each
+    python scripts/diag/persistent.py launches 1b          # for ncu: the decoder's step and each phase, once
 
 ``barrier``: a kernel that only passes B barriers, timed in a CUDA graph for B = 0, 16 and 64: the slope is one
 barrier's cost. ``step``: the zoo's synthetic shapes in bfloat16 after a 128-token prompt (cache of 1024 columns),
@@ -22,6 +23,7 @@ kernels``).
 # ruff: noqa: B023  (each closure runs inside the iteration that defines it)
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import torch
@@ -29,10 +31,20 @@ import triton
 import triton.language as tl
 
 from specdec.errors import DeviceError
-from specdec.kernels.triton_persistent import PersistentShape, _grid_leave, _grid_sync, persistent_step
+from specdec.kernels.triton_persistent import (
+    PersistentShape,
+    _grid_leave,
+    _grid_sync,
+    default_shape,
+    persistent_step,
+)
 
 sys.path.insert(0, "scripts/diag")
 from gemv_ab import TARGETS, graph_time_us
+
+# Eight warps, tiles of 16384 weights (32 KB in bf16), each read ahead into registers: twice the weights in flight
+# per SM of the default's four warps and 16 KB tiles (compiled for sm_90 with Triton 3.6: 255 registers, no spill).
+WIDE = {"warps": 8, "tile_elements": 16384, "head_tile_elements": 16384, "stages": 0}
 
 
 @triton.jit
@@ -143,6 +155,8 @@ def phases() -> None:
             PersistentShape(phase_launches=True, stages=0),
             PersistentShape(phase_launches=True, stages=0, fused_mlp=True),
             PersistentShape(phase_launches=True, stages=0, programs_per_sm=2),
+            PersistentShape(phase_launches=True, **WIDE),
+            PersistentShape(phase_launches=True, fused_mlp=True, mlp_tile_elements=8192, **WIDE),
         ):
             step = persistent_step(fast, shape)
             per_layer = shape.phases_per_layer
@@ -166,6 +180,38 @@ def phases() -> None:
                 rate = f", {weights[name] / us / 1e3:.0f} GB/s" if weights.get(name) else ""
                 print(f"phases {shape_name}: {shape}: {name} {us:.2f} us{rate}", flush=True)
         torch.cuda.empty_cache()
+
+
+def launches() -> None:
+    """For a profiler (``ncu --profile-from-start off``; PARTS=ncu of persistent_check.sh): after a warm-up, one
+    token's step over the decoder's kernels, then each kind of phase of the persistent step at the cut
+    SPECDEC_PERSISTENT_SHAPE names (layer 1's phases and the output layer, one launch each), between
+    cudaProfilerStart and cudaProfilerStop."""
+    shape_name = sys.argv[2] if len(sys.argv) > 2 else "1b"
+    decoder, token = prepared(shape_name)
+    fast = decoder.model
+    tables = (fast.cos_table, fast.sin_table) if fast.family == "llama" else ()
+    shape = dataclasses.replace(default_shape(), phase_launches=True)
+    step = persistent_step(fast, shape)
+    per_layer = shape.phases_per_layer
+    chosen = [1 + per_layer + kind for kind in range(per_layer)] + [1 + per_layer * fast.num_layers]
+    phase = [0]
+    step.launches = lambda num_layers: ([(phase[0], phase[0] + 1)], False)
+    length = torch.tensor(128, device="cuda")
+    args = (token, length, decoder._positions, decoder._key_valid, decoder._cache, fast.num_layers, *tables)
+
+    def run_all() -> None:
+        decoder._forward(token, True)
+        for phase[0] in chosen:
+            step(*args)
+
+    run_all()  # compiles
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    run_all()
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+    print(f"launches {shape_name}: the decoder's step, then phases {chosen} of {shape}", flush=True)
 
 
 def phase_weights(step, per_layer: int) -> dict[str, list[torch.Tensor]]:
@@ -224,6 +270,11 @@ def step() -> None:
                 PersistentShape(stages=0, programs_per_sm=2),
                 PersistentShape(stages=0, early_tiles=2, **fused),
                 PersistentShape(stages=0, programs_per_sm=2, max_splits=8, **fused),
+                # Eight warps and tiles of 32 KB, each read ahead: 64 KB of weights in flight per SM.
+                PersistentShape(**WIDE),
+                PersistentShape(max_splits=8, **WIDE),
+                PersistentShape(fused_mlp=True, mlp_tile_elements=8192, **WIDE),
+                PersistentShape(warps=8, tile_elements=16384, head_tile_elements=16384),
             ]
         for shape in variants:
             step = persistent_step(fast, shape)
@@ -245,4 +296,4 @@ def step() -> None:
 
 
 if __name__ == "__main__":
-    {"barrier": barrier, "step": step, "phases": phases}[sys.argv[1]]()
+    {"barrier": barrier, "step": step, "phases": phases, "launches": launches}[sys.argv[1]]()

@@ -3,10 +3,13 @@
 # variants against the decoder's step (STEP_SET=quick or early: a set of them), each kind of phase alone (PARTS=phases,
 # not in the default), and the engine's autoregressive speed (two alternations of scripts/diag/ab.sh):
 # the kernels, the persistent step with five phases a layer and with the MLP fused into one (SPECDEC_PERSISTENT=1,
-# fused), each of those with greedy steps in chunks of 16 per graph (SPECDEC_AR_CHUNK).
+# fused), each of those with greedy steps in chunks of 16 per graph (SPECDEC_AR_CHUNK), and the wide cut (eight warps,
+# 32 KB tiles read ahead; SPECDEC_PERSISTENT_SHAPE). Before a device call, `python scripts/diag/compile_sm90.py` checks
+# here that a cut compiles for sm_90 and what it spills.
 #
 #   bash scripts/diag/persistent_check.sh [SHAPES]           # on the device machine, from the repository root
 #   PARTS="tests barrier" bash scripts/diag/persistent_check.sh   # some parts (default: tests barrier step ab)
+#   PARTS=ncu SPECDEC_PERSISTENT_SHAPE="stages=0" bash scripts/diag/persistent_check.sh 1b   # Nsight Compute
 #
 # The whole check takes longer than one 10-minute device call (each step variant compiles its own kernel): run it as
 # PARTS="tests barrier", PARTS=step and PARTS=ab, on one warm machine (Triton's cache carries over).
@@ -22,5 +25,18 @@ export PYTHONPATH=$PWD
 [[ $parts == *" phases "* ]] && timeout 300 python3 scripts/diag/persistent.py phases "$shapes"
 [[ $parts == *" ab "* ]] && bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1 \
   fused=.,SPECDEC_PERSISTENT=fused chunks=.,SPECDEC_PERSISTENT=1,SPECDEC_AR_CHUNK=16 \
-  fused_chunks=.,SPECDEC_PERSISTENT=fused,SPECDEC_AR_CHUNK=16
+  fused_chunks=.,SPECDEC_PERSISTENT=fused,SPECDEC_AR_CHUNK=16 \
+  "wide=.,SPECDEC_PERSISTENT=1,SPECDEC_PERSISTENT_SHAPE=warps=8 tile_elements=16384 head_tile_elements=16384 stages=0"
+# Nsight Compute (PARTS=ncu; needs a machine whose runtime lets ncu read the counters: the device's KINDS.md): the
+# decoder's one-token step and each kind of phase at the cut SPECDEC_PERSISTENT_SHAPE names, one launch each; the
+# report and its CSV go to $OUT, one line per kernel to stdout.
+if [[ $parts == *" ncu "* ]]; then
+  for shape in ${shapes//,/ }; do
+    report=${OUT:-/tmp}/ncu_$shape
+    timeout 420 ncu --clock-control none --profile-from-start off -f -o "$report" \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
+      --section WarpStateStats python3 scripts/diag/persistent.py launches "$shape" 2>&1 | tail -4
+    ncu --import "$report.ncu-rep" --csv --page details >"$report.csv" && python3 scripts/diag/ncu_summary.py "$report.csv"
+  done
+fi
 exit 0
