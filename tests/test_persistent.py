@@ -29,6 +29,7 @@ pytestmark = pytest.mark.skipif(
 # Small tiles and splits, so that the tiny model's products take several tiles per program and its attention several
 # splits; the barrier's shape (every SM) only where barriers run. Several programs load two tiles before a phase's
 # barrier, one program one; without barriers the tiles after those are read one ahead into registers (stages 0).
+# Several programs merge each head's attention splits in the attention phase, one program in the output product's.
 SHAPES = {
     "one program": dict(
         programs=1, tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024, stages=0
@@ -43,9 +44,16 @@ SHAPES = {
         phase_launches=True,
         early_tiles=2,
         stages=0,
+        merge_in_attention=True,
     ),
     "grid barrier": dict(
-        tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024, early_tiles=2
+        tile_elements=512,
+        split_keys=8,
+        max_splits=4,
+        block_keys=8,
+        head_tile_elements=1024,
+        early_tiles=2,
+        merge_in_attention=True,
     ),
 }
 # The MLP as one phase, summed across programs (float32 atomics): small tiles, so that programs share its units.
@@ -172,7 +180,7 @@ def test_a_barrier_that_waits_in_vain_gives_up_and_the_step_says_so():
     with pytest.raises(DeviceError, match=message):
         step(ids[:, 20:21], length, decoder._positions, decoder._key_valid, decoder._cache, fast.num_layers,
              fast.cos_table, fast.sin_table)  # fmt: skip
-    assert step.counter.tolist() == [0, 0]
+    assert step.counter.tolist() == [0] * (2 + fast.num_heads)  # the barrier, the error flag, the heads' merges
 
 
 def test_the_setting_is_read_by_name(monkeypatch):

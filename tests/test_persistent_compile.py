@@ -35,7 +35,8 @@ VARIANTS = (
     "early_tiles=4,tile_elements=4096,programs_per_sm=2",
     "fused_mlp=1,stages=0,early_tiles=2",
     "fused_mlp=1,mlp_tile_elements=8192",
-    "phase_launches=1",
+    "phase_launches=1,merge_in_attention=1",
+    "merge_in_attention=1,max_splits=8",
     "warps=8,tile_elements=16384,head_tile_elements=16384,stages=0",
 )
 

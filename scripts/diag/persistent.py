@@ -3,9 +3,9 @@ against the fast forward it replaces.
 
     python scripts/diag/persistent.py barrier              # us per grid barrier, every SM (and half) taking part,
                                                            # a flag-per-program barrier's, float32 atomic sums
-    python scripts/diag/persistent.py step gpt2,1b,8b [quick|early]  # one-token forward: kernels vs one persistent
-                                                           # kernel (tiles, stages, warps, the MLP fused, tiles
-                                                           # loaded before the barrier), one launch per phase
+    python scripts/diag/persistent.py step gpt2,1b,8b [quick|early|wide]  # one-token forward: kernels vs one
+                                                           # persistent kernel (tiles, stages, warps, the MLP fused,
+                                                           # tiles loaded before the barrier, the attention's merge)
     python scripts/diag/persistent.py phases gpt2,1b       # each kind of phase alone, one launch each
     python scripts/diag/persistent.py launches 1b          # for ncu: the decoder's step and each phase, once
 
@@ -157,6 +157,7 @@ def phases() -> None:
             PersistentShape(phase_launches=True, stages=0, programs_per_sm=2),
             PersistentShape(phase_launches=True, **WIDE),
             PersistentShape(phase_launches=True, fused_mlp=True, mlp_tile_elements=8192, **WIDE),
+            PersistentShape(phase_launches=True, merge_in_attention=True, max_splits=8, **WIDE),
         ):
             step = persistent_step(fast, shape)
             per_layer = shape.phases_per_layer
@@ -270,10 +271,18 @@ def step() -> None:
                 PersistentShape(stages=0, programs_per_sm=2),
                 PersistentShape(stages=0, early_tiles=2, **fused),
                 PersistentShape(stages=0, programs_per_sm=2, max_splits=8, **fused),
-                # Eight warps and tiles of 32 KB, each read ahead: 64 KB of weights in flight per SM.
+            ]
+        if len(sys.argv) > 3 and sys.argv[3] == "wide":  # more weights in flight per SM; the merge in attention
+            variants = [
+                PersistentShape(),
+                PersistentShape(stages=0),
+                PersistentShape(stages=0, programs_per_sm=2),
+                PersistentShape(merge_in_attention=True),
+                PersistentShape(merge_in_attention=True, max_splits=8),
                 PersistentShape(**WIDE),
                 PersistentShape(max_splits=8, **WIDE),
-                PersistentShape(fused_mlp=True, mlp_tile_elements=8192, **WIDE),
+                PersistentShape(merge_in_attention=True, max_splits=8, **WIDE),
+                PersistentShape(merge_in_attention=True, max_splits=8, fused_mlp=True, mlp_tile_elements=8192, **WIDE),
                 PersistentShape(warps=8, tile_elements=16384, head_tile_elements=16384),
             ]
         for shape in variants:

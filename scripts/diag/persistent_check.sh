@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The persistent step on the device: its tests, a barrier's cost (two kinds) and float32 atomic sums, the step's
-# variants against the decoder's step (STEP_SET=quick or early: a set of them), each kind of phase alone (PARTS=phases,
-# not in the default), and the engine's autoregressive speed (two alternations of scripts/diag/ab.sh):
+# variants against the decoder's step (STEP_SET=quick, early or wide: a set of them), each kind of phase alone
+# (PARTS=phases, not in the default), and the engine's autoregressive speed (two alternations of scripts/diag/ab.sh):
 # the kernels, the persistent step with five phases a layer and with the MLP fused into one (SPECDEC_PERSISTENT=1,
-# fused), each of those with greedy steps in chunks of 16 per graph (SPECDEC_AR_CHUNK), and the wide cut (eight warps,
-# 32 KB tiles read ahead; SPECDEC_PERSISTENT_SHAPE). Before a device call, `python scripts/diag/compile_sm90.py` checks
-# here that a cut compiles for sm_90 and what it spills.
+# fused), each of those with greedy steps in chunks of 16 per graph (SPECDEC_AR_CHUNK); with AB_SET=wide the kernels,
+# the default cut and the wide cut (eight warps, 32 KB tiles read ahead; SPECDEC_PERSISTENT_SHAPE) with and without
+# the merge in attention. Before a device call, `python scripts/diag/compile_sm90.py` checks here that a cut compiles
+# for sm_90 and what it spills.
 #
 #   bash scripts/diag/persistent_check.sh [SHAPES]           # on the device machine, from the repository root
 #   PARTS="tests barrier" bash scripts/diag/persistent_check.sh   # some parts (default: tests barrier step ab)
@@ -23,10 +24,16 @@ export PYTHONPATH=$PWD
 [[ $parts == *" barrier "* ]] && timeout 120 python3 scripts/diag/persistent.py barrier
 [[ $parts == *" step "* ]] && timeout 420 python3 scripts/diag/persistent.py step "$shapes" ${STEP_SET:-}
 [[ $parts == *" phases "* ]] && timeout 300 python3 scripts/diag/persistent.py phases "$shapes"
-[[ $parts == *" ab "* ]] && bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1 \
-  fused=.,SPECDEC_PERSISTENT=fused chunks=.,SPECDEC_PERSISTENT=1,SPECDEC_AR_CHUNK=16 \
-  fused_chunks=.,SPECDEC_PERSISTENT=fused,SPECDEC_AR_CHUNK=16 \
-  "wide=.,SPECDEC_PERSISTENT=1,SPECDEC_PERSISTENT_SHAPE=warps=8 tile_elements=16384 head_tile_elements=16384 stages=0"
+wide="warps=8 tile_elements=16384 head_tile_elements=16384 stages=0"  # the wide cut (compile_sm90.py: no spill)
+if [[ $parts == *" ab "* && ${AB_SET:-} == wide ]]; then  # the wide cut, with and without the merge in attention
+  bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1 \
+    "wide=.,SPECDEC_PERSISTENT=1,SPECDEC_PERSISTENT_SHAPE=$wide" \
+    "wide_merge=.,SPECDEC_PERSISTENT=1,SPECDEC_PERSISTENT_SHAPE=$wide merge_in_attention=1 max_splits=8"
+elif [[ $parts == *" ab "* ]]; then
+  bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1 \
+    fused=.,SPECDEC_PERSISTENT=fused chunks=.,SPECDEC_PERSISTENT=1,SPECDEC_AR_CHUNK=16 \
+    fused_chunks=.,SPECDEC_PERSISTENT=fused,SPECDEC_AR_CHUNK=16
+fi
 # Nsight Compute (PARTS=ncu; needs a machine whose runtime lets ncu read the counters: the device's KINDS.md): the
 # decoder's one-token step and each kind of phase at the cut SPECDEC_PERSISTENT_SHAPE names, one launch each; the
 # report and its CSV go to $OUT, one line per kernel to stdout.

@@ -73,7 +73,7 @@ ENV_SHAPE = "SPECDEC_PERSISTENT_SHAPE"  # "stages=0,early_tiles=2" (or spaces): 
 SPIN_LIMIT = tl.constexpr(1 << 16)  # polls of a barrier's counter before it gives up (tens of milliseconds)
 OPEN = tl.constexpr(1 << 30)  # or-ed into the counter by a barrier that gave up: every later wait passes at once
 # A product phase's INPUT (what it multiplies) and OUTPUT (where it writes): see _linear_phase.
-INPUT_PLAIN, INPUT_LAYER_NORM, INPUT_ATTENTION, INPUT_RMS_NORM = (tl.constexpr(i) for i in range(4))
+INPUT_PLAIN, INPUT_LAYER_NORM, INPUT_ATTENTION, INPUT_RMS_NORM, INPUT_MERGED = (tl.constexpr(i) for i in range(5))
 OUTPUT_QKV, OUTPUT_RESIDUAL, OUTPUT_ACTIVATION, OUTPUT_PLAIN, OUTPUT_ROPE, OUTPUT_SILU = (
     tl.constexpr(i) for i in range(6)
 )
@@ -313,7 +313,8 @@ def _linear_phase(
     """n_out outputs of a product with a weight of k_in inputs (plus bias), in tiles of BLOCK_N outputs (whole rows;
     two rows per output with OUTPUT 4 and 5), tile t on program t % P.
 
-    INPUT: the vector at x_ptr (0), its layer norm (1) or RMS norm (3), or the attention's merged partials (2).
+    INPUT: the vector at x_ptr (0), its layer norm (1) or RMS norm (3), the attention's partials merged here (2),
+    or its output at x_ptr, merged in the attention phase (4).
     OUTPUT: q/k/v as they are, q to out and k, v into the caches at ``column`` (0); added in place to the residual
     at out (1); through ACT (2); as it is (3); q/k/v pairs rotated (RoPE at ``position``) and stored as 0 does (4);
     SiLU(gate) * up (5). ``sync_to`` > 0: wait at the grid barrier first, after the loads of the program's first
@@ -336,6 +337,8 @@ def _linear_phase(
     if INPUT == 2:
         x = _merged_attention(max_ptr, sum_ptr, acc_ptr, column, split_keys, HEADS, H_PAD, HEAD_DIM, SPLITS)
         x = x.to(w0.dtype).to(tl.float32)  # the attention's output, rounded as the kernel stores it
+    elif INPUT == 4:  # the attention's output, merged (and rounded) in its own phase
+        x = tl.load(x_ptr + kk, mask=k_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
     else:
         x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, delta_ptr, delta_bias_ptr,
                           delta_bias_ok, INPUT, w0.dtype, DELTA)  # fmt: skip
@@ -459,12 +462,14 @@ def _attention_phase(
     q_ptr, cache_k_ptr, cache_v_ptr, valid_ptr, max_ptr, sum_ptr, acc_ptr, column, scale, max_length, split_keys,
     counter_ptr, error_ptr, sync_to, pid, nprog,
     HEADS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SPLITS: tl.constexpr,
-    BLOCK_KEYS: tl.constexpr, SYNC: tl.constexpr,
+    BLOCK_KEYS: tl.constexpr, SYNC: tl.constexpr, MERGE: tl.constexpr,
 ):  # fmt: skip
     """Item (split, query head; GROUP query heads per cached head), item t on program t % P, for the splits (of
     ``split_keys``, in blocks of BLOCK_KEYS) up to the one holding ``column``: the softmax partials of the one query
     against the split's visible keys (columns <= ``column`` that are valid, and its own), as the split attention
-    kernel computes them (probabilities rounded to the cache's dtype before they weight the values)."""
+    kernel computes them (probabilities rounded to the cache's dtype before they weight the values). MERGE: the last
+    of a head's splits to finish (a counter per head after the barrier's two, at counter_ptr + 2 + head; it resets
+    it) merges the head's partials and writes its output over the head's q (every split has read it by then)."""
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
     keys = tl.arange(0, BLOCK_KEYS)
@@ -499,6 +504,16 @@ def _attention_phase(
         tl.store(max_ptr + part, running_max)
         tl.store(sum_ptr + part, running_sum)
         tl.store(acc_ptr + part * HEAD_DIM + dims, acc)
+        if MERGE:
+            tl.debug_barrier()  # every thread's partials stored before the arrival
+            arrived = tl.atomic_add(counter_ptr + 2 + head, 1, sem="acq_rel", scope="gpu")
+            if arrived == column // split_keys:  # the head's last split
+                tl.debug_barrier()  # every thread after the acquire
+                tl.atomic_xchg(counter_ptr + 2 + head, 0)  # for the next layer's (after a barrier)
+                out = _merged_attention(max_ptr + head * SPLITS, sum_ptr + head * SPLITS,
+                                        acc_ptr + head * SPLITS * HEAD_DIM, column, split_keys, 1, 1, HEAD_DIM,
+                                        SPLITS)  # fmt: skip
+                tl.store(q_ptr + head * HEAD_DIM + dims, out.to(q_ptr.dtype.element_ty))
         item += nprog
 
 
@@ -514,6 +529,7 @@ def _gpt2_step_kernel(
     D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr, BLOCK_KEYS: tl.constexpr, ACT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
     PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr, FUSED: tl.constexpr, EARLY: tl.constexpr,
+    MERGE: tl.constexpr,
 ):  # fmt: skip
     """Phases [first_phase, end_phase) of the step (0: embed; 1 + PHASES l + j: layer l's j-th; 1 + PHASES L: the
     head), a grid barrier before each but the first. BLOCK_D, BLOCK_I, BLOCK_V: weight rows per tile of the products
@@ -580,16 +596,16 @@ def _gpt2_step_kernel(
                 _attention_phase(
                     q_ptr, cache_k, cache_v, valid_ptr, max_ptr, sum_ptr, acc_ptr, column, scale, max_length,
                     split_keys, counter_ptr, error_ptr, sync_to, pid, nprog, HEADS, 1, HEAD_DIM, SPLITS, BLOCK_KEYS,
-                    SYNC,
+                    SYNC, MERGE,
                 )  # fmt: skip
             elif kind == 2:
                 _linear_phase(
-                    hidden_ptr, o_w_ptr + layer * HIDDEN * HIDDEN, o_b_ptr + layer * HIDDEN, hidden_ptr, hidden_ptr,
+                    q_ptr, o_w_ptr + layer * HIDDEN * HIDDEN, o_b_ptr + layer * HIDDEN, hidden_ptr, hidden_ptr,
                     hidden_ptr, HIDDEN, HIDDEN, eps,
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, 0, wte_ptr, wte_ptr,
                     counter_ptr, error_ptr, sync_to, pid, nprog, spent, spent_bias, layer > 0,
-                    INPUT_ATTENTION, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_D, D_PAD,
-                    STAGES, SYNC, FUSED, EARLY,
+                    INPUT_MERGED if MERGE else INPUT_ATTENTION, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD,
+                    HEAD_DIM, SPLITS, BLOCK_D, D_PAD, STAGES, SYNC, FUSED, EARLY,
                 )  # fmt: skip
             elif FUSED:
                 _mlp_phase(
@@ -632,6 +648,7 @@ def _llama_step_kernel(
     BLOCK_KEYS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, HAS_O_BIAS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
     PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr, FUSED: tl.constexpr, EARLY: tl.constexpr,
+    MERGE: tl.constexpr,
 ):  # fmt: skip
     """The Llama family's step, as ``_gpt2_step_kernel`` (phases, barriers, tiles, FUSED): RMS norms, q/k/v rotated
     in pairs (BLOCK_D / 2 pairs per tile), grouped-query attention, SiLU(gate) * up over [2 I, D] gate-then-up
@@ -689,16 +706,16 @@ def _llama_step_kernel(
                 _attention_phase(
                     q_ptr, cache_k, cache_v, valid_ptr, max_ptr, sum_ptr, acc_ptr, column, scale, max_length,
                     split_keys, counter_ptr, error_ptr, sync_to, pid, nprog, HEADS, HEADS // KV_HEADS, HEAD_DIM,
-                    SPLITS, BLOCK_KEYS, SYNC,
+                    SPLITS, BLOCK_KEYS, SYNC, MERGE,
                 )  # fmt: skip
             elif kind == 2:
                 _linear_phase(
-                    hidden_ptr, o_w_ptr + layer * HIDDEN * HEADS * HEAD_DIM, o_b_ptr + layer * HIDDEN, hidden_ptr,
+                    q_ptr, o_w_ptr + layer * HIDDEN * HEADS * HEAD_DIM, o_b_ptr + layer * HIDDEN, hidden_ptr,
                     hidden_ptr, hidden_ptr, HIDDEN, HEADS * HEAD_DIM, eps,
                     max_ptr, sum_ptr, acc_ptr, column, split_keys, cache_k, cache_v, max_length, position,
                     cos_ptr, sin_ptr, counter_ptr, error_ptr, sync_to, pid, nprog, spent, hidden_ptr, False,
-                    INPUT_ATTENTION, OUTPUT_RESIDUAL, HAS_O_BIAS, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS,
-                    BLOCK_D, H_PAD * HEAD_DIM, STAGES, SYNC, FUSED, EARLY,
+                    INPUT_MERGED if MERGE else INPUT_ATTENTION, OUTPUT_RESIDUAL, HAS_O_BIAS, 0, HEADS, KV_HEADS, H_PAD,
+                    HEAD_DIM, SPLITS, BLOCK_D, H_PAD * HEAD_DIM, STAGES, SYNC, FUSED, EARLY,
                 )  # fmt: skip
             elif FUSED:
                 _mlp_phase(
@@ -744,7 +761,9 @@ class PersistentShape:
     as one phase summed across programs with float32 atomics (four phases a layer instead of five; a transposed copy
     of the second MLP product's weights; see ``_mlp_phase``), mlp_tile_elements: its weights per tile and matrix.
     early_tiles (1, 2 or 4): tiles per phase whose loads a program issues before it waits at the phase's barrier
-    (the rest stream after it).
+    (the rest stream after it). merge_in_attention: the last split of each head merges the head's partials in the
+    attention phase, so that the output product's programs read the merged output instead of each merging every
+    head's partials themselves.
     """
 
     programs: int = 0
@@ -760,6 +779,7 @@ class PersistentShape:
     fused_mlp: bool = False
     mlp_tile_elements: int = 4096
     early_tiles: int = 1
+    merge_in_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.early_tiles not in (1, 2, 4):
@@ -848,6 +868,7 @@ def step_constants(
         "ADVANCE": advance,
         "FUSED": shape.fused_mlp,
         "EARLY": shape.early_tiles,
+        "MERGE": shape.merge_in_attention,
     }
     if llama:
         constants |= {"KV_HEADS": widths.kv_heads, "HAS_QKV_BIAS": widths.qkv_bias, "HAS_O_BIAS": widths.o_bias}
@@ -889,7 +910,8 @@ class PersistentStep:
             )
         # One program per SM always fits, more is checked at launch; the interpreter runs programs one by one.
         self._resident = device.type != "cuda" or self.programs <= self.sms
-        self.counter = torch.zeros(2, dtype=torch.int32, device=device)  # the barrier's counter, the error flag
+        # the barrier's counter, the error flag, and a counter per head (the attention's merge: merge_in_attention)
+        self.counter = torch.zeros(2 + num_heads, dtype=torch.int32, device=device)
         self._scratch: dict[int, tuple[torch.Tensor, ...]] = {}
         self._checked: set[int] = set()  # cache sizes whose first launch passed every barrier
         self._pending: torch.Tensor | None = None
