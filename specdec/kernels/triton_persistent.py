@@ -41,7 +41,7 @@ every program has read it), and writes float32 logits (rounded to the model's dt
 With ``fused_mlp`` (``SPECDEC_PERSISTENT=fused``) a layer has four phases: mlp_in and mlp_out become one phase in
 which each program multiplies its inner units' activations by their rows of the second product's transposed weight
 and adds the result to a [D] float32 sum with atomics; the next q/k/v phase (or the head) norms the residual with
-that sum folded in, and the next out phase folds it in for good (``_mlp_phase``, ``_folded``).
+that sum folded in, and the next out phase folds it in for good (``_mlp_phase``, ``_fold``).
 
 It computes what ``FastGPT2.run`` and ``FastLlama.run`` compute for one token, at the same rounding points as
 ``triton_gemv`` (products in float32, rounded to the model's dtype after the bias, then the activation and the
@@ -186,27 +186,31 @@ def _gelu(yf, ACT: tl.constexpr):
 
 
 @triton.jit
-def _folded(r, index, index_ok, delta_ptr, delta_bias_ptr, delta_bias_ok, DELTA: tl.constexpr):
-    """The residual r [N] (float32 of the model's dtype) at ``index`` with the fused MLP's pending sum folded in, as
-    the unfused step's second MLP product and residual add round it: r + round(sum + bias), rounded (DELTA); else r."""
+def _pending(index, index_ok, delta_ptr, delta_bias_ptr, delta_bias_ok):
+    """The fused MLP's pending sum at ``index`` [N] (float32) and its bias (the model's dtype), as loaded."""
+    d = tl.load(delta_ptr + index, mask=index_ok, other=0.0, cache_modifier=".cg")
+    bias_ok = index_ok & ((index * 0 + delta_bias_ok) != 0)  # delta_bias_ok: a bool, scalar or traced
+    return d, tl.load(delta_bias_ptr + index, mask=bias_ok, other=0.0)
+
+
+@triton.jit
+def _fold(r, d, b, DELTA: tl.constexpr):
+    """The residual r [N] (float32 of the model's dtype) with the fused MLP's pending sum d and its bias b folded in,
+    as the unfused step's second MLP product and residual add round it: r + round(d + b), rounded (DELTA); else r."""
     if DELTA:
-        dtype = delta_bias_ptr.dtype.element_ty
-        d = tl.load(delta_ptr + index, mask=index_ok, other=0.0, cache_modifier=".cg")
-        bias_ok = index_ok & ((index * 0 + delta_bias_ok) != 0)  # delta_bias_ok: a bool, scalar or traced
-        b = tl.load(delta_bias_ptr + index, mask=bias_ok, other=0.0).to(tl.float32)
-        r = (r + (d + b).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+        dtype = b.dtype
+        r = (r + (d + b.to(tl.float32)).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
     return r
 
 
 @triton.jit
 def _product_out(
-    y, y2, p, p_ok, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, position, cos_ptr, sin_ptr,
-    delta_ptr, delta_bias_ptr, delta_bias_ok,
+    y, y2, p, p_ok, extra, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
     OUTPUT: tl.constexpr, ACT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
     DELTA: tl.constexpr,
 ):  # fmt: skip
     """Store outputs p [N] of a product (y: rounded, with its bias; y2: the second rows' of pairs) as OUTPUT says
-    (see ``_linear_phase``)."""
+    (see ``_linear_phase``), with what ``_tile_inputs`` loaded for them (``extra``)."""
     dtype = out_ptr.dtype.element_ty
     if OUTPUT == 0:  # q, k, v of one token (as they are): q heads to out, k and v into the caches at ``column``
         head = p // HEAD_DIM
@@ -218,8 +222,8 @@ def _product_out(
                  mask=p_ok & (kv_head >= 0) & (kv_head < KV_HEADS))  # fmt: skip
         tl.store(cache_v_ptr + (v_head * max_length + column) * HEAD_DIM + d, y, mask=p_ok & (v_head >= 0))
     elif OUTPUT == 1:  # residual + y, rounded like an add in the model's dtype (the pending MLP sum first: DELTA)
-        r = tl.load(out_ptr + p, mask=p_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
-        r = _folded(r, p, p_ok, delta_ptr, delta_bias_ptr, delta_bias_ok, DELTA)
+        r, d, b = extra
+        r = _fold(r.to(tl.float32), d, b, DELTA)
         tl.store(out_ptr + p, (r + y.to(tl.float32)).to(dtype), mask=p_ok)
     elif OUTPUT == 2:
         tl.store(out_ptr + p, _gelu(y.to(tl.float32), ACT).to(dtype), mask=p_ok)
@@ -231,11 +235,8 @@ def _product_out(
         j = p % half
         x1 = y.to(tl.float32)
         x2 = y2.to(tl.float32)
-        rotated = p_ok & (head < HEADS + KV_HEADS)
-        cos1 = tl.load(cos_ptr + position * HEAD_DIM + j, mask=rotated, other=1.0).to(tl.float32)
-        cos2 = tl.load(cos_ptr + position * HEAD_DIM + half + j, mask=rotated, other=1.0).to(tl.float32)
-        sin1 = tl.load(sin_ptr + position * HEAD_DIM + j, mask=rotated, other=0.0).to(tl.float32)
-        sin2 = tl.load(sin_ptr + position * HEAD_DIM + half + j, mask=rotated, other=0.0).to(tl.float32)
+        cos1, cos2, sin1, sin2 = extra
+        cos1, cos2, sin1, sin2 = cos1.to(tl.float32), cos2.to(tl.float32), sin1.to(tl.float32), sin2.to(tl.float32)
         x1, x2 = x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2
         kv_head = head - HEADS
         v_head = kv_head - KV_HEADS
@@ -262,7 +263,9 @@ def _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, delta_ptr,
     """The vector at x_ptr [K_PAD] in float32 (zeros past k_in; the pending MLP sum folded in with DELTA): as it is
     (INPUT 0), its layer norm (1, as F.layer_norm rounds it) or its RMS norm (3, as reference.rms_norm rounds it)."""
     x = tl.load(x_ptr + kk, mask=k_ok, other=0.0, cache_modifier=".cg").to(tl.float32)  # [K_PAD]
-    x = _folded(x, kk, k_ok, delta_ptr, delta_bias_ptr, delta_bias_ok, DELTA)
+    if DELTA:
+        d, b = _pending(kk, k_ok, delta_ptr, delta_bias_ptr, delta_bias_ok)
+        x = _fold(x, d, b, DELTA)
     if INPUT == 1:  # in float32, rounded once
         mean = tl.sum(x, axis=0) / k_in
         centred = tl.where(k_ok, x - mean, 0.0)
@@ -279,25 +282,25 @@ def _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, delta_ptr,
 
 @triton.jit
 def _tile_out(
-    w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
-    position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok,
+    tile, x, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
     OUTPUT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr, DELTA: tl.constexpr,
 ):  # fmt: skip
-    """One tile's products (w, w2: [N, K_PAD] rows ``first`` and ``second``; x [K_PAD]) with their biases, rounded
-    to the model's dtype as F.linear returns them, then stored (``_product_out``)."""
+    """One tile's products (``_tile_at``: its weights w, w2 [N, K_PAD], x [K_PAD]) with their biases, rounded to the
+    model's dtype as F.linear returns them, then stored (``_product_out``)."""
+    p, p_ok, w, w2, inputs = tile
+    b, b2, extra = inputs
     dtype = w.dtype  # the model's (the output layer's float32 logits are rounded to it too)
     y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)  # [N]
     y2 = y
     if OUTPUT >= 4:
         y2 = tl.sum(w2.to(tl.float32) * x[None, :], axis=1)
     if HAS_BIAS:
-        y += tl.load(bias_ptr + first, mask=p_ok, other=0.0).to(tl.float32)
+        y += b.to(tl.float32)
         if OUTPUT >= 4:
-            y2 += tl.load(bias_ptr + second, mask=p_ok, other=0.0).to(tl.float32)
-    _product_out(y.to(dtype), y2.to(dtype), p, p_ok, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
-                 position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, ACT, HEADS, KV_HEADS,
-                 HEAD_DIM, DELTA)  # fmt: skip
+            y2 += b2.to(tl.float32)
+    _product_out(y.to(dtype), y2.to(dtype), p, p_ok, extra, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length,
+                 OUTPUT, ACT, HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
 
 
 @triton.jit
@@ -325,62 +328,113 @@ def _linear_phase(
     kk = tl.arange(0, K_PAD)
     k_ok = kk < k_in
     outs = tl.arange(0, BLOCK_N)
-    # [EARLY N] outputs and [EARLY N, K_PAD] weights, before the barrier
-    p0, p0_ok, first0, second0, w0, w20 = _tile_at(w_ptr, _early(pid, nprog, BLOCK_N, EARLY), n_out, k_in, kk, k_ok,
-                                                   OUTPUT, HEAD_DIM)  # fmt: skip
+    # [EARLY N] outputs, [EARLY N, K_PAD] weights and what their outputs need, before the barrier
+    tile0 = _tile_at(w_ptr, _early(pid, nprog, BLOCK_N, EARLY), n_out, k_in, kk, k_ok, bias_ptr, out_ptr, position,
+                     cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, HAS_BIAS, HEADS, KV_HEADS,
+                     HEAD_DIM, DELTA)  # fmt: skip
     start = pid + EARLY * nprog
     if STAGES == 0:  # the tile after the early ones, also before the barrier
-        p, p_ok, first, second, w, w2 = _tile_at(w_ptr, start * BLOCK_N + outs, n_out, k_in, kk, k_ok, OUTPUT,
-                                                 HEAD_DIM)  # fmt: skip
+        tile = _tile_at(w_ptr, start * BLOCK_N + outs, n_out, k_in, kk, k_ok, bias_ptr, out_ptr, position, cos_ptr,
+                        sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, HAS_BIAS, HEADS, KV_HEADS,
+                        HEAD_DIM, DELTA)  # fmt: skip
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
+    dtype = tile0[2].dtype  # the weights'
     if INPUT == 2:
         x = _merged_attention(max_ptr, sum_ptr, acc_ptr, column, split_keys, HEADS, H_PAD, HEAD_DIM, SPLITS)
-        x = x.to(w0.dtype).to(tl.float32)  # the attention's output, rounded as the kernel stores it
+        x = x.to(dtype).to(tl.float32)  # the attention's output, rounded as the kernel stores it
     elif INPUT == 4:  # the attention's output, merged (and rounded) in its own phase
         x = tl.load(x_ptr + kk, mask=k_ok, other=0.0, cache_modifier=".cg").to(tl.float32)
     else:
         x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, k_in, eps, kk, k_ok, delta_ptr, delta_bias_ptr,
-                          delta_bias_ok, INPUT, w0.dtype, DELTA)  # fmt: skip
-    _tile_out(w0, w20, x, p0, p0_ok, first0, second0, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
-              max_length, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, HAS_BIAS, ACT,
-              HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
+                          delta_bias_ok, INPUT, dtype, DELTA)  # fmt: skip
+    _tile_out(tile0, x, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, OUTPUT, HAS_BIAS, ACT, HEADS,
+              KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
     if STAGES == 0:  # each tile's successor read into registers before the tile is multiplied
-        for tile in tl.range(start, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=1):
-            pn, pn_ok, first_n, second_n, wn, w2n = _tile_at(
-                w_ptr, (tile + nprog) * BLOCK_N + outs, n_out, k_in, kk, k_ok, OUTPUT, HEAD_DIM
-            )
-            _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
-                      max_length, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT,
-                      HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
-            p, p_ok, first, second, w, w2 = pn, pn_ok, first_n, second_n, wn, w2n
+        for t in tl.range(start, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=1):
+            following = _tile_at(w_ptr, (t + nprog) * BLOCK_N + outs, n_out, k_in, kk, k_ok, bias_ptr, out_ptr,
+                                 position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT,
+                                 HAS_BIAS, HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
+            _tile_out(tile, x, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, OUTPUT, HAS_BIAS, ACT, HEADS,
+                      KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
+            tile = following
     else:
-        for tile in tl.range(start, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
-            p, p_ok, first, second, w, w2 = _tile_at(w_ptr, tile * BLOCK_N + outs, n_out, k_in, kk, k_ok, OUTPUT,
-                                                     HEAD_DIM)  # fmt: skip
-            _tile_out(w, w2, x, p, p_ok, first, second, bias_ptr, out_ptr, cache_k_ptr, cache_v_ptr, column,
-                      max_length, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT,
-                      HAS_BIAS, ACT, HEADS, KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
+        for t in tl.range(start, tl.cdiv(n_out, BLOCK_N), nprog, num_stages=STAGES):
+            tile = _tile_at(w_ptr, t * BLOCK_N + outs, n_out, k_in, kk, k_ok, bias_ptr, out_ptr, position, cos_ptr,
+                            sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok, OUTPUT, HAS_BIAS, HEADS, KV_HEADS,
+                            HEAD_DIM, DELTA)  # fmt: skip
+            _tile_out(tile, x, out_ptr, cache_k_ptr, cache_v_ptr, column, max_length, OUTPUT, HAS_BIAS, ACT, HEADS,
+                      KV_HEADS, HEAD_DIM, DELTA)  # fmt: skip
 
 
 @triton.jit
-def _tile_at(w_ptr, p, n_out, k_in, kk, k_ok, OUTPUT: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """Outputs p [N] of a product (``_linear_phase``): p, which of them exist, their weight rows and second rows,
-    and the weights of both [N, K_PAD] (nothing read past the last output)."""
+def _tile_at(
+    w_ptr, p, n_out, k_in, kk, k_ok, bias_ptr, out_ptr, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr,
+    delta_bias_ok, OUTPUT: tl.constexpr, HAS_BIAS: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr, DELTA: tl.constexpr,
+):  # fmt: skip
+    """The tile of a product (``_linear_phase``) at outputs p [N]: (p, which of them exist, their weight rows
+    [N, K_PAD], the second rows of pairs, ``_tile_inputs``), its loads issued together (nothing read past the last
+    output)."""
     p_ok = p < n_out
     first, second = _pair_rows(p, n_out, OUTPUT, HEAD_DIM)
     w = _row_tile(w_ptr, first, p_ok, kk, k_ok, k_in)
     w2 = w
     if OUTPUT >= 4:
         w2 = _row_tile(w_ptr, second, p_ok, kk, k_ok, k_in)
-    return p, p_ok, first, second, w, w2
+    inputs = _tile_inputs(
+        p, p_ok, first, second, bias_ptr, out_ptr, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr,
+        delta_bias_ok, OUTPUT, HAS_BIAS, HEADS, KV_HEADS, HEAD_DIM, DELTA,
+    )  # fmt: skip
+    return p, p_ok, w, w2, inputs
 
 
 @triton.jit
-def _mlp_units(w, w2, wo, x, j, j_ok, bias_ptr, ACT: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """Inner units j [M] of an MLP: their activations (w, w2: [M, D_PAD] first-product rows, w2 the up rows with
-    SILU; rounded as the unfused step stores them) times their rows of the transposed second product wo [M, D_PAD]:
-    the units' share of the MLP's output, float32 [D_PAD]."""
+def _tile_inputs(
+    p, p_ok, first, second, bias_ptr, out_ptr, position, cos_ptr, sin_ptr, delta_ptr, delta_bias_ptr, delta_bias_ok,
+    OUTPUT: tl.constexpr, HAS_BIAS: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+    DELTA: tl.constexpr,
+):  # fmt: skip
+    """What outputs p [N] need besides their product, as loaded, so that they load with the tile's weights (read
+    after the product, each is a round trip of its own per tile): (the biases of their rows and second rows, extra),
+    extra by OUTPUT: the residual at out_ptr, the fused MLP's pending sum and its bias (1; ``_pending``, read as the
+    sum (DELTA) without it); RoPE's cos and sin of dimensions j and j + Dh / 2 at ``position``, 1 and 0 for values'
+    pairs (4); else nothing. A residual (1) read before the phase's barrier is final: the phase before a residual
+    product (the attention, the first MLP product) does not write the residual stream."""
+    b = p
+    b2 = p
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + first, mask=p_ok, other=0.0)
+        b2 = b
+        if OUTPUT >= 4:
+            b2 = tl.load(bias_ptr + second, mask=p_ok, other=0.0)
+    if OUTPUT == 1:
+        r = tl.load(out_ptr + p, mask=p_ok, other=0.0, cache_modifier=".cg")
+        d, db = r, r
+        if DELTA:
+            d, db = _pending(p, p_ok, delta_ptr, delta_bias_ptr, delta_bias_ok)
+        extra = (r, d, db)
+    elif OUTPUT == 4:
+        half = HEAD_DIM // 2
+        j = p % half
+        rotated = p_ok & (p // half < HEADS + KV_HEADS)  # q and k pairs; values pass through
+        at = position * HEAD_DIM + j
+        extra = (
+            tl.load(cos_ptr + at, mask=rotated, other=1.0),
+            tl.load(cos_ptr + at + half, mask=rotated, other=1.0),
+            tl.load(sin_ptr + at, mask=rotated, other=0.0),
+            tl.load(sin_ptr + at + half, mask=rotated, other=0.0),
+        )
+    else:
+        extra = ()
+    return b, b2, extra
+
+
+@triton.jit
+def _mlp_units(units, x, ACT: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Inner units of an MLP (``_mlp_rows``): their activations (rounded as the unfused step stores them) times their
+    rows of the transposed second product: the units' share of the MLP's output, float32 [D_PAD]."""
+    j_ok, w, w2, wo, b = units
     dtype = w.dtype
     y = tl.sum(w.to(tl.float32) * x[None, :], axis=1)  # [M]
     if SILU:  # SiLU(gate) * up over the rounded gate and up
@@ -389,16 +443,17 @@ def _mlp_units(w, w2, wo, x, j, j_ok, bias_ptr, ACT: tl.constexpr, SILU: tl.cons
         act = (gate / (1.0 + tl.exp(-gate)) * up).to(dtype).to(tl.float32)
     else:
         if HAS_BIAS:
-            y += tl.load(bias_ptr + j, mask=j_ok, other=0.0).to(tl.float32)
+            y += b.to(tl.float32)
         act = _gelu(y.to(dtype).to(tl.float32), ACT).to(dtype).to(tl.float32)
     act = tl.where(j_ok, act, 0.0)
     return tl.sum(act[:, None] * wo.to(tl.float32), axis=0)  # [D_PAD]
 
 
 @triton.jit
-def _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU: tl.constexpr):
-    """Inner units j's weight rows [M, D_PAD]: the first product's (and, with SILU, the up rows), and the transposed
-    second product's."""
+def _mlp_rows(w_in_ptr, w_out_ptr, b_in_ptr, j, kk, k_ok, inner, hidden, SILU: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Inner units j [M], their loads issued together: (which exist, their first-product rows [M, D_PAD], with SILU
+    the up rows, the transposed second product's rows, and the first product's bias without SILU)."""
+    j_ok = j < inner
     rows_ok = j_ok[:, None] & k_ok[None, :]
     at = j[:, None] * hidden + kk[None, :]
     w = tl.load(w_in_ptr + at, mask=rows_ok, other=0.0, eviction_policy="evict_first")
@@ -406,7 +461,10 @@ def _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU: tl.co
     if SILU:
         w2 = tl.load(w_in_ptr + inner * hidden + at, mask=rows_ok, other=0.0, eviction_policy="evict_first")
     wo = tl.load(w_out_ptr + at, mask=rows_ok, other=0.0, eviction_policy="evict_first")
-    return w, w2, wo
+    b = j
+    if HAS_BIAS and not SILU:
+        b = tl.load(b_in_ptr + j, mask=j_ok, other=0.0)
+    return j_ok, w, w2, wo, b
 
 
 @triton.jit
@@ -425,34 +483,31 @@ def _mlp_phase(
     units = tl.arange(0, BLOCK_M)
     kk = tl.arange(0, D_PAD)
     k_ok = kk < hidden
-    j0 = _early(pid, nprog, BLOCK_M, EARLY)  # [EARLY M]
-    j0_ok = j0 < inner
-    w0, w20, wo0 = _mlp_rows(w_in_ptr, w_out_ptr, j0, j0_ok, kk, k_ok, inner, hidden, SILU)  # before the barrier
+    # [EARLY M] units before the barrier
+    first = _mlp_rows(w_in_ptr, w_out_ptr, b_in_ptr, _early(pid, nprog, BLOCK_M, EARLY), kk, k_ok, inner, hidden,
+                      SILU, HAS_BIAS)  # fmt: skip
     start = pid + EARLY * nprog
     if STAGES == 0:  # the tile after the early ones, also before the barrier
-        j = start * BLOCK_M + units
-        j_ok = j < inner
-        w, w2, wo = _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU)
+        rows = _mlp_rows(w_in_ptr, w_out_ptr, b_in_ptr, start * BLOCK_M + units, kk, k_ok, inner, hidden, SILU,
+                         HAS_BIAS)  # fmt: skip
     if sync_to > 0:
         _grid_sync(counter_ptr, error_ptr, sync_to, SYNC)
     if pid == 0:
         tl.store(spent_ptr + kk, tl.zeros((D_PAD,), tl.float32), mask=k_ok)
-    x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, hidden, eps, kk, k_ok, x_ptr, x_ptr, False, NORM, w0.dtype,
-                      False)  # fmt: skip
-    total = _mlp_units(w0, w20, wo0, x, j0, j0_ok, b_in_ptr, ACT, SILU, HAS_BIAS)  # [D_PAD]
+    x = _normed_input(x_ptr, norm_w_ptr, norm_b_ptr, hidden, eps, kk, k_ok, x_ptr, x_ptr, False, NORM,
+                      first[1].dtype, False)  # fmt: skip
+    total = _mlp_units(first, x, ACT, SILU, HAS_BIAS)  # [D_PAD]
     if STAGES == 0:  # each tile's successor read into registers before the tile is multiplied
-        for tile in tl.range(start, tl.cdiv(inner, BLOCK_M), nprog, num_stages=1):
-            jn = (tile + nprog) * BLOCK_M + units
-            jn_ok = jn < inner
-            wn, w2n, won = _mlp_rows(w_in_ptr, w_out_ptr, jn, jn_ok, kk, k_ok, inner, hidden, SILU)
-            total += _mlp_units(w, w2, wo, x, j, j_ok, b_in_ptr, ACT, SILU, HAS_BIAS)
-            j, j_ok, w, w2, wo = jn, jn_ok, wn, w2n, won
+        for t in tl.range(start, tl.cdiv(inner, BLOCK_M), nprog, num_stages=1):
+            following = _mlp_rows(w_in_ptr, w_out_ptr, b_in_ptr, (t + nprog) * BLOCK_M + units, kk, k_ok, inner,
+                                  hidden, SILU, HAS_BIAS)  # fmt: skip
+            total += _mlp_units(rows, x, ACT, SILU, HAS_BIAS)
+            rows = following
     else:
-        for tile in tl.range(start, tl.cdiv(inner, BLOCK_M), nprog, num_stages=STAGES):
-            j = tile * BLOCK_M + units
-            j_ok = j < inner
-            w, w2, wo = _mlp_rows(w_in_ptr, w_out_ptr, j, j_ok, kk, k_ok, inner, hidden, SILU)
-            total += _mlp_units(w, w2, wo, x, j, j_ok, b_in_ptr, ACT, SILU, HAS_BIAS)
+        for t in tl.range(start, tl.cdiv(inner, BLOCK_M), nprog, num_stages=STAGES):
+            rows = _mlp_rows(w_in_ptr, w_out_ptr, b_in_ptr, t * BLOCK_M + units, kk, k_ok, inner, hidden, SILU,
+                             HAS_BIAS)  # fmt: skip
+            total += _mlp_units(rows, x, ACT, SILU, HAS_BIAS)
     if pid * BLOCK_M < inner:  # a program with units: its share of the sum
         tl.atomic_add(delta_ptr + kk, total, mask=k_ok, sem="relaxed", scope="gpu")
 
