@@ -1,5 +1,6 @@
-"""The persistent step compiles for an H100/H200 (sm_90a) at its default shape and with each of its options, on a
-machine without a GPU (Triton's compiler and its ptxas: ``scripts/diag/compile_sm90.py``).
+"""The persistent step compiles for an H100/H200 (sm_90a) at its default shape and with each of its options, and so
+does the decoder's fused GEMV for each kind of product, on a machine without a GPU (Triton's compiler and its ptxas:
+``scripts/diag/compile_sm90.py``).
 
 Triton's interpreter, which runs the step's tests on a CPU, does not compile the kernel: a version whose loop-carried
 value changed shape passed every interpreter test and failed to compile on the device. Needs triton with its NVIDIA
@@ -41,12 +42,13 @@ VARIANTS = (
 )
 
 
-def test_the_step_compiles_for_sm90_with_each_option():
+def test_the_step_with_each_option_and_the_decoders_gemv_compile_for_sm90():
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/diag/compile_sm90.py"), "gpt2,1b", *VARIANTS],
+        [sys.executable, str(ROOT / "scripts/diag/compile_sm90.py"), "gpt2,1b,gemv", *VARIANTS],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
-    lines = [line for line in run.stdout.splitlines() if "registers" in line]
-    assert len(lines) == 2 * len(VARIANTS), run.stdout
+    compiled = [line.split()[0] for line in run.stdout.splitlines() if "registers" in line]
+    assert (compiled.count("gpt2"), compiled.count("1b")) == (len(VARIANTS), len(VARIANTS)), run.stdout
+    assert compiled.count("gemv") >= 9, run.stdout  # a product of each kind (compile_sm90.GEMV)

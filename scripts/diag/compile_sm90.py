@@ -5,6 +5,7 @@ ships with it. A variant that fails to compile fails here, before a device call 
     python scripts/diag/compile_sm90.py gpt2,1b,8b [VARIANT ...]   # VARIANT: PersistentShape fields, as
                                                                     # SPECDEC_PERSISTENT_SHAPE takes them
     python scripts/diag/compile_sm90.py 1b "" "warps=8,tile_elements=16384,head_tile_elements=16384,stages=0"
+    python scripts/diag/compile_sm90.py gemv                      # the decoder's fused GEMV, one product of each kind
 
 No variant: the default shape. "" is the default too. bfloat16 weights, a cache of 1024 columns, one launch with
 barriers (as on the device); ``--dtype float32`` for float32 weights. Needs triton with its NVIDIA backend (the
@@ -28,6 +29,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
+from specdec.kernels import triton_gemv
 from specdec.kernels.triton_persistent import (
     GELU,
     StepWidths,
@@ -42,9 +44,31 @@ SHAPES = {"gpt2": "gpt2", "1b": "llama-3.2-1b", "8b": "llama-3.1-8b"}
 GELU_OF = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 # Pointer arguments that are not the model's dtype (by the kernels' parameter names)
 FLOAT32 = {"max_ptr", "sum_ptr", "acc_ptr", "logits_ptr", "delta_ptr"}
-INT64 = {"ids_ptr", "length_ptr", "positions_ptr"}
+INT64 = {"ids_ptr", "length_ptr", "positions_ptr", "columns_ptr"}
 INT32 = {"counter_ptr", "error_ptr"}
 FLOAT_SCALARS = {"eps", "scale"}
+G = triton_gemv
+# The decoder's fused GEMV (not the persistent step): one product of each kind, at the 1B and GPT-2 shapes (and a
+# Qwen2-like q/k/v with biases), compiled with the argument "gemv" among the shapes
+GEMV: dict[str, dict[str, int | bool]] = {
+    "1b q/k/v: RMS norm, RoPE, cache": dict(n_out=3072, k_in=2048, NORM=G.NORM_RMS, QKV=G.QKV_ROTATE, PAIRED=True),
+    "1b q/k/v as a dependent launch": dict(
+        n_out=3072, k_in=2048, NORM=G.NORM_RMS, QKV=G.QKV_ROTATE, PAIRED=True, PDL=True
+    ),
+    "qwen q/k/v: biases, RoPE, cache": dict(
+        n_out=3072, k_in=2048, NORM=G.NORM_RMS, HAS_BIAS=True, QKV=G.QKV_ROTATE, PAIRED=True
+    ),
+    "1b o: residual": dict(n_out=2048, k_in=2048, HAS_RESIDUAL=True),
+    "1b gate/up: RMS norm, SiLU": dict(n_out=8192, k_in=2048, NORM=G.NORM_RMS, ACT=G.ACT_SILU_PAIR, PAIRED=True),
+    "1b down: residual": dict(n_out=2048, k_in=8192, HAS_RESIDUAL=True),
+    "gpt2 q/k/v: layer norm, bias, cache": dict(
+        n_out=2304, k_in=768, NORM=G.NORM_LAYER, HAS_BIAS=True, QKV=G.QKV_STORE
+    ),
+    "gpt2 fc: layer norm, bias, GELU": dict(
+        n_out=3072, k_in=768, NORM=G.NORM_LAYER, HAS_BIAS=True, ACT=G.ACT_GELU_TANH
+    ),
+    "gpt2 proj: bias, residual": dict(n_out=768, k_in=3072, HAS_BIAS=True, HAS_RESIDUAL=True),
+}
 
 
 def widths(shape: str) -> StepWidths:
@@ -68,21 +92,44 @@ def compile_step(step_widths: StepWidths, variant: str, dtype: str, max_length: 
     shape = parse_shape(variant, "variant")
     kernel = _llama_step_kernel if step_widths.family == "llama" else _gpt2_step_kernel
     constants = step_constants(step_widths, shape, max_length, sync=not shape.phase_launches, advance=True)
+    return compile_sm90(kernel, constants, shape.warps, dtype)
+
+
+def compile_gemv(case: dict[str, int | bool], dtype: str) -> str:
+    """Compile the decoder's one-row fused GEMV (``triton_gemv``) for one product, with the tiles its launcher
+    picks (see ``GEMV``)."""
+    n_out, k_in = int(case["n_out"]), int(case["k_in"])
+    if case.get("QKV") == triton_gemv.QKV_ROTATE:
+        block_n, block_k, warps = triton_gemv.ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), 1
+    else:
+        block_n, block_k, warps = triton_gemv.blocks(n_out, k_in, case.get("ACT") == triton_gemv.ACT_SILU_PAIR)
+    constants: dict[str, int | bool] = {
+        "NORM": 0, "HAS_BIAS": False, "ACT": 0, "HAS_RESIDUAL": False, "QKV": 0, "PAIRED": False, "HEAD_DIM": 64,
+        "PDL": False,
+    }  # fmt: skip
+    constants |= {name: value for name, value in case.items() if name not in ("n_out", "k_in")}
+    constants |= {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_X": triton_gemv._norm_block(k_in)}
+    return compile_sm90(triton_gemv._fused_linear_kernel, constants, warps, dtype)
+
+
+def compile_sm90(kernel, constants: dict[str, int | bool], warps: int, dtype: str) -> str:
+    """Compile a kernel of this project for sm_90a with the given compile-time arguments (pointers by name: see
+    FLOAT32, INT64, INT32; the rest in ``dtype``); ptxas's summary (registers, spills, shared memory) or raise."""
     signature: dict[str, str] = {}
     attrs: dict[tuple[int, ...], list[list[object]]] = {}
     for index, name in enumerate(kernel.arg_names):
         if name in constants:
             signature[name] = "constexpr"
-        elif name.endswith("_ptr"):
+        elif name.endswith("_ptr"):  # 16-byte aligned, as the launcher marks such tensors
             signature[name] = (
                 "*fp32" if name in FLOAT32 else "*i64" if name in INT64 else "*i32" if name in INT32
                 else "*i1" if name == "valid_ptr" else f"*{dtype}"
             )  # fmt: skip
-            attrs[(index,)] = [["tt.divisibility", 16]]  # as the launcher marks 16-byte aligned tensors
+            attrs[(index,)] = [["tt.divisibility", 16]]
         else:
             signature[name] = "fp32" if name in FLOAT_SCALARS else "i32"
     source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": shape.warps})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
     ptxas = get_ptxas(90).path  # the assembler Triton itself uses for this target
     with tempfile.TemporaryDirectory() as folder:
         ptx = Path(folder) / "step.ptx"
@@ -105,18 +152,27 @@ def _reason(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("shapes", help="gpt2, 1b, 8b, comma-separated")
+    parser.add_argument("shapes", help="gpt2, 1b, 8b, comma-separated; gemv: the decoder's fused GEMV instead")
     parser.add_argument("variants", nargs="*", default=[""], help="PersistentShape fields, e.g. stages=0,warps=8")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this compiles")
-    unknown = [name for name in args.shapes.split(",") if name not in SHAPES]
+    unknown = [name for name in args.shapes.split(",") if name not in (*SHAPES, "gemv")]
     if unknown:
-        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}")
+        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}, gemv")
     failed = 0
     print(f"triton {triton.__version__}, sm_90a, {args.dtype}", flush=True)
     for name in args.shapes.split(","):
+        if name == "gemv":
+            for product, case in GEMV.items():
+                try:
+                    summary = compile_gemv(case, args.dtype)
+                except Exception as error:  # as below
+                    failed += 1
+                    summary = f"FAILED: {_reason(error)}"
+                print(f"gemv  {product:60} {summary}", flush=True)
+            continue
         for variant in args.variants:
             try:
                 summary = compile_step(widths(name), variant, args.dtype)

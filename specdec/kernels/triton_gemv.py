@@ -65,8 +65,9 @@ def _fused_linear_kernel(
     ``reference.rope_and_store`` does), as it is (1) or rotated (2: the program reads rows j and j + HEAD_DIM / 2
     of one head, j in a block of its first half). PAIRED: ACT 1 or QKV 2, two weight rows per output. Each weight
     tile is read one step ahead of its use (the first before the norm's pass over the input), so that no load waits
-    for arithmetic. PDL: launched as a dependent (``dependent_launch``): the first weight tile is read while the
-    kernel before this one finishes, everything else after it has completed."""
+    for arithmetic; the biases, the residual, the cache column and RoPE's tables are read before the loop (after it,
+    each was a round trip at the program's end). PDL: launched as a dependent (``dependent_launch``): the first weight
+    tile and the biases are read while the kernel before this one finishes, everything else after it has completed."""
     pid = tl.program_id(0)
     if QKV == 2:
         head = pid // (HEAD_DIM // 2 // BLOCK_N)
@@ -83,7 +84,24 @@ def _fused_linear_kernel(
     w2 = w
     if PAIRED:
         w2 = _weight_tile(w_ptr, n2, n_ok, 0, kk, k_in)
-    await_previous(PDL)  # the weights are constant; what the kernels before wrote is read after this
+    # What the outputs need besides the product is read before the loop, so that it arrives while the weights stream
+    # (read after it, each was a round trip of its own at the program's end): the biases, the residual, the cache
+    # column and RoPE's tables.
+    bias = n
+    bias2 = n
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + n, mask=n_ok, other=0.0)
+        if QKV == 2:
+            bias2 = tl.load(bias_ptr + n2)
+    await_previous(PDL)  # the weights and biases are constant; what the kernels before wrote is read after this
+    residual = n
+    if HAS_RESIDUAL:
+        residual = tl.load(residual_ptr + n, mask=n_ok, other=0.0)
+    column = 0
+    if QKV != 0:
+        column = tl.load(columns_ptr)
+    if QKV == 2:
+        tables = _rope_tables(head, j, positions_ptr, cos_ptr, sin_ptr, num_heads, num_kv_heads, HEAD_DIM)
     mean = 0.0
     inverse_std = 0.0
     if NORM != 0:  # the row's mean (layer norm) and 1 / std, in loads of BLOCK_X (one for hidden sizes to 8192)
@@ -123,16 +141,16 @@ def _fused_linear_kernel(
             w2 = _weight_tile(w_ptr, n2, n_ok, k0 + BLOCK_K, kk, k_in)
     y = tl.sum(acc, axis=1)  # [N]
     if HAS_BIAS:
-        y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        y += bias.to(tl.float32)
     y = y.to(dtype)  # the product rounded, as F.linear returns it
     if QKV == 2:
         y2 = tl.sum(acc2, axis=1)
         if HAS_BIAS:
-            y2 += tl.load(bias_ptr + n2).to(tl.float32)
-        _rope_store(y, y2.to(dtype), head, j, out_ptr, positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr,
-                    columns_ptr, num_heads, num_kv_heads, max_length, HEAD_DIM)  # fmt: skip
+            y2 += bias2.to(tl.float32)
+        _rope_store(y, y2.to(dtype), head, j, tables, out_ptr, cache_k_ptr, cache_v_ptr, column, num_heads,
+                    num_kv_heads, max_length, HEAD_DIM)  # fmt: skip
     elif QKV == 1:
-        _store_qkv(y, n, n_ok, out_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length,
+        _store_qkv(y, n, n_ok, out_ptr, cache_k_ptr, cache_v_ptr, column, num_heads, num_kv_heads, max_length,
                    HEAD_DIM)  # fmt: skip
     else:
         if ACT == 1:  # as silu_mul over the rounded gate and up
@@ -147,21 +165,19 @@ def _fused_linear_kernel(
             yf = y.to(tl.float32)
             y = (0.5 * yf * (1.0 + tl.math.erf(yf * 0.7071067811865476))).to(dtype)
         if HAS_RESIDUAL:  # residual + y, rounded like an add in the model's dtype
-            r = tl.load(residual_ptr + n, mask=n_ok, other=0.0)
-            y = (r.to(tl.float32) + y.to(tl.float32)).to(dtype)
+            y = (residual.to(tl.float32) + y.to(tl.float32)).to(dtype)
         tl.store(out_ptr + n, y, mask=n_ok)
 
 
 @triton.jit
 def _store_qkv(
-    y, n, n_ok, q_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length,
+    y, n, n_ok, q_ptr, cache_k_ptr, cache_v_ptr, column, num_heads, num_kv_heads, max_length,
     HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     """Outputs n [N] (rounded) of one token's q/k/v product, stored as they are: q heads to q, k and v heads into the
-    caches ([Hkv, M, Dh], one batch row) at column ``columns[0]``."""
+    caches ([Hkv, M, Dh], one batch row) at ``column``."""
     head = n // HEAD_DIM
     d = n % HEAD_DIM
-    column = tl.load(columns_ptr)
     tl.store(q_ptr + n, y, mask=n_ok & (head < num_heads))
     kv_head = head - num_heads
     is_k = n_ok & (kv_head >= 0) & (kv_head < num_kv_heads)
@@ -171,24 +187,34 @@ def _store_qkv(
 
 
 @triton.jit
+def _rope_tables(head, j, positions_ptr, cos_ptr, sin_ptr, num_heads, num_kv_heads, HEAD_DIM: tl.constexpr):
+    """RoPE's cos and sin of dimensions j and j + HEAD_DIM / 2 ([N] each) at the token's position, read for q and k
+    heads (a value head's are not read)."""
+    half = HEAD_DIM // 2
+    rotated = (j * 0 + head) < num_heads + num_kv_heads  # [N]
+    at = tl.load(positions_ptr) * HEAD_DIM + j
+    cos1 = tl.load(cos_ptr + at, mask=rotated, other=1.0)
+    cos2 = tl.load(cos_ptr + at + half, mask=rotated, other=1.0)
+    sin1 = tl.load(sin_ptr + at, mask=rotated, other=0.0)
+    sin2 = tl.load(sin_ptr + at + half, mask=rotated, other=0.0)
+    return cos1, cos2, sin1, sin2
+
+
+@triton.jit
 def _rope_store(
-    y1, y2, head, j, q_ptr, positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr,
-    num_heads, num_kv_heads, max_length, HEAD_DIM: tl.constexpr,
+    y1, y2, head, j, tables, q_ptr, cache_k_ptr, cache_v_ptr, column, num_heads, num_kv_heads, max_length,
+    HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
     """Dimensions j and j + HEAD_DIM / 2 ([N] each, rounded products) of head ``head`` of one token's q/k/v: rotated
-    (q and k heads) as the RoPE kernel does, in float32 from the rounded values, and stored: q heads to q, k and v
-    heads into the caches ([Hkv, M, Dh], one batch row) at column ``columns[0]``."""
+    (q and k heads; ``tables``: ``_rope_tables``) as the RoPE kernel does, in float32 from the rounded values, and
+    stored: q heads to q, k and v heads into the caches ([Hkv, M, Dh], one batch row) at ``column``."""
     half = HEAD_DIM // 2
     x1 = y1.to(tl.float32)
     x2 = y2.to(tl.float32)
     if head < num_heads + num_kv_heads:
-        position = tl.load(positions_ptr)
-        cos1 = tl.load(cos_ptr + position * HEAD_DIM + j).to(tl.float32)
-        cos2 = tl.load(cos_ptr + position * HEAD_DIM + half + j).to(tl.float32)
-        sin1 = tl.load(sin_ptr + position * HEAD_DIM + j).to(tl.float32)
-        sin2 = tl.load(sin_ptr + position * HEAD_DIM + half + j).to(tl.float32)
+        cos1, cos2, sin1, sin2 = tables
+        cos1, cos2, sin1, sin2 = cos1.to(tl.float32), cos2.to(tl.float32), sin1.to(tl.float32), sin2.to(tl.float32)
         x1, x2 = x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2
-    column = tl.load(columns_ptr)
     if head < num_heads:
         out = q_ptr + head * HEAD_DIM
     elif head < num_heads + num_kv_heads:
