@@ -419,14 +419,14 @@ def _tile_inputs(
         j = p % half
         rotated = p_ok & (p // half < HEADS + KV_HEADS)  # q and k pairs; values pass through
         at = position * HEAD_DIM + j
-        extra = (
+        extra = (  # type: ignore[assignment]  # a constexpr branch: the tuple's length is OUTPUT's
             tl.load(cos_ptr + at, mask=rotated, other=1.0),
             tl.load(cos_ptr + at + half, mask=rotated, other=1.0),
             tl.load(sin_ptr + at, mask=rotated, other=0.0),
             tl.load(sin_ptr + at + half, mask=rotated, other=0.0),
         )
     else:
-        extra = ()
+        extra = ()  # type: ignore[assignment]
     return b, b2, extra
 
 
