@@ -24,7 +24,7 @@ export PYTHONPATH=$PWD
 [[ $parts == *" barrier "* ]] && timeout 120 python3 scripts/diag/persistent.py barrier
 [[ $parts == *" step "* ]] && timeout 420 python3 scripts/diag/persistent.py step "$shapes" ${STEP_SET:-}
 [[ $parts == *" phases "* ]] && timeout 300 python3 scripts/diag/persistent.py phases "$shapes"
-wide="warps=8 tile_elements=16384 head_tile_elements=16384 stages=0"  # the wide cut (compile_sm90.py: no spill)
+wide="warps=8 tile_elements=16384 head_tile_elements=16384 stages=0"  # the wide cut (see compile_sm90.py)
 if [[ $parts == *" ab "* && ${AB_SET:-} == wide ]]; then  # the wide cut, with and without the merge in attention
   bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1 \
     "wide=.,SPECDEC_PERSISTENT=1,SPECDEC_PERSISTENT_SHAPE=$wide" \
