@@ -396,11 +396,11 @@ def _tile_inputs(
     DELTA: tl.constexpr,
 ):  # fmt: skip
     """What outputs p [N] need besides their product, as loaded, so that they load with the tile's weights (read
-    after the product, each is a round trip of its own per tile): (the biases of their rows and second rows, extra),
-    extra by OUTPUT: the residual at out_ptr, the fused MLP's pending sum and its bias (1; ``_pending``, read as the
-    sum (DELTA) without it); RoPE's cos and sin of dimensions j and j + Dh / 2 at ``position``, 1 and 0 for values'
-    pairs (4); else nothing. A residual (1) read before the phase's barrier is final: the phase before a residual
-    product (the attention, the first MLP product) does not write the residual stream."""
+    after the product, each is a round trip of its own per tile): (the biases of their rows and second rows, extra).
+    extra by OUTPUT: (the residual at out_ptr, and with DELTA the fused MLP's pending sum and its bias, ``_pending``)
+    (1); RoPE's cos and sin of dimensions j and j + Dh / 2 at ``position``, 1 and 0 for values' pairs (4); else ().
+    A residual (1) read before the phase's barrier is final: the phase before a residual product (the attention, the
+    first MLP product) does not write the residual stream."""
     b = p
     b2 = p
     if HAS_BIAS:
