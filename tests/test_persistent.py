@@ -30,31 +30,13 @@ pytestmark = pytest.mark.skipif(
 # splits; the barrier's shape (every SM) only where barriers run. Several programs load two tiles before a phase's
 # barrier, one program one; without barriers the tiles after those are read one ahead into registers (stages 0).
 # Several programs merge each head's attention splits in the attention phase, one program in the output product's.
+SMALL_TILES = dict(tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024)
 SHAPES = {
-    "one program": dict(
-        programs=1, tile_elements=512, split_keys=8, max_splits=4, block_keys=8, head_tile_elements=1024, stages=0
-    ),
+    "one program": dict(SMALL_TILES, programs=1, stages=0),
     "phase launches": dict(
-        programs=3,
-        tile_elements=512,
-        split_keys=8,
-        max_splits=4,
-        block_keys=8,
-        head_tile_elements=1024,
-        phase_launches=True,
-        early_tiles=2,
-        stages=0,
-        merge_in_attention=True,
+        SMALL_TILES, programs=3, phase_launches=True, early_tiles=2, stages=0, merge_in_attention=True
     ),
-    "grid barrier": dict(
-        tile_elements=512,
-        split_keys=8,
-        max_splits=4,
-        block_keys=8,
-        head_tile_elements=1024,
-        early_tiles=2,
-        merge_in_attention=True,
-    ),
+    "grid barrier": dict(SMALL_TILES, early_tiles=2, merge_in_attention=True),
 }
 # The MLP as one phase, summed across programs (float32 atomics): small tiles, so that programs share its units.
 FUSED = dict(fused_mlp=True, mlp_tile_elements=256)
