@@ -194,7 +194,56 @@ def test_the_shape_setting_names_fields_and_refuses_what_it_cannot_use(monkeypat
         ("stage=0", "unknown field 'stage'; PersistentShape has programs, "),
         ("stages=two", "stages='two' is not an integer"),
         ("early_tiles=3", "early_tiles=3: expected 1, 2 or 4"),
+        ("timeline=1 phase_launches=1", "timeline stamps the phases of one launch: unset phase_launches"),
     ]:
         monkeypatch.setenv("SPECDEC_PERSISTENT_SHAPE", value)
         with pytest.raises(ConfigError, match=f"SPECDEC_PERSISTENT_SHAPE: .*{message}"):
             triton_persistent.default_shape()
+
+
+def test_phase_times_reads_a_timeline_by_kind_of_phase():
+    """Two layers of five phases over three programs: phase r starts on program i at T[r] + i us, so from the last
+    start of a phase to the next phase's starts is T[r + 1] - T[r] on the slowest program, 1 us less on the mean,
+    2 us less on the first; each kind is averaged over its layers."""
+    from specdec.kernels import triton_persistent
+
+    gaps = torch.arange(1, 13, dtype=torch.float64)  # us from phase r's starts to phase r + 1's, r = 0 .. 11
+    starts = torch.cat([torch.zeros(1, dtype=torch.float64), gaps.cumsum(0)])  # [13]: 12 phases and the end
+    timeline = ((starts[:, None] + torch.arange(3.0)[None, :]) * 1000).to(torch.int64)  # [13, 3] ns
+    times = triton_persistent.phase_times(timeline, 5)
+    names = ["embed", "q/k/v", "attention", "o", "mlp in", "mlp out", "head"]
+    assert [t.name for t in times] == names
+    walls = [1.0, (2 + 7) / 2, (3 + 8) / 2, (4 + 9) / 2, (5 + 10) / 2, (6 + 11) / 2, 12.0]
+    assert [t.wall for t in times] == pytest.approx(walls)
+    assert [t.mean for t in times] == pytest.approx([w - 1 for w in walls])
+    assert [t.first for t in times] == pytest.approx([w - 2 for w in walls])
+    fused = triton_persistent.phase_times(timeline[:-2], 4)  # two layers of four phases: 11 rows
+    assert [t.name for t in fused] == ["embed", "q/k/v", "attention", "o", "mlp", "head"]
+    assert [t.wall for t in fused] == pytest.approx([1.0, (2 + 6) / 2, (3 + 7) / 2, (4 + 8) / 2, (5 + 9) / 2, 10.0])
+
+
+def test_the_timeline_shows_every_barrier_holding_its_phase_back():
+    """On CUDA, each program stamps the global timer as it starts each phase: no program starts a phase before every
+    program has started the one before (its barrier), and the step's output is unchanged by the stamps. Elsewhere
+    the timeline is refused by name (Triton's interpreter has no timer)."""
+    from specdec.kernels import triton_persistent
+
+    ids, decoder = prompt_and_decoder("llama", torch.float32)
+    fast = decoder.model
+    shape = triton_persistent.PersistentShape(**SHAPES["grid barrier"], timeline=True)
+    if DEVICE.type != "cuda":
+        with pytest.raises(ValueError, match="timeline reads the GPU's global timer: it runs on CUDA only"):
+            triton_persistent.persistent_step(fast, shape)
+        return
+    stamped = triton_persistent.persistent_step(fast, shape)
+    plain = triton_persistent.persistent_step(fast, dataclasses.replace(shape, timeline=False))
+    assert decoder._cache is not None
+    args = (decoder._positions, decoder._key_valid, decoder._cache, fast.num_layers, fast.cos_table, fast.sin_table)
+    logits = [step(ids[:, 20:21], torch.tensor(20, device=DEVICE), *args).clone() for step in (stamped, plain)]
+    assert torch.equal(logits[0], logits[1])
+    stamps = stamped.timeline
+    assert stamps is not None and stamps.shape == (2 + 5 * fast.num_layers + 1, stamped.programs)
+    assert (stamps.diff(dim=0) >= 0).all()  # each program's phases in order
+    # Phases 1 .. end have a barrier: a phase's first end comes after its last start.
+    assert (stamps[2:].min(dim=1).values >= stamps[1:-1].max(dim=1).values).all()
+    assert not stamped.failed()

@@ -39,6 +39,7 @@ VARIANTS = (
     "phase_launches=1,merge_in_attention=1",
     "merge_in_attention=1,max_splits=8",
     "warps=8,tile_elements=16384,head_tile_elements=16384,stages=0",
+    "timeline=1",
 )
 
 

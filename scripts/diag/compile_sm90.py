@@ -44,7 +44,7 @@ SHAPES = {"gpt2": "gpt2", "1b": "llama-3.2-1b", "8b": "llama-3.1-8b"}
 GELU_OF = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 # Pointer arguments that are not the model's dtype (by the kernels' parameter names)
 FLOAT32 = {"max_ptr", "sum_ptr", "acc_ptr", "logits_ptr", "delta_ptr"}
-INT64 = {"ids_ptr", "length_ptr", "positions_ptr", "columns_ptr"}
+INT64 = {"ids_ptr", "length_ptr", "positions_ptr", "columns_ptr", "timeline_ptr"}
 INT32 = {"counter_ptr", "error_ptr"}
 FLOAT_SCALARS = {"eps", "scale"}
 G = triton_gemv

@@ -8,6 +8,7 @@ against the fast forward it replaces.
                                                            # tiles loaded before the barrier, the attention's merge)
     python scripts/diag/persistent.py phases gpt2,1b       # each kind of phase alone, one launch each
     python scripts/diag/persistent.py launches 1b          # for ncu: the decoder's step and each phase, once
+    python scripts/diag/persistent.py timeline gpt2,1b [CUT ...]  # each phase inside one launch, by the GPU's timer
 
 ``barrier``: a kernel that only passes B barriers, timed in a CUDA graph for B = 0, 16 and 64: the slope is one
 barrier's cost. ``step``: the zoo's synthetic shapes in bfloat16 after a 128-token prompt (cache of 1024 columns),
@@ -17,7 +18,11 @@ logits from the fast forward's and whether the argmax agrees (a variant whose ba
 ``phases``: the same step cut into one launch per phase, each kind of phase (a layer's five, or four with the MLP
 fused, and the output layer) launched alone 50 times in a CUDA graph, layer after layer so that the L2 does not
 hold the weights: us per phase and the weights' GB/s, to set beside the fast forward's kernels (``gemv_ab.py
-kernels``).
+kernels``). ``timeline``: the whole step as one launch at each CUT (``PersistentShape`` fields as
+SPECDEC_PERSISTENT_SHAPE takes them, "stages=0 warps=8"; none: the default), each program stamping the GPU's global
+timer as it starts each phase (``PersistentShape.timeline``): per kind of phase, averaged over the layers and five
+launches, the time from the last program's start of the phase to the next phase's start on the slowest, the mean and
+the first program (``phase_times``), and the timer's step (its resolution, as seen).
 """
 
 # ruff: noqa: B023  (each closure runs inside the iteration that defines it)
@@ -36,7 +41,9 @@ from specdec.kernels.triton_persistent import (
     _grid_leave,
     _grid_sync,
     default_shape,
+    parse_shape,
     persistent_step,
+    phase_times,
 )
 
 sys.path.insert(0, "scripts/diag")
@@ -305,5 +312,37 @@ def step() -> None:
         torch.cuda.empty_cache()
 
 
+def timeline() -> None:
+    cuts = sys.argv[3:] or [""]
+    for shape_name in sys.argv[2].split(",") if len(sys.argv) > 2 else ["gpt2"]:
+        decoder, token = prepared(shape_name)
+        fast = decoder.model
+        tables = (fast.cos_table, fast.sin_table) if fast.family == "llama" else ()
+        for cut in cuts:
+            shape = parse_shape(cut, "persistent.py timeline", timeline=True)
+            step = persistent_step(fast, shape)
+            length = torch.tensor(128, device="cuda")
+            args = (token, length, decoder._positions, decoder._key_valid, decoder._cache, fast.num_layers, *tables)
+            runs = []
+            for launch in range(7):  # two to compile and warm up, five stamped
+                length.fill_(128)
+                step(*args)
+                torch.cuda.synchronize()
+                if launch >= 2:
+                    runs.append(step.timeline.clone())
+            per_layer = shape.phases_per_layer
+            times = [phase_times(stamps, per_layer) for stamps in runs]
+            label = f"timeline {shape_name} {cut or 'default'}"
+            for kind in zip(*times, strict=True):
+                wall, mean, first = (sum(getattr(t, f) for t in kind) / len(kind) for f in ("wall", "mean", "first"))
+                print(f"{label}: {kind[0].name}: wall {wall:.2f} us, mean {mean:.2f}, first {first:.2f}", flush=True)
+            totals = [(stamps[-1].max() - stamps[0].min()).item() / 1e3 for stamps in runs]
+            steps = torch.cat([stamps.flatten().sort().values.diff() for stamps in runs])
+            print(f"{label}: whole launch {sum(totals) / len(totals):.1f} us (first start to last end); timer step "
+                  f"{steps[steps > 0].min().item()} ns; barriers gave up: {step.failed()}", flush=True)  # fmt: skip
+        torch.cuda.empty_cache()
+
+
 if __name__ == "__main__":
-    {"barrier": barrier, "step": step, "phases": phases, "launches": launches}[sys.argv[1]]()
+    modes = {"barrier": barrier, "step": step, "phases": phases, "launches": launches, "timeline": timeline}
+    modes[sys.argv[1]]()

@@ -10,6 +10,7 @@
 #
 #   bash scripts/diag/persistent_check.sh [SHAPES]           # on the device machine, from the repository root
 #   PARTS="tests barrier" bash scripts/diag/persistent_check.sh   # some parts (default: tests barrier step ab)
+#   PARTS="tests timeline" bash scripts/diag/persistent_check.sh  # each phase's time inside the launch
 #   PARTS=ncu SPECDEC_PERSISTENT_SHAPE="stages=0" bash scripts/diag/persistent_check.sh 1b   # Nsight Compute
 #
 # The whole check takes longer than one 10-minute device call (each step variant compiles its own kernel): run it as
@@ -20,11 +21,14 @@ parts=" ${PARTS:-tests barrier step ab} "
 export PYTHONPATH=$PWD
 # On CUDA: the grid-barrier shapes and the engine through CUDA graphs (the interpreter checks the other shapes' math).
 [[ $parts == *" tests "* ]] && timeout 420 python3 -m pytest -q -x -p no:cacheprovider tests/test_persistent.py \
-  -k "grid or generation or setting" 2>&1 | tail -5
+  -k "grid or generation or setting or timeline" 2>&1 | tail -5
 [[ $parts == *" barrier "* ]] && timeout 120 python3 scripts/diag/persistent.py barrier
 [[ $parts == *" step "* ]] && timeout 420 python3 scripts/diag/persistent.py step "$shapes" ${STEP_SET:-}
 [[ $parts == *" phases "* ]] && timeout 300 python3 scripts/diag/persistent.py phases "$shapes"
 wide="warps=8 tile_elements=16384 head_tile_elements=16384 stages=0"  # the wide cut (see compile_sm90.py)
+# Each phase inside one launch, by the GPU's timer: the default cut, no pipelined loop, the wide cut, with the merge.
+[[ $parts == *" timeline "* ]] && timeout 420 python3 scripts/diag/persistent.py timeline "$shapes" "" stages=0 \
+  "$wide" "$wide merge_in_attention=1 max_splits=8"
 if [[ $parts == *" ab "* && ${AB_SET:-} == wide ]]; then  # the wide cut, with and without the merge in attention
   bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1 \
     "wide=.,SPECDEC_PERSISTENT=1,SPECDEC_PERSISTENT_SHAPE=$wide" \

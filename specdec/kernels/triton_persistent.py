@@ -66,6 +66,11 @@ from specdec.errors import ConfigError, DeviceError, UnsupportedModelError
 from specdec.fast.gpt2 import FastGPT2, GPT2Stack
 from specdec.fast.llama import FastLlama
 
+try:  # Triton 3.x on CUDA: the GPU's global nanosecond timer (the timeline diagnostic)
+    from triton.language.extra.cuda import globaltimer
+except ImportError:  # pragma: no cover - a Triton without it: no timeline
+    globaltimer = None
+
 ENV_PERSISTENT = "SPECDEC_PERSISTENT"  # "1": one-token forwards run as one persistent kernel; "fused": MLP in one phase
 PERSISTENT_VALUES = ("0", "1", "fused")
 ENV_SHAPE = "SPECDEC_PERSISTENT_SHAPE"  # "stages=0,early_tiles=2" (or spaces): PersistentShape fields, to try cuts
@@ -578,13 +583,13 @@ def _gpt2_step_kernel(
     ln1_w_ptr, ln1_b_ptr, qkv_w_ptr, qkv_b_ptr, o_w_ptr, o_b_ptr, ln2_w_ptr, ln2_b_ptr,
     fc_w_ptr, fc_b_ptr, proj_w_ptr, proj_b_ptr, lnf_w_ptr, lnf_b_ptr, head_w_ptr,
     cache_k_ptr, cache_v_ptr, hidden_ptr, q_ptr, max_ptr, sum_ptr, acc_ptr, inner_ptr, logits_ptr, delta_ptr,
-    counter_ptr, error_ptr,
+    counter_ptr, error_ptr, timeline_ptr,
     eps, scale, vocab, max_length, num_layers, split_keys, first_phase, end_phase,
     HIDDEN: tl.constexpr, INNER: tl.constexpr, HEADS: tl.constexpr, H_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr, BLOCK_KEYS: tl.constexpr, ACT: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
     PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr, FUSED: tl.constexpr, EARLY: tl.constexpr,
-    MERGE: tl.constexpr,
+    MERGE: tl.constexpr, TIMELINE: tl.constexpr,
 ):  # fmt: skip
     """Phases [first_phase, end_phase) of the step (0: embed; 1 + PHASES l + j: layer l's j-th; 1 + PHASES L: the
     head), a grid barrier before each but the first. BLOCK_D, BLOCK_I, BLOCK_V: weight rows per tile of the products
@@ -605,6 +610,8 @@ def _gpt2_step_kernel(
     head_phase = 1 + PHASES * num_layers
     arrivals = 0
     for phase in range(first_phase, end_phase):
+        if TIMELINE:  # the phase's start on this program, before its barrier: int64 ns [phases + 1, P]
+            tl.store(timeline_ptr + phase * nprog + pid, globaltimer())
         sync_to = 0
         if phase > first_phase:
             arrivals += nprog
@@ -687,6 +694,8 @@ def _gpt2_step_kernel(
                     INPUT_PLAIN, OUTPUT_RESIDUAL, True, 0, HEADS, HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
                     STAGES, SYNC, False, EARLY,
                 )  # fmt: skip
+    if TIMELINE:
+        tl.store(timeline_ptr + end_phase * nprog + pid, globaltimer())
     if _grid_leave(counter_ptr, arrivals, nprog, SYNC) and ADVANCE:  # every program has read the length
         tl.store(length_ptr, column + 1)
 
@@ -696,14 +705,14 @@ def _llama_step_kernel(
     ids_ptr, length_ptr, positions_ptr, valid_ptr, embed_ptr, cos_ptr, sin_ptr,
     in_norm_ptr, qkv_w_ptr, qkv_b_ptr, o_w_ptr, o_b_ptr, post_norm_ptr, gate_up_ptr, down_ptr, final_norm_ptr,
     head_w_ptr, cache_k_ptr, cache_v_ptr, hidden_ptr, q_ptr, max_ptr, sum_ptr, acc_ptr, inner_ptr, logits_ptr,
-    delta_ptr, counter_ptr, error_ptr,
+    delta_ptr, counter_ptr, error_ptr, timeline_ptr,
     eps, scale, vocab, max_length, num_layers, split_keys, first_phase, end_phase,
     HIDDEN: tl.constexpr, INNER: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr, H_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, I_PAD: tl.constexpr, SPLITS: tl.constexpr,
     BLOCK_KEYS: tl.constexpr, HAS_QKV_BIAS: tl.constexpr, HAS_O_BIAS: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr, STAGES: tl.constexpr,
     PHASES: tl.constexpr, SYNC: tl.constexpr, ADVANCE: tl.constexpr, FUSED: tl.constexpr, EARLY: tl.constexpr,
-    MERGE: tl.constexpr,
+    MERGE: tl.constexpr, TIMELINE: tl.constexpr,
 ):  # fmt: skip
     """The Llama family's step, as ``_gpt2_step_kernel`` (phases, barriers, tiles, FUSED): RMS norms, q/k/v rotated
     in pairs (BLOCK_D / 2 pairs per tile), grouped-query attention, SiLU(gate) * up over [2 I, D] gate-then-up
@@ -717,6 +726,8 @@ def _llama_step_kernel(
     head_phase = 1 + PHASES * num_layers
     arrivals = 0
     for phase in range(first_phase, end_phase):
+        if TIMELINE:  # the phase's start on this program, before its barrier: int64 ns [phases + 1, P]
+            tl.store(timeline_ptr + phase * nprog + pid, globaltimer())
         sync_to = 0
         if phase > first_phase:
             arrivals += nprog
@@ -797,6 +808,8 @@ def _llama_step_kernel(
                     INPUT_PLAIN, OUTPUT_RESIDUAL, False, 0, HEADS, KV_HEADS, H_PAD, HEAD_DIM, SPLITS, BLOCK_I, I_PAD,
                     STAGES, SYNC, False, EARLY,
                 )  # fmt: skip
+    if TIMELINE:
+        tl.store(timeline_ptr + end_phase * nprog + pid, globaltimer())
     if _grid_leave(counter_ptr, arrivals, nprog, SYNC) and ADVANCE:  # every program has read the length
         tl.store(length_ptr, column + 1)
 
@@ -818,7 +831,8 @@ class PersistentShape:
     early_tiles (1, 2 or 4): tiles per phase whose loads a program issues before it waits at the phase's barrier
     (the rest stream after it). merge_in_attention: the last split of each head merges the head's partials in the
     attention phase, so that the output product's programs read the merged output instead of each merging every
-    head's partials themselves.
+    head's partials themselves. timeline (a diagnostic; CUDA, one launch): each program stamps the GPU's global
+    timer at the start of every phase and at its end, into ``PersistentStep.timeline`` (``phase_times`` reads it).
     """
 
     programs: int = 0
@@ -835,10 +849,13 @@ class PersistentShape:
     mlp_tile_elements: int = 4096
     early_tiles: int = 1
     merge_in_attention: bool = False
+    timeline: bool = False
 
     def __post_init__(self) -> None:
         if self.early_tiles not in (1, 2, 4):
             raise ValueError(f"PersistentShape.early_tiles={self.early_tiles}: expected 1, 2 or 4")
+        if self.timeline and self.phase_launches:
+            raise ValueError("PersistentShape.timeline stamps the phases of one launch: unset phase_launches")
 
     @property
     def phases_per_layer(self) -> int:
@@ -924,6 +941,7 @@ def step_constants(
         "FUSED": shape.fused_mlp,
         "EARLY": shape.early_tiles,
         "MERGE": shape.merge_in_attention,
+        "TIMELINE": shape.timeline,
     }
     if llama:
         constants |= {"KV_HEADS": widths.kv_heads, "HAS_QKV_BIAS": widths.qkv_bias, "HAS_O_BIAS": widths.o_bias}
@@ -971,6 +989,11 @@ class PersistentStep:
         self._checked: set[int] = set()  # cache sizes whose first launch passed every barrier
         self._pending: torch.Tensor | None = None
         self.compiled: object = None  # the last launch's compiled kernel (its registers and spills, for the diag)
+        self.timeline: torch.Tensor | None = None  # with shape.timeline: the last launch's stamps, [phases + 1, P]
+        if self.shape.timeline and (
+            device.type != "cuda" or globaltimer is None or os.environ.get("TRITON_INTERPRET") == "1"
+        ):
+            raise ValueError("PersistentShape.timeline reads the GPU's global timer: it runs on CUDA only")
 
     def failed(self) -> bool:
         """Whether a barrier has given up waiting (some program never ran beside the others): outputs since are
@@ -1056,6 +1079,16 @@ class PersistentStep:
         ranges = [(p, p + 1) for p in range(end)] if self.shape.phase_launches else [(0, end)]
         return ranges, self.programs > 1 and not self.shape.phase_launches
 
+    def timeline_buffer(self, num_layers: int) -> torch.Tensor:
+        """Where the launch stamps its phases (``PersistentShape.timeline``): [2 + PHASES L + 1, P] int64, a row per
+        phase and one for the end; without the timeline, a placeholder the kernel never writes."""
+        if not self.shape.timeline:
+            return self.counter
+        rows = 2 + self.shape.phases_per_layer * num_layers + 1
+        if self.timeline is None or self.timeline.shape[0] != rows:
+            self.timeline = torch.zeros((rows, self.programs), dtype=torch.int64, device=self.embed.device)
+        return self.timeline
+
     def pending(self) -> torch.Tensor:
         """The fused MLP's sums, [2, D] float32 (see ``_gpt2_step_kernel``)."""
         if self._pending is None:
@@ -1115,7 +1148,7 @@ class PersistentGPT2(PersistentStep):
                 s.ln_1[0], s.ln_1[1], s.qkv, s.qkv_bias, s.o, s.o_bias, s.ln_2[0], s.ln_2[1],
                 s.fc, s.fc_bias, self.proj, s.proj_bias, self.final_norm[0], self.final_norm[1], self.lm_head,
                 cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits, self.pending(),
-                self.counter, self.counter[1:],
+                self.counter, self.counter[1:], self.timeline_buffer(num_layers),
                 self.eps, self.head_dim**-0.5, vocab, max_length, num_layers, split_keys, first, stop,
                 **constants, num_warps=self.shape.warps,
             )  # fmt: skip
@@ -1199,7 +1232,7 @@ class PersistentLlama(PersistentStep):
                 s.input_norm, s.qkv, s.qkv_bias if s.qkv_bias is not None else s.qkv, s.o,
                 s.o_bias if s.o_bias is not None else s.o, s.post_norm, s.gate_up, s.down, m.final_norm, m.lm_head,
                 cache_k, cache_v, hidden, q, maxima, sums, partial, inner, logits, self.pending(),
-                self.counter, self.counter[1:],
+                self.counter, self.counter[1:], self.timeline_buffer(num_layers),
                 m.eps, m.scale, vocab, max_length, num_layers, split_keys, first, stop,
                 **constants, num_warps=self.shape.warps,
             )  # fmt: skip
@@ -1219,3 +1252,41 @@ def persistent_step(model: FastGPT2 | FastLlama, shape: PersistentShape | None =
         model.stack, model.embed, model.position_embed, model.final_norm, model.lm_head, model.num_heads, model.eps,
         model.gelu, shape,
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PhaseTime:
+    """One kind of phase in a launch's timeline (``phase_times``), in microseconds, averaged over its occurrences
+    (the layers). Each interval starts when the last program starts the phase (arrives at its barrier, so the
+    barrier opens about then) and ends at the next phase's start on a program: the slowest (``wall``: the phase's
+    share of the step), the mean (``mean``), or the first (``first``: a program with little or no work there, so
+    about what the barrier's release costs)."""
+
+    name: str
+    wall: float
+    mean: float
+    first: float
+
+
+def phase_names(phases_per_layer: int) -> list[str]:
+    """The kinds of a layer's phases, in order."""
+    return ["q/k/v", "attention", "o", *(["mlp"] if phases_per_layer == 4 else ["mlp in", "mlp out"])]
+
+
+def phase_times(timeline: torch.Tensor, phases_per_layer: int) -> list[PhaseTime]:
+    """timeline: [2 + PHASES L + 1, P] int64 ns (``PersistentStep.timeline`` after a launch): the embedding, each
+    kind of layer phase (averaged over the L layers) and the head, as ``PhaseTime``s."""
+    stamps = timeline.double().cpu() / 1e3  # [phases + 1, P] us
+    last_start = stamps[:-1].max(dim=1).values  # [phases]
+    ends = stamps[1:]  # [phases, P]: each program's start of the next phase (the end stamp after the last)
+    wall = ends.max(dim=1).values - last_start
+    mean = ends.mean(dim=1) - last_start
+    first = ends.min(dim=1).values - last_start
+    layers = (timeline.shape[0] - 3) // phases_per_layer
+    kinds = [[0], *([1 + phases_per_layer * layer + kind for layer in range(layers)]
+                    for kind in range(phases_per_layer)), [timeline.shape[0] - 2]]  # fmt: skip
+    names = ["embed", *phase_names(phases_per_layer), "head"]
+    return [
+        PhaseTime(name, wall[rows].mean().item(), mean[rows].mean().item(), first[rows].mean().item())
+        for name, rows in zip(names, kinds, strict=True)
+    ]
