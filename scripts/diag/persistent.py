@@ -2,7 +2,8 @@
 against the fast forward it replaces.
 
     python scripts/diag/persistent.py barrier              # us per grid barrier, every SM (and half) taking part,
-                                                           # a flag-per-program barrier's, float32 atomic sums
+                                                           # a flag-per-program barrier's, the counter with a
+                                                           # red arrival, float32 atomic sums
     python scripts/diag/persistent.py step gpt2,1b,8b [quick|early|wide]  # one-token forward: kernels vs one
                                                            # persistent kernel (tiles, stages, warps, the MLP fused,
                                                            # tiles loaded before the barrier, the attention's merge)
@@ -66,6 +67,47 @@ def _barriers_kernel(counter_ptr, error_ptr, count):
 
 
 @triton.jit
+def _arrive(counter_ptr):
+    """One arrival at the counter from the program's first thread as ``red.release.gpu``: a reduction that returns
+    nothing, so the first poll after it goes out at once instead of after the atomic's round trip (Triton emits
+    ``atom``, which returns the old value, even when it is unused). Returns a dummy 0."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+        "@p red.release.gpu.global.add.u32 [$1], 1; mov.b32 $0, 0; }",
+        "=r,l", [counter_ptr], dtype=tl.int32, is_pure=False, pack=1,
+    )  # fmt: skip
+
+
+@triton.jit
+def _red_barriers_kernel(counter_ptr, error_ptr, count, EVERY_THREAD: tl.constexpr):
+    """``count`` barriers as the step's (the counter, ``_grid_sync``) but arriving with ``_arrive``; EVERY_THREAD:
+    each thread polls with its own acquire load (no broadcast through shared memory and two ``bar.sync`` per poll),
+    else the first thread polls as ``_grid_sync`` does."""
+    nprog = tl.num_programs(0)
+    arrivals = 0
+    for _ in range(count):
+        arrivals += nprog
+        tl.debug_barrier()
+        _arrive(counter_ptr)
+        if EVERY_THREAD:
+            seen = _load_acquire(counter_ptr, nprog > 0)
+        else:
+            seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        polls = 0
+        while (seen < arrivals) & (polls < 65536):
+            if EVERY_THREAD:
+                seen = _load_acquire(counter_ptr, nprog > 0)
+            else:
+                seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+            polls += 1
+        if seen < arrivals:
+            tl.atomic_add(error_ptr, 1)
+            tl.atomic_or(counter_ptr, 1 << 30)
+        tl.debug_barrier()
+    _grid_leave(counter_ptr, arrivals, nprog, True)
+
+
+@triton.jit
 def _load_acquire(pointers, mask):
     """ld.acquire.gpu of each pointer where mask holds, else the largest int32 (Triton has no acquire load)."""
     return tl.inline_asm_elementwise(
@@ -118,6 +160,10 @@ def barrier() -> None:
             ("counter", lambda count: _barriers_kernel[(programs,)](counter, counter[1:], count, num_warps=4)),
             ("flags", lambda count: _flag_barriers_kernel[(programs,)](
                 flags, flags[sms:], count, triton.next_power_of_2(sms), num_warps=4)),
+            ("counter, red arrival", lambda count: _red_barriers_kernel[(programs,)](
+                counter, counter[1:], count, False, num_warps=4)),
+            ("counter, red arrival, every thread polls", lambda count: _red_barriers_kernel[(programs,)](
+                counter, counter[1:], count, True, num_warps=4)),
         ):  # fmt: skip
             times = {count: graph_time_us(lambda i: run(count)) for count in (0, 16, 64)}
             slope = (times[64] - times[16]) / 48
