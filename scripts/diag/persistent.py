@@ -51,8 +51,8 @@ sys.path.insert(0, "scripts/diag")
 from gemv_ab import TARGETS, graph_time_us
 
 # Eight warps, tiles of 16384 weights (32 KB in bf16), each read ahead into registers: twice the weights in flight
-# per SM of the default's four warps and 16 KB tiles (compiled for sm_90 with Triton 3.6: 255 registers, 8-80
-# bytes of spills; scripts/diag/compile_sm90.py).
+# per SM of the old default's four warps and 16 KB tiles (compiled for sm_90 with Triton 3.6: 255 registers, 8-80
+# bytes of spills; scripts/diag/compile_sm90.py). The default since the seventeenth session.
 WIDE = {"warps": 8, "tile_elements": 16384, "head_tile_elements": 16384, "stages": 0}
 
 

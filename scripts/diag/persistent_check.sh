@@ -5,8 +5,8 @@
 # the kernels, the persistent step with five phases a layer and with the MLP fused into one (SPECDEC_PERSISTENT=1,
 # fused), each of those with greedy steps in chunks of 16 per graph (SPECDEC_AR_CHUNK); with AB_SET=early the
 # kernels and eight warps with two tiles loaded before each barrier (alone, the MLP fused, the merge in attention);
-# with AB_SET=wide the kernels, the default cut and the wide cut (eight warps, 32 KB tiles read ahead;
-# SPECDEC_PERSISTENT_SHAPE) with and without the merge in attention. PARTS=timeline times each phase inside one
+# with AB_SET=wide the kernels, the old default cut (four warps, 16 KB tiles, three stages) and the wide cut (eight
+# warps, 32 KB tiles read ahead: the default since the seventeenth session) with and without the merge in attention. PARTS=timeline times each phase inside one
 # launch at six cuts. Before a device call, `python scripts/diag/compile_sm90.py` checks here that a cut compiles
 # for sm_90 and what it spills.
 #
@@ -27,7 +27,7 @@ export PYTHONPATH=$PWD
 [[ $parts == *" barrier "* ]] && timeout 120 python3 scripts/diag/persistent.py barrier
 [[ $parts == *" step "* ]] && timeout 420 python3 scripts/diag/persistent.py step "$shapes" ${STEP_SET:-}
 [[ $parts == *" phases "* ]] && timeout 300 python3 scripts/diag/persistent.py phases "$shapes"
-wide="warps=8 tile_elements=16384 head_tile_elements=16384 stages=0"  # the wide cut (see compile_sm90.py)
+wide="warps=8 tile_elements=16384 head_tile_elements=16384 stages=0"  # the wide cut, the default (compile_sm90.py)
 # Each phase inside one launch, by the GPU's timer: the default cut; no pipelined loop with two tiles before each
 # barrier, at four and eight warps (no spills at eight, sm_90); the wide cut; eight warps with the merge in attention
 # and with the MLP fused.
@@ -35,7 +35,8 @@ early8="warps=8 stages=0 early_tiles=2"
 [[ $parts == *" timeline "* ]] && timeout 480 python3 scripts/diag/persistent.py timeline "$shapes" "" \
   "stages=0 early_tiles=2" "$early8" "$wide" "$early8 merge_in_attention=1 max_splits=8" "$early8 fused_mlp=1"
 if [[ $parts == *" ab "* && ${AB_SET:-} == wide ]]; then  # the wide cut, with and without the merge in attention
-  bash scripts/diag/ab.sh 2 "$shapes" kernels=. persistent=.,SPECDEC_PERSISTENT=1 \
+  bash scripts/diag/ab.sh 2 "$shapes" kernels=. \
+    "old_default=.,SPECDEC_PERSISTENT=1,SPECDEC_PERSISTENT_SHAPE=warps=4 tile_elements=8192 head_tile_elements=8192 stages=3" \
     "wide=.,SPECDEC_PERSISTENT=1,SPECDEC_PERSISTENT_SHAPE=$wide" \
     "wide_merge=.,SPECDEC_PERSISTENT=1,SPECDEC_PERSISTENT_SHAPE=$wide merge_in_attention=1 max_splits=8"
 elif [[ $parts == *" ab "* && ${AB_SET:-} == early ]]; then  # eight warps, two tiles before each barrier

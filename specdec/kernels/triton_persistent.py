@@ -46,8 +46,9 @@ that sum folded in, and the next out phase folds it in for good (``_mlp_phase``,
 It computes what ``FastGPT2.run`` and ``FastLlama.run`` compute for one token, at the same rounding points as
 ``triton_gemv`` (products in float32, rounded to the model's dtype after the bias, then the activation and the
 residual add, each rounded; RoPE and the norms as there) and the split attention kernel, with other summation
-orders. It is off unless ``SPECDEC_PERSISTENT`` is 1 or fused: on the H200 it is correct but not faster than the
-kernels (0.92x on GPT-2 and 0.74x on the 1B shape by default; docs/performance.md, fourteenth session). Shapes: D
+orders. It is off unless ``SPECDEC_PERSISTENT`` is 1 or fused: on the H200, end to end, its default cut (eight
+warps, 32 KB tiles each read ahead into registers) runs GPT-2 1.07-1.10x and the 1B shape 0.79-0.81x as fast as the kernels
+(docs/performance.md, seventeenth session), and it needs every SM to itself. Shapes: D
 hidden, I inner (MLP), H / Hkv query / key-value heads, Dh head size, M cache columns, V vocabulary, L layers, P
 programs.
 """
@@ -816,7 +817,8 @@ def _llama_step_kernel(
 
 @dataclass(frozen=True)
 class PersistentShape:
-    """How the step is cut.
+    """How the step is cut. The defaults are the cut that ran fastest end to end on the H200 (eight warps, tiles of
+    16384 weights each read ahead into registers, no pipelined loop: docs/performance.md, seventeenth session).
 
     programs: 0 for ``programs_per_sm`` per SM (more than one: checked against the compiled kernel's registers and
     shared memory at the first launch). tile_elements, head_tile_elements: weights per tile of a layer's products
@@ -837,13 +839,13 @@ class PersistentShape:
 
     programs: int = 0
     programs_per_sm: int = 1
-    tile_elements: int = 8192
-    head_tile_elements: int = 8192
+    tile_elements: int = 16384
+    head_tile_elements: int = 16384
     split_keys: int = 64
     max_splits: int = 4
     block_keys: int = 128
-    stages: int = 3
-    warps: int = 4
+    stages: int = 0
+    warps: int = 8
     phase_launches: bool = False
     fused_mlp: bool = False
     mlp_tile_elements: int = 4096
