@@ -47,10 +47,9 @@ It computes what ``FastGPT2.run`` and ``FastLlama.run`` compute for one token, a
 ``triton_gemv`` (products in float32, rounded to the model's dtype after the bias, then the activation and the
 residual add, each rounded; RoPE and the norms as there) and the split attention kernel, with other summation
 orders. It is off unless ``SPECDEC_PERSISTENT`` is 1 or fused: on the H200, end to end, its default cut (eight
-warps, 32 KB tiles each read ahead into registers) runs GPT-2 1.07-1.10x and the 1B shape 0.79-0.81x as fast as the kernels
-(docs/performance.md, seventeenth session), and it needs every SM to itself. Shapes: D
-hidden, I inner (MLP), H / Hkv query / key-value heads, Dh head size, M cache columns, V vocabulary, L layers, P
-programs.
+warps, 32 KB tiles each read ahead into registers) runs GPT-2 1.07-1.10x and the 1B shape 0.79-0.81x as fast as the
+kernels (docs/performance.md, seventeenth session), and it needs every SM to itself. Shapes: D hidden, I inner
+(MLP), H / Hkv query / key-value heads, Dh head size, M cache columns, V vocabulary, L layers, P programs.
 """
 
 from __future__ import annotations
