@@ -38,12 +38,15 @@ import triton.language as tl
 
 from specdec.errors import DeviceError
 from specdec.kernels.triton_persistent import (
+    OPEN,
+    SPIN_LIMIT,
     PersistentShape,
     _grid_leave,
     _grid_sync,
     default_shape,
     parse_shape,
     persistent_step,
+    phase_names,
     phase_times,
 )
 
@@ -94,7 +97,7 @@ def _red_barriers_kernel(counter_ptr, error_ptr, count, EVERY_THREAD: tl.constex
         else:
             seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
         polls = 0
-        while (seen < arrivals) & (polls < 65536):
+        while (seen < arrivals) & (polls < SPIN_LIMIT):
             if EVERY_THREAD:
                 seen = _load_acquire(counter_ptr, nprog > 0)
             else:
@@ -102,7 +105,7 @@ def _red_barriers_kernel(counter_ptr, error_ptr, count, EVERY_THREAD: tl.constex
             polls += 1
         if seen < arrivals:
             tl.atomic_add(error_ptr, 1)
-            tl.atomic_or(counter_ptr, 1 << 30)
+            tl.atomic_or(counter_ptr, OPEN)
         tl.debug_barrier()
     _grid_leave(counter_ptr, arrivals, nprog, True)
 
@@ -197,7 +200,6 @@ def prepared(shape_name: str):
 
 
 def phases() -> None:
-    names = {5: ["q/k/v", "attention", "o", "gate/up", "down"], 4: ["q/k/v", "attention", "o", "mlp"]}
     for shape_name in sys.argv[2].split(",") if len(sys.argv) > 2 else ["gpt2"]:
         decoder, token = prepared(shape_name)
         fast = decoder.model
@@ -223,7 +225,7 @@ def phases() -> None:
                 name: sum(t.numel() * t.element_size() for t in tensors) / layers
                 for name, tensors in phase_weights(step, per_layer).items()
             }
-            for kind, name in enumerate(names[per_layer] + ["output layer"]):
+            for kind, name in enumerate([*phase_names(per_layer), "output layer"]):
 
                 def one(i):
                     chosen[0] = (
@@ -275,12 +277,12 @@ def phase_weights(step, per_layer: int) -> dict[str, list[torch.Tensor]]:
     head = step.lm_head if hasattr(step, "lm_head") else step.model.lm_head
     s = step.stack
     if hasattr(s, "gate_up"):
-        mlp = {"gate/up": [s.gate_up], "down": [s.down]}
+        mlp = {"mlp in": [s.gate_up], "mlp out": [s.down]}
     else:
-        mlp = {"gate/up": [s.fc], "down": [step.proj]}
+        mlp = {"mlp in": [s.fc], "mlp out": [step.proj]}
     found = {"q/k/v": [s.qkv], "o": [s.o], **mlp, "output layer": [head] * layers}
     if per_layer == 4:
-        found["mlp"] = found.pop("gate/up") + found.pop("down")
+        found["mlp"] = found.pop("mlp in") + found.pop("mlp out")
     return found
 
 

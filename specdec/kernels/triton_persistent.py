@@ -1074,9 +1074,13 @@ class PersistentStep:
         if sync:
             self.check_barriers(max_length)
 
+    def phase_count(self, num_layers: int) -> int:
+        """The embedding, every layer's phases and the head."""
+        return 2 + self.shape.phases_per_layer * num_layers
+
     def launches(self, num_layers: int) -> tuple[list[tuple[int, int]], bool]:
         """The phase ranges to launch, and whether the programs pass barriers between phases."""
-        end = 2 + self.shape.phases_per_layer * num_layers
+        end = self.phase_count(num_layers)
         ranges = [(p, p + 1) for p in range(end)] if self.shape.phase_launches else [(0, end)]
         return ranges, self.programs > 1 and not self.shape.phase_launches
 
@@ -1085,7 +1089,7 @@ class PersistentStep:
         phase and one for the end; without the timeline, a placeholder the kernel never writes."""
         if not self.shape.timeline:
             return self.counter
-        rows = 2 + self.shape.phases_per_layer * num_layers + 1
+        rows = self.phase_count(num_layers) + 1
         if self.timeline is None or self.timeline.shape[0] != rows:
             self.timeline = torch.zeros((rows, self.programs), dtype=torch.int64, device=self.embed.device)
         return self.timeline
