@@ -7,6 +7,7 @@
     python scripts/diag/gemv_ab.py ar 1b                    # one shape (1b, 8b or gpt2)
     python scripts/diag/gemv_ab.py chain 1b                 # the engine's step against its forward alone
     python scripts/diag/gemv_ab.py busy gpt2,1b,gpt2        # GPU time per forward by kernel, shapes in one process
+    python scripts/diag/gemv_ab.py attention 64,128,512     # the one-token attention by keys per split
 
 ``kernels``: each product of a layer at 1 row, timed in a CUDA graph of 50 calls over 4 copies of the weight (so
 that the 50 MB L2 does not hold it): the fused kernel, then the sequence it replaces (the Triton RMS norm,
@@ -258,5 +259,25 @@ def busy() -> None:
         torch.cuda.empty_cache()
 
 
+def attention() -> None:
+    """The decoder's one-token attention (``triton_kernels.decode_attention``) on the 1B and 8B shapes' heads, bf16,
+    in a graph of 50 calls: us per call by cache capacity, keys used and keys per split."""
+    from specdec.kernels import triton_kernels as tk
+
+    splits = [int(n) for n in sys.argv[2].split(",")] if len(sys.argv) > 2 else [tk.ATTENTION_SPLIT_KEYS]
+    for model, (heads, kv_heads, head_dim) in {"1b": (32, 8, 64), "8b": (32, 8, 128)}.items():
+        for capacity, used in ((512, 384), (1024, 384), (1024, 1000)):
+            cache = [torch.randn(1, kv_heads, capacity, head_dim, device="cuda", dtype=torch.bfloat16) for _ in "kv"]
+            q = torch.randn(1, 1, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+            columns = torch.tensor([used - 1], device="cuda")
+            times = []
+            for split_keys in splits:
+                tk.ATTENTION_SPLIT_KEYS = split_keys
+                times.append(graph_time_us(lambda i: tk.decode_attention(q, *cache, columns, None, head_dim**-0.5)))
+            print(f"attention {model} capacity {capacity} keys {used}: " + ", ".join(
+                f"{n} keys/split {t:.2f} us" for n, t in zip(splits, times, strict=True)), flush=True)  # fmt: skip
+
+
 if __name__ == "__main__":
-    {"kernels": kernels, "sweep": sweep, "ar": ar, "chain": chain, "busy": busy}[sys.argv[1]]()
+    modes = {"kernels": kernels, "sweep": sweep, "ar": ar, "chain": chain, "busy": busy, "attention": attention}
+    modes[sys.argv[1]]()

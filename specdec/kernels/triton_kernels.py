@@ -131,16 +131,18 @@ def rope_and_store(
 # ------------------------------------------------------------------------------------------------ attention
 @triton.jit
 def _attention_split_kernel(
-    q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, tree_ptr, max_ptr, sum_ptr, acc_ptr, out_ptr, scale,
+    q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, tree_ptr, max_ptr, sum_ptr, acc_ptr, arrivals_ptr, out_ptr, scale,
     seq_len, num_heads, num_kv_heads, max_length, num_splits, split_keys,
-    GROUP: tl.constexpr, HAS_VALID: tl.constexpr, HAS_TREE: tl.constexpr, DIRECT: tl.constexpr,
+    GROUP: tl.constexpr, HAS_VALID: tl.constexpr, HAS_TREE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (batch row * kv head, split): the split's keys (``split_keys``, up to the last new token's column), in
-    blocks of BLOCK_N with a running softmax, against the group's GROUP x S queries. DIRECT (one split): writes the
-    normalised output rows; else the split's running max, sum of exponentials and unnormalised output
-    (flash-decoding partials; a split past the last new token's column writes nothing, the combine stops before it).
+    blocks of BLOCK_N with a running softmax, against the group's GROUP x S queries. When the visible keys fit one
+    split, its program writes the normalised output rows; else each split stores its running max, sum of
+    exponentials and unnormalised output (flash-decoding partials) and counts itself in ``arrivals_ptr`` [programs]
+    (int32, zero between launches), and the kv head's last split to arrive merges the partials into the output rows
+    and sets the count back to zero. A split past the last new token's column does nothing.
     HAS_TREE: the S new tokens are a token tree at consecutive columns from columns[0]; query s sees every key before
     them and new key j where tree[s, j] ([S, S] bytes). PDL: launched as a dependent (``dependent_launch``)."""
     await_previous(PDL)
@@ -155,6 +157,7 @@ def _attention_split_kernel(
     head = kv_head * GROUP + group_index
     dims = tl.arange(0, HEAD_DIM)
     last_column = tl.load(columns_ptr + seq_len - 1)
+    used = last_column // split_keys + 1  # the splits that hold a visible key
     first_key = split * split_keys
     end_key = tl.minimum(first_key + split_keys, last_column + 1)
     q_rows = ((batch_row * seq_len + s) * num_heads + head) * HEAD_DIM
@@ -193,7 +196,7 @@ def _attention_split_kernel(
             running_sum = running_sum * old_scale + tl.sum(p, axis=1)
             acc = acc * old_scale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)  # [R, Dh]
             running_max = new_max
-        if DIRECT:
+        if used == 1:
             out = acc / running_sum[:, None]
             tl.store(out_ptr + q_rows[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
         else:
@@ -201,49 +204,56 @@ def _attention_split_kernel(
             tl.store(max_ptr + partial, running_max)
             tl.store(sum_ptr + partial, running_sum)
             tl.store(acc_ptr + partial[:, None] * HEAD_DIM + dims[None, :], acc)
+            tl.debug_barrier()  # every thread's partials stored before the arrival
+            arrived = tl.atomic_add(arrivals_ptr + program, 1, sem="acq_rel", scope="gpu")
+            if arrived == used - 1:  # the last split: every other one's partials are in
+                tl.debug_barrier()  # every thread after the acquire
+                tl.atomic_xchg(arrivals_ptr + program, 0)
+                out = _merged_splits(max_ptr, sum_ptr, acc_ptr, program * num_splits, used, BLOCK_R, HEAD_DIM)
+                tl.store(out_ptr + q_rows[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty),
+                         mask=row_ok[:, None])  # fmt: skip
 
 
 @triton.jit
-def _attention_combine_kernel(
-    max_ptr, sum_ptr, acc_ptr, out_ptr, columns_ptr, seq_len, num_heads, num_kv_heads, num_splits, split_keys,
-    GROUP: tl.constexpr, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr, PDL: tl.constexpr,
-):  # fmt: skip
-    """Program (batch row * kv head): merge the partials of the splits up to the last new token's column (the cache's
-    length, read on the device: the graphs replay one launch for every length) into the normalised output rows."""
-    await_previous(PDL)
-    program = tl.program_id(0)
-    batch_row = program // num_kv_heads
-    kv_head = program % num_kv_heads
+def _merged_splits(max_ptr, sum_ptr, acc_ptr, first, used, BLOCK_R: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """The normalised output rows [R, Dh] (float32) from the partials of splits [first, first + used) (maxima and
+    sums [splits, R], outputs [splits, R, Dh]), read from the L2 (other programs wrote them)."""
     rows = tl.arange(0, BLOCK_R)
     dims = tl.arange(0, HEAD_DIM)
     running_max = tl.full((BLOCK_R,), float("-inf"), tl.float32)
     running_sum = tl.zeros((BLOCK_R,), tl.float32)
     acc = tl.zeros((BLOCK_R, HEAD_DIM), tl.float32)
-    used = tl.load(columns_ptr + seq_len - 1) // split_keys + 1  # the splits that hold a visible key
-    split = 0
-    while split < used:
-        partial = (program * num_splits + split) * BLOCK_R + rows
-        block_max = tl.load(max_ptr + partial)
+    for split in range(0, used):
+        partial = (first + split) * BLOCK_R + rows
+        block_max = tl.load(max_ptr + partial, cache_modifier=".cg")
+        block_sum = tl.load(sum_ptr + partial, cache_modifier=".cg")
+        block_acc = tl.load(acc_ptr + partial[:, None] * HEAD_DIM + dims[None, :], cache_modifier=".cg")
         new_max = tl.maximum(running_max, block_max)
         safe_max = tl.where(new_max == float("-inf"), 0.0, new_max)
         old_scale = tl.exp(running_max - safe_max)
         block_scale = tl.exp(block_max - safe_max)
-        running_sum = running_sum * old_scale + tl.load(sum_ptr + partial) * block_scale
-        block_acc = tl.load(acc_ptr + partial[:, None] * HEAD_DIM + dims[None, :])
+        running_sum = running_sum * old_scale + block_sum * block_scale
         acc = acc * old_scale[:, None] + block_acc * block_scale[:, None]
         running_max = new_max
-        split += 1
-    out = acc / running_sum[:, None]
-    group_index = rows // seq_len
-    s = rows % seq_len
-    head = kv_head * GROUP + group_index
-    q_rows = ((batch_row * seq_len + s) * num_heads + head) * HEAD_DIM
-    row_ok = rows < GROUP * seq_len
-    tl.store(out_ptr + q_rows[:, None] + dims[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    return acc / running_sum[:, None]
 
 
 ATTENTION_BLOCK_N = 64  # keys per block of the split kernel's loop
-ATTENTION_SPLIT_KEYS = 512  # keys per program: a cache of at most this many columns needs no combine kernel
+ATTENTION_SPLIT_KEYS = 128  # keys per program (a split); the last of a kv head's splits to finish merges them
+
+
+def arrivals(device: torch.device, programs: int) -> torch.Tensor:
+    """The attention splits' arrival counts on ``device``: int32, at least ``programs``, zero between launches (the
+    merging program resets its count). One buffer per device, so the attention launches that use it must run one
+    after another (one stream, as the engine's forwards do). A larger one replaces it when needed; the old one is
+    kept, as CUDA graphs captured before hold its address."""
+    buffers = _ARRIVALS.setdefault(device, [])
+    if not buffers or buffers[-1].numel() < programs:
+        buffers.append(torch.zeros(max(programs, 1024), dtype=torch.int32, device=device))
+    return buffers[-1]
+
+
+_ARRIVALS: dict[torch.device, list[torch.Tensor]] = {}
 
 
 MAX_ATTENTION_ROWS = 128  # GROUP * S per program; longer query blocks (prefill) use the reference
@@ -269,22 +279,16 @@ def decode_attention(
     tree_bytes = tree.contiguous().view(torch.uint8) if tree is not None else columns  # [S, S]
     splits = triton.cdiv(max_length, ATTENTION_SPLIT_KEYS)  # fixed by the cache size, so graphs can replay it
     programs = batch * num_kv_heads
-    direct = splits == 1
     pdl = dependent_launch.enabled(q.device)
-    maxima = torch.empty((programs, 0 if direct else splits, block_r), dtype=torch.float32, device=q.device)
+    maxima = torch.empty((programs, splits, block_r), dtype=torch.float32, device=q.device)
     sums = torch.empty_like(maxima)
-    partial = torch.empty((programs, 0 if direct else splits, block_r, head_dim), dtype=torch.float32, device=q.device)
+    partial = torch.empty((programs, splits, block_r, head_dim), dtype=torch.float32, device=q.device)
     _attention_split_kernel[(programs, splits)](
-        q, cache_k, cache_v, columns, valid, tree_bytes, maxima, sums, partial, out, scale,
-        seq, num_heads, num_kv_heads, max_length, splits, ATTENTION_SPLIT_KEYS,
-        group, key_valid is not None, tree is not None, direct, block_r, ATTENTION_BLOCK_N, head_dim, precision,
+        q, cache_k, cache_v, columns, valid, tree_bytes, maxima, sums, partial, arrivals(q.device, programs), out,
+        scale, seq, num_heads, num_kv_heads, max_length, splits, ATTENTION_SPLIT_KEYS,
+        group, key_valid is not None, tree is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision,
         pdl, num_warps=4, launch_pdl=pdl,
     )  # fmt: skip
-    if not direct:
-        _attention_combine_kernel[(programs,)](
-            maxima, sums, partial, out, columns, seq, num_heads, num_kv_heads, splits, ATTENTION_SPLIT_KEYS, group,
-            block_r, head_dim, pdl, num_warps=4, launch_pdl=pdl,
-        )  # fmt: skip
     return out
 
 
