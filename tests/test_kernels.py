@@ -211,13 +211,15 @@ def test_the_one_token_qkv_product_of_gpt2_stores_without_rotation(dtype):
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "seq", "padded", "max_length", "end"),
     [(4, 2, 1, False, 150, 100), (4, 2, 1, False, 150, 130), (8, 2, 5, True, 150, 130), (4, 4, 9, True, 150, 130),
-     (4, 2, 1, False, 640, 130), (8, 2, 5, True, 1200, 700), (4, 2, 1, False, 1200, 1025)],
+     (4, 2, 1, False, 640, 130), (8, 2, 5, True, 1200, 700), (4, 2, 1, False, 1200, 1025),
+     (4, 2, 1, False, 2500, 2400)],
 )  # fmt: skip
 def test_decode_attention(tk, dtype, heads, kv_heads, seq, padded, max_length, end):
     """The new tokens end at column ``end - 1``. One split of the Triton kernel holds 128 keys: 100 columns used are
     one split, whose program writes the output; 130 are two, merged by the one that finishes last (of 640 columns,
     the three splits past the last key neither compute nor count); 700 are six of ten; ending at 1024, nine, the last
-    with one key. A second call gives the same bits: the merging program leaves the arrival counts at zero."""
+    with one key. A cache of 2500 columns takes splits of 192 keys (at most 16 splits), 13 of them used. A second
+    call gives the same bits: the merging program leaves the arrival counts at zero."""
     g = torch.Generator(DEVICE).manual_seed(heads + seq)
     batch, head_dim = 2, 64
     q = rand(batch, seq, heads, head_dim, dtype=dtype, generator=g)

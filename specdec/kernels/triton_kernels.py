@@ -240,6 +240,15 @@ def _merged_splits(max_ptr, sum_ptr, acc_ptr, first, used, BLOCK_R: tl.constexpr
 
 ATTENTION_BLOCK_N = 64  # keys per block of the split kernel's loop
 ATTENTION_SPLIT_KEYS = 128  # keys per program (a split); the last of a kv head's splits to finish merges them
+ATTENTION_MAX_SPLITS = 16  # per kv head: a longer cache takes longer splits, so that the merge stays short
+
+
+def split_keys(max_length: int) -> int:
+    """Keys per split for a cache of ``max_length`` columns: ``ATTENTION_SPLIT_KEYS``, or more (a multiple of the
+    loop's block) when that would make more than ``ATTENTION_MAX_SPLITS`` splits, as the merging program reads the
+    splits one after another."""
+    keys = max(ATTENTION_SPLIT_KEYS, triton.cdiv(max_length, ATTENTION_MAX_SPLITS))
+    return triton.cdiv(keys, ATTENTION_BLOCK_N) * ATTENTION_BLOCK_N
 
 
 def arrivals(device: torch.device, programs: int) -> torch.Tensor:
@@ -277,7 +286,8 @@ def decode_attention(
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     valid = key_valid if key_valid is not None else columns
     tree_bytes = tree.contiguous().view(torch.uint8) if tree is not None else columns  # [S, S]
-    splits = triton.cdiv(max_length, ATTENTION_SPLIT_KEYS)  # fixed by the cache size, so graphs can replay it
+    keys = split_keys(max_length)  # fixed by the cache size, so graphs can replay the launch
+    splits = triton.cdiv(max_length, keys)
     programs = batch * num_kv_heads
     pdl = dependent_launch.enabled(q.device)
     maxima = torch.empty((programs, splits, block_r), dtype=torch.float32, device=q.device)
@@ -285,7 +295,7 @@ def decode_attention(
     partial = torch.empty((programs, splits, block_r, head_dim), dtype=torch.float32, device=q.device)
     _attention_split_kernel[(programs, splits)](
         q, cache_k, cache_v, columns, valid, tree_bytes, maxima, sums, partial, arrivals(q.device, programs), out,
-        scale, seq, num_heads, num_kv_heads, max_length, splits, ATTENTION_SPLIT_KEYS,
+        scale, seq, num_heads, num_kv_heads, max_length, splits, keys,
         group, key_valid is not None, tree is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision,
         pdl, num_warps=4, launch_pdl=pdl,
     )  # fmt: skip
