@@ -185,6 +185,10 @@ def test_the_one_token_qkv_product_rotates_and_stores_in_one_kernel(dtype, heads
     q = triton_gemv.linear_rope_store(x, weight, *args, *tables, *ours, columns, heads, kv_heads)
     assert q.shape == (1, 1, heads, head_dim)
     assert_same_one_token_store(q, q_ref, ours, caches, column, dtype)
+    # other tiles (for sweeps): two pairs of rows a program, inputs in loads of 128
+    ours = [c.clone() for c in caches]
+    q = triton_gemv.linear_rope_store(x, weight, *args, *tables, *ours, columns, heads, kv_heads, tiles=(2, 128, 1))
+    assert_same_one_token_store(q, q_ref, ours, caches, column, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -1,7 +1,7 @@
 """The fused decode GEMV (``specdec.kernels.triton_gemv``) against the unfused products it replaces, on CUDA.
 
     python scripts/diag/gemv_ab.py kernels            # per-matrix times on the 1B, 8B and GPT-2 shapes (bf16)
-    python scripts/diag/gemv_ab.py sweep [1b:down,...]  # tiles and warps of the fused kernel (gpt2:fc, ...)
+    python scripts/diag/gemv_ab.py sweep [1b:down,...]  # tiles and warps of the fused kernel (gpt2:fc, 8b:qkv_rope)
     SPECDEC_GEMV_ROWS=0 python scripts/diag/gemv_ab.py ar   # the engine's autoregressive speed without the GEMV
     python scripts/diag/gemv_ab.py ar                       # ... and with it (run both in one call, interleaved)
     python scripts/diag/gemv_ab.py ar 1b                    # one shape (1b, 8b or gpt2)
@@ -120,6 +120,27 @@ def gpt2_operands(k_in: int, n_out: int, layer_norm: bool, gelu: str | None, res
     return weights, conv1d, x, bias, norm if layer_norm else (), r
 
 
+HEADS = {"1b": (32, 8, 64), "8b": (32, 8, 128)}  # query heads, kv heads, head size
+
+
+def rope_product(model: str, tg):
+    """The decoder's q/k/v kernel of one token at this shape (RMS norm, product, RoPE, KV write), over 4 copies of
+    the weight and a 1024-column cache: (run(i, tiles=None), weight GB, the default tiles)."""
+    k_in, n_out = SHAPES[model]["qkv"][:2]
+    heads, kv_heads, head_dim = HEADS[model]
+    weights, x, g, _ = operands(k_in, n_out, True, False, False)
+    cache = [torch.zeros(1, kv_heads, 1024, head_dim, device="cuda", dtype=torch.bfloat16) for _ in "kv"]
+    angles = torch.rand(1024, head_dim // 2, device="cuda")
+    tables = [torch.cat([f(angles), f(angles)], -1).to(torch.bfloat16) for f in (torch.cos, torch.sin)]
+    positions, columns = torch.tensor([[300]], device="cuda"), torch.tensor([300], device="cuda")
+
+    def run(i, tiles=None):
+        return tg.linear_rope_store(x, weights[i % 4], None, g, 1e-5, positions, *tables, *cache, columns, heads,
+                                    kv_heads, tiles=tiles)  # fmt: skip
+
+    return run, weights[0].numel() * 2 / 1e9, (tg.ROPE_BLOCK_N, min(1024, k_in), 1)
+
+
 def kernel_times(model: str, shapes: dict, tg, tk) -> None:
     for name, (k_in, n_out, norm, silu, res) in shapes.items():
         weights, x, g, r = operands(k_in, n_out, norm, silu, res)
@@ -138,6 +159,10 @@ def kernel_times(model: str, shapes: dict, tg, tk) -> None:
         a, b = graph_time_us(fused), graph_time_us(unfused)
         print(f"{model} {name:8s} rows 1: fused {a:7.2f} us ({gb / a * 1e6:6.0f} GB/s)  "
               f"unfused {b:7.2f} us ({gb / b * 1e6:6.0f} GB/s)  ratio {b / a:.2f}x", flush=True)  # fmt: skip
+    run, gb, _ = rope_product(model, tg)
+    a = graph_time_us(run)
+    print(f"{model} qkv_rope rows 1: fused {a:7.2f} us ({gb / a * 1e6:6.0f} GB/s)  (the decoder's q/k/v kernel: "
+          "norm, product, RoPE, KV write)", flush=True)  # fmt: skip
 
 
 def sweep() -> None:
@@ -145,9 +170,12 @@ def sweep() -> None:
     from specdec.kernels import triton_gemv as tg
 
     chosen_names = sys.argv[2].split(",") if len(sys.argv) > 2 else None  # e.g. 1b:down,8b:gate_up,gpt2:fc
-    every = [(m, n) for m in SHAPES for n in SHAPES[m]] + [("gpt2", n) for n in GPT2_SHAPES]
+    every = [(m, n) for m in SHAPES for n in [*SHAPES[m], "qkv_rope"]] + [("gpt2", n) for n in GPT2_SHAPES]
     for model, name in [(m, n) for m, n in every if chosen_names is None or f"{m}:{n}" in chosen_names]:
-        if model == "gpt2":
+        if name == "qkv_rope":  # the decoder's own q/k/v kernel; BLOCK_N counts pairs of rows
+            rope_run, _, chosen = rope_product(model, tg)
+            grid = ((1, 2, 4), (512, 1024, 2048))
+        elif model == "gpt2":
             k_in, n_out, _, gelu, _ = GPT2_SHAPES[name]
             weights, _, x, bias, norm, r = gpt2_operands(*GPT2_SHAPES[name])
             extra = {"norm_bias": norm[-1] if norm else None, "gelu": gelu}
@@ -164,6 +192,8 @@ def sweep() -> None:
                 for warps in (1, 2, 4):
 
                     def run(i, tiles=(block_n, block_k, warps)):
+                        if name == "qkv_rope":
+                            return rope_run(i, tiles)
                         return tg.fused_linear(x, weights[i % 4], *args, **extra, tiles=tiles)
 
                     try:

@@ -302,10 +302,13 @@ def linear_rope_store(
     num_kv_heads: int,
     *,
     norm_bias: torch.Tensor | None = None,
+    tiles: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """``reference.linear_rope_store`` for one token: the q/k/v product (with its norm and bias), RoPE (unless the
     tables are None: learned positions) and the KV write in one kernel. x: [1, D]; weight: [(H + 2 Hkv) Dh, D];
-    positions: [1, 1]; cache_k, cache_v: [1, Hkv, M, Dh] contiguous; columns: [1]. Returns q: [1, 1, H, Dh]."""
+    positions: [1, 1]; cache_k, cache_v: [1, Hkv, M, Dh] contiguous; columns: [1]. Returns q: [1, 1, H, Dh].
+    ``tiles``: (BLOCK_N, BLOCK_K, warps) instead of the defaults, for sweeps (with RoPE, BLOCK_N counts pairs of
+    rows and must divide Dh / 2)."""
     rows, k_in = x.shape
     assert rows == MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
     assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[0] == 1
@@ -315,11 +318,11 @@ def linear_rope_store(
     rotate = cos_table is not None and sin_table is not None
     pdl = dependent_launch.enabled(x.device)
     if rotate:  # pairs of rows j, j + Dh / 2 per program
-        assert (head_dim // 2) % ROPE_BLOCK_N == 0
-        block_n, block_k, warps = ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), 1
-        grid = n_out // (2 * ROPE_BLOCK_N)
+        block_n, block_k, warps = tiles or (ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), 1)
+        assert (head_dim // 2) % block_n == 0
+        grid = n_out // (2 * block_n)
     else:  # plain outputs, each routed to q, k or v
-        block_n, block_k, warps = blocks(n_out, k_in, False)
+        block_n, block_k, warps = tiles or blocks(n_out, k_in, False)
         grid = triton.cdiv(n_out, block_n)
     _fused_linear_kernel[(grid,)](
         x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x,
