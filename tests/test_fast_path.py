@@ -1,7 +1,7 @@
 """The fast paths (Llama family, GPT-2) compute what transformers computes, and keep speculative output exact.
 
 On a CPU it runs the PyTorch reference kernels (or the Triton kernels in Triton's interpreter when
-TRITON_INTERPRET=1); on CUDA the Triton kernels and CUDA graphs (see also scripts/gpu_check.py).
+TRITON_INTERPRET=1); on CUDA the Triton kernels and CUDA graphs (see also scripts/gpu_check.sh).
 """
 
 from __future__ import annotations
