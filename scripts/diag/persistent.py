@@ -82,6 +82,14 @@ def _arrive(counter_ptr):
 
 
 @triton.jit
+def _poll(counter_ptr, nprog, EVERY_THREAD: tl.constexpr):
+    """The counter as each thread's own acquire load (EVERY_THREAD), or as the step's barrier reads it."""
+    if EVERY_THREAD:
+        return _load_acquire(counter_ptr, nprog > 0)
+    return tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+
+
+@triton.jit
 def _red_barriers_kernel(counter_ptr, error_ptr, count, EVERY_THREAD: tl.constexpr):
     """``count`` barriers as the step's (the counter, ``_grid_sync``) but arriving with ``_arrive``; EVERY_THREAD:
     each thread polls with its own acquire load (no broadcast through shared memory and two ``bar.sync`` per poll),
@@ -92,16 +100,10 @@ def _red_barriers_kernel(counter_ptr, error_ptr, count, EVERY_THREAD: tl.constex
         arrivals += nprog
         tl.debug_barrier()
         _arrive(counter_ptr)
-        if EVERY_THREAD:
-            seen = _load_acquire(counter_ptr, nprog > 0)
-        else:
-            seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        seen = _poll(counter_ptr, nprog, EVERY_THREAD)
         polls = 0
         while (seen < arrivals) & (polls < SPIN_LIMIT):
-            if EVERY_THREAD:
-                seen = _load_acquire(counter_ptr, nprog > 0)
-            else:
-                seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+            seen = _poll(counter_ptr, nprog, EVERY_THREAD)
             polls += 1
         if seen < arrivals:
             tl.atomic_add(error_ptr, 1)

@@ -6,9 +6,9 @@
 # fused), each of those with greedy steps in chunks of 16 per graph (SPECDEC_AR_CHUNK); with AB_SET=early the
 # kernels and eight warps with two tiles loaded before each barrier (alone, the MLP fused, the merge in attention);
 # with AB_SET=wide the kernels, the old default cut (four warps, 16 KB tiles, three stages) and the wide cut (eight
-# warps, 32 KB tiles read ahead: the default since the seventeenth session) with and without the merge in attention. PARTS=timeline times each phase inside one
-# launch at six cuts. Before a device call, `python scripts/diag/compile_sm90.py` checks here that a cut compiles
-# for sm_90 and what it spills.
+# warps, 32 KB tiles read ahead: the default since the seventeenth session) with and without the merge in
+# attention. PARTS=timeline times each phase inside one launch at six cuts. Before a device call,
+# `python scripts/diag/compile_sm90.py` checks here that a cut compiles for sm_90 and what it spills.
 #
 #   bash scripts/diag/persistent_check.sh [SHAPES]           # on the device machine, from the repository root
 #   PARTS="tests barrier" bash scripts/diag/persistent_check.sh   # some parts (default: tests barrier step ab)

@@ -286,6 +286,12 @@ def _norm_block(k_in: int) -> int:
 ROPE_BLOCK_N = 1  # dimension pairs per program of the q/k/v product with RoPE (each pair: two weight rows)
 
 
+def rope_blocks(k_in: int) -> tuple[int, int, int]:
+    """(BLOCK_N pairs of rows, BLOCK_K, warps) of the q/k/v product with RoPE: one pair, up to 1024 inputs a load,
+    one warp."""
+    return ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), 1
+
+
 def linear_rope_store(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -318,7 +324,7 @@ def linear_rope_store(
     rotate = cos_table is not None and sin_table is not None
     pdl = dependent_launch.enabled(x.device)
     if rotate:  # pairs of rows j, j + Dh / 2 per program
-        block_n, block_k, warps = tiles or (ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), 1)
+        block_n, block_k, warps = tiles or rope_blocks(k_in)
         assert (head_dim // 2) % block_n == 0
         grid = n_out // (2 * block_n)
     else:  # plain outputs, each routed to q, k or v
