@@ -158,12 +158,15 @@ def assert_same_one_token_store(q, q_ref, ours, caches, column, dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "bias"), [(4, 2, 32, False), (6, 2, 64, True)])
-def test_the_one_token_qkv_product_rotates_and_stores_in_one_kernel(dtype, heads, kv_heads, head_dim, bias):
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "bias", "hidden"),
+    [(4, 2, 32, False, 300), (6, 2, 64, True, 300), (4, 2, 32, False, 4200)],  # 4200: wide inputs' tiles, a tail
+)
+def test_the_one_token_qkv_product_rotates_and_stores_in_one_kernel(dtype, heads, kv_heads, head_dim, bias, hidden):
     from specdec.kernels import triton_gemv
 
     g = torch.Generator(DEVICE).manual_seed(heads + head_dim)
-    hidden, max_length, column, position = 300, 24, 9, 6
+    max_length, column, position = 24, 9, 6
     width = (heads + 2 * kv_heads) * head_dim
     x = rand(1, hidden, dtype=dtype, generator=g)
     weight = (rand(width, hidden, dtype=dtype, generator=g) / hidden**0.5).to(dtype)

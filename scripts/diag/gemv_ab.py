@@ -19,7 +19,7 @@ top-p 0.95). ``chain``: the engine's greedy autoregressive ms per token against 
 in one CUDA graph with its argmax (the decoder's ``greedy_chain``: no host work between forwards), in one process.
 ``busy``: per shape, in the order given and in one process (a shape named twice loads twice), the forward in a
 16-step graph as in ``chain``, then 16 one-token forwards run eagerly under the torch profiler: the kernels' summed
-device time per forward (what the GPU must do, without launch gaps) and the five largest kernels.
+device time per forward (what the GPU must do, without launch gaps) and the five largest kernels (``BUSY_TOP=N``: N).
 """
 
 # ruff: noqa: B023  (each closure runs inside the iteration that defines it)
@@ -281,7 +281,7 @@ def busy() -> None:
             if event.device_type == torch.autograd.DeviceType.CUDA:
                 totals[event.name] = totals.get(event.name, 0.0) + event.device_time / 16
                 counts[event.name] = counts.get(event.name, 0) + 1
-        top = sorted(totals.items(), key=lambda item: -item[1])[:5]
+        top = sorted(totals.items(), key=lambda item: -item[1])[: int(os.environ.get("BUSY_TOP", "5"))]
         print(f"busy {shape}: graph {graphed * 1000:.1f} us/forward, kernels {sum(totals.values()):.1f} us/forward "
               f"({sum(counts.values()) / 16:.0f} kernels); top: " + "; ".join(
                   f"{name[:40]} x{counts[name] // 16} {t:.1f}us" for name, t in top), flush=True)  # fmt: skip

@@ -288,7 +288,10 @@ ROPE_BLOCK_N = 1  # dimension pairs per program of the q/k/v product with RoPE (
 
 def rope_blocks(k_in: int) -> tuple[int, int, int]:
     """(BLOCK_N pairs of rows, BLOCK_K, warps) of the q/k/v product with RoPE: one pair, up to 1024 inputs a load,
-    one warp."""
+    one warp; four pairs and four warps from 4096 inputs (the 8B shape: 19.3 us against 20.0 or more for one pair
+    on an H100, ``gemv_ab.py sweep 8b:qkv_rope``; docs/performance.md, nineteenth session)."""
+    if k_in >= 4096:
+        return 4 * ROPE_BLOCK_N, 1024, 4
     return ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), 1
 
 
