@@ -4,6 +4,10 @@
 # Triton compiling) and the GPU speed report at issue 5's bar (the 1B, 8B and GPT-2 shapes autoregressive; the 8B +
 # 116M pair at K=4 at two acceptance levels, against HF). The second, PARTS=suite: the h100 benchmark suite through
 # the pytest plugin without its slow 8B case.
+# PARTS=bars (its own call, issue 13's bars; 372 s on an H100 on 2026-12-05): the speed report without pairs (the 1B,
+# 8B and GPT-2 shapes against their floors, sampled against greedy, against hf-static and hf-compile), batched
+# speculation on the 8B shape at batches 1-128 at a synthetic acceptance of 0.8 (the speedup at each batch and the
+# crossover) and the zoo pair sampled, speculative against autoregressive (bfloat16 and float32).
 # PARTS=drafters (its own call): every drafting method on CUDA (exactness tests, the drafters-gpu suite with its
 # baselines written to $OUT/baselines, and the drafters benchmark on the 1B shape against transformers).
 # PARTS=harness (its own call, issue 11): the synthetic-acceptance and transformers tests on CUDA, the 8B-shaped
@@ -28,6 +32,7 @@
 #
 #   bash scripts/gpu_check.sh                                  # the tests and the report (first call)
 #   PARTS=suite bash scripts/gpu_check.sh                      # the h100 suite (second call)
+#   PARTS=bars bash scripts/gpu_check.sh                       # issue 13's bars (a call of its own)
 #   BENCH_ARGS="" LIMIT=570 PARTS=bench bash scripts/gpu_check.sh   # the full report: all pairs, K 2,4,6, sampled
 #   SUITE_ARGS="" LIMIT=570 PARTS=suite bash scripts/gpu_check.sh   # the whole h100 suite, 8B case included
 set -uo pipefail
@@ -53,6 +58,15 @@ fi
 if [[ " $PARTS " == *" bench "* ]]; then
   eval timeout -s INT "${LIMIT:-230}" python3 -m specdec.benchmarks.gpu --out "$OUT" "$BENCH_ARGS" 2>&1 | tee "$OUT/bench.log" \
     || status=1
+fi
+if [[ " $PARTS " == *" bars "* ]]; then
+  timeout -s INT "${LIMIT:-330}" python3 -m specdec.benchmarks.gpu --out "$OUT" --pairs "" 2>&1 | tee "$OUT/bench.log" \
+    || status=1
+  timeout -s INT "${LIMIT:-150}" python3 -m specdec.benchmarks.batching --device cuda --dtype bfloat16 \
+    --batches 1,4,16,64,128 --repeats 2 --acceptance-rate 0.8 --out "$OUT/batching" 2>&1 | tee "$OUT/batching.log" \
+    || status=1
+  timeout -s INT "${LIMIT:-80}" python3 scripts/diag/zoo_sampled.py --device cuda --dtypes bfloat16,float32 2>&1 \
+    | tee "$OUT/zoo-sampled.log" || status=1
 fi
 if [[ " $PARTS " == *" suite "* ]]; then
   eval timeout -s INT "${LIMIT:-220}" python3 -m pytest --specdec-suite h100 "$SUITE_ARGS" -p no:cacheprovider \
