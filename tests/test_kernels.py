@@ -160,8 +160,8 @@ def assert_same_one_token_store(q, q_ref, ours, caches, column, dtype) -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "head_dim", "bias", "hidden"),
-    [(4, 2, 32, False, 300), (6, 2, 64, True, 300), (4, 2, 32, False, 4200)],  # 4200: wide inputs' tiles, a tail
-)
+    [(4, 2, 32, False, 300), (6, 2, 64, True, 300), (4, 2, 32, False, 4200), (4, 2, 4, False, 4200)],
+)  # 4200 inputs: the wide tiles (four pairs a program), with a tail; with heads of 4, one pair (four do not fit)
 def test_the_one_token_qkv_product_rotates_and_stores_in_one_kernel(dtype, heads, kv_heads, head_dim, bias, hidden):
     from specdec.kernels import triton_gemv
 

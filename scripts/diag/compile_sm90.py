@@ -100,7 +100,7 @@ def compile_gemv(case: dict[str, int | bool], dtype: str) -> str:
     picks (see ``GEMV``)."""
     n_out, k_in = int(case["n_out"]), int(case["k_in"])
     if case.get("QKV") == triton_gemv.QKV_ROTATE:
-        block_n, block_k, warps = triton_gemv.rope_blocks(k_in)
+        block_n, block_k, warps = triton_gemv.rope_blocks(k_in, int(case.get("HEAD_DIM", 64)))
     else:
         block_n, block_k, warps = triton_gemv.blocks(n_out, k_in, case.get("ACT") == triton_gemv.ACT_SILU_PAIR)
     constants: dict[str, int | bool] = {

@@ -138,7 +138,7 @@ def rope_product(model: str, tg):
         return tg.linear_rope_store(x, weights[i % 4], None, g, 1e-5, positions, *tables, *cache, columns, heads,
                                     kv_heads, tiles=tiles)  # fmt: skip
 
-    return run, weights[0].numel() * 2 / 1e9, tg.rope_blocks(k_in)
+    return run, weights[0].numel() * 2 / 1e9, tg.rope_blocks(k_in, head_dim)
 
 
 def kernel_times(model: str, shapes: dict, tg, tk) -> None:

@@ -286,11 +286,12 @@ def _norm_block(k_in: int) -> int:
 ROPE_BLOCK_N = 1  # dimension pairs per program of the q/k/v product with RoPE (each pair: two weight rows)
 
 
-def rope_blocks(k_in: int) -> tuple[int, int, int]:
+def rope_blocks(k_in: int, head_dim: int) -> tuple[int, int, int]:
     """(BLOCK_N pairs of rows, BLOCK_K, warps) of the q/k/v product with RoPE: one pair, up to 1024 inputs a load,
     one warp; four pairs and four warps from 4096 inputs (the 8B shape: 19.3 us against 20.0 or more for one pair
-    on an H100, ``gemv_ab.py sweep 8b:qkv_rope``; docs/performance.md, nineteenth session)."""
-    if k_in >= 4096:
+    on an H100, ``gemv_ab.py sweep 8b:qkv_rope``; docs/performance.md, nineteenth session) where four divide the
+    head's half."""
+    if k_in >= 4096 and (head_dim // 2) % 4 == 0:
         return 4 * ROPE_BLOCK_N, 1024, 4
     return ROPE_BLOCK_N, min(triton.next_power_of_2(k_in), 1024), 1
 
@@ -327,7 +328,7 @@ def linear_rope_store(
     rotate = cos_table is not None and sin_table is not None
     pdl = dependent_launch.enabled(x.device)
     if rotate:  # pairs of rows j, j + Dh / 2 per program
-        block_n, block_k, warps = tiles or rope_blocks(k_in)
+        block_n, block_k, warps = tiles or rope_blocks(k_in, head_dim)
         assert (head_dim // 2) % block_n == 0
         grid = n_out // (2 * block_n)
     else:  # plain outputs, each routed to q, k or v
