@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tiny_models import loaded, make_config, make_model
+from tiny_models import loaded, make_config, make_model, make_wide_llama
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
 from specdec.decoder import HFDecoder
@@ -61,6 +61,17 @@ def test_fast_path_speculation_equals_generate(family, k):
     same = SpeculativeEngine(loaded(target, "t"), loaded(target, "same"), "fast")
     result = same.generate(PROMPTS[0], GenerationConfig(max_new_tokens=20), SpeculationConfig(k=k))
     assert result.token_ids[0] == reference(target, PROMPTS[0], 20)
+
+
+def test_a_model_of_the_8b_widths_decodes_as_generate():
+    """Hidden 4096 and heads of 128: the one-token products take their wide tiles (in Triton's interpreter with
+    TRITON_INTERPRET=1; the references otherwise), and greedy decoding equals ``generate`` in float32."""
+    model = make_wide_llama(seed=8)
+    result = SpeculativeEngine(loaded(model, "wide"), decoder="fast").generate(
+        PROMPTS[1], GenerationConfig(max_new_tokens=5)
+    )
+    assert result.metrics.decoder_path == "fast-llama"
+    assert result.token_ids[0] == reference(model, PROMPTS[1], 5)
 
 
 def test_fast_path_batch_with_padding_equals_each_rows_greedy_output():

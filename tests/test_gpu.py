@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import loaded, make_model
+from tiny_models import loaded, make_model, make_wide_llama
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine
 from specdec.decoder import HFDecoder
@@ -55,6 +55,17 @@ def test_graph_replay_equals_eager_and_generic(family):
         outputs.append(torch.stack(steps))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(outputs[0], outputs[2], rtol=1e-4, atol=1e-4)
+
+
+def test_a_model_of_the_8b_widths_decodes_as_generate_on_cuda():
+    """Hidden 4096 and heads of 128, float32: the Triton one-token products with their wide tiles, in CUDA graphs,
+    give transformers' own greedy tokens."""
+    model = on_cuda(make_wide_llama(seed=8), "wide")
+    ids = torch.tensor([PROMPTS[1]], device=CUDA)
+    expected = model.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    result = SpeculativeEngine(model, decoder="fast").generate(PROMPTS[1], GenerationConfig(max_new_tokens=8))
+    assert result.metrics.decoder_path == "fast-llama"
+    assert result.token_ids[0] == expected[0, len(PROMPTS[1]) :].tolist()
 
 
 @pytest.mark.parametrize(

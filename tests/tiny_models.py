@@ -84,6 +84,17 @@ def make_model(family: str, seed: int, layers: int = 2, vocab: int = VOCAB) -> P
     return model.eval()
 
 
+def make_wide_llama(seed: int) -> PreTrainedModel:
+    """One Llama layer at the Llama-3.1-8B shape's widths (hidden 4096, 32 heads of 128, 8 kv heads) with a small MLP
+    and vocabulary (47M parameters): the one-token kernels' wide tiles run on it."""
+    config = transformers.LlamaConfig(
+        hidden_size=4096, intermediate_size=128, num_hidden_layers=1, num_attention_heads=32, num_key_value_heads=8,
+        max_position_embeddings=128, vocab_size=VOCAB, initializer_range=0.05, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
 def make_tokenizer(vocab: int = VOCAB) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on a few lines of code (ids 0..2 are <pad>, <s>, </s>)."""
     tokenizer = Tokenizer(models.BPE())
