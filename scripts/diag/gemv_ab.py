@@ -295,7 +295,7 @@ def attention() -> None:
     from specdec.kernels import triton_kernels as tk
 
     splits = [int(n) for n in sys.argv[2].split(",")] if len(sys.argv) > 2 else [tk.ATTENTION_SPLIT_KEYS]
-    for model, (heads, kv_heads, head_dim) in {"1b": (32, 8, 64), "8b": (32, 8, 128)}.items():
+    for model, (heads, kv_heads, head_dim) in HEADS.items():
         for capacity, used in ((512, 384), (1024, 384), (1024, 1000)):
             cache = [torch.randn(1, kv_heads, capacity, head_dim, device="cuda", dtype=torch.bfloat16) for _ in "kv"]
             q = torch.randn(1, 1, heads, head_dim, device="cuda", dtype=torch.bfloat16)
