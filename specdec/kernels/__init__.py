@@ -106,7 +106,7 @@ def load_triton_kernels() -> Kernels:
     def decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree=None):
         group = q.shape[2] // cache_k.shape[1]
         if group * q.shape[1] > tk.MAX_ATTENTION_ROWS:  # a long block of queries (prefill, a large tree)
-            return reference.decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree)
+            return reference.sdpa_attention(q, cache_k, cache_v, columns, key_valid, scale, tree)
         return tk.decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree)
 
     return Kernels(
