@@ -74,6 +74,49 @@ def test_a_model_of_the_8b_widths_decodes_as_generate():
     assert result.token_ids[0] == reference(model, PROMPTS[1], 5)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_a_padded_prefill_computes_the_unpadded_one(family):
+    """A prefill longer than a graph's 16 tokens runs padded to a multiple of 64 (on CUDA from a graph per width;
+    here the same padding, eagerly): the last token's logits and every prompt column's keys are the unpadded
+    prefill's, the cache's length is the prompt's, and decoding after it reads none of the padding. Near the run's
+    position limit the padding stops at the limit (GPT-2's learned positions end there)."""
+    model = make_model(family, seed=11)
+    ids = torch.randint(3, 300, (2, 70))
+    pads = torch.tensor([0, 5])
+    mask = (torch.arange(90)[None, :] >= pads[:, None]).long()
+    results = []
+    for pad_prefill, max_length in ((False, 90), (True, 90), (True, 75)):
+        decoder = FastDecoder(loaded(model, "m"))
+        decoder.pad_prefill = pad_prefill
+        decoder.prepare(pads, mask[:, :max_length], max_length)
+        first = decoder.forward(ids[:, :67], last_only=True)  # padded to 128, or to the limit of 75
+        assert first.shape == (2, 1, decoder.vocab_size) and decoder.cache_length == 67
+        keys = decoder._cache[0][..., :67, :].clone()
+        steps = decoder.forward(ids[:, 67:70])  # reads columns 0..69: the padding's 67.. were overwritten
+        results.append((first, keys, steps))
+    for first, keys, steps in results[1:]:
+        torch.testing.assert_close(first, results[0][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(keys, results[0][1], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(steps, results[0][2], rtol=1e-5, atol=1e-5)
+    generic = HFDecoder(loaded(model, "m"))
+    generic.prepare(pads, mask, 90)
+    torch.testing.assert_close(results[1][0], generic.forward(ids[:, :67], last_only=True), rtol=1e-4, atol=1e-4)
+
+
+def test_generation_after_a_padded_prefill_equals_generate():
+    """The engine's own prefill (and its draft's) padded, then greedy decoding with and without speculation."""
+    model = make_model("llama", seed=12)
+    alone = SpeculativeEngine(loaded(model, "t"), decoder="fast")
+    paired = SpeculativeEngine(loaded(model, "t"), loaded(make_model("llama", seed=13, layers=1), "d"), "fast")
+    for decoder in (alone.target, paired.target, paired.drafter.decoder):  # type: ignore[union-attr]
+        decoder.pad_prefill = True
+    prompt = torch.randint(3, 300, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    want = reference(model, prompt, 24)
+    assert alone.generate(prompt, GenerationConfig(max_new_tokens=24)).token_ids[0] == want
+    result = paired.generate(prompt, GenerationConfig(max_new_tokens=24), SpeculationConfig(k=3))
+    assert result.token_ids[0] == want
+
+
 def test_fast_path_batch_with_padding_equals_each_rows_greedy_output():
     target = make_model("llama", seed=6)
     engine = SpeculativeEngine(loaded(target, "t"), loaded(make_model("llama", seed=7, layers=1), "d"), "fast")

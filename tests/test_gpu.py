@@ -68,6 +68,39 @@ def test_a_model_of_the_8b_widths_decodes_as_generate_on_cuda():
     assert result.token_ids[0] == expected[0, len(PROMPTS[1]) :].tolist()
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_long_prompts_prefill_from_padded_graphs_as_generate(family):
+    """Prompts of 40 and 100 tokens prefill padded to 64 and 128, each width from its graph (one memory pool), and
+    greedy decoding after them (alone and speculative) gives transformers' tokens in float32. In bfloat16 the
+    graphed prefill's logits are the eager unpadded ones' up to bf16 rounding."""
+    model = make_model(family, seed=21, layers=3)
+    target = on_cuda(model, "t")
+    engine = SpeculativeEngine(target, on_cuda(make_model(family, seed=22, layers=1), "d"))
+    alone = SpeculativeEngine(target)
+    g = torch.Generator().manual_seed(1)
+    for length in (40, 100, 40):
+        prompt = torch.randint(3, 300, (length,), generator=g).tolist()
+        ids = torch.tensor([prompt], device=CUDA)
+        expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False)
+        want = expected[0, length:].tolist()
+        assert alone.generate(prompt, GenerationConfig(max_new_tokens=16)).token_ids[0] == want
+        result = engine.generate(prompt, GenerationConfig(max_new_tokens=16), SpeculationConfig(k=3))
+        assert result.token_ids[0] == want
+    assert len(alone.target._prefill_graphs) == 2  # widths 64 and 128, the second 40 replayed
+    bf16 = on_cuda(make_model(family, seed=21, layers=3), "b", torch.bfloat16)
+    graphed, eager = FastDecoder(bf16), FastDecoder(bf16)
+    eager.pad_prefill = False
+    ids = torch.randint(3, 300, (1, 100), generator=g).to(CUDA)
+    logits = []
+    for decoder in (graphed, eager):
+        decoder.prepare(torch.zeros(1, dtype=torch.long), None, 120)
+        decoder.forward(ids, last_only=True)  # the first call captures
+        decoder.rollback(0)
+        logits.append(decoder.forward(ids, last_only=True).clone())
+    assert len(graphed._prefill_graphs) == 1 and len(eager._prefill_graphs) == 0
+    torch.testing.assert_close(logits[0], logits[1], rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize(
     ("family", "draft_family", "path"), [("llama", "qwen2", "fast-llama"), ("gpt2", "gpt2", "fast-gpt2")]
 )

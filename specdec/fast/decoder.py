@@ -6,6 +6,12 @@ first time it runs, and replayed after that: the draft's one-token step and the 
 become one launch each. The cache length lives on the device (the graphs read it) and on the host (the engine
 reads it); a rollback sets both, copying nothing.
 
+A prefill of more than ``GRAPH_MAX_TOKENS`` tokens (and at most ``PREFILL_GRAPH_MAX_TOKENS``) runs padded on the right
+to a multiple of ``PREFILL_BUCKET`` tokens, from a graph per padded width: launched one by one its few hundred
+kernels cost the host several times the GPU's time (13 ms against 2 for a 128-token prompt of the 1B shape on an
+H100). The padding's keys and values land in columns past the cache's length, which no query sees and later tokens
+overwrite, so the result is the unpadded prefill's up to the products' rounding for another row count.
+
 A forward that also returns the target's features (``feature_request``) is captured like any other (the features
 are a second output). A token tree's forward is captured per tree size, its visibility mask and depths being static
 inputs copied in before each replay, so a drafter with a fixed node budget replays one graph per step.
@@ -27,7 +33,9 @@ from specdec.kernels import Kernels, kernels_for
 from specdec.loading import LoadedModel
 from specdec.tree import TreeAttention
 
-GRAPH_MAX_TOKENS = 16  # forwards of more new tokens (prefill) run eagerly
+GRAPH_MAX_TOKENS = 16  # forwards of more new tokens (prefill) run eagerly, or padded (below)
+PREFILL_BUCKET = 64  # a longer prefill's width is padded to a multiple of this ...
+PREFILL_GRAPH_MAX_TOKENS = 1024  # ... up to this many tokens, and replayed from a graph per width
 TREE_GRAPH_MAX_TOKENS = 128  # token-tree forwards are captured up to this many tokens (root included)
 
 
@@ -62,6 +70,9 @@ class FastDecoder:
         self._positions = torch.zeros((0, 0), dtype=torch.long, device=self.device)  # [B, M]: each column's position
         self._key_valid = torch.zeros(0, dtype=torch.bool, device=self.device)
         self._graphs = CapturedGraphs(self.device, self.use_graphs)
+        self._prefill_graphs = CapturedGraphs(self.device, self.use_graphs, shared_pool=True)
+        self.pad_prefill = self.use_graphs  # long prefills padded to PREFILL_BUCKET (on CPU: for tests only)
+        self._position_limit = 0  # prepare's max_length: no column at or past it may be written
         self.feature_request: FeatureRequest | None = None  # set by the engine when its drafter reads features
         self.features: torch.Tensor | None = None  # [B, S, F]: the last forward's features (with a feature_request)
 
@@ -98,6 +109,7 @@ class FastDecoder:
         if cache is None or cache[0].shape[1] != batch or cache[0].shape[3] < needed:
             self._cache = None
             self._graphs.clear()  # graphs hold the old buffers' addresses
+            self._prefill_graphs.clear()
             # A longer run of the same batch size doubles the capacity (a few growths cover any run); a new batch
             # size starts from what this run needs, so that alternating batch sizes never compound the growth.
             same_batch = cache is not None and cache[0].shape[1] == batch
@@ -116,6 +128,7 @@ class FastDecoder:
             self._key_valid.zero_()
             self._key_valid[:, : attention_mask.shape[1]].copy_(attention_mask.bool())
         self._key_valid[:, max_length:capacity] = True
+        self._position_limit = max_length
         self.rollback(0)
         self.forwards = 0
 
@@ -143,10 +156,11 @@ class FastDecoder:
         last_only: bool,
         visible: torch.Tensor | None = None,
         depths: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The whole forward as device work only (so that it can be captured): logits [B, S or 1, vocab] and, with a
         ``feature_request``, the features [B, S, F]. ``visible`` [S, S] and ``depths`` [S]: a token tree (root
-        first; positions from the depths, the mask in the attention)."""
+        first; positions from the depths, the mask in the attention). ``logits_at`` [1]: only that token's logits."""
         assert self._cache is not None, "prepare() must be called before forward()"
         batch, seq = input_ids.shape
         request = self.feature_request
@@ -163,7 +177,7 @@ class FastDecoder:
             positions = self._positions.index_select(1, columns[:1]) + depths[None, :]
         logits, features = self.model.run(
             input_ids, columns, positions, self._key_valid, self._cache, last_only, visible,
-            request.layers if request is not None else None,
+            request.layers if request is not None else None, logits_at,
         )  # fmt: skip
         self._device_length.add_(seq)
         return logits[..., : self.vocab_size].float(), features
@@ -178,6 +192,10 @@ class FastDecoder:
         """``tree``: the new tokens form a token tree (root first), see :mod:`specdec.tree`."""
         seq = input_ids.shape[1]
         layers = self.feature_request.layers if self.feature_request is not None else None
+        if tree is None and last_only and layers is None and self.pad_prefill and seq > GRAPH_MAX_TOKENS:
+            width = self._prefill_width(seq)
+            if width is not None:
+                return self._padded_prefill(input_ids, width)
         if tree is None:
             logits, self.features = self._graphed(
                 (seq, last_only, layers), (input_ids,), lambda ids: self._forward(ids, last_only), GRAPH_MAX_TOKENS
@@ -191,6 +209,30 @@ class FastDecoder:
             )
         assert logits is not None
         self._length += seq
+        self.forwards += 1
+        return logits
+
+    def _prefill_width(self, seq: int) -> int | None:
+        """The padded width of a ``seq``-token prefill, or None where it runs unpadded (too long to capture)."""
+        if seq > PREFILL_GRAPH_MAX_TOKENS:
+            return None
+        room = self._position_limit - self._length  # pad only into columns this run may write
+        return min(-(-seq // PREFILL_BUCKET) * PREFILL_BUCKET, max(room, seq))
+
+    def _padded_prefill(self, input_ids: torch.Tensor, width: int) -> torch.Tensor:
+        """input_ids [B, S] -> the last token's logits [B, 1, V]: the forward of the ids padded with zeros to
+        ``width`` on the right, from the graph of that width; the cache's length then rolls back over the padding."""
+        batch, seq = input_ids.shape
+        padded = torch.zeros((batch, width), dtype=input_ids.dtype, device=self.device)
+        padded[:, :seq] = input_ids
+        last = torch.full((1,), seq - 1, dtype=torch.long, device=self.device)
+        start = self._length
+        (logits,) = self._prefill_graphs.run(
+            ("prefill", width), (padded, last), lambda ids, at: (self._forward(ids, True, logits_at=at)[0],)
+        )
+        assert logits is not None
+        self._length = start + width
+        self.rollback(start + seq)
         self.forwards += 1
         return logits
 

@@ -197,11 +197,13 @@ class FastGPT2:
         last_only: bool,
         tree: torch.Tensor | None = None,
         feature_layers: tuple[int, ...] | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """input_ids: [B, S]; columns: [S] cache columns of the new tokens; positions: [B, S] position ids;
         key_valid: [B, M] bool; tree: [S, S] bool visibility among the new tokens (a token tree) or None (causal).
         Returns logits [B, S, V] (or [B, 1, V] with ``last_only``) in the model dtype, and with ``feature_layers``
-        the features [B, S, F] (see ``FeatureRequest``: () is the final normed state) else None."""
+        the features [B, S, F] (see ``FeatureRequest``: () is the final normed state) else None. ``logits_at`` [1]:
+        the one new token whose logits are returned ([B, 1, V]; a padded prefill's last token), instead."""
         k = self.kernels
         batch, seq = input_ids.shape
         cache_k, cache_v = cache
@@ -231,6 +233,8 @@ class FastGPT2:
         if feature_layers is not None:
             parts = [taken[i] for i in feature_layers] if feature_layers else [normed]
             features = torch.cat([part.view(batch, seq, -1) for part in parts], dim=-1)  # [B, S, F]
-        if last_only:
+        if logits_at is not None:
+            normed = normed.index_select(1, logits_at)
+        elif last_only:
             normed = normed[:, -1:]
         return F.linear(normed, self.lm_head), features  # [B, S or 1, V]

@@ -14,6 +14,7 @@ such graphs calls :func:`invalidate_all`; every ``CapturedGraphs`` then drops it
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -29,9 +30,14 @@ def invalidate_all() -> None:
 
 
 class CapturedGraphs:
-    def __init__(self, device: torch.device, enabled: bool) -> None:
+    def __init__(self, device: torch.device, enabled: bool, shared_pool: bool = False) -> None:
+        """``shared_pool``: every graph allocates from one memory pool, so that many graphs of which one runs at a
+        time (a prefill's, one per width) cost the memory of the largest. Replays must then never overlap, which
+        they do not on one stream; each graph's outputs stay allocated, so they survive other graphs' replays."""
         self.device = device
         self.enabled = enabled and device.type == "cuda"
+        self.shared_pool = shared_pool
+        self._pool: Any = None  # torch.cuda.graph_pool_handle(), whose type torch keeps private
         self._graphs: dict[tuple[object, ...], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...], Outputs]] = {}
         self._epoch = _epoch
 
@@ -41,6 +47,7 @@ class CapturedGraphs:
     def clear(self) -> None:
         """Drop every graph (they hold the addresses of buffers about to be replaced)."""
         self._graphs.clear()
+        self._pool = None
 
     def run(self, key: tuple[object, ...], inputs: tuple[torch.Tensor, ...], fn: Callable[..., Outputs]) -> Outputs:
         """``fn(*inputs)``, replayed from the graph captured for ``key``; ``fn`` must do device work only (no host
@@ -48,7 +55,7 @@ class CapturedGraphs:
         if not self.enabled:
             return fn(*inputs)
         if self._epoch != _epoch:
-            self._graphs.clear()
+            self.clear()
             self._epoch = _epoch
         entry = self._graphs.get(key)
         if entry is not None:
@@ -61,7 +68,9 @@ class CapturedGraphs:
         static_inputs = tuple(x.clone() for x in inputs)
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # capturing executes nothing, so no state changes here
+        if self.shared_pool and self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self._pool):  # capturing executes nothing, so no state changes here
             static_outputs = fn(*static_inputs)
         self._graphs[key] = (graph, static_inputs, static_outputs)
         return outputs
