@@ -51,7 +51,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 
 if [[ " $PARTS " == *" tests "* ]]; then
-  timeout -s INT "${LIMIT:-300}" python3 -m pytest tests/test_kernels.py tests/test_gpu.py tests/test_fast_path.py \
+  timeout -s INT "${LIMIT:-300}" python3 -m pytest tests/test_kernels.py tests/test_gpu.py tests/test_fast_path.py tests/test_prefill_attention.py \
     tests/test_gpu_drafters.py tests/test_gpu_hf.py tests/test_gpu_sampling.py -q -p no:cacheprovider -rs 2>&1 \
     | tee "$OUT/tests.log" || status=1
 fi
