@@ -103,6 +103,17 @@ def test_a_padded_prefill_computes_the_unpadded_one(family):
     torch.testing.assert_close(results[1][0], generic.forward(ids[:, :67], last_only=True), rtol=1e-4, atol=1e-4)
 
 
+def test_only_prefills_of_few_tokens_are_padded():
+    """Widths are multiples of 64 up to the run's position limit; past 1024 tokens in all rows a prefill runs
+    unpadded (eagerly, on CUDA too)."""
+    decoder = FastDecoder(loaded(make_model("llama", seed=1), "m"))
+    decoder.prepare(torch.zeros(1, dtype=torch.long), None, 300)
+    assert [decoder._prefill_width(1, seq) for seq in (17, 64, 65, 250, 290)] == [64, 64, 128, 256, 300]
+    assert decoder._prefill_width(8, 128) == 128 and decoder._prefill_width(9, 128) is None
+    decoder.prepare(torch.zeros(1, dtype=torch.long), None, 1100)
+    assert decoder._prefill_width(1, 1000) == 1024 and decoder._prefill_width(1, 1025) is None
+
+
 def test_generation_after_a_padded_prefill_equals_generate():
     """The engine's own prefill (and its draft's) padded, then greedy decoding with and without speculation."""
     model = make_model("llama", seed=12)

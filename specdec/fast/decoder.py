@@ -6,11 +6,12 @@ first time it runs, and replayed after that: the draft's one-token step and the 
 become one launch each. The cache length lives on the device (the graphs read it) and on the host (the engine
 reads it); a rollback sets both, copying nothing.
 
-A prefill of more than ``GRAPH_MAX_TOKENS`` tokens (and at most ``PREFILL_GRAPH_MAX_TOKENS``) runs padded on the right
-to a multiple of ``PREFILL_BUCKET`` tokens, from a graph per padded width: launched one by one its few hundred
-kernels cost the host several times the GPU's time (13 ms against 2 for a 128-token prompt of the 1B shape on an
-H100). The padding's keys and values land in columns past the cache's length, which no query sees and later tokens
-overwrite, so the result is the unpadded prefill's up to the products' rounding for another row count.
+A prefill of more than ``GRAPH_MAX_TOKENS`` tokens runs padded on the right to a multiple of ``PREFILL_BUCKET``
+tokens, from a graph per padded width: launched one by one its few hundred kernels cost the host several times the
+GPU's time (13 ms against 2 for a 128-token prompt of the 1B shape on an H100). The padding's keys and values land
+in columns past the cache's length, which no query sees and later tokens overwrite, so the result is the unpadded
+prefill's up to the products' rounding for another row count. Past ``PREFILL_GRAPH_MAX_TOKENS`` tokens in all rows a
+prefill runs eagerly: the GPU bounds it there, and a graph would keep its activations' memory.
 
 A forward that also returns the target's features (``feature_request``) is captured like any other (the features
 are a second output). A token tree's forward is captured per tree size, its visibility mask and depths being static
@@ -35,7 +36,7 @@ from specdec.tree import TreeAttention
 
 GRAPH_MAX_TOKENS = 16  # forwards of more new tokens (prefill) run eagerly, or padded (below)
 PREFILL_BUCKET = 64  # a longer prefill's width is padded to a multiple of this ...
-PREFILL_GRAPH_MAX_TOKENS = 1024  # ... up to this many tokens, and replayed from a graph per width
+PREFILL_GRAPH_MAX_TOKENS = 1024  # ... up to this many tokens in all rows, and replayed from a graph per width
 TREE_GRAPH_MAX_TOKENS = 128  # token-tree forwards are captured up to this many tokens (root included)
 
 
@@ -193,7 +194,7 @@ class FastDecoder:
         seq = input_ids.shape[1]
         layers = self.feature_request.layers if self.feature_request is not None else None
         if tree is None and last_only and layers is None and self.pad_prefill and seq > GRAPH_MAX_TOKENS:
-            width = self._prefill_width(seq)
+            width = self._prefill_width(input_ids.shape[0], seq)
             if width is not None:
                 return self._padded_prefill(input_ids, width)
         if tree is None:
@@ -212,12 +213,12 @@ class FastDecoder:
         self.forwards += 1
         return logits
 
-    def _prefill_width(self, seq: int) -> int | None:
-        """The padded width of a ``seq``-token prefill, or None where it runs unpadded (too long to capture)."""
-        if seq > PREFILL_GRAPH_MAX_TOKENS:
-            return None
+    def _prefill_width(self, batch: int, seq: int) -> int | None:
+        """The padded width of a ``seq``-token prefill of ``batch`` rows, or None where it runs unpadded and eagerly
+        (too many tokens to be worth a graph)."""
         room = self._position_limit - self._length  # pad only into columns this run may write
-        return min(-(-seq // PREFILL_BUCKET) * PREFILL_BUCKET, max(room, seq))
+        width = min(-(-seq // PREFILL_BUCKET) * PREFILL_BUCKET, max(room, seq))
+        return width if batch * width <= PREFILL_GRAPH_MAX_TOKENS else None
 
     def _padded_prefill(self, input_ids: torch.Tensor, width: int) -> torch.Tensor:
         """input_ids [B, S] -> the last token's logits [B, 1, V]: the forward of the ids padded with zeros to
