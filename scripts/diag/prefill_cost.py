@@ -2,6 +2,11 @@
 the host ops by self time under the profiler, and the host cost of one launch of each kind of kernel.
 
     python scripts/diag/prefill_cost.py [SHAPES] [PROMPT_LENGTH]      SHAPES: 1b,gpt2 (default), PROMPT_LENGTH 128
+    python scripts/diag/prefill_cost.py agree [SHAPES] [LENGTHS]      the padded graph against the eager prefill
+
+``agree``: for each prompt length (default 40,100,128,300), the last token's logits of the prefill padded and
+replayed from its graph against the eager unpadded prefill (largest difference over the largest logit, same argmax),
+and the 32 greedy tokens after each (how many agree before the first difference).
 
 bf16 on CUDA. Rows: the prefill padded and replayed from a graph (the default), then eagerly with each long-query
 attention (``reference.sdpa_attention``, the default, and ``reference.decode_attention``), in the same process.
@@ -65,7 +70,38 @@ def launch_costs() -> None:
         print(f"launch {name}: {host * 1e6:.1f} us of host time per call", flush=True)
 
 
+def agree() -> None:
+    from specdec import GenerationConfig, SpeculativeEngine
+
+    shapes = sys.argv[2].split(",") if len(sys.argv) > 2 else ["1b", "gpt2"]
+    lengths = [int(n) for n in sys.argv[3].split(",")] if len(sys.argv) > 3 else [40, 100, 128, 300]
+    for shape in shapes:
+        engine = SpeculativeEngine(load_model(TARGETS[shape], device="cuda", dtype="bfloat16"))
+        decoder = engine.target
+        assert isinstance(decoder, FastDecoder)
+        for length in lengths:
+            prompt = torch.randint(0, 32000, (length,), generator=torch.Generator().manual_seed(length)).tolist()
+            ids = torch.tensor([prompt], device="cuda")
+            logits, tokens = [], []
+            for pad_prefill in (True, False):
+                decoder.pad_prefill = pad_prefill
+                for _ in range(2):  # the first call captures
+                    decoder.prepare(torch.zeros(1, dtype=torch.long), None, length + 64)
+                    out = decoder.forward(ids, last_only=True).clone()
+                logits.append(out)
+                tokens.append(engine.generate(prompt, GenerationConfig(max_new_tokens=32)).token_ids[0])
+            difference = (logits[0] - logits[1]).abs().max().item() / logits[1].abs().max().item()
+            same = next((i for i, (a, b) in enumerate(zip(*tokens, strict=True)) if a != b), len(tokens[0]))
+            print(f"agree {shape} {length} tokens: logits differ by {difference:.2e}"
+                  f" of the largest, argmax {'same' if logits[0].argmax() == logits[1].argmax() else 'DIFFERS'}, "
+                  f"{same} of 32 greedy tokens before the first difference", flush=True)  # fmt: skip
+        decoder.pad_prefill = True
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "agree":
+        agree()
+        return
     shapes = sys.argv[1].split(",") if len(sys.argv) > 1 else ["1b", "gpt2"]
     length = int(sys.argv[2]) if len(sys.argv) > 2 else 128
     launch_costs()
