@@ -138,6 +138,24 @@ def linear_rope_store(
     return rope_and_store(qkv, positions, cos_table, sin_table, cache_k, cache_v, columns, num_heads, num_kv_heads)
 
 
+def attention_visibility(
+    columns: torch.Tensor, key_valid: torch.Tensor | None, tree: torch.Tensor | None, max_length: int
+) -> torch.Tensor:
+    """Which of the M cache columns each of the S new queries sees (see ``decode_attention``): [B, S, M] bool with
+    ``key_valid``, else [1, S, M]. Causal, or a token tree's ancestors with ``tree``; a query always sees its
+    own key."""
+    key_columns = torch.arange(max_length, device=columns.device)
+    if tree is None:
+        visible = key_columns <= columns[:, None]  # [S, M]
+    else:
+        among_new = torch.zeros((columns.shape[0], max_length), dtype=torch.bool, device=columns.device)
+        among_new.index_copy_(1, columns, tree)  # [S, M]: the tree's visibility at the new tokens' columns
+        visible = (key_columns < columns[:1, None]) | among_new
+    if key_valid is None:
+        return visible[None]
+    return visible & (key_valid[:, None, :] | (key_columns == columns[:, None]))
+
+
 def decode_attention(
     q: torch.Tensor,
     cache_k: torch.Tensor,
@@ -163,15 +181,7 @@ def decode_attention(
     if group > 1:
         keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
     scores = torch.matmul(q.transpose(1, 2), keys.transpose(2, 3)).float() * scale  # [B, H, S, M]
-    key_columns = torch.arange(max_length, device=q.device)[None, :]
-    visible = (key_columns <= columns[:, None])[None, None]  # [1, 1, S, M]
-    if tree is not None:
-        among_new = torch.zeros((q.shape[1], max_length), dtype=torch.bool, device=q.device)
-        among_new.index_copy_(1, columns, tree)  # [S, M]: the tree's visibility at the new tokens' columns
-        visible = ((key_columns < columns[:1, None]) | among_new)[None, None]
-    if key_valid is not None:
-        own = (key_columns == columns[:, None])[None, None]
-        visible = visible & (key_valid[:, None, None, :] | own)
+    visible = attention_visibility(columns, key_valid, tree, max_length)[:, None]  # [B or 1, 1, S, M]
     scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(q.dtype)
     return torch.matmul(probs, values).transpose(1, 2)  # [B, S, H, Dh]
@@ -193,17 +203,7 @@ def sdpa_attention(
     batch, seq, num_heads, head_dim = q.shape
     num_kv_heads, max_length = cache_k.shape[1], cache_k.shape[2]
     group = num_heads // num_kv_heads
-    key_columns = torch.arange(max_length, device=q.device)
-    if tree is None:
-        visible = key_columns <= columns[:, None]  # [S, M]
-    else:
-        among_new = torch.zeros((seq, max_length), dtype=torch.bool, device=q.device)
-        among_new.index_copy_(1, columns, tree)  # [S, M]: the tree's visibility at the new tokens' columns
-        visible = (key_columns < columns[:1, None]) | among_new
-    if key_valid is not None:  # a query always sees its own key (see decode_attention)
-        visible = visible & (key_valid[:, None, :] | (key_columns == columns[:, None]))  # [B, S, M]
-    else:
-        visible = visible[None]  # [1, S, M]
+    visible = attention_visibility(columns, key_valid, tree, max_length)  # [B or 1, S, M]
     rows = visible.shape[0]
     mask = visible[:, None, :, None, :].expand(rows, 1, seq, group, max_length).reshape(rows, 1, seq * group, -1)
     grouped = q.view(batch, seq, num_kv_heads, group, head_dim).permute(0, 2, 1, 3, 4)  # [B, Hkv, S, G, Dh]
