@@ -13,7 +13,9 @@ drafters (and a batch of one) run in lockstep: every row keeps the batch's short
 
 Host syncs: a step that drafted reads what each row kept (one sync; pending end-of-sequence flags ride along). A step
 that drafted nothing needs no sync on an accelerator: end-of-sequence flags are read every ``EOS_CHECK_EVERY`` steps
-(the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens.
+(the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens. In lockstep such a
+step commits its tokens with three small launches (the same column of every row), and the sync reads the EOS flags
+of all the one-token steps since the last one from their history columns at once.
 
 With ``SPECDEC_AR_CHUNK=N`` (off by default: on the H200 it did not move the autoregressive speed while the forward
 itself was the bound; it is there to measure beside the persistent step, whose shorter forward leaves the host's
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
     from specdec.engine import SpeculativeEngine
 
 EOS_CHECK_EVERY = 16  # without drafts, an accelerator's EOS flags are read every this many steps
+EOS_EVERY_STEP_DEVICES = ("cpu",)  # where a read costs no more than the step's own work: EOS flags read every step
 ENV_AR_CHUNK = "SPECDEC_AR_CHUNK"  # N >= 2: greedy autoregressive steps run N at a time (see the module docstring)
 AR_CHUNK_DEVICES = ("cuda",)
 EOS_NOT_FOUND = 1 << 30
@@ -168,8 +171,9 @@ class Generation:
             engine.eos_ids if generation.stop_at_eos else [], dtype=torch.long, device=engine.device
         )
         # (new tokens per row before the step, rows that took part, [B] EOS offsets in the step's window)
-        self._pending_eos: list[tuple[list[int], list[bool], torch.Tensor]] = []
-        self._eos_check_every = 1 if stream or engine.device.type == "cpu" else EOS_CHECK_EVERY
+        # A step's EOS offsets [B], or (a one-token step) the history column its tokens went to.
+        self._pending_eos: list[tuple[list[int], list[bool], torch.Tensor | int]] = []
+        self._eos_check_every = 1 if stream or engine.device.type in EOS_EVERY_STEP_DEVICES else EOS_CHECK_EVERY
         chunk = ar_chunk()  # greedy autoregressive steps per graph (see the module docstring)
         chunked = drafter is None and generation.greedy and not stream and not self.slots
         if engine.device.type not in AR_CHUNK_DEVICES or not getattr(engine.target, "chain_graph", False):
@@ -305,18 +309,22 @@ class Generation:
                 proposal.tokens, proposal.probs, target_logits, self._generator, requested_k, parents, limits
             )
         drafts = proposal.tokens
-        if verdict.path is not None:  # a tree: the kept path's tokens, then the next token
-            drafts = proposal.tokens.gather(1, verdict.path.clamp_min(0))  # [B, W]
-            room_left = min(drafted, batch.max_length - length)
-            batch.tokens[:, length : length + room_left] = drafts[:, :room_left]
-        # Every row's newest token goes to the step's last kept column (per row, the columns between are holes).
-        next_column = (length + verdict.num_accepted).reshape(1, 1).expand(batch.batch_size, 1)
-        batch.tokens.scatter_(1, next_column, verdict.next_tokens[:, None])
-        kept = verdict.row_kept  # [B]
-        window = self._commit(drafts, kept, verdict.next_tokens)  # [B, W + 1]: row b's first kept[b] + 1 are new
-        if self._eos.numel() > 0:
-            offsets = _first_eos_offsets(window, self._eos, kept)
-            self._pending_eos.append((counts, taking_part if self.per_row else [True] * len(counts), offsets))
+        kept: torch.Tensor | None = None  # [B]: drafts each row kept (None: none, a one-token step)
+        if drafted == 0 and not self.per_row:  # one token per row, in the same column of every row
+            self._commit_token(length, verdict.next_tokens, counts)
+        else:
+            if verdict.path is not None:  # a tree: the kept path's tokens, then the next token
+                drafts = proposal.tokens.gather(1, verdict.path.clamp_min(0))  # [B, W]
+                room_left = min(drafted, batch.max_length - length)
+                batch.tokens[:, length : length + room_left] = drafts[:, :room_left]
+            # Every row's newest token goes to the step's last kept column (per row, the columns between are holes).
+            next_column = (length + verdict.num_accepted).reshape(1, 1).expand(batch.batch_size, 1)
+            batch.tokens.scatter_(1, next_column, verdict.next_tokens[:, None])
+            kept = verdict.row_kept
+            window = self._commit(drafts, kept, verdict.next_tokens)  # [B, W + 1]: row b's first kept[b] + 1 are new
+            if self._eos.numel() > 0:
+                offsets = _first_eos_offsets(window, self._eos, kept)
+                self._pending_eos.append((counts, taking_part if self.per_row else [True] * len(counts), offsets))
         features = engine.target.features if self._feature_request is not None else None
         verified_mark = self._clock.mark()
 
@@ -498,19 +506,33 @@ class Generation:
         batch.history.scatter_(1, index, window)
         return window
 
+    def _commit_token(self, length: int, next_tokens: torch.Tensor, counts: list[int]) -> None:
+        """A lockstep step that drafted nothing: every row's next token (next_tokens [B]) goes to column ``length``
+        of both its cache columns and its history (the same column in lockstep, where rows have no holes), and its
+        EOS check waits for the next sync, which reads every such step's column at once. Three small launches in
+        place of ``_commit``'s dozen, which cost an autoregressive step on a GPU about as much as its graph's
+        launch (``docs/performance.md``)."""
+        batch = self.batch
+        batch.tokens[:, length] = next_tokens
+        batch.history[:, length] = next_tokens
+        batch.device_lengths += 1
+        if self._eos.numel() > 0:
+            self._pending_eos.append((counts, [True] * len(counts), length))
+
     def _advance(
-        self, start: int, shared: int, row_kept: list[int], kept: torch.Tensor, taking_part: list[bool]
+        self, start: int, shared: int, row_kept: list[int], kept: torch.Tensor | None, taking_part: list[bool]
     ) -> None:
-        """Count the step's tokens into each row and, per row, hide the columns a row did not keep (holes)."""
+        """Count the step's tokens into each row and, per row, hide the columns a row did not keep (holes).
+        ``kept`` [B]: the drafts each row kept on the device (None: a one-token step, already counted there)."""
         batch = self.batch
         grows = taking_part if self.per_row else [True] * batch.batch_size  # lockstep: every row moves on
         batch.lengths = [n + k + 1 if g else n for n, k, g in zip(batch.lengths, row_kept, grows, strict=True)]
-        if self.per_row:
+        if kept is not None and self.per_row:
             batch.device_lengths += torch.where(self._active_device, kept + 1, 0)
             if any(k < shared or not part for k, part in zip(row_kept, taking_part, strict=True)):
                 batch.hide(start, kept, shared, self._active_device)
                 self.engine.target.set_rows(batch.positions, batch.key_valid)
-        else:
+        elif kept is not None:
             batch.device_lengths += kept + 1
         self._update_active()
 
@@ -595,7 +617,7 @@ class Generation:
         width = path.shape[1] if path is not None and kept is not None else 0
         if path is not None and width:
             parts.append(path[0])
-        values = torch.cat(parts + [offsets for _, _, offsets in pending]) if parts or pending else None
+        values = torch.cat(parts + self._pending_offsets()) if parts or pending else None
         host = read_to_host(values, meanwhile) if values is not None else []
         row_kept = [int(n) for n in host[:rows]] if kept is not None else [0] * rows
         read = rows if kept is not None else 0
@@ -609,6 +631,19 @@ class Generation:
                     self.row_ends[row] = starts[row] + int(offset) + 1
         pending.clear()
         return row_kept, row_limits, kept_path
+
+    def _pending_offsets(self) -> list[torch.Tensor]:
+        """Each pending step's EOS offsets [B]; those of the one-token steps from their history columns, read as one
+        window (consecutive columns: a step that drafted syncs, so one-token steps pending together are in a row)."""
+        pending = self._pending_eos
+        columns = [offsets for _, _, offsets in pending if isinstance(offsets, int)]
+        found = iter(())
+        if columns:
+            first, count = columns[0], len(columns)
+            assert columns[-1] == first + count - 1, f"one-token steps pending at columns {columns}"
+            window = self.batch.history[:, first : first + count]  # [B, count]
+            found = iter(torch.where(torch.isin(window, self._eos), 0, EOS_NOT_FOUND).T)  # count x [B]
+        return [offsets if isinstance(offsets, torch.Tensor) else next(found) for _, _, offsets in pending]
 
     # -------------------------------------------------------------------------------------------------- outputs
     def _row_limits(self) -> list[int]:
