@@ -62,6 +62,7 @@ from specdec.metrics import (
     StepRecord,
     itl_percentiles,
     mean_accepted_length,
+    row_latencies,
     time_per_output_token,
 )
 from specdec.sampling import next_token
@@ -371,6 +372,7 @@ class Generation:
             record.tree_size, record.tree_depth = drafted, tree_depth
         record.marks = (start_mark, drafted_mark, verified_mark)
         record.previous, self._emitted_mark = self._emitted_mark, verified_mark
+        record.counts = tuple(batch.new_counts)
         self.records.append(record)
 
     def _verify_greedy(self, verify_ids: torch.Tensor, drafts: torch.Tensor) -> Verdict:
@@ -419,8 +421,8 @@ class Generation:
         verified_mark = self._clock.mark()
         batch.length = length + n
         self._advance(length, n - 1, [n - 1] * batch.batch_size, kept, [True] * batch.batch_size)
-        for _ in range(n):  # each step of the chunk gets an even share of its time
-            record = StepRecord(k=0, drafted=0, accepted=0, share=n)
+        for i in range(n):  # each step of the chunk gets an even share of its time
+            record = StepRecord(k=0, drafted=0, accepted=0, share=n, counts=tuple(c + i + 1 for c in counts))
             record.marks, record.previous = (start_mark, start_mark, verified_mark), self._emitted_mark
             self.records.append(record)
         self._emitted_mark = verified_mark
@@ -755,7 +757,10 @@ class Generation:
             peak_rss_bytes=peak_rss_bytes(),
             synthetic=speculation.acceptance.synthetic if speculative else None,
             mean_tree_size=sum(trees) / len(trees) if trees else None,
-        )
+            row_latency_s=() if self.slots else row_latencies(
+                self.time_to_first_token, steps, [r.counts for r in self.records], [len(ids) for ids in token_ids]
+            ),
+        )  # fmt: skip
 
 
 def ar_chunk() -> int:

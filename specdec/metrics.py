@@ -118,6 +118,9 @@ class RunMetrics:
     peak_rss_bytes: int
     synthetic: dict[str, Any] | None = None  # the synthetic policy's parameter as given; None: the output is real
     mean_tree_size: float | None = None  # mean nodes per tree step (steps that drafted a tree); None: no tree
+    # Per row: seconds from the start (the prefill) to its last output token (empty for a slot batch, whose rows
+    # serve one request after another). In a batch, rows that need fewer steps are done earlier.
+    row_latency_s: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -187,6 +190,22 @@ def time_per_output_token(steps: Sequence[StepMetrics], rows: int = 1) -> float 
     return sum(s.itl_ms for s in steps) / 1000.0 / tokens if tokens else None
 
 
+def row_latencies(
+    time_to_first_token_s: float, steps: Sequence[StepMetrics], counts: Sequence[Sequence[int]], lengths: Sequence[int]
+) -> tuple[float, ...]:
+    """Per row: seconds from the start to its last output token, its ``lengths[b]``-th: the first token's time plus
+    the inter-token latencies of the steps up to the first after which the row had committed that many.
+    counts[i][b]: row b's new tokens after step i."""
+    done: list[float | None] = [time_to_first_token_s if n <= 1 else None for n in lengths]
+    elapsed = time_to_first_token_s
+    for step, after in zip(steps, counts, strict=True):
+        elapsed += step.itl_ms / 1000.0
+        for row, committed in enumerate(after):
+            if done[row] is None and committed >= lengths[row]:
+                done[row] = elapsed
+    return tuple(elapsed if t is None else t for t in done)
+
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0-100) with linear interpolation between the closest ranks (NumPy's default, which vLLM's
     benchmark uses); None for no values."""
@@ -250,6 +269,7 @@ class StepRecord:
     marks: tuple[int, int, int] = field(default=(0, 0, 0))  # start, drafted, verified
     previous: int = 0  # the mark at which the tokens before this step's were known (prefill's or previous step's)
     share: int = 1  # steps that ran as one between these marks (an autoregressive chunk): each gets 1/share
+    counts: tuple[int, ...] = ()  # per row: new tokens committed after this step (past an unread EOS too)
 
     def resolve(self, clock: StepClock) -> StepMetrics:
         start, drafted, verified = self.marks

@@ -11,7 +11,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from specdec.metrics import RunMetrics
+from specdec.metrics import RunMetrics, percentile
 
 
 def fmt(value: Any, digits: int = 3) -> str:
@@ -49,6 +49,13 @@ def synthetic_note(synthetic: Mapping[str, Any]) -> str:
     )
 
 
+def row_latency(latencies: Sequence[float]) -> str:
+    """The median and the slowest of a batch's row latencies (seconds), or "-" without any."""
+    if not latencies:
+        return "-"
+    return f"{fmt(percentile(latencies, 50))} / {fmt(max(latencies))}"
+
+
 def metrics_table(metrics: RunMetrics) -> str:
     """The run metrics that matter to a reader, one per line."""
     mib = 1024 * 1024
@@ -73,6 +80,7 @@ def metrics_table(metrics: RunMetrics) -> str:
             "inter-token latency p50 / p90 / p99 (ms)",
             " / ".join(fmt(milliseconds(v), 2) for v in (metrics.itl_p50_s, metrics.itl_p90_s, metrics.itl_p99_s)),
         ),
+        *([("row latency p50 / max (s)", row_latency(metrics.row_latency_s))] if metrics.batch_size > 1 else []),
         ("target / draft forwards", f"{metrics.target_forwards} / {metrics.draft_forwards}"),
         ("peak memory (MiB)", (peak if peak is not None else metrics.peak_rss_bytes) / mib),
     ]

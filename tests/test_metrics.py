@@ -13,6 +13,7 @@ from specdec.metrics import (
     itl_percentiles,
     mean_accepted_length,
     percentile,
+    row_latencies,
     time_per_output_token,
 )
 
@@ -74,6 +75,14 @@ def test_percentiles_interpolate_linearly_between_ranks():
     assert itl_percentiles([float(i) for i in range(101)]) == (50.0, 90.0, 99.0)
 
 
+def test_a_rows_latency_ends_at_the_step_that_committed_its_last_token():
+    steps = [step(3, 3, itl_ms=20.0), step(3, 0, itl_ms=10.0), step(3, 1, itl_ms=30.0)]
+    counts = [(5, 2, 1), (6, 3, 2), (8, 5, 4)]  # three rows' new tokens after each step
+    lengths = [5, 4, 1]  # row 0 has its 5 after step 0, row 1 its 4 after step 2, row 2 its one at the prefill
+    assert row_latencies(0.5, steps, counts, lengths) == pytest.approx((0.52, 0.56, 0.5))
+    assert row_latencies(0.5, [], [], [1, 0]) == (0.5, 0.5)  # one token (or none): the first token's time
+
+
 @pytest.fixture(scope="module")
 def models():
     return make_model("llama", seed=1, layers=2), make_model("llama", seed=2, layers=1)
@@ -102,6 +111,10 @@ def test_a_runs_metrics_agree_with_its_steps(models, draft):
     assert m.tpot_s == pytest.approx(decode_s / (generation.max_new_tokens - 1))
     assert m.itl_p50_s is not None and m.itl_p90_s is not None and m.itl_p99_s is not None
     assert min(s.itl_ms for s in steps) / 1000.0 <= m.itl_p50_s <= m.itl_p90_s <= m.itl_p99_s
+    # Per-row acceptance: a row is done after the last step it took part in (rows drop out as they finish).
+    both = sum(s.itl_ms for s in steps if s.rows == len(PROMPTS)) / 1000.0
+    ttft = m.time_to_first_token_s
+    assert sorted(m.row_latency_s) == pytest.approx([ttft + both, ttft + decode_s])
 
 
 def test_the_autoregressive_run_has_tau_one_and_no_positions(models):
@@ -111,6 +124,8 @@ def test_the_autoregressive_run_has_tau_one_and_no_positions(models):
     assert m.mean_accepted_length == 1.0 and m.steps == 7
     assert m.accepted_by_position == m.drafted_by_position == m.acceptance_by_position == ()
     assert len(result.steps) == 7 and all(s.itl_ms > 0 for s in result.steps)
+    decode_s = sum(s.itl_ms for s in result.steps) / 1000.0
+    assert m.row_latency_s == pytest.approx((m.time_to_first_token_s + decode_s,))
 
 
 def test_one_new_token_has_no_steps_and_no_decode_metrics(models):

@@ -6,7 +6,9 @@
 For each batch size B, B different random prompts (``--prompt-length`` tokens, seeded) are generated greedily to
 ``--max-new-tokens`` tokens per row, once by the engine without a draft and once with it at K (per-row acceptance:
 each row keeps its own accepted prefix, ``docs/batching.md``). Each run is warmed up once, then timed ``--repeats``
-times (the median is kept). Throughput counts every row's tokens. The crossover is the first batch size at which
+times (the median is kept). Throughput counts every row's tokens; a row's latency is the time from the start to its
+last token (the median run's rows: their median and the slowest), shorter than the batch's for a row that needs
+fewer speculative steps. The crossover is the first batch size at which
 speculation is no faster than the autoregressive run. Prints a table and writes ``batching_report.json``.
 
 ``--acceptance-rate a`` runs the speculative side under the synthetic acceptance policy instead (NOT lossless: the
@@ -62,17 +64,17 @@ def timed(
     speculation: SpeculationConfig,
     repeats: int,
 ) -> tuple[float, GenerationResult]:
-    """(median seconds, the last result) of ``repeats`` runs after one warm-up run."""
+    """(median seconds, the median run's result) of ``repeats`` runs after one warm-up run."""
     engine.generate(prompts, generation, speculation)
-    seconds, result = [], None
+    runs = []
     for _ in range(repeats):
         synchronize(engine.device)
         started = time.perf_counter()
         result = engine.generate(prompts, generation, speculation)
         synchronize(engine.device)
-        seconds.append(time.perf_counter() - started)
-    assert result is not None
-    return statistics.median(seconds), result
+        runs.append((time.perf_counter() - started, result))
+    runs.sort(key=lambda run: run[0])
+    return statistics.median(seconds for seconds, _ in runs), runs[len(runs) // 2][1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 "acceptance": sd.metrics.acceptance_rate,
                 "tokens_per_forward": sd.metrics.mean_tokens_per_forward,
                 "same_output": sd.token_ids == ar.token_ids,
+                "ar_row_latency_s": list(ar.metrics.row_latency_s),
+                "sd_row_latency_s": list(sd.metrics.row_latency_s),
             }
         )
         log(f"batch {batch}: {rows[-1]}")
@@ -111,12 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     table = [
         (
             r["batch"], f"{r['ar_tokens_per_s']:.1f}", f"{r['sd_tokens_per_s']:.1f}", f"{r['speedup']:.2f}x",
-            f"{r['acceptance']:.3f}", f"{r['tokens_per_forward']:.2f}", r["same_output"],
+            f"{r['acceptance']:.3f}", f"{r['tokens_per_forward']:.2f}", report.row_latency(r["ar_row_latency_s"]),
+            report.row_latency(r["sd_row_latency_s"]), r["same_output"],
         )
         for r in rows
     ]  # fmt: skip
     headers = ["batch", "autoregressive tok/s", f"speculative K {args.k} tok/s", "speedup", "acceptance", "tok/fwd"]
-    print(report.table(table, [*headers, "same output"]))
+    latency = ["autoregressive row latency s (p50 / max)", "speculative row latency s (p50 / max)"]
+    print(report.table(table, [*headers, *latency, "same output"]))
     print(f"crossover (first batch size where speculation does not pay): {crossover or 'none measured'}")
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
