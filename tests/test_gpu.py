@@ -226,3 +226,32 @@ def test_dependent_launch_changes_no_result(family, monkeypatch):
         decoder.forward(ids[:, :20])
         outputs.append(torch.stack([decoder.forward(ids[:, i : i + 1]).clone() for i in range(20, 30)]))
     assert torch.equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_autoregressive_batches_stop_at_eos_read_every_sixteen_steps(family):
+    """Autoregressive steps on CUDA commit their tokens without a sync and read EOS flags every ``EOS_CHECK_EVERY``
+    steps from the history: a left-padded batch in float32, with an EOS that one row meets in its second window,
+    gives each row ``generate``'s tokens, cut at that EOS; so does streaming, which reads every step."""
+    model = make_model(family, seed=11, layers=2)
+
+    def greedy(prompt: list[int]) -> list[int]:  # transformers' generate on the CPU
+        ids = torch.tensor([prompt])
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False)
+        return out[0, len(prompt) :].tolist()
+
+    model.generation_config.eos_token_id = model.config.eos_token_id = None
+    free = greedy(PROMPTS[1])
+    cut = next(i for i in range(16, len(free)) if free.index(free[i]) == i)  # a token new to the row's second window
+    model.generation_config.eos_token_id = model.config.eos_token_id = free[cut]
+    expected = [greedy(prompt) for prompt in PROMPTS]
+    assert len(expected[1]) == cut + 1
+    engine = SpeculativeEngine(on_cuda(model, family))
+    assert engine.target.path.startswith("fast")
+    generation = GenerationConfig(max_new_tokens=40)
+    assert engine.generate(PROMPTS, generation).token_ids == expected
+    streamed: list[list[int]] = [[] for _ in PROMPTS]
+    for fresh in engine.stream(PROMPTS, generation):
+        for row, tokens in enumerate(fresh):
+            streamed[row] += tokens
+    assert streamed == expected
