@@ -13,9 +13,11 @@ drafters (and a batch of one) run in lockstep: every row keeps the batch's short
 
 Host syncs: a step that drafted reads what each row kept (one sync; pending end-of-sequence flags ride along). A step
 that drafted nothing needs no sync on an accelerator: end-of-sequence flags are read every ``EOS_CHECK_EVERY`` steps
-(the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens. In lockstep such a
-step commits its tokens with three small launches (the same column of every row), and the sync reads the EOS flags
-of all the one-token steps since the last one from their history columns at once.
+(the output is cut at EOS afterwards), unless the caller streams, which reads every step's tokens. The sync reads
+the tokens committed since the last one and the host finds each row's first EOS among them, so no step launches an
+EOS check. In lockstep, rows share their columns: a step writes its tokens to the same columns of every row's cache
+columns and history with a slice copy each (three launches a one-token step, against a dozen for a scatter per row),
+which on a GPU cost an autoregressive step about as much as its graph's launch.
 
 With ``SPECDEC_AR_CHUNK=N`` (off by default: on the H200 it did not move the autoregressive speed while the forward
 itself was the bound; it is there to measure beside the persistent step, whose shorter forward leaves the host's
@@ -78,8 +80,17 @@ EOS_CHECK_EVERY = 16  # without drafts, an accelerator's EOS flags are read ever
 EOS_EVERY_STEP_DEVICES = ("cpu",)  # where a read costs no more than the step's own work: EOS flags read every step
 ENV_AR_CHUNK = "SPECDEC_AR_CHUNK"  # N >= 2: greedy autoregressive steps run N at a time (see the module docstring)
 AR_CHUNK_DEVICES = ("cuda",)
-EOS_NOT_FOUND = 1 << 30
 HOLE_ROOM = 0.5  # per row: cache columns for holes between compactions, as a fraction of max_new_tokens
+
+
+@dataclass(frozen=True)
+class Committed:
+    """Tokens a step committed, checked for end of sequence on the host at the next sync, which reads them."""
+
+    starts: list[int]  # each row's new tokens before them
+    rows: list[bool]  # the rows they belong to (lockstep: every row; per row: those that took part)
+    tokens: torch.Tensor  # [B, n] on the device: row b's committed tokens first, then filler
+    counts: list[int] | None  # tokens committed per row; None: the step's kept + 1, read by the same sync
 
 
 @dataclass(frozen=True)
@@ -168,12 +179,8 @@ class Generation:
         self.time_to_first_token = 0.0
         self._emitted_mark = 0  # the clock mark at which the last committed tokens were known (for ITL)
         self._release: Callable[[], None] | None = release
-        self._eos = torch.tensor(
-            engine.eos_ids if generation.stop_at_eos else [], dtype=torch.long, device=engine.device
-        )
-        # (new tokens per row before the step, rows that took part, [B] EOS offsets in the step's window)
-        # A step's EOS offsets [B], or (a one-token step) the history column its tokens went to.
-        self._pending_eos: list[tuple[list[int], list[bool], torch.Tensor | int]] = []
+        self._eos_ids = frozenset(engine.eos_ids if generation.stop_at_eos else ())
+        self._pending_eos: list[Committed] = []  # steps' tokens not yet checked for EOS
         self._eos_check_every = 1 if stream or engine.device.type in EOS_EVERY_STEP_DEVICES else EOS_CHECK_EVERY
         chunk = ar_chunk()  # greedy autoregressive steps per graph (see the module docstring)
         chunked = drafter is None and generation.greedy and not stream and not self.slots
@@ -249,7 +256,7 @@ class Generation:
         batch.length = self.prompt_length + 1
         batch.lengths = [self.prompt_length + 1] * batch.batch_size
         batch.device_lengths += 1
-        first_is_eos = torch.isin(first, self._eos).tolist()  # the prefill's one sync
+        first_is_eos = [token in self._eos_ids for token in first.tolist()]  # the prefill's one sync
         self.time_to_first_token = time.perf_counter() - self._started
         self._emitted_mark = self._clock.mark()
         self.row_ends = [1 if is_eos else None for is_eos in first_is_eos]
@@ -292,7 +299,7 @@ class Generation:
         verify_ids = batch.tokens[:, length - 1 : length]  # [B, 1]: the last committed token ...
         if drafted > 0:
             verify_ids = torch.cat([verify_ids, proposal.tokens], dim=1)  # ... and the drafts: [B, W + 1]
-            if parents is None:
+            if parents is None and self.per_row:
                 batch.tokens[:, length : length + drafted] = proposal.tokens
         tree = tree_attention(parents, engine.device) if parents is not None else None
         limits = self._limits(proposal) if self.per_row and drafted > 0 else None  # [B]: the most each row keeps
@@ -313,6 +320,10 @@ class Generation:
         kept: torch.Tensor | None = None  # [B]: drafts each row kept (None: none, a one-token step)
         if drafted == 0 and not self.per_row:  # one token per row, in the same column of every row
             self._commit_token(length, verdict.next_tokens, counts)
+        elif parents is None and not self.per_row:  # a chain in lockstep: the same columns in every row
+            kept = verdict.row_kept
+            window = self._commit_chain(length, drafts, verdict)
+            self._check_eos_later(counts, [True] * len(counts), window, None)
         else:
             if verdict.path is not None:  # a tree: the kept path's tokens, then the next token
                 drafts = proposal.tokens.gather(1, verdict.path.clamp_min(0))  # [B, W]
@@ -323,9 +334,8 @@ class Generation:
             batch.tokens.scatter_(1, next_column, verdict.next_tokens[:, None])
             kept = verdict.row_kept
             window = self._commit(drafts, kept, verdict.next_tokens)  # [B, W + 1]: row b's first kept[b] + 1 are new
-            if self._eos.numel() > 0:
-                offsets = _first_eos_offsets(window, self._eos, kept)
-                self._pending_eos.append((counts, taking_part if self.per_row else [True] * len(counts), offsets))
+            owners = taking_part if self.per_row else [True] * len(counts)
+            self._check_eos_later(counts, owners, window, None if drafted > 0 else [1] * len(counts))
         features = engine.target.features if self._feature_request is not None else None
         verified_mark = self._clock.mark()
 
@@ -414,9 +424,9 @@ class Generation:
         tokens = engine.target.greedy_chain(batch.tokens[:, length - 1 : length], n)  # [B, n]
         batch.tokens[:, length : length + n] = tokens
         kept = torch.full((batch.batch_size,), n - 1, dtype=torch.long, device=engine.device)  # [B]
-        window = self._commit(tokens[:, : n - 1], kept, tokens[:, n - 1])  # [B, n]
-        if self._eos.numel() > 0:
-            self._pending_eos.append((counts, [True] * len(counts), _first_eos_offsets(window, self._eos, kept)))
+        self._commit(tokens[:, : n - 1], kept, tokens[:, n - 1])
+        if self._eos_ids:
+            self._check_eos_later(counts, [True] * len(counts), tokens, [n] * len(counts))
             self._sync(None)  # one read per chunk
         verified_mark = self._clock.mark()
         batch.length = length + n
@@ -467,7 +477,7 @@ class Generation:
         logits = engine.target.forward(batch.tokens[:, start : start + width], last_only=True)  # [B, 1, V]
         first = next_token(logits[:, -1], self.generation, self._generator)  # [B]
         batch.place_first(rows, width, first)
-        is_eos = torch.isin(first, self._eos).tolist()  # one sync
+        is_eos = [token in self._eos_ids for token in first.tolist()]  # one sync
         for row, prompt, budget in zip(rows, prompts, max_new_tokens, strict=True):
             self._pads[row] = batch.prompt_length - len(prompt)
             self.budgets[row] = budget
@@ -510,16 +520,33 @@ class Generation:
 
     def _commit_token(self, length: int, next_tokens: torch.Tensor, counts: list[int]) -> None:
         """A lockstep step that drafted nothing: every row's next token (next_tokens [B]) goes to column ``length``
-        of both its cache columns and its history (the same column in lockstep, where rows have no holes), and its
-        EOS check waits for the next sync, which reads every such step's column at once. Three small launches in
-        place of ``_commit``'s dozen, which cost an autoregressive step on a GPU about as much as its graph's
-        launch (``docs/performance.md``)."""
+        of both its cache columns and its history (the same column in lockstep, where rows have no holes); the next
+        sync reads it for the EOS check."""
         batch = self.batch
         batch.tokens[:, length] = next_tokens
         batch.history[:, length] = next_tokens
         batch.device_lengths += 1
-        if self._eos.numel() > 0:
-            self._pending_eos.append((counts, [True] * len(counts), length))
+        self._check_eos_later(counts, [True] * len(counts), batch.history[:, length : length + 1], [1] * len(counts))
+
+    def _commit_chain(self, length: int, drafts: torch.Tensor, verdict: Verdict) -> torch.Tensor:
+        """A lockstep chain's verdict: every row keeps the same ``n = num_accepted`` drafts, so its window (drafts
+        [B, W], the next token at offset n, filler after it) goes to columns [length, length + W] of every row's
+        cache columns and history, two slice copies. Returns the window [B, W + 1]."""
+        batch = self.batch
+        next_tokens = verdict.next_tokens[:, None]  # [B, 1]
+        window = torch.cat([drafts, next_tokens], dim=1)  # [B, W + 1]
+        window.scatter_(1, verdict.num_accepted.reshape(1, 1).expand(batch.batch_size, 1), next_tokens)
+        end = length + window.shape[1]
+        batch.tokens[:, length:end] = window
+        batch.history[:, length:end] = window
+        return window
+
+    def _check_eos_later(
+        self, starts: list[int], rows: list[bool], tokens: torch.Tensor, counts: list[int] | None
+    ) -> None:
+        """Keep a step's committed tokens (see :class:`Committed`) for the next sync to read and check."""
+        if self._eos_ids:
+            self._pending_eos.append(Committed(starts, rows, tokens, counts))
 
     def _advance(
         self, start: int, shared: int, row_kept: list[int], kept: torch.Tensor | None, taking_part: list[bool]
@@ -534,8 +561,8 @@ class Generation:
             if any(k < shared or not part for k, part in zip(row_kept, taking_part, strict=True)):
                 batch.hide(start, kept, shared, self._active_device)
                 self.engine.target.set_rows(batch.positions, batch.key_valid)
-        elif kept is not None:
-            batch.device_lengths += kept + 1
+        elif kept is not None:  # lockstep: every row holds the same number of tokens
+            batch.device_lengths.fill_(batch.lengths[0])
         self._update_active()
 
     def _update_active(self) -> None:
@@ -608,9 +635,10 @@ class Generation:
         meanwhile: Callable[[], None] | None = None,
     ) -> tuple[list[int], list[int], list[int]]:
         """One device-to-host transfer: what each row kept ([B]; zeros if None), each row's limit ([B]; the
-        proposal's width if None), a tree's kept path ([B, W], row 0 read; [] without one) and the pending EOS
-        offsets, which mark finished rows in ``row_ends`` and are then cleared. ``meanwhile`` runs after the
-        transfer is queued and before the host waits for it (device work queued there does not delay the read)."""
+        proposal's width if None), a tree's kept path ([B, W], row 0 read; [] without one) and the tokens committed
+        since the last sync, whose first EOS per row marks it finished in ``row_ends``; they are then cleared.
+        ``meanwhile`` runs after the transfer is queued and before the host waits for it (device work queued there
+        does not delay the read)."""
         rows = len(self.row_ends)
         pending = self._pending_eos
         parts = [kept] if kept is not None else []
@@ -619,33 +647,31 @@ class Generation:
         width = path.shape[1] if path is not None and kept is not None else 0
         if path is not None and width:
             parts.append(path[0])
-        values = torch.cat(parts + self._pending_offsets()) if parts or pending else None
+        if pending:  # [B, n]: the tokens of every pending step side by side, read row by row
+            tokens = [entry.tokens for entry in pending]
+            parts.append((tokens[0] if len(tokens) == 1 else torch.cat(tokens, dim=1)).reshape(-1))
+        values = (parts[0] if len(parts) == 1 else torch.cat(parts)) if parts else None
         host = read_to_host(values, meanwhile) if values is not None else []
         row_kept = [int(n) for n in host[:rows]] if kept is not None else [0] * rows
         read = rows if kept is not None else 0
         row_limits = [int(n) for n in host[read : read + rows]] if limits is not None and kept is not None else []
         read += len(row_limits)
         kept_path = [int(node) for node in host[read : read + width]]
-        offsets = host[read + width :]  # len(pending) blocks of one per row
-        for index, (starts, took_part, _) in enumerate(pending):
-            for row, offset in enumerate(offsets[index * rows : (index + 1) * rows]):
-                if self.row_ends[row] is None and took_part[row] and offset < EOS_NOT_FOUND:
-                    self.row_ends[row] = starts[row] + int(offset) + 1
+        read += width
+        total = sum(entry.tokens.shape[1] for entry in pending)
+        for row in range(rows):
+            column = read + row * total
+            for entry in pending:
+                assert entry.counts is not None or kept is not None, "a drafted step's tokens are read with its kept"
+                if self.row_ends[row] is None and entry.rows[row]:
+                    committed = entry.counts[row] if entry.counts is not None else row_kept[row] + 1
+                    window = host[column : column + committed]
+                    offset = next((i for i, token in enumerate(window) if token in self._eos_ids), None)
+                    if offset is not None:
+                        self.row_ends[row] = entry.starts[row] + offset + 1
+                column += entry.tokens.shape[1]
         pending.clear()
         return row_kept, row_limits, kept_path
-
-    def _pending_offsets(self) -> list[torch.Tensor]:
-        """Each pending step's EOS offsets [B]; those of the one-token steps from their history columns, read as one
-        window (consecutive columns: a step that drafted syncs, so one-token steps pending together are in a row)."""
-        pending = self._pending_eos
-        columns = [offsets for _, _, offsets in pending if isinstance(offsets, int)]
-        found = iter(())
-        if columns:
-            first, count = columns[0], len(columns)
-            assert columns[-1] == first + count - 1, f"one-token steps pending at columns {columns}"
-            window = self.batch.history[:, first : first + count]  # [B, count]
-            found = iter(torch.where(torch.isin(window, self._eos), 0, EOS_NOT_FOUND).T)  # count x [B]
-        return [offsets if isinstance(offsets, torch.Tensor) else next(found) for _, _, offsets in pending]
 
     # -------------------------------------------------------------------------------------------------- outputs
     def _row_limits(self) -> list[int]:
@@ -771,13 +797,3 @@ def ar_chunk() -> int:
     if not value.isdigit():
         raise ConfigError(f"{ENV_AR_CHUNK}={value!r}: expected a whole number of steps (e.g. 16), or unset it")
     return int(value)
-
-
-def _first_eos_offsets(window: torch.Tensor, eos: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """Offset of the first EOS among the committed tokens of a step's window, else ``EOS_NOT_FOUND``.
-
-    window: [B, W + 1] (the step's tokens; row b's [:kept[b] + 1] are committed); kept: [B] -> [B] int64.
-    """
-    offsets = torch.arange(window.shape[1], device=window.device).expand_as(window)
-    hit = torch.isin(window, eos) & (offsets <= kept[:, None])
-    return torch.where(hit, offsets, EOS_NOT_FOUND).min(dim=1).values

@@ -72,3 +72,16 @@ def test_a_speculative_run_ending_in_a_one_token_step_is_exact(monkeypatch):
         assert result.token_ids[0] == expected
         one_token_steps += sum(step.drafted == 0 for step in result.steps)
     assert one_token_steps > 0
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_a_lockstep_batch_cuts_each_row_at_its_own_eos(target_with_eos, k, monkeypatch):
+    """A batch in lockstep (the drafter does not keep rows apart, as the feature-reading heads do not): every row
+    keeps the batch's shortest accepted prefix, the committed window of each step is checked for EOS on the host
+    when the step's sync reads it, and each row's output is cut at its own EOS."""
+    target, expected = target_with_eos
+    engine = SpeculativeEngine(loaded(target, "t"), loaded(make_model("llama", seed=12, layers=1), "d"))
+    monkeypatch.setattr(engine.drafter, "per_row", False)
+    result = run(engine, PROMPTS, GREEDY, True, monkeypatch, SpeculationConfig(k=k))
+    assert result.token_ids == expected
+    assert all(len(set(step.row_accepted)) == 1 for step in result.steps)  # lockstep: every row keeps the same
