@@ -196,14 +196,18 @@ def row_latencies(
     """Per row: seconds from the start to its last output token, its ``lengths[b]``-th: the first token's time plus
     the inter-token latencies of the steps up to the first after which the row had committed that many.
     counts[i][b]: row b's new tokens after step i."""
-    done: list[float | None] = [time_to_first_token_s if n <= 1 else None for n in lengths]
-    elapsed = time_to_first_token_s
-    for step, after in zip(steps, counts, strict=True):
-        elapsed += step.itl_ms / 1000.0
-        for row, committed in enumerate(after):
-            if done[row] is None and committed >= lengths[row]:
-                done[row] = elapsed
-    return tuple(elapsed if t is None else t for t in done)
+    assert len(steps) == len(counts), "one count per row after each step"
+    if not steps:
+        return tuple(time_to_first_token_s for _ in lengths)
+    itl_s = torch.tensor([0.0] + [step.itl_ms / 1000.0 for step in steps], dtype=torch.float64)
+    elapsed = time_to_first_token_s + itl_s.cumsum(0)  # [S + 1]: when the prefill's, then each step's, were known
+    needed = torch.tensor(lengths, dtype=torch.long)  # [B]
+    reached = torch.tensor(counts, dtype=torch.long) >= needed[None, :]  # [S, B]
+    # Row b is done at elapsed[i + 1], i its first step with enough tokens; at the prefill (0) if it needed one; at
+    # the last step if it never had that many.
+    done = torch.where(reached.any(0), reached.long().argmax(0) + 1, len(steps))  # [B]
+    done = torch.where(needed <= 1, 0, done)
+    return tuple(elapsed[done].tolist())
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
