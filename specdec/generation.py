@@ -659,10 +659,10 @@ class Generation:
         kept_path = [int(node) for node in host[read : read + width]]
         read += width
         total = sum(entry.tokens.shape[1] for entry in pending)
+        assert kept is not None or all(e.counts is not None for e in pending), "a drafted step's kept comes along"
         for row in range(rows):
             column = read + row * total
             for entry in pending:
-                assert entry.counts is not None or kept is not None, "a drafted step's tokens are read with its kept"
                 if self.row_ends[row] is None and entry.rows[row]:
                     committed = entry.counts[row] if entry.counts is not None else row_kept[row] + 1
                     window = host[column : column + committed]
