@@ -319,7 +319,9 @@ class Generation:
         drafts = proposal.tokens
         kept: torch.Tensor | None = None  # [B]: drafts each row kept (None: none, a one-token step)
         if drafted == 0 and not self.per_row:  # one token per row, in the same column of every row
-            self._commit_token(length, verdict.next_tokens, counts)
+            self._write_lockstep(length, verdict.next_tokens[:, None])
+            committed = batch.history[:, length : length + 1]  # read at a later sync: the graph's output is reused
+            self._check_eos_later(counts, [True] * len(counts), committed, [1] * len(counts))
         elif parents is None and not self.per_row:  # a chain in lockstep: the same columns in every row
             kept = verdict.row_kept
             window = self._commit_chain(length, drafts, verdict)
@@ -422,15 +424,13 @@ class Generation:
         start_mark = self._clock.mark()
         length = batch.length
         tokens = engine.target.greedy_chain(batch.tokens[:, length - 1 : length], n)  # [B, n]
-        batch.tokens[:, length : length + n] = tokens
-        kept = torch.full((batch.batch_size,), n - 1, dtype=torch.long, device=engine.device)  # [B]
-        self._commit(tokens[:, : n - 1], kept, tokens[:, n - 1])
+        self._write_lockstep(length, tokens)
         if self._eos_ids:
             self._check_eos_later(counts, [True] * len(counts), tokens, [n] * len(counts))
             self._sync(None)  # one read per chunk
         verified_mark = self._clock.mark()
         batch.length = length + n
-        self._advance(length, n - 1, [n - 1] * batch.batch_size, kept, [True] * batch.batch_size)
+        self._advance(length, n - 1, [n - 1] * batch.batch_size, None, [True] * batch.batch_size)
         for i in range(n):  # each step of the chunk gets an even share of its time
             record = StepRecord(k=0, drafted=0, accepted=0, share=n, counts=tuple(c + i + 1 for c in counts))
             record.marks, record.previous = (start_mark, start_mark, verified_mark), self._emitted_mark
@@ -518,28 +518,22 @@ class Generation:
         batch.history.scatter_(1, index, window)
         return window
 
-    def _commit_token(self, length: int, next_tokens: torch.Tensor, counts: list[int]) -> None:
-        """A lockstep step that drafted nothing: every row's next token (next_tokens [B]) goes to column ``length``
-        of both its cache columns and its history (the same column in lockstep, where rows have no holes); the next
-        sync reads it for the EOS check."""
-        batch = self.batch
-        batch.tokens[:, length] = next_tokens
-        batch.history[:, length] = next_tokens
-        batch.device_lengths += 1
-        self._check_eos_later(counts, [True] * len(counts), batch.history[:, length : length + 1], [1] * len(counts))
-
     def _commit_chain(self, length: int, drafts: torch.Tensor, verdict: Verdict) -> torch.Tensor:
         """A lockstep chain's verdict: every row keeps the same ``n = num_accepted`` drafts, so its window (drafts
         [B, W], the next token at offset n, filler after it) goes to columns [length, length + W] of every row's
-        cache columns and history, two slice copies. Returns the window [B, W + 1]."""
-        batch = self.batch
+        cache columns and history. Returns the window [B, W + 1]."""
         next_tokens = verdict.next_tokens[:, None]  # [B, 1]
         window = torch.cat([drafts, next_tokens], dim=1)  # [B, W + 1]
-        window.scatter_(1, verdict.num_accepted.reshape(1, 1).expand(batch.batch_size, 1), next_tokens)
-        end = length + window.shape[1]
-        batch.tokens[:, length:end] = window
-        batch.history[:, length:end] = window
+        window.scatter_(1, verdict.num_accepted.reshape(1, 1).expand(self.batch.batch_size, 1), next_tokens)
+        self._write_lockstep(length, window)
         return window
+
+    def _write_lockstep(self, length: int, window: torch.Tensor) -> None:
+        """Lockstep rows have no holes and share their columns, so a step's window [B, n] goes to columns
+        [length, length + n) of every row's cache columns and history: a slice copy each, no scatter per row."""
+        end = length + window.shape[1]
+        self.batch.tokens[:, length:end] = window
+        self.batch.history[:, length:end] = window
 
     def _check_eos_later(
         self, starts: list[int], rows: list[bool], tokens: torch.Tensor, counts: list[int] | None
@@ -552,16 +546,17 @@ class Generation:
         self, start: int, shared: int, row_kept: list[int], kept: torch.Tensor | None, taking_part: list[bool]
     ) -> None:
         """Count the step's tokens into each row and, per row, hide the columns a row did not keep (holes).
-        ``kept`` [B]: the drafts each row kept on the device (None: a one-token step, already counted there)."""
+        ``kept`` [B]: the drafts each row kept on the device (per row; lockstep rows all hold ``lengths[0]``)."""
         batch = self.batch
         grows = taking_part if self.per_row else [True] * batch.batch_size  # lockstep: every row moves on
         batch.lengths = [n + k + 1 if g else n for n, k, g in zip(batch.lengths, row_kept, grows, strict=True)]
-        if kept is not None and self.per_row:
+        if self.per_row:
+            assert kept is not None, "a per-row step counts what each row kept"
             batch.device_lengths += torch.where(self._active_device, kept + 1, 0)
             if any(k < shared or not part for k, part in zip(row_kept, taking_part, strict=True)):
                 batch.hide(start, kept, shared, self._active_device)
                 self.engine.target.set_rows(batch.positions, batch.key_valid)
-        elif kept is not None:  # lockstep: every row holds the same number of tokens
+        else:  # lockstep: every row holds the same number of tokens
             batch.device_lengths.fill_(batch.lengths[0])
         self._update_active()
 
