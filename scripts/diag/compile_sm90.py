@@ -6,6 +6,7 @@ ships with it. A variant that fails to compile fails here, before a device call 
                                                                     # SPECDEC_PERSISTENT_SHAPE takes them
     python scripts/diag/compile_sm90.py 1b "" "warps=8,tile_elements=16384,head_tile_elements=16384,stages=0"
     python scripts/diag/compile_sm90.py gemv                      # the decoder's fused GEMV, one product of each kind
+    python scripts/diag/compile_sm90.py attention                 # the decode attention, with and without L2 prefetch
 
 No variant: the default shape. "" is the default too. bfloat16 weights, a cache of 1024 columns, one launch with
 barriers (as on the device); ``--dtype float32`` for float32 weights. Needs triton with its NVIDIA backend (the
@@ -29,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
-from specdec.kernels import triton_gemv
+from specdec.kernels import l2_ahead, triton_gemv, triton_kernels
 from specdec.kernels.triton_persistent import (
     GELU,
     StepWidths,
@@ -45,7 +46,7 @@ GELU_OF = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh",
 # Pointer arguments that are not the model's dtype (by the kernels' parameter names)
 FLOAT32 = {"max_ptr", "sum_ptr", "acc_ptr", "logits_ptr", "delta_ptr"}
 INT64 = {"ids_ptr", "length_ptr", "positions_ptr", "columns_ptr", "timeline_ptr"}
-INT32 = {"counter_ptr", "error_ptr"}
+INT32 = {"counter_ptr", "error_ptr", "arrivals_ptr"}
 FLOAT_SCALARS = {"eps", "scale"}
 G = triton_gemv
 # The decoder's fused GEMV (not the persistent step): one product of each kind, at the 1B and GPT-2 shapes (and a
@@ -68,6 +69,26 @@ GEMV: dict[str, dict[str, int | bool]] = {
         n_out=3072, k_in=768, NORM=G.NORM_LAYER, HAS_BIAS=True, ACT=G.ACT_GELU_TANH
     ),
     "gpt2 proj: bias, residual": dict(n_out=768, k_in=3072, HAS_BIAS=True, HAS_RESIDUAL=True),
+    "1b down, the next weight prefetched at its end": dict(n_out=2048, k_in=8192, HAS_RESIDUAL=True, AHEAD=128),
+}
+
+
+# The decoder's attention (``triton_kernels._attention_split_kernel``) at one token of the 1B shape (4 query heads
+# a kv head), with 0, 2 and 3 weight spans prefetched into the L2 (``l2_ahead``)
+ATTENTION: dict[str, dict[str, int | bool | str]] = {
+    f"1b one token, {spans} spans ahead": dict(
+        GROUP=4,
+        HAS_VALID=True,
+        HAS_TREE=False,
+        BLOCK_R=16,
+        BLOCK_N=triton_kernels.ATTENTION_BLOCK_N,
+        HEAD_DIM=64,
+        PRECISION="tf32",
+        PDL=False,
+        AHEAD=spans,
+        AHEAD_CHUNK=l2_ahead.CHUNK_BYTES,
+    )
+    for spans in (0, 2, 3)
 }
 
 
@@ -105,7 +126,7 @@ def compile_gemv(case: dict[str, int | bool], dtype: str) -> str:
         block_n, block_k, warps = triton_gemv.blocks(n_out, k_in, case.get("ACT") == triton_gemv.ACT_SILU_PAIR)
     constants: dict[str, int | bool] = {
         "NORM": 0, "HAS_BIAS": False, "ACT": 0, "HAS_RESIDUAL": False, "QKV": 0, "PAIRED": False, "HEAD_DIM": 64,
-        "PDL": False,
+        "PDL": False, "AHEAD": 0,
     }  # fmt: skip
     constants |= {name: value for name, value in case.items() if name not in ("n_out", "k_in")}
     constants |= {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_X": triton_gemv._norm_block(k_in)}
@@ -152,26 +173,30 @@ def _reason(error: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("shapes", help="gpt2, 1b, 8b, comma-separated; gemv: the decoder's fused GEMV instead")
+    parser.add_argument("shapes", help="gpt2, 1b, 8b (comma-separated), or gemv or attention")
     parser.add_argument("variants", nargs="*", default=[""], help="PersistentShape fields, e.g. stages=0,warps=8")
     parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this compiles")
-    unknown = [name for name in args.shapes.split(",") if name not in (*SHAPES, "gemv")]
+    unknown = [name for name in args.shapes.split(",") if name not in (*SHAPES, "gemv", "attention")]
     if unknown:
-        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}, gemv")
+        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}, gemv, attention")
     failed = 0
     print(f"triton {triton.__version__}, sm_90a, {args.dtype}", flush=True)
     for name in args.shapes.split(","):
-        if name == "gemv":
-            for product, case in GEMV.items():
+        if name in ("gemv", "attention"):
+            cases = GEMV if name == "gemv" else ATTENTION
+            for product, case in cases.items():
                 try:
-                    summary = compile_gemv(case, args.dtype)
+                    if name == "gemv":
+                        summary = compile_gemv(case, args.dtype)  # type: ignore[arg-type]
+                    else:
+                        summary = compile_sm90(triton_kernels._attention_split_kernel, case, 4, args.dtype)
                 except Exception as error:  # as below
                     failed += 1
                     summary = f"FAILED: {_reason(error)}"
-                print(f"gemv  {product:60} {summary}", flush=True)
+                print(f"{name:9} {product:56} {summary}", flush=True)
             continue
         for variant in args.variants:
             try:
