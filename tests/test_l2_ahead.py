@@ -44,3 +44,10 @@ def test_spans_skip_what_an_earlier_launch_asked_for():
     (first, size), (second, size2) = l2_ahead.spans((o, gate_up), 8192, skip=16384 - 4096)
     assert (first.data_ptr(), size, second.data_ptr(), size2) == (o.data_ptr() + 12288, 4096, gate_up.data_ptr(), 4096)
     assert l2_ahead.tail_span(gate_up, 0) is None
+
+
+def test_a_setting_that_is_not_a_number_is_named(monkeypatch):
+    monkeypatch.setenv(l2_ahead.ENV_TAIL, "four")
+    monkeypatch.setattr(l2_ahead, "_capable", lambda index: True)
+    with pytest.raises(ValueError, match="SPECDEC_L2_TAIL_MB='four'"):
+        l2_ahead.tail_bytes(torch.device("cuda", 0))

@@ -40,7 +40,12 @@ def _megabytes(device: torch.device, name: str, default: float) -> int:
         return 0
     if not _capable(device.index if device.index is not None else torch.cuda.current_device()):
         return 0
-    return max(0, int(float(os.environ.get(name, default)) * 2**20)) // 16 * 16
+    setting = os.environ.get(name)
+    try:
+        megabytes = default if setting is None else float(setting)
+    except ValueError:
+        raise ValueError(f"{name}={setting!r} is not a number of megabytes (0 turns the prefetch off)") from None
+    return max(0, int(megabytes * 2**20)) // 16 * 16
 
 
 def budget_bytes(device: torch.device) -> int:
@@ -64,11 +69,11 @@ def spans(weights: tuple[torch.Tensor, ...], budget: int, skip: int = 0) -> list
             break
         if not weight.is_contiguous():
             raise ValueError(f"an L2 prefetch needs a contiguous weight, got strides {weight.stride()}")
-        nbytes = weight.numel() * weight.element_size()
-        if skip >= nbytes:
-            skip -= nbytes
+        whole = nbytes(weight)
+        if skip >= whole:
+            skip -= whole
             continue
-        size = min(nbytes - skip, budget) // 16 * 16
+        size = min(whole - skip, budget) // 16 * 16
         if size:
             taken.append((weight.view(-1)[skip // weight.element_size() :], size))
         budget -= size
@@ -83,4 +88,5 @@ def tail_span(weight: torch.Tensor, budget: int, skip: int = 0) -> tuple[torch.T
 
 
 def nbytes(weight: torch.Tensor) -> int:
+    """The bytes a weight holds."""
     return weight.numel() * weight.element_size()
