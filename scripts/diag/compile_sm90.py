@@ -30,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
-from specdec.kernels import l2_ahead, triton_gemv, triton_kernels
+from specdec.kernels import triton_gemv, triton_kernels
 from specdec.kernels.triton_persistent import (
     GELU,
     StepWidths,
@@ -86,7 +86,6 @@ ATTENTION: dict[str, dict[str, int | bool | str]] = {
         PRECISION="tf32",
         PDL=False,
         AHEAD=spans,
-        AHEAD_CHUNK=l2_ahead.CHUNK_BYTES,
     )
     for spans in (0, 2, 3)
 }

@@ -58,9 +58,11 @@ def _bulk_prefetch(addresses, sizes, ok):
 
 
 @triton.jit
-def prefetch_span(base_ptr, nbytes, program, programs, LANES: tl.constexpr, CHUNK: tl.constexpr):
+def prefetch_span(base_ptr, nbytes, program, programs, LANES: tl.constexpr):
     """Ask the L2 for this program's share of the ``nbytes`` at ``base_ptr`` (any element type; see ``l2_ahead``):
-    chunks of CHUNK bytes, LANES a program at a time (one a thread), dealt to the ``programs`` programs in turn."""
+    chunks of PREFETCH_CHUNK bytes, LANES a program at a time (one a thread), dealt to the ``programs`` programs in
+    turn."""
+    CHUNK: tl.constexpr = PREFETCH_CHUNK
     byte_ptr = base_ptr.to(tl.pointer_type(tl.uint8))
     chunks = tl.cdiv(nbytes, CHUNK)
     lanes = tl.arange(0, LANES)
@@ -202,7 +204,7 @@ def _fused_linear_kernel(
         tl.store(out_ptr + n, y, mask=n_ok)
     if AHEAD > 0:  # dealt from the last program back, so that the last wave asks
         programs = tl.num_programs(0)
-        prefetch_span(ahead_ptr, ahead_bytes, programs - 1 - pid, programs, AHEAD, PREFETCH_CHUNK)
+        prefetch_span(ahead_ptr, ahead_bytes, programs - 1 - pid, programs, AHEAD)
 
 
 @triton.jit

@@ -137,7 +137,7 @@ def _attention_split_kernel(
     ahead0_ptr, ahead0_bytes, ahead1_ptr, ahead1_bytes, ahead2_ptr, ahead2_bytes,
     GROUP: tl.constexpr, HAS_VALID: tl.constexpr, HAS_TREE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
-    PDL: tl.constexpr, AHEAD: tl.constexpr, AHEAD_CHUNK: tl.constexpr,
+    PDL: tl.constexpr, AHEAD: tl.constexpr,
 ):  # fmt: skip
     """Program (batch row * kv head, split): the split's keys (``split_keys``, up to the last new token's column), in
     blocks of BLOCK_N with a running softmax, against the group's GROUP x S queries. When the visible keys fit one
@@ -155,11 +155,11 @@ def _attention_split_kernel(
     if AHEAD > 0:
         index = program * num_splits + split
         count = tl.num_programs(0) * num_splits
-        prefetch_span(ahead0_ptr, ahead0_bytes, index, count, 128, AHEAD_CHUNK)
+        prefetch_span(ahead0_ptr, ahead0_bytes, index, count, 128)
         if AHEAD > 1:
-            prefetch_span(ahead1_ptr, ahead1_bytes, index, count, 128, AHEAD_CHUNK)
+            prefetch_span(ahead1_ptr, ahead1_bytes, index, count, 128)
         if AHEAD > 2:
-            prefetch_span(ahead2_ptr, ahead2_bytes, index, count, 128, AHEAD_CHUNK)
+            prefetch_span(ahead2_ptr, ahead2_bytes, index, count, 128)
     batch_row = program // num_kv_heads
     kv_head = program % num_kv_heads
     rows = tl.arange(0, BLOCK_R)
@@ -315,7 +315,7 @@ def decode_attention(
         q, cache_k, cache_v, columns, valid, tree_bytes, maxima, sums, partial, arrivals(q.device, programs), out,
         scale, seq, num_heads, num_kv_heads, max_length, splits, keys, *span_args,
         group, key_valid is not None, tree is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision,
-        pdl, len(prefetched), l2_ahead.CHUNK_BYTES, num_warps=4, launch_pdl=pdl,
+        pdl, len(prefetched), num_warps=4, launch_pdl=pdl,
     )  # fmt: skip
     return out
 
