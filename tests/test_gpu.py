@@ -229,30 +229,6 @@ def test_dependent_launch_changes_no_result(family, monkeypatch):
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_l2_prefetch_changes_no_result(family, monkeypatch):
-    """One-token steps in CUDA graphs, bf16, with the attention asking the L2 to fetch the next products' weights
-    and each product the next one's (all of them: the budgets exceed the tiny model's), and without: a hint, so the
-    same bits."""
-    from specdec.kernels import l2_ahead
-
-    if torch.cuda.get_device_capability() < (9, 0):
-        pytest.skip("the bulk L2 prefetch needs Hopper or later")
-    model = on_cuda(make_model(family, seed=2, layers=3), "m", torch.bfloat16)
-    ids = torch.randint(3, 300, (1, 30), device=CUDA)
-    outputs = []
-    for megabytes in ("0", "64"):  # the attention's prefetch and every product's at its end
-        monkeypatch.setenv(l2_ahead.ENV_BUDGET, megabytes)
-        monkeypatch.setenv(l2_ahead.ENV_TAIL, megabytes)
-        assert l2_ahead.budget_bytes(CUDA) == l2_ahead.tail_bytes(CUDA) == int(megabytes) * 2**20
-        decoder = FastDecoder(model)
-        decoder.prepare(torch.zeros(1, dtype=torch.long, device=CUDA), None, 64)
-        decoder.forward(ids[:, :20])
-        outputs.append(torch.stack([decoder.forward(ids[:, i : i + 1]).clone() for i in range(20, 30)]))
-    torch.cuda.synchronize()
-    assert torch.equal(outputs[0], outputs[1])
-
-
-@pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_autoregressive_batches_stop_at_eos_read_every_sixteen_steps(family):
     """Autoregressive steps on CUDA commit their tokens without a sync and read EOS flags every ``EOS_CHECK_EVERY``
     steps from the history: a left-padded batch in float32, with an EOS that one row meets in its second window,

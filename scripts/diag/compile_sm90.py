@@ -6,7 +6,7 @@ ships with it. A variant that fails to compile fails here, before a device call 
                                                                     # SPECDEC_PERSISTENT_SHAPE takes them
     python scripts/diag/compile_sm90.py 1b "" "warps=8,tile_elements=16384,head_tile_elements=16384,stages=0"
     python scripts/diag/compile_sm90.py gemv                      # the decoder's fused GEMV, one product of each kind
-    python scripts/diag/compile_sm90.py attention                 # the decode attention, with and without L2 prefetch
+    python scripts/diag/compile_sm90.py attention                 # the decode attention at one token of the 1B shape
 
 No variant: the default shape. "" is the default too. bfloat16 weights, a cache of 1024 columns, one launch with
 barriers (as on the device); ``--dtype float32`` for float32 weights. Needs triton with its NVIDIA backend (the
@@ -69,14 +69,13 @@ GEMV: dict[str, dict[str, int | bool]] = {
         n_out=3072, k_in=768, NORM=G.NORM_LAYER, HAS_BIAS=True, ACT=G.ACT_GELU_TANH
     ),
     "gpt2 proj: bias, residual": dict(n_out=768, k_in=3072, HAS_BIAS=True, HAS_RESIDUAL=True),
-    "1b down, the next weight prefetched at its end": dict(n_out=2048, k_in=8192, HAS_RESIDUAL=True, AHEAD=128),
 }
 
 
 # The decoder's attention (``triton_kernels._attention_split_kernel``) at one token of the 1B shape (4 query heads
-# a kv head), with 0, 2 and 3 weight spans prefetched into the L2 (``l2_ahead``)
+# a kv head)
 ATTENTION: dict[str, dict[str, int | bool | str]] = {
-    f"1b one token, {spans} spans ahead": dict(
+    "1b one token": dict(
         GROUP=4,
         HAS_VALID=True,
         HAS_TREE=False,
@@ -85,9 +84,7 @@ ATTENTION: dict[str, dict[str, int | bool | str]] = {
         HEAD_DIM=64,
         PRECISION="tf32",
         PDL=False,
-        AHEAD=spans,
     )
-    for spans in (0, 2, 3)
 }
 
 
@@ -125,7 +122,7 @@ def compile_gemv(case: dict[str, int | bool], dtype: str) -> str:
         block_n, block_k, warps = triton_gemv.blocks(n_out, k_in, case.get("ACT") == triton_gemv.ACT_SILU_PAIR)
     constants: dict[str, int | bool] = {
         "NORM": 0, "HAS_BIAS": False, "ACT": 0, "HAS_RESIDUAL": False, "QKV": 0, "PAIRED": False, "HEAD_DIM": 64,
-        "PDL": False, "AHEAD": 0,
+        "PDL": False,
     }  # fmt: skip
     constants |= {name: value for name, value in case.items() if name not in ("n_out", "k_in")}
     constants |= {"BLOCK_N": block_n, "BLOCK_K": block_k, "BLOCK_X": triton_gemv._norm_block(k_in)}

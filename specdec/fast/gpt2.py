@@ -21,7 +21,7 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
-from specdec.kernels import Kernels, l2_ahead
+from specdec.kernels import Kernels
 
 GELU_APPROXIMATION = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 
@@ -211,31 +211,21 @@ class FastGPT2:
             batch * seq, -1
         )
         taken: dict[int, torch.Tensor] = {}
-        attention_budget, tail = l2_ahead.budget_bytes(self.device), l2_ahead.tail_bytes(self.device)
         for index, layer in enumerate(self.layers):  # hidden: [T, D], the residual stream
-            following = self.layers[index + 1].qkv if index + 1 < len(self.layers) else self.lm_head
-            before_fc = max(0, attention_budget - l2_ahead.nbytes(layer.o))  # what the attention asked for
             q = k.linear_rope_store(
                 hidden, layer.qkv, layer.qkv_bias, layer.ln_1[0], self.eps, positions, None, None,
                 cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
                 norm_bias=layer.ln_1[1], transposed=self.transposed,
             )  # [B, S, H, Dh]  # fmt: skip
-            attended = k.decode_attention(
-                q, cache_k[index], cache_v[index], columns, key_valid, self.scale, tree, (layer.o, layer.fc, layer.proj)
-            )  # the next products' weights: a hint to prefetch them into the L2 (``l2_ahead``), as ``ahead`` below
+            attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale, tree)
             hidden = k.fused_linear(
-                attended.reshape(batch * seq, -1), layer.o, layer.o_bias, residual=hidden, transposed=self.transposed,
-                ahead=l2_ahead.tail_span(layer.fc, tail, before_fc),
-            )  # fmt: skip
+                attended.reshape(batch * seq, -1), layer.o, layer.o_bias, residual=hidden, transposed=self.transposed
+            )
             inner = k.fused_linear(
                 hidden, layer.fc, layer.fc_bias, layer.ln_2[0], self.eps, norm_bias=layer.ln_2[1], gelu=self.gelu,
                 transposed=self.transposed,
-                ahead=l2_ahead.tail_span(layer.proj, tail, max(0, before_fc - l2_ahead.nbytes(layer.fc))),
             )  # [T, I]  # fmt: skip
-            hidden = k.fused_linear(
-                inner, layer.proj, layer.proj_bias, residual=hidden, transposed=self.transposed,
-                ahead=l2_ahead.tail_span(following, tail),
-            )  # fmt: skip
+            hidden = k.fused_linear(inner, layer.proj, layer.proj_bias, residual=hidden, transposed=self.transposed)
             if feature_layers and index in feature_layers:
                 taken[index] = hidden  # [T, D]: the layer's output, the residual stream
         normed = F.layer_norm(hidden, (self.hidden,), *self.final_norm, self.eps).view(batch, seq, -1)

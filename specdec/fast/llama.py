@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 
-from specdec.kernels import Kernels, l2_ahead, reference
+from specdec.kernels import Kernels, reference
 
 STATIC_ROPE_TYPES = ("default", "linear", "llama3", "yarn")  # inverse frequencies that do not depend on length
 
@@ -162,25 +162,15 @@ class FastLlama:
         cache_k, cache_v = cache
         residual = F.embedding(input_ids, self.embed).view(batch * seq, -1)  # [T, D] the residual stream
         taken: dict[int, torch.Tensor] = {}
-        attention_budget, tail = l2_ahead.budget_bytes(self.device), l2_ahead.tail_bytes(self.device)
         for index, layer in enumerate(self.layers):
-            following = self.layers[index + 1].qkv if index + 1 < len(self.layers) else self.lm_head
             q = k.linear_rope_store(
                 residual, layer.qkv, layer.qkv_bias, layer.input_norm, self.eps, positions, self.cos_table,
                 self.sin_table, cache_k[index], cache_v[index], columns, self.num_heads, self.num_kv_heads,
             )  # [B, S, H, Dh]  # fmt: skip
-            attended = k.decode_attention(
-                q, cache_k[index], cache_v[index], columns, key_valid, self.scale, tree, (layer.o, layer.gate_up)
-            )  # the next products' weights: a hint to prefetch them into the L2 (``l2_ahead``), as ``ahead`` below
-            residual = k.fused_linear(
-                attended.reshape(batch * seq, -1), layer.o, layer.o_bias, residual=residual,
-                ahead=l2_ahead.tail_span(layer.gate_up, tail, max(0, attention_budget - l2_ahead.nbytes(layer.o))),
-            )  # fmt: skip
-            act = k.fused_linear(
-                residual, layer.gate_up, None, layer.post_norm, self.eps, silu_pair=True,
-                ahead=l2_ahead.tail_span(layer.down, tail),
-            )  # [T, I]  # fmt: skip
-            residual = k.fused_linear(act, layer.down, residual=residual, ahead=l2_ahead.tail_span(following, tail))
+            attended = k.decode_attention(q, cache_k[index], cache_v[index], columns, key_valid, self.scale, tree)
+            residual = k.fused_linear(attended.reshape(batch * seq, -1), layer.o, layer.o_bias, residual=residual)
+            act = k.fused_linear(residual, layer.gate_up, None, layer.post_norm, self.eps, silu_pair=True)  # [T, I]
+            residual = k.fused_linear(act, layer.down, residual=residual)  # [T, D]
             if feature_layers and index in feature_layers:
                 taken[index] = residual  # [T, D]: the layer's output, the residual stream
         normed = k.rms_norm(residual, self.final_norm, self.eps)

@@ -71,11 +71,11 @@ def load_triton_kernels() -> Kernels:
 
     def fused_linear(
         x, weight, bias=None, norm_weight=None, eps=0.0, residual=None, silu_pair=False, *, norm_bias=None,
-        gelu=None, transposed=False, ahead=None,
+        gelu=None, transposed=False,
     ):  # fmt: skip
         if 0 < x.shape[0] <= gemv_rows and not transposed:  # a decoding step's row: one kernel
             return triton_gemv.fused_linear(
-                x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu, ahead=ahead
+                x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu
             )
         if transposed or norm_bias is not None or gelu is not None:  # GPT-2's operations, as transformers does them
             return reference.fused_linear(
@@ -103,11 +103,11 @@ def load_triton_kernels() -> Kernels:
         qkv = qkv.view(*positions.shape, -1)
         return tk.rope_and_store(qkv, positions, cos, sin, cache_k, cache_v, columns, h, h_kv)
 
-    def decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree=None, ahead=()):
+    def decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree=None):
         group = q.shape[2] // cache_k.shape[1]
         if group * q.shape[1] > tk.MAX_ATTENTION_ROWS:  # a long block of queries (prefill, a large tree)
             return reference.sdpa_attention(q, cache_k, cache_v, columns, key_valid, scale, tree)
-        return tk.decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree, ahead)
+        return tk.decode_attention(q, cache_k, cache_v, columns, key_valid, scale, tree)
 
     return Kernels(
         name="triton",

@@ -33,14 +33,12 @@ def fused_linear(
     norm_bias: torch.Tensor | None = None,
     gelu: str | None = None,
     transposed: bool = False,
-    ahead: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """A product with the small operations around it: x [T, K] (normed first with ``norm_weight`` [K]: an RMS norm,
     or with ``norm_bias`` [K] a layer norm, GPT-2's) times weight [N, K] (or [K, N] with ``transposed``: GPT-2's
     Conv1D layout, multiplied as transformers does, by ``addmm``) plus bias [N]; with ``silu_pair`` the weight is
     [2I, K], gate then up, and the result silu(gate) * up [T, I]; with ``gelu`` ("tanh" or "none", F.gelu's
-    approximation) the result's GELU; then ``residual`` [T, N] + the result. ``ahead``: bytes the Triton kernel may
-    prefetch into the L2 when done (``l2_ahead``), a hint ignored here."""
+    approximation) the result's GELU; then ``residual`` [T, N] + the result."""
     if norm_weight is None:
         h = x
     elif norm_bias is not None:
@@ -166,7 +164,6 @@ def decode_attention(
     key_valid: torch.Tensor | None,
     scale: float,
     tree: torch.Tensor | None = None,
-    ahead: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
     """Causal attention of S new queries over the cache (grouped-query).
 
@@ -176,9 +173,6 @@ def decode_attention(
 
     tree: [S, S] bool or None. With a tree the S new tokens sit at consecutive columns (a token tree, root first):
     query s sees every key before ``columns[0]`` and, among the new ones, key j where ``tree[s, j]``.
-
-    ahead: the weights the next kernels read, which the Triton kernel may prefetch into the L2 (``l2_ahead``); a
-    hint that changes nothing, so ignored here.
     """
     num_heads = q.shape[2]
     num_kv_heads, max_length = cache_k.shape[1], cache_k.shape[2]

@@ -30,10 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from specdec.kernels import dependent_launch, l2_ahead
+from specdec.kernels import dependent_launch
 from specdec.kernels.dependent_launch import await_previous
 
-PREFETCH_CHUNK: tl.constexpr = tl.constexpr(l2_ahead.CHUNK_BYTES)  # bytes per bulk prefetch instruction
 MAX_ROWS = 1  # the kernel takes one row; more (a verification, a batch) take the unfused path: cuBLAS and small kernels
 
 
@@ -41,36 +40,6 @@ NORM_RMS, NORM_LAYER = 1, 2  # the kernel's NORM (0: none)
 ACT_SILU_PAIR, ACT_GELU_TANH, ACT_GELU_ERF = 1, 2, 3  # its ACT (0: none)
 QKV_STORE, QKV_ROTATE = 1, 2  # its QKV (0: the product goes to ``out``)
 GELU = {"tanh": ACT_GELU_TANH, "none": ACT_GELU_ERF}  # F.gelu's ``approximate`` -> ACT
-
-
-@triton.jit
-def _bulk_prefetch(addresses, sizes, ok):
-    """Ask the L2 to fetch ``sizes`` bytes (a multiple of 16) at each of ``addresses`` (16-byte aligned) where
-    ``ok``; returns zeros (the asm needs an output)."""
-    return tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; mov.b32 $0, 0; }",
-        "=r,l,r,r",
-        [addresses, sizes, ok.to(tl.int32)],
-        dtype=tl.int32,
-        is_pure=False,
-        pack=1,
-    )
-
-
-@triton.jit
-def prefetch_span(base_ptr, nbytes, program, programs, LANES: tl.constexpr):
-    """Ask the L2 for this program's share of the ``nbytes`` at ``base_ptr`` (any element type; see ``l2_ahead``):
-    chunks of PREFETCH_CHUNK bytes, LANES a program at a time (one a thread), dealt to the ``programs`` programs in
-    turn."""
-    CHUNK: tl.constexpr = PREFETCH_CHUNK
-    byte_ptr = base_ptr.to(tl.pointer_type(tl.uint8))
-    chunks = tl.cdiv(nbytes, CHUNK)
-    lanes = tl.arange(0, LANES)
-    for first in range(program * LANES, chunks, programs * LANES):
-        chunk = first + lanes
-        start = chunk.to(tl.int64) * CHUNK
-        size = tl.minimum(nbytes - start, CHUNK).to(tl.int32)
-        _bulk_prefetch(byte_ptr + start, size, chunk < chunks)
 
 
 @triton.jit
@@ -84,11 +53,10 @@ def _weight_tile(w_ptr, rows, rows_ok, k0, kk, k_in):
 def _fused_linear_kernel(
     x_ptr, w_ptr, bias_ptr, norm_ptr, norm_bias_ptr, residual_ptr, out_ptr, n_out, k_in, eps,
     positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length,
-    ahead_ptr, ahead_bytes,
     NORM: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     QKV: tl.constexpr, PAIRED: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_X: tl.constexpr,
-    PDL: tl.constexpr, AHEAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """Program p: outputs [p * BLOCK_N, (p + 1) * BLOCK_N) of the row. NORM: the input's RMS norm (1) or layer
     norm with its bias (2). ACT: SiLU(gate) * up (1: the weight has 2 n_out rows, gate then up, and the program reads
@@ -99,10 +67,7 @@ def _fused_linear_kernel(
     tile is read one step ahead of its use (the first before the norm's pass over the input), so that no load waits
     for arithmetic; the biases, the residual, the cache column and RoPE's tables are read before the loop (after it,
     each was a round trip at the program's end). PDL: launched as a dependent (``dependent_launch``): the first weight
-    tile and the biases are read while the kernel before this one finishes, everything else after it has completed.
-    AHEAD (the program's threads, or 0): when done, the last programs ask the L2 for the ``ahead_bytes`` at
-    ``ahead_ptr`` (the next product's first weight bytes; ``l2_ahead``), so that the memory streams them through
-    this kernel's tail and the launch gap."""
+    tile and the biases are read while the kernel before this one finishes, everything else after it has completed."""
     pid = tl.program_id(0)
     if QKV == 2:
         head = pid // (HEAD_DIM // 2 // BLOCK_N)
@@ -202,9 +167,6 @@ def _fused_linear_kernel(
         if HAS_RESIDUAL:  # residual + y, rounded like an add in the model's dtype
             y = (residual.to(tl.float32) + y.to(tl.float32)).to(dtype)
         tl.store(out_ptr + n, y, mask=n_ok)
-    if AHEAD > 0:  # dealt from the last program back, so that the last wave asks
-        programs = tl.num_programs(0)
-        prefetch_span(ahead_ptr, ahead_bytes, programs - 1 - pid, programs, AHEAD)
 
 
 @triton.jit
@@ -289,12 +251,10 @@ def fused_linear(
     norm_bias: torch.Tensor | None = None,
     gelu: str | None = None,
     tiles: tuple[int, int, int] | None = None,
-    ahead: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """x: [1, K] contiguous; weight: [N, K] ([2 N, K] with ``silu_pair``); bias: [N]; norm_weight, norm_bias:
     [K]; residual: [1, N]. Returns [1, N] in x's dtype: ``reference.fused_linear`` (see there and the module
-    docstring). ``tiles``: (BLOCK_N, BLOCK_K, warps) instead of :func:`blocks`, for sweeps. ``ahead``: bytes to
-    prefetch into the L2 at the end (a tensor from its first element, and a count: ``l2_ahead.spans``)."""
+    docstring). ``tiles``: (BLOCK_N, BLOCK_K, warps) instead of :func:`blocks`, for sweeps."""
     rows, k_in = x.shape
     assert rows == MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
     assert residual is None or residual.is_contiguous()
@@ -307,9 +267,9 @@ def fused_linear(
     _fused_linear_kernel[(triton.cdiv(n_out, block_n),)](
         x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x,
         norm_bias if norm_bias is not None else x, residual if residual is not None else x, out, n_out, k_in, eps,
-        x, x, x, x, x, x, 0, 0, 0, ahead[0] if ahead else x, ahead[1] if ahead else 0,
+        x, x, x, x, x, x, 0, 0, 0,
         _norm_kind(norm_weight, norm_bias), bias is not None, act, residual is not None, 0, silu_pair, 2,
-        block_n, block_k, _norm_block(k_in), pdl, 32 * warps if ahead else 0, num_warps=warps, launch_pdl=pdl,
+        block_n, block_k, _norm_block(k_in), pdl, num_warps=warps, launch_pdl=pdl,
     )  # fmt: skip
     return out
 
@@ -378,8 +338,8 @@ def linear_rope_store(
         x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x,
         norm_bias if norm_bias is not None else x, x, q, n_out, k_in, eps, positions,
         cos_table if rotate else x, sin_table if rotate else x, cache_k, cache_v, columns, num_heads, num_kv_heads,
-        cache_k.shape[2], x, 0, _norm_kind(norm_weight, norm_bias), bias is not None, 0, False,
+        cache_k.shape[2], _norm_kind(norm_weight, norm_bias), bias is not None, 0, False,
         QKV_ROTATE if rotate else QKV_STORE, rotate, head_dim, block_n, block_k, _norm_block(k_in),
-        pdl, 0, num_warps=warps, launch_pdl=pdl,
+        pdl, num_warps=warps, launch_pdl=pdl,
     )  # fmt: skip
     return q

@@ -10,9 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from specdec.kernels import dependent_launch, l2_ahead, reference, triton_sampling
+from specdec.kernels import dependent_launch, reference, triton_sampling
 from specdec.kernels.dependent_launch import await_previous
-from specdec.kernels.triton_gemv import prefetch_span
 from specdec.verification import Verdict
 
 
@@ -134,10 +133,9 @@ def rope_and_store(
 def _attention_split_kernel(
     q_ptr, k_ptr, v_ptr, columns_ptr, valid_ptr, tree_ptr, max_ptr, sum_ptr, acc_ptr, arrivals_ptr, out_ptr, scale,
     seq_len, num_heads, num_kv_heads, max_length, num_splits, split_keys,
-    ahead0_ptr, ahead0_bytes, ahead1_ptr, ahead1_bytes, ahead2_ptr, ahead2_bytes,
     GROUP: tl.constexpr, HAS_VALID: tl.constexpr, HAS_TREE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
-    PDL: tl.constexpr, AHEAD: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """Program (batch row * kv head, split): the split's keys (``split_keys``, up to the last new token's column), in
     blocks of BLOCK_N with a running softmax, against the group's GROUP x S queries. When the visible keys fit one
@@ -146,20 +144,10 @@ def _attention_split_kernel(
     (int32, zero between launches), and the kv head's last split to arrive merges the partials into the output rows
     and sets the count back to zero. A split past the last new token's column does nothing.
     HAS_TREE: the S new tokens are a token tree at consecutive columns from columns[0]; query s sees every key before
-    them and new key j where tree[s, j] ([S, S] bytes). PDL: launched as a dependent (``dependent_launch``).
-    AHEAD: how many of the spans (ahead0..2: a pointer and its bytes) every program first asks the L2 to fetch, its
-    share of them (``l2_ahead``: the weights the next products read)."""
+    them and new key j where tree[s, j] ([S, S] bytes). PDL: launched as a dependent (``dependent_launch``)."""
     await_previous(PDL)
     program = tl.program_id(0)
     split = tl.program_id(1)
-    if AHEAD > 0:
-        index = program * num_splits + split
-        count = tl.num_programs(0) * num_splits
-        prefetch_span(ahead0_ptr, ahead0_bytes, index, count, 128)
-        if AHEAD > 1:
-            prefetch_span(ahead1_ptr, ahead1_bytes, index, count, 128)
-        if AHEAD > 2:
-            prefetch_span(ahead2_ptr, ahead2_bytes, index, count, 128)
     batch_row = program // num_kv_heads
     kv_head = program % num_kv_heads
     rows = tl.arange(0, BLOCK_R)
@@ -288,11 +276,8 @@ def decode_attention(
     key_valid: torch.Tensor | None,
     scale: float,
     tree: torch.Tensor | None = None,
-    ahead: tuple[torch.Tensor, ...] = (),
 ) -> torch.Tensor:
-    """As :func:`specdec.kernels.reference.decode_attention` (the same arguments), for GROUP x S <= 128 rows.
-    ``ahead``: the weights the next kernels read, in order; their first bytes are prefetched into the L2 during the
-    launch where ``l2_ahead`` runs (a hint: the output does not change)."""
+    """As :func:`specdec.kernels.reference.decode_attention` (the same arguments), for GROUP x S <= 128 rows."""
     batch, seq, num_heads, head_dim = q.shape
     num_kv_heads, max_length = cache_k.shape[1], cache_k.shape[2]
     group = num_heads // num_kv_heads
@@ -308,14 +293,11 @@ def decode_attention(
     maxima = torch.empty((programs, splits, block_r), dtype=torch.float32, device=q.device)
     sums = torch.empty_like(maxima)
     partial = torch.empty((programs, splits, block_r, head_dim), dtype=torch.float32, device=q.device)
-    prefetched = l2_ahead.spans(ahead, l2_ahead.budget_bytes(q.device)) if ahead else []
-    span_args = [arg for span in prefetched for arg in span]
-    span_args += [q, 0] * (l2_ahead.MAX_SPANS - len(prefetched))  # unused spans
     _attention_split_kernel[(programs, splits)](
         q, cache_k, cache_v, columns, valid, tree_bytes, maxima, sums, partial, arrivals(q.device, programs), out,
-        scale, seq, num_heads, num_kv_heads, max_length, splits, keys, *span_args,
+        scale, seq, num_heads, num_kv_heads, max_length, splits, keys,
         group, key_valid is not None, tree is not None, block_r, ATTENTION_BLOCK_N, head_dim, precision,
-        pdl, len(prefetched), num_warps=4, launch_pdl=pdl,
+        pdl, num_warps=4, launch_pdl=pdl,
     )  # fmt: skip
     return out
 
