@@ -3,8 +3,8 @@
     python scripts/diag/profile_steps.py --out results/profile [--runs eagle3-chain,ar-1b,ar-1b-sampled]
 
 Runs: eagle3-chain{,3,4} (the 8B shape with a random EAGLE-3 head, synthetic length 4), ar-8b, ar-8b-sampled,
-ar-1b, ar-1b-sampled (``--small-target``), zoo-sampled and zoo-sampled-ar (the zoo pair in float32 at temperature
-0.8, top-p 0.95: speculative at K 4, and the target alone).
+ar-1b, ar-1b-sampled (``--small-target``), zoo-sampled and zoo-sampled-ar (the zoo pair, float32 unless
+``--zoo-dtype``, at temperature 0.8, top-p 0.95: speculative at K 4, and the target alone).
 
 Each run is timed unprofiled (a warm-up, then the median of 3), then generates once under the torch profiler. The
 engine's phases (drafting, the target forward, verification, the step's sync, the bookkeeping after it) are wrapped
@@ -185,6 +185,7 @@ def main() -> None:
     parser.add_argument("--traces", action="store_true", help="write each run's Chrome trace (gzip)")
     parser.add_argument("--sync-debug", action="store_true", help="list the host syncs of one generation")
     parser.add_argument("--small-target", default=TARGET_1B, help="the target of the ar-1b runs")
+    parser.add_argument("--zoo-dtype", default="float32", help="the zoo pair's dtype (zoo-sampled runs)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for owner_method, tag in PHASES.items():
@@ -246,8 +247,8 @@ def main() -> None:
                 args.sync_debug,
             )
     if any(r.startswith("zoo-sampled") for r in runs):
-        zoo_target = load_model("zoo:tiny-code-target", device=args.device, dtype="float32")
-        zoo_draft = load_model("zoo:tiny-code-draft", device=args.device, dtype="float32")
+        zoo_target = load_model("zoo:tiny-code-target", device=args.device, dtype=args.zoo_dtype)
+        zoo_draft = load_model("zoo:tiny-code-draft", device=args.device, dtype=args.zoo_dtype)
         zoo_prompt = load_prompts()[0]
         for run, engine, speculation in (
             ("zoo-sampled", SpeculativeEngine(zoo_target, zoo_draft), SpeculationConfig(k=4)),
