@@ -346,7 +346,8 @@ class Generation:
         # that drafts ahead starts the next step's drafts on the device while the host waits for that read.
         last_step = all(c + 1 >= n for n, c, a in zip(budgets, counts, taking_part, strict=True) if a)
         meanwhile = None
-        if drafted > 0 and parents is None and features is not None and not self.per_row and not last_step:
+        if drafted > 0 and parents is None and not self.per_row and room - drafted - 2 >= requested_k:
+            # a chain in lockstep, and the next step's budget is K even if this one keeps every draft
             meanwhile = self._ahead_launcher(length, verdict.num_accepted, features, requested_k)
         row_kept = [0] * batch.batch_size
         row_limits: list[int] = []  # per row: the most each row could keep (lockstep: the proposal's width)
@@ -607,17 +608,17 @@ class Generation:
             raise RuntimeError(f"the drafter proposed {proposal.width} tokens, more than the {budget} asked for")
 
     def _ahead_launcher(
-        self, length: int, accepted: torch.Tensor, features: torch.Tensor, k: int
+        self, length: int, accepted: torch.Tensor, features: torch.Tensor | None, k: int
     ) -> Callable[[], None] | None:
         """What launches the drafter's next chain while this step's verdict is read (a drafter with
-        ``draft_ahead``, at a fixed K), or None."""
+        ``draft_ahead``, at a fixed K), or None. ``features``: the verification's (None: the drafter reads none)."""
         draft_ahead = getattr(self.engine.drafter, "draft_ahead", None)
         if draft_ahead is None or not isinstance(self.controller, FixedK):
             return None
 
         def launch() -> None:
             mark = self._clock.mark()
-            if draft_ahead(self.batch, length, accepted, features, k, self.generation):
+            if draft_ahead(self.batch, length, accepted, features, k, self.generation, self._generator):
                 self._ahead_mark = mark
 
         return launch

@@ -189,6 +189,29 @@ def test_float32_speculative_equals_autoregressive_on_the_zoo_pair():
     assert accepted / drafted > 0.5
 
 
+def test_draft_chains_drafted_ahead_are_the_chains_drafted_in_place_on_cuda():
+    """On CUDA a draft model drafts its next chain ahead of the verdict by default: the same greedy output and the
+    same accepted count at every step as drafting in place, from graphs that start at a device length."""
+    from specdec import load_model
+    from specdec.zoo.prompts import load_prompts
+
+    target = load_model("zoo:tiny-code-target", device="cuda", dtype="float32")
+    draft = load_model("zoo:tiny-code-draft", device="cuda", dtype="float32")
+    ahead, plain = SpeculativeEngine(target, draft), SpeculativeEngine(target, draft)
+    assert ahead.drafter.ahead  # type: ignore[union-attr]
+    plain.drafter.ahead = False  # type: ignore[union-attr]
+    calls = []
+    original = ahead.drafter.draft_ahead  # type: ignore[union-attr]
+    ahead.drafter.draft_ahead = lambda *a: calls.append(original(*a)) or calls[-1]  # type: ignore[union-attr]
+    for prompt in load_prompts()[:6]:
+        config = GenerationConfig(max_new_tokens=64, stop_at_eos=False)
+        expected = plain.generate(prompt, config, SpeculationConfig(k=4))
+        got = ahead.generate(prompt, config, SpeculationConfig(k=4))
+        assert got.token_ids == expected.token_ids
+        assert [s.accepted for s in got.steps] == [s.accepted for s in expected.steps]
+    assert calls.count(True) > 20 and all(calls)
+
+
 def test_greedy_chain_graph_equals_a_loop_of_forwards():
     model = on_cuda(make_model("llama", seed=9, layers=2), "m")
     graphed, eager = FastDecoder(model), FastDecoder(model, use_graphs=False)

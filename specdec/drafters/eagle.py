@@ -221,15 +221,19 @@ class EagleDrafter:
         batch: SequenceBatch,
         length: int,
         accepted: torch.Tensor,
-        features: torch.Tensor,
+        features: torch.Tensor | None,
         k: int,
         generation: GenerationConfig,
+        generator: torch.Generator | None = None,
     ) -> bool:
         """Feed this step's verified positions and draft the next chain before the verdict is read (see the module
         docstring); False where it does not apply (trees, sampling, a head not fed up to this step, the batch's
         end). ``length``: the batch's length when the step began; accepted: [] the drafts every row keeps (device);
-        features: [B, W + 1, F] the verification's; ``k``: the next step's K."""
+        features: [B, W + 1, F] the verification's; ``k``: the next step's K. Greedy chains draw no noise, so
+        ``generator`` is not used."""
         self._ahead = None
+        if features is None:
+            return False
         width_in = features.shape[1]  # W + 1: the verified positions
         if (
             not self.ahead

@@ -1,8 +1,19 @@
-"""Drafting with a smaller causal LM that shares the target's vocabulary: a chain of K tokens, or a token tree."""
+"""Drafting with a smaller causal LM that shares the target's vocabulary: a chain of K tokens, or a token tree.
+
+**Drafting ahead** (chains in lockstep, on a decoder that rolls back to a device length: the fast path). The
+generation calls :meth:`ModelDrafter.draft_ahead` after a verification is queued and before the host reads its
+verdict. The draft rolls back, on the device, to the column of the step's last kept token (the step's first column
+plus the accepted count, a device value), reads that token and the verification's next token (both committed to the
+batch's tokens on the device already) and drafts the next chain from them, so that the GPU drafts while the host
+waits for the verdict and books it. The next :meth:`ModelDrafter.propose` returns that chain. Re-reading the last
+kept token rewrites its keys and values from the same inputs, so the chain is the one drafted in place up to the
+rounding of a two-token forward; the chain's noise comes from the same generator calls in the same order.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -51,6 +62,15 @@ def branch_parents(branch_depths: list[int]) -> torch.Tensor:
     return torch.tensor(parents, dtype=torch.long)
 
 
+@runtime_checkable
+class RollsBackOnDevice(Protocol):
+    """A decoder that can roll back to a length the host has not read (``FastDecoder``)."""
+
+    def rollback_on_device(self, length: torch.Tensor) -> None: ...
+
+    def settle(self, length: int) -> None: ...
+
+
 class ModelDrafter:
     """Runs the draft model autoregressively for K tokens, over its own rollback-able KV cache.
 
@@ -73,6 +93,12 @@ class ModelDrafter:
         self.name = (name or decoder.name) + (f" (tree: top-{branching} branches)" if branching > 1 else "")
         self.method = method
         self._layout_version = 0  # the batch layout the decoder's positions and key mask come from
+        # whether to draft ahead: where the GPU's drafting overlaps the host's reading of the verdict (on a CPU the
+        # ahead chain's extra token is only extra work; tests turn it on there to check it)
+        self.ahead = decoder.device.type == "cuda"
+        self._ahead: DraftProposal | None = None  # the chain drafted ahead, for the next proposal
+        self._unsettled = False  # drafted ahead, the decoder's host length not yet settled
+        self._pair = torch.arange(2, device=decoder.device)  # [2]: the last kept column and the next one
 
     def max_width(self, k: int) -> int:
         """The most tokens (tree nodes) a proposal for a budget of ``k`` holds."""
@@ -86,20 +112,32 @@ class ModelDrafter:
         """Empty the draft cache; the first proposal reads the prompt (so a run that never drafts never runs it)."""
         self.decoder.prepare(batch.pad_lengths, batch.attention_mask, batch.max_row_length, batch.max_length)
         self._layout_version = batch.layout_version
+        self._ahead, self._unsettled = None, False
 
     def propose(
         self, batch: SequenceBatch, k: int, generation: GenerationConfig, generator: torch.Generator | None
     ) -> DraftProposal:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            if k <= ahead.tokens.shape[1]:  # a prefix of a chain is the shorter chain
+                return DraftProposal(ahead.tokens[:, :k], ahead.probs[:, :k] if ahead.probs is not None else None)
+            self.decoder.rollback(batch.length - 1)  # too short: draft in place
         if batch.layout_version != self._layout_version:  # holes since the last proposal
             self.decoder.set_rows(batch.positions, batch.key_valid)
             self._layout_version = batch.layout_version
         unread = batch.tokens[:, self.decoder.cache_length : batch.length]  # [B, S] committed, not yet read
         if self.options.branching > 1:
             return self._propose_tree(unread, batch.length, k)
+        return self._chain(unread, k, generation, generator)
+
+    def _chain(
+        self, unread: torch.Tensor, k: int, generation: GenerationConfig, generator: torch.Generator | None
+    ) -> DraftProposal:
+        """A chain of ``k`` drafts after feeding ``unread`` [B, S]: greedy, or sampled (the noise of every draw first,
+        with the request's generator, then the chain as device work)."""
         if generation.greedy:
             return DraftProposal(tokens=self.decoder.greedy_chain(unread, k), probs=None)
-        # Sampled: the noise of every draw first (with the request's generator), then the chain as device work.
-        shape = (batch.batch_size, k, self.decoder.vocab_size)
+        shape = (unread.shape[0], k, self.decoder.vocab_size)
         exponentials = torch.empty(shape, dtype=torch.float32, device=self.decoder.device)
         exponentials.exponential_(generator=generator)
         tokens, probs = self.decoder.sampled_chain(
@@ -107,6 +145,36 @@ class ModelDrafter:
             ("sampled", generation.temperature, generation.top_k, generation.top_p),
         )  # fmt: skip
         return DraftProposal(tokens=tokens, probs=probs)  # [B, K], [B, K, V]
+
+    @torch.no_grad()
+    def draft_ahead(
+        self,
+        batch: SequenceBatch,
+        length: int,
+        accepted: torch.Tensor,
+        features: torch.Tensor | None,
+        k: int,
+        generation: GenerationConfig,
+        generator: torch.Generator | None,
+    ) -> bool:
+        """Draft the next step's chain of ``k`` before this step's verdict is read (see the module docstring); False
+        where it does not apply (a tree, a decoder that cannot roll back to a device length, a draft cache that
+        does not reach this step's first column). ``length``: the batch's length when the step began, its chain's
+        verdict committed to ``batch.tokens`` on the device; accepted: [] the drafts every row keeps (device)."""
+        self._ahead = None
+        decoder = self.decoder
+        if not self.ahead or not isinstance(decoder, RollsBackOnDevice) or self.options.branching > 1:
+            return False
+        if self.decoder.cache_length < length:  # the step's drafts were not this decoder's own chain
+            return False
+        last_kept = accepted.reshape(()) + (length - 1)  # [] the column of the step's last kept token
+        decoder.rollback_on_device(last_kept)
+        unread = batch.tokens.index_select(1, last_kept + self._pair)  # [B, 2]: it and the next token
+        chain = self._chain(unread, k, generation, generator)
+        probs = chain.probs.clone() if chain.probs is not None else None
+        self._ahead = DraftProposal(chain.tokens.clone(), probs)  # a graph's outputs are reused by its next replay
+        self._unsettled = True  # the host's cache length is wrong until ``observe`` settles it
+        return True
 
     def _propose_tree(self, unread: torch.Tensor, length: int, k: int) -> DraftProposal:
         """Top-``branching`` tokens after the root, each continued greedily (branch by branch over the draft cache,
@@ -123,12 +191,19 @@ class ModelDrafter:
         return DraftProposal(tokens=torch.cat(branches, dim=1), probs=None, parents=branch_parents(depths))
 
     def observe(self, batch: SequenceBatch, num_accepted: int) -> None:
+        if self._ahead is not None and self._unsettled:  # drafted ahead in this step: the chain read through the
+            assert isinstance(self.decoder, RollsBackOnDevice)  # new last token, then k - 1 of its drafts
+            self.decoder.settle(batch.length + self._ahead.tokens.shape[1] - 1)
+            self._unsettled = False
+            return
+        self._ahead = None  # a chain drafted ahead that no proposal took is stale now
         self.decoder.rollback(min(self.decoder.cache_length, batch.length - 1))
 
     def compact(self, batch: SequenceBatch, source: torch.Tensor) -> None:
         """The batch's columns were compacted: row b's new column j is its old column ``source[b, j]`` [B, n].
         The draft keeps the longest run of new columns that every row had cached (one sync, rare); it reads the
         rest again at the next proposal."""
+        self._ahead = None  # per-row batches never draft ahead
         cached = source < self.decoder.cache_length  # [B, n] (-1, padding, counts as cached)
         keep = int(cached.long().cumprod(dim=1).sum(dim=1).min())
         self.decoder.compact(source[:, :keep])

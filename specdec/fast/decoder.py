@@ -325,6 +325,17 @@ class FastDecoder:
             self._device_length.fill_(length)
         self._length = length
 
+    def rollback_on_device(self, length: torch.Tensor) -> None:
+        """Roll back to ``length`` [] int64, a device value the host has not read (a draft chain queued ahead of the
+        verdict that decides where it starts): forwards after it write from there. The host's count of cached
+        positions is wrong until :meth:`settle` gives the true one."""
+        self._device_length.copy_(length)
+
+    def settle(self, length: int) -> None:
+        """The host's count of cached positions, once the device value of :meth:`rollback_on_device` (plus what was
+        fed after it) is known: ``length``. Nothing on the device changes."""
+        self._length = length
+
 
 def _sliding_window(loaded: LoadedModel) -> int | None:
     """The attention window of a model that uses one (Mistral, Qwen2 with ``use_sliding_window``), else None."""
