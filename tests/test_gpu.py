@@ -189,17 +189,20 @@ def test_float32_speculative_equals_autoregressive_on_the_zoo_pair():
     assert accepted / drafted > 0.5
 
 
-def test_draft_chains_drafted_ahead_are_the_chains_drafted_in_place_on_cuda():
-    """On CUDA a draft model drafts its next chain ahead of the verdict by default: the same greedy output and the
-    same accepted count at every step as drafting in place, from graphs that start at a device length."""
+def test_draft_chains_drafted_ahead_are_the_chains_drafted_in_place_on_cuda(monkeypatch):
+    """On CUDA a draft model drafts its next chain ahead of the verdict (with SPECDEC_DRAFT_AHEAD=1): the same
+    greedy output and the same accepted count at every step as drafting in place, from graphs that start at a device
+    length."""
     from specdec import load_model
     from specdec.zoo.prompts import load_prompts
 
     target = load_model("zoo:tiny-code-target", device="cuda", dtype="float32")
     draft = load_model("zoo:tiny-code-draft", device="cuda", dtype="float32")
-    ahead, plain = SpeculativeEngine(target, draft), SpeculativeEngine(target, draft)
-    assert ahead.drafter.ahead  # type: ignore[union-attr]
-    plain.drafter.ahead = False  # type: ignore[union-attr]
+    monkeypatch.setenv("SPECDEC_DRAFT_AHEAD", "1")
+    ahead = SpeculativeEngine(target, draft)
+    monkeypatch.setenv("SPECDEC_DRAFT_AHEAD", "0")
+    plain = SpeculativeEngine(target, draft)
+    assert ahead.drafter.ahead and not plain.drafter.ahead  # type: ignore[union-attr]
     calls = []
     original = ahead.drafter.draft_ahead  # type: ignore[union-attr]
     ahead.drafter.draft_ahead = lambda *a: calls.append(original(*a)) or calls[-1]  # type: ignore[union-attr]

@@ -1,13 +1,15 @@
 """A draft model drafting ahead (``ModelDrafter.draft_ahead``): the next chain queued before the host reads the
-verdict, from the last kept column on the device. On by default on CUDA only; here it is turned on on the CPU's fast
-path, where the same code runs eagerly. The chains drafted ahead must be the chains drafted in place: the same
-greedy output, the same accepted count at every step, and with the same seed the same samples."""
+verdict, from the last kept column on the device. Only ever on by itself on CUDA (with ``SPECDEC_DRAFT_AHEAD=1``);
+here it is turned on on the CPU's fast path, where the same code runs eagerly. The chains drafted ahead must be the
+chains drafted in place: the same greedy output, the same accepted count at every step, and with the same seed the
+same samples."""
 
 from __future__ import annotations
 
 import pytest
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine, load_model
+from specdec.errors import ConfigError
 from specdec.zoo.prompts import load_prompts
 
 GREEDY = GenerationConfig(max_new_tokens=40, stop_at_eos=False)
@@ -36,9 +38,14 @@ def counting_ahead(engine: SpeculativeEngine) -> list[bool]:
     return answers
 
 
-def test_drafting_ahead_is_off_on_a_cpu_and_needs_a_fast_decoder(zoo_pair):
+def test_drafting_ahead_is_off_on_a_cpu_and_needs_a_fast_decoder(zoo_pair, monkeypatch):
     target, draft = zoo_pair
+    monkeypatch.setenv("SPECDEC_DRAFT_AHEAD", "1")
     assert not SpeculativeEngine(target, draft).drafter.ahead  # type: ignore[union-attr]
+    monkeypatch.setenv("SPECDEC_DRAFT_AHEAD", "yes")
+    with pytest.raises(ConfigError, match="SPECDEC_DRAFT_AHEAD='yes'"):
+        SpeculativeEngine(target, draft)
+    monkeypatch.delenv("SPECDEC_DRAFT_AHEAD")
     generic = SpeculativeEngine(target, draft, "generic")
     answers = counting_ahead(generic)
     prompt = load_prompts()[0]

@@ -1,6 +1,7 @@
 """Drafting with a smaller causal LM that shares the target's vocabulary: a chain of K tokens, or a token tree.
 
-**Drafting ahead** (chains in lockstep, on a decoder that rolls back to a device length: the fast path). The
+**Drafting ahead** (chains in lockstep, on a decoder that rolls back to a device length: the fast path on CUDA, with
+``SPECDEC_DRAFT_AHEAD=1`` until it is measured there). The
 generation calls :meth:`ModelDrafter.draft_ahead` after a verification is queued and before the host reads its
 verdict. The draft rolls back, on the device, to the column of the step's last kept token (the step's first column
 plus the accepted count, a device value), reads that token and the verification's next token (both committed to the
@@ -12,6 +13,7 @@ rounding of a two-token forward; the chain's noise comes from the same generator
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -62,6 +64,17 @@ def branch_parents(branch_depths: list[int]) -> torch.Tensor:
     return torch.tensor(parents, dtype=torch.long)
 
 
+ENV_DRAFT_AHEAD = "SPECDEC_DRAFT_AHEAD"  # "1": draft models draft ahead on CUDA (off until measured there)
+
+
+def draft_ahead_on() -> bool:
+    """Whether ``SPECDEC_DRAFT_AHEAD`` turns drafting ahead on (1) or leaves it off (0 or unset)."""
+    value = os.environ.get(ENV_DRAFT_AHEAD, "0").strip()
+    if value not in ("0", "1", ""):
+        raise ConfigError(f"{ENV_DRAFT_AHEAD}={value!r}: expected 1 (draft ahead on CUDA) or 0 (off), or unset it")
+    return value == "1"
+
+
 @runtime_checkable
 class RollsBackOnDevice(Protocol):
     """A decoder that can roll back to a length the host has not read (``FastDecoder``)."""
@@ -94,8 +107,9 @@ class ModelDrafter:
         self.method = method
         self._layout_version = 0  # the batch layout the decoder's positions and key mask come from
         # whether to draft ahead: where the GPU's drafting overlaps the host's reading of the verdict (on a CPU the
-        # ahead chain's extra token is only extra work; tests turn it on there to check it)
-        self.ahead = decoder.device.type == "cuda"
+        # ahead chain's extra token is only extra work; tests turn it on there to check it). Off until measured on a
+        # GPU: SPECDEC_DRAFT_AHEAD=1 turns it on there.
+        self.ahead = draft_ahead_on() and decoder.device.type == "cuda"
         self._ahead: DraftProposal | None = None  # the chain drafted ahead, for the next proposal
         self._unsettled = False  # drafted ahead, the decoder's host length not yet settled
         self._pair = torch.arange(2, device=decoder.device)  # [2]: the last kept column and the next one
