@@ -178,7 +178,7 @@ class Generation:
         self.records: list[StepRecord] = []
         self.time_to_first_token = 0.0
         self._emitted_mark = 0  # the clock mark at which the last committed tokens were known (for ITL)
-        self._release: Callable[[], None] | None = release
+        self._release: Callable[[], None] | None = None  # set last: a generation that failed to build holds nothing
         self._eos_ids = frozenset(engine.eos_ids if generation.stop_at_eos else ())
         self._pending_eos: list[Committed] = []  # steps' tokens not yet checked for EOS
         self._eos_check_every = 1 if stream or engine.device.type in EOS_EVERY_STEP_DEVICES else EOS_CHECK_EVERY
@@ -195,6 +195,7 @@ class Generation:
         self._result: GenerationResult | None = None
         self._feature_request: FeatureRequest | None = getattr(drafter, "features", None)
         self._tree_room = self._tree_room_for(drafter, speculation)
+        self._release = release  # built: from here on, close() gives the engine back (the engine did, had we failed)
 
     @staticmethod
     def _tree_room_for(drafter: object, speculation: SpeculationConfig) -> int:
@@ -214,7 +215,7 @@ class Generation:
 
     def close(self) -> None:
         """Give the engine back (idempotent). The generation cannot step after this."""
-        release, self._release = getattr(self, "_release", None), None  # None too if __init__ failed early
+        release, self._release = getattr(self, "_release", None), None  # None too if __init__ failed
         if release is not None:
             release()
 

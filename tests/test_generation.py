@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
 
@@ -80,6 +81,22 @@ def test_a_second_unfinished_generation_in_one_thread_is_refused(models):
     with pytest.raises(ConfigError, match="closed"):
         run.step()
     assert engine.generate(PROMPTS[1], GenerationConfig(max_new_tokens=4)).token_ids  # the engine is free again
+
+
+def test_a_generation_that_fails_to_build_gives_the_engine_back_once(models, monkeypatch):
+    """The engine takes its lock back when a generation's constructor raises; the half-built generation, collected
+    later, must not release it again (by then another generation may hold it)."""
+    engine = engines(models)["ar"]
+    monkeypatch.setenv("SPECDEC_AR_CHUNK", "sixteen")  # refused in the constructor
+    with pytest.raises(ConfigError, match="SPECDEC_AR_CHUNK") as caught:
+        engine.generate(PROMPTS[0], GenerationConfig(max_new_tokens=4))
+    monkeypatch.delenv("SPECDEC_AR_CHUNK")
+    with engine.start(PROMPTS[0], GenerationConfig(max_new_tokens=4)) as run:
+        del caught  # its traceback held the half-built generation
+        gc.collect()
+        assert engine._lock.locked()  # still this run's
+        while not run.done:
+            run.step()
 
 
 @pytest.mark.parametrize("name", ["ar", "model", "ngram"])
