@@ -26,6 +26,8 @@
 # them on PYTHONPATH before this part.
 # PARTS=batching (issue 14): continuous batching (requests joining a running slot batch) on the CUDA fast path in
 # float32 (tests/test_gpu_continuous_batching.py).
+# PARTS=ahead (issue 13): draft models drafting ahead (SPECDEC_DRAFT_AHEAD=1), the speculative exactness tests on CUDA
+# with it on and the zoo pair sampled with it off and on (scripts/diag/zoo_sampled.py, two rounds).
 # PARTS=hfdiag (issue 11): the hf-compile crash's reproduction and its candidate mitigations
 # (scripts/diag/hf_compile_bisect.py full,recapture,empty-cache), a line per variant in $OUT/hfdiag.log.
 # Logs and JSON go to $OUT (default results/gpu). Each part stops itself (SIGINT) before the call's limit and keeps
@@ -116,6 +118,18 @@ fi
 if [[ " $PARTS " == *" batching "* ]]; then
   timeout -s INT "${LIMIT:-90}" python3 -m pytest tests/test_gpu_continuous_batching.py -v -p no:cacheprovider -rs \
     2>&1 | tee "$OUT/batching-tests.log" || status=1
+fi
+if [[ " $PARTS " == *" ahead "* ]]; then
+  # draft models drafting ahead (SPECDEC_DRAFT_AHEAD=1): the speculative exactness tests with it on, then the zoo pair
+  # sampled with it off and on in turn, two rounds
+  SPECDEC_DRAFT_AHEAD=1 timeout -s INT "${LIMIT:-200}" python3 -m pytest tests/test_gpu.py -q -p no:cacheprovider -rs \
+    -k "ahead or zoo_pair or speculative_equals" 2>&1 | tee "$OUT/ahead-tests.log" || status=1
+  for round in 1 2; do
+    for on in 0 1; do
+      SPECDEC_DRAFT_AHEAD=$on timeout -s INT "${LIMIT:-60}" python3 scripts/diag/zoo_sampled.py --device cuda \
+        --dtypes bfloat16 2>&1 | sed "s/^/round $round, ahead $on: /" | tee -a "$OUT/ahead-zoo.log" || status=1
+    done
+  done
 fi
 if [[ " $PARTS " == *" hfdiag "* ]]; then
   timeout -s INT "${LIMIT:-300}" python3 scripts/diag/hf_compile_bisect.py "${HF_VARIANTS:-full,recapture,empty-cache}" \
