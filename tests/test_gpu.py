@@ -193,6 +193,8 @@ def test_draft_chains_drafted_ahead_are_the_chains_drafted_in_place_on_cuda(monk
     """On CUDA a draft model drafts its next chain ahead of the verdict (with SPECDEC_DRAFT_AHEAD=1): the same
     greedy output and the same accepted count at every step as drafting in place, from graphs that start at a device
     length."""
+    from ahead_spy import counting_ahead
+
     from specdec import load_model
     from specdec.zoo.prompts import load_prompts
 
@@ -203,9 +205,7 @@ def test_draft_chains_drafted_ahead_are_the_chains_drafted_in_place_on_cuda(monk
     monkeypatch.setenv("SPECDEC_DRAFT_AHEAD", "0")
     plain = SpeculativeEngine(target, draft)
     assert ahead.drafter.ahead and not plain.drafter.ahead  # type: ignore[union-attr]
-    calls = []
-    original = ahead.drafter.draft_ahead  # type: ignore[union-attr]
-    ahead.drafter.draft_ahead = lambda *a: calls.append(original(*a)) or calls[-1]  # type: ignore[union-attr]
+    calls = counting_ahead(ahead)
     for prompt in load_prompts()[:6]:
         config = GenerationConfig(max_new_tokens=64, stop_at_eos=False)
         expected = plain.generate(prompt, config, SpeculationConfig(k=4))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ahead_spy import counting_ahead
 from safetensors.torch import save_file
 from tiny_models import loaded, make_model
 
@@ -116,21 +117,6 @@ def test_a_random_eagle3_head_of_the_target_s_shape_keeps_the_greedy_output(tree
     result = engine.generate(prompt, GREEDY, SpeculationConfig(k=4))
     assert result.token_ids[0] == autoregressive(target, prompt, "fast")
     assert result.metrics.drafted_tokens > 0
-
-
-def counting_ahead(engine: SpeculativeEngine) -> list[bool]:
-    """Turn drafting ahead on (a CPU leaves it off) and record what each ``draft_ahead`` call answered."""
-    drafter = engine.drafter
-    drafter.ahead = True  # type: ignore[union-attr]
-    answers: list[bool] = []
-    original = drafter.draft_ahead  # type: ignore[union-attr]
-
-    def spy(*args, **kwargs):
-        answers.append(original(*args, **kwargs))
-        return answers[-1]
-
-    drafter.draft_ahead = spy  # type: ignore[union-attr]
-    return answers
 
 
 @pytest.mark.parametrize("decoder", ["fast", "generic"])

@@ -7,6 +7,7 @@ same samples."""
 from __future__ import annotations
 
 import pytest
+from ahead_spy import counting_ahead
 
 from specdec import GenerationConfig, SpeculationConfig, SpeculativeEngine, load_model
 from specdec.errors import ConfigError
@@ -21,21 +22,6 @@ def zoo_pair():
     target = load_model("zoo:tiny-code-target", device="cpu", dtype="float32")
     draft = load_model("zoo:tiny-code-draft", device="cpu", dtype="float32")
     return target, draft
-
-
-def counting_ahead(engine: SpeculativeEngine) -> list[bool]:
-    """Turn drafting ahead on (a CPU leaves it off) and record what each ``draft_ahead`` call answered."""
-    drafter = engine.drafter
-    drafter.ahead = True  # type: ignore[union-attr]
-    answers: list[bool] = []
-    original = drafter.draft_ahead  # type: ignore[union-attr]
-
-    def spy(*args, **kwargs):
-        answers.append(original(*args, **kwargs))
-        return answers[-1]
-
-    drafter.draft_ahead = spy  # type: ignore[union-attr]
-    return answers
 
 
 def test_drafting_ahead_is_off_on_a_cpu_and_needs_a_fast_decoder(zoo_pair, monkeypatch):

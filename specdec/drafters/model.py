@@ -179,7 +179,7 @@ class ModelDrafter:
         decoder = self.decoder
         if not self.ahead or not isinstance(decoder, RollsBackOnDevice) or self.options.branching > 1:
             return False
-        if self.decoder.cache_length < length:  # the step's drafts were not this decoder's own chain
+        if decoder.cache_length < length:  # the step's drafts were not this decoder's own chain
             return False
         last_kept = accepted.reshape(()) + (length - 1)  # [] the column of the step's last kept token
         decoder.rollback_on_device(last_kept)
@@ -205,8 +205,9 @@ class ModelDrafter:
         return DraftProposal(tokens=torch.cat(branches, dim=1), probs=None, parents=branch_parents(depths))
 
     def observe(self, batch: SequenceBatch, num_accepted: int) -> None:
-        if self._ahead is not None and self._unsettled:  # drafted ahead in this step: the chain read through the
-            assert isinstance(self.decoder, RollsBackOnDevice)  # new last token, then k - 1 of its drafts
+        if self._ahead is not None and self._unsettled:
+            # drafted ahead in this step: the chain read through the new last token, then k - 1 of its drafts
+            assert isinstance(self.decoder, RollsBackOnDevice)
             self.decoder.settle(batch.length + self._ahead.tokens.shape[1] - 1)
             self._unsettled = False
             return
