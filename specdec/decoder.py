@@ -93,14 +93,15 @@ class Decoder(Protocol):
         self,
         input_ids: torch.Tensor,
         exponentials: torch.Tensor,
-        probs_of: Callable[[torch.Tensor], torch.Tensor],
+        draw: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         key: tuple[object, ...],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sampled drafting from given noise: read ``input_ids`` [B, S], then draw ``k`` tokens, each from
-        ``probs_of(logits)`` ([B, V] -> [B, V], device work only, the same for the same ``key``) by the exponential
-        race ``argmax_v q(v) / E(v)`` on ``exponentials`` [B, k, V] of Exp(1) (which draws v with probability q(v)).
-        Returns the tokens [B, k] and their distributions [B, k, V]; the cache grows by ``S + k - 1``. A fast path
-        replays the whole chain as one graph (one per ``key``, width and k)."""
+        """Sampled drafting from given noise: read ``input_ids`` [B, S], then draw ``k`` tokens, each by
+        ``draw(logits, noise)`` (logits [B, V] and the step's ``exponentials[:, i]`` [B, V] of Exp(1) -> q [B, V] and
+        its exponential race's token ``argmax_v q(v) / E(v)`` [B], which has probability q(v); device work only, the
+        same for the same ``key``: :func:`specdec.sampling.race`). Returns the tokens [B, k] and their distributions
+        [B, k, V]; the cache grows by ``S + k - 1``. A fast path replays the whole chain as one graph (one per
+        ``key``, width and k)."""
         ...
 
     def rollback(self, length: int) -> None:
@@ -111,7 +112,7 @@ def sampled_chain_loop(
     forward: Callable[[torch.Tensor, bool], torch.Tensor],
     input_ids: torch.Tensor,
     exponentials: torch.Tensor,
-    probs_of: Callable[[torch.Tensor], torch.Tensor],
+    draw: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:meth:`Decoder.sampled_chain` as a loop over ``forward(input_ids, last_only)``. -> tokens [B, k], probs
     [B, k, V]."""
@@ -119,8 +120,7 @@ def sampled_chain_loop(
     logits = forward(input_ids, True)[:, -1]  # [B, V]
     tokens, probs = [], []
     for i in range(k):
-        q = probs_of(logits)  # [B, V]
-        token = (q / exponentials[:, i]).argmax(dim=-1)  # [B]
+        q, token = draw(logits, exponentials[:, i])  # [B, V], [B]
         tokens.append(token)
         probs.append(q)
         if i + 1 < k:
@@ -205,10 +205,10 @@ class HFDecoder:
         self,
         input_ids: torch.Tensor,
         exponentials: torch.Tensor,
-        probs_of: Callable[[torch.Tensor], torch.Tensor],
+        draw: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         key: tuple[object, ...],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return sampled_chain_loop(self.forward, input_ids, exponentials, probs_of)
+        return sampled_chain_loop(self.forward, input_ids, exponentials, draw)
 
     @torch.inference_mode()
     def forward(

@@ -32,7 +32,21 @@ def logits_to_probs(logits: torch.Tensor, config: GenerationConfig) -> torch.Ten
 
     # Above float32's largest value the divisor would round to inf, and a masked -inf logit / inf is nan.
     temperature = min(config.temperature, FLOAT32_MAX)
-    return kernels_for(logits.device).sampling_probs(logits.float(), temperature, config.top_k, config.top_p)
+    return kernels_for(logits.device).sampling_probs(logits, temperature, config.top_k, config.top_p)
+
+
+def race(
+    logits: torch.Tensor, config: GenerationConfig, exponentials: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q = logits_to_probs(logits, config)`` [..., V] and one token from it [...] (int64) by the exponential race
+    ``argmax_v q(v) / E(v)`` on ``exponentials`` [..., V] of Exp(1), which is v with probability q(v): a sampled draft
+    chain's draw, on a CUDA GPU in one kernel for a small vocabulary."""
+    if config.greedy:
+        raise ValueError("race needs temperature > 0; greedy decoding uses argmax")
+    from specdec.kernels import kernels_for
+
+    temperature = min(config.temperature, FLOAT32_MAX)
+    return kernels_for(logits.device).sampling_race(logits, temperature, config.top_k, config.top_p, exponentials)
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -69,9 +69,11 @@ def test_silu_mul(tk, dtype):
 def test_the_fused_gemv_computes_the_product_with_its_norm_silu_and_residual(
     dtype, k_in, n_out, norm, bias, silu_pair, residual
 ):
+    """On 5 rows (a short verification's): each row matches the reference, and is bit for bit what a one-row call
+    computes for it (so a verified token's logits are its own decoding step's)."""
     from specdec.kernels import triton_gemv
 
-    rows = triton_gemv.MAX_ROWS
+    rows = 5
     g = torch.Generator(DEVICE).manual_seed(k_in)
     x = rand(rows, k_in, dtype=dtype, generator=g)
     weight = (rand(2 * n_out if silu_pair else n_out, k_in, dtype=dtype, generator=g) / k_in**0.5).to(dtype)
@@ -85,6 +87,12 @@ def test_the_fused_gemv_computes_the_product_with_its_norm_silu_and_residual(
     out = triton_gemv.fused_linear(x, weight, **args)
     assert out.shape == (rows, n_out) and out.dtype == dtype
     assert relative_error(out, reference.fused_linear(x, weight, **args)) < TOLERANCE[dtype]
+    residual = args["residual"]
+    for r in (0, 3):
+        one = triton_gemv.fused_linear(
+            x[r : r + 1], weight, **{**args, "residual": residual[r : r + 1] if residual is not None else None}
+        )
+        assert torch.equal(one, out[r : r + 1])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -192,6 +200,48 @@ def test_the_one_token_qkv_product_rotates_and_stores_in_one_kernel(dtype, heads
     ours = [c.clone() for c in caches]
     q = triton_gemv.linear_rope_store(x, weight, *args, *tables, *ours, columns, heads, kv_heads, tiles=(2, 128, 1))
     assert_same_one_token_store(q, q_ref, ours, caches, column, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("batch", "seq"), [(1, 5), (2, 3)])
+def test_the_qkv_product_of_a_few_tokens_rotates_and_stores_each_in_one_kernel(dtype, batch, seq):
+    """A verification's tokens (one row, 5 tokens) or a small batch's (2 rows of 3): q and both caches as the
+    reference computes them, and each token's bit for bit what a one-token call computes for it."""
+    from specdec.kernels import triton_gemv
+
+    g = torch.Generator(DEVICE).manual_seed(batch * 10 + seq)
+    heads, kv_heads, head_dim, hidden, max_length = 4, 2, 32, 300, 24
+    width = (heads + 2 * kv_heads) * head_dim
+    x = rand(batch * seq, hidden, dtype=dtype, generator=g)
+    weight = (rand(width, hidden, dtype=dtype, generator=g) / hidden**0.5).to(dtype)
+    norm = (rand(width, dtype=dtype, generator=g), rand(hidden, dtype=dtype, generator=g), 1e-6)
+    columns = torch.arange(9, 9 + seq, device=DEVICE)
+    positions = torch.stack([columns - 3 * b for b in range(batch)])  # [B, S]: row b has 3 b tokens of padding
+    angles = torch.rand(16, head_dim // 2, generator=g, device=DEVICE) * 6.0
+    tables = (
+        torch.cat([angles.cos(), angles.cos()], -1).to(dtype),
+        torch.cat([angles.sin(), angles.sin()], -1).to(dtype),
+    )
+    caches = [rand(batch, kv_heads, max_length, head_dim, dtype=dtype, generator=g) for _ in range(2)]
+    ours = [c.clone() for c in caches]
+    q_ref = reference.linear_rope_store(x, weight, *norm, positions, *tables, *caches, columns, heads, kv_heads)
+    q = triton_gemv.linear_rope_store(x, weight, *norm, positions, *tables, *ours, columns, heads, kv_heads)
+    assert q.shape == (batch, seq, heads, head_dim)
+    assert relative_error(q, q_ref) < TOLERANCE[dtype]
+    for mine, theirs in zip(ours, caches, strict=True):
+        assert relative_error(mine, theirs) < TOLERANCE[dtype]
+        untouched = torch.ones(max_length, dtype=torch.bool, device=DEVICE)
+        untouched[columns] = False
+        assert torch.equal(mine[:, :, untouched], theirs[:, :, untouched])
+    b, s = batch - 1, seq - 1  # the last token alone
+    alone = [c[b : b + 1].clone() for c in caches]
+    one = triton_gemv.linear_rope_store(
+        x[b * seq + s :][:1], weight, *norm, positions[b : b + 1, s : s + 1].contiguous(), *tables, *alone,
+        columns[s : s + 1], heads, kv_heads,
+    )  # fmt: skip
+    assert torch.equal(one[0, 0], q[b, s])
+    for mine, single in zip(ours, alone, strict=True):
+        assert torch.equal(single[0, :, columns[s]], mine[b, :, columns[s]])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -318,12 +368,18 @@ def test_speculative_sampling_matches_the_reference_given_the_same_noise(tk, voc
 
 
 @pytest.mark.parametrize("vocab", [8, 50, 5000, 40000, 128256] if DEVICE.type == "cuda" else [8, 50, 3000])
-def test_sampling_probs_match_the_reference(tk, vocab):
+# the interpreter cannot run the split path's kernels (a loop bounded by program ids): CUDA only
+@pytest.mark.parametrize("path", ["one", "split"] if DEVICE.type == "cuda" else ["one"])
+def test_sampling_probs_match_the_reference(tk, vocab, path, monkeypatch):
     """Temperature, top-k and top-p without the softmaxes (and without top-k, top-p's threshold without a sort: one
     program per row of a small vocabulary, many for a large one): the same distribution, ties at top-p's edge.
     Compared with the reference in float64: the kernels sum float32 masses, so a token whose mass before it is
     within rounding of top-p may fall on the other side (the reference's own float32 cumulative sum moves 122 tokens
     of the 128k-token row of ties at top-p 0.999); each row may differ by such tokens only."""
+    from specdec.kernels import triton_sampling
+
+    if path == "split":  # every row over many programs (a large vocabulary's path), else as the vocabulary goes
+        monkeypatch.setattr(triton_sampling, "SMALL_VOCAB", 0)
     g = torch.Generator(DEVICE).manual_seed(vocab)
     logits = 3 * torch.randn(4, vocab, generator=g, device=DEVICE)
     logits[1] = logits[1].bfloat16().float()  # coarse values: many tokens tie, some at the edge of top-p
@@ -341,6 +397,27 @@ def test_sampling_probs_match_the_reference(tk, vocab):
         assert float(total_variation.max()) < 1e-4, setting
         torch.testing.assert_close(ours.sum(-1), torch.ones(4, device=DEVICE), msg=setting)
     assert int((tk.sampling_probs(logits, 0.8, None, 0.95)[1] > 0).sum()) > 1
+
+
+@pytest.mark.parametrize("vocab", [50, 4096, 9000] if DEVICE.type == "cuda" else [50, 4096])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_sampling_race_draws_from_the_sampling_distribution_it_returns(vocab, dtype):
+    """``sampling_race``: q is ``sampling_probs``'s distribution of the same logits, and each token is the race's
+    ``argmax q / E`` (one kernel for a small vocabulary, the eight-kernel distribution and an argmax for a large)."""
+    from specdec.kernels import triton_sampling
+
+    g = torch.Generator(DEVICE).manual_seed(vocab)
+    logits = (3 * torch.randn(3, 2, vocab, generator=g, device=DEVICE)).to(dtype)  # [3, 2, V]: any leading shape
+    exponentials = torch.empty(3, 2, vocab, device=DEVICE).exponential_(generator=g)
+    for top_p in (None, 0.9):
+        q, tokens = triton_sampling.sampling_race(logits, 0.8, top_p, exponentials)
+        assert q.shape == logits.shape and q.dtype == torch.float32 and tokens.shape == (3, 2)
+        torch.testing.assert_close(q, triton_sampling.sampling_probs(logits.float(), 0.8, top_p), atol=1e-7, rtol=0)
+        assert torch.equal(tokens, (q / exponentials).argmax(dim=-1))
+        assert bool((q.gather(-1, tokens[..., None]) > 0).all())  # never a token top-p dropped
+    tied = torch.zeros(1, vocab, device=DEVICE)
+    _, first = triton_sampling.sampling_race(tied, 1.0, None, torch.ones(1, vocab, device=DEVICE))
+    assert first.tolist() == [0]  # every ratio equal: the first, as argmax
 
 
 @pytest.mark.parametrize("top_p", [None, 0.9])

@@ -287,17 +287,17 @@ class FastDecoder:
         self,
         input_ids: torch.Tensor,
         exponentials: torch.Tensor,
-        probs_of: Callable[[torch.Tensor], torch.Tensor],
+        draw: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
         key: tuple[object, ...],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The sampled draft of ``k`` tokens from given noise as one graph (see ``Decoder.sampled_chain``)."""
         seq, k = input_ids.shape[1], exponentials.shape[1]
         if not self.chain_graph:
-            return sampled_chain_loop(self.forward, input_ids, exponentials, probs_of)
+            return sampled_chain_loop(self.forward, input_ids, exponentials, draw)
         tokens, probs = self._graphed(
             ("sampled-chain", seq, k, *key),
             (input_ids, exponentials),
-            lambda ids, noise: sampled_chain_loop(self._logits, ids, noise, probs_of),
+            lambda ids, noise: sampled_chain_loop(self._logits, ids, noise, draw),
             GRAPH_MAX_TOKENS,
         )
         assert tokens is not None and probs is not None

@@ -223,11 +223,14 @@ def top_k_scores(logits: torch.Tensor, temperature: float, top_k: int | None) ->
 
 
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """The sampling distribution (see ``specdec.sampling.logits_to_probs``): logits [..., V] float32 -> [..., V].
+    """The sampling distribution (see ``specdec.sampling.logits_to_probs``): logits [..., V] -> [..., V] float32
+    (float64 stays float64: the tests' exact reference).
 
     Scores ``(logits - max) / T`` (<= 0, the best exactly 0); top-k keeps the scores at or above the k-th best; top-p
     sorts them, keeps tokens while the mass before them is below ``top_p`` and every token tying with the last kept.
     """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     scores = top_k_scores(logits, temperature, top_k)
     if top_p is not None and top_p < 1.0:
         sorted_scores = torch.sort(scores, dim=-1, descending=True).values  # [..., V]
@@ -239,3 +242,12 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None, 
         last_kept = sorted_scores.gather(-1, kept - 1)  # [..., 1]
         scores = scores.masked_fill(scores < last_kept, float("-inf"))
     return torch.softmax(scores, dim=-1)
+
+
+def sampling_race(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, exponentials: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampling distribution q of ``logits`` [..., V] (any float dtype) and the exponential race's token
+    ``argmax_v q(v) / E(v)`` [...] on ``exponentials`` [..., V]."""
+    q = sampling_probs(logits.float(), temperature, top_k, top_p)
+    return q, (q / exponentials).argmax(dim=-1)

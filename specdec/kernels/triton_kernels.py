@@ -512,16 +512,27 @@ def speculative_sample_from_noise(
 
 # -------------------------------------------------------------------------------------- sampling distributions
 def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """The sampling distribution of ``reference.sampling_probs`` (logits [..., V] float32 -> [..., V]). Without
+    """The sampling distribution of ``reference.sampling_probs`` (logits [..., V] -> [..., V] float32). Without
     top-k: ``triton_sampling``'s kernels, which find top-p's threshold without a sort. With top-k: PyTorch, in fewer
     kernels than the reference (``e = exp(score)`` once, top-p's cumulative mass as a cumulative sum of the sorted
     ``e`` against ``top_p`` times their total, the kept ``e`` divided by their sum; ties at the edge kept)."""
     if not top_k:
         return triton_sampling.sampling_probs(logits, temperature, top_p)
-    e = reference.top_k_scores(logits, temperature, top_k).exp()  # [..., V], the best exactly 1
+    e = reference.top_k_scores(logits.float(), temperature, top_k).exp()  # [..., V], the best exactly 1
     if top_p is not None and top_p < 1.0:
         sorted_e = torch.sort(e, dim=-1, descending=True).values  # [..., V]
         mass = torch.cumsum(sorted_e, dim=-1)  # [..., V]
         kept = ((mass - sorted_e) < top_p * mass[..., -1:]).sum(dim=-1, keepdim=True)  # [..., 1], >= 1
         e = e.masked_fill(e < sorted_e.gather(-1, kept - 1), 0.0)
     return e / e.sum(dim=-1, keepdim=True)
+
+
+def sampling_race(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, exponentials: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``reference.sampling_race``: without top-k ``triton_sampling.sampling_race`` (one kernel for a small
+    vocabulary); with top-k :func:`sampling_probs` and the race in PyTorch."""
+    if not top_k:
+        return triton_sampling.sampling_race(logits, temperature, top_p, exponentials)
+    q = sampling_probs(logits.float(), temperature, top_k, top_p)
+    return q, (q / exponentials).argmax(dim=-1)

@@ -17,6 +17,12 @@ from the top and keeps the highest one at which the mass so far reaches ``top_p 
 row: the maximum, ``e`` with its sum and the first digit's buckets, five digits, and the last digit with the
 division. Without top-p: the maximum, ``e`` with its sum, and the division.
 
+A row of at most ``SMALL_VOCAB`` tokens (a small model's vocabulary) is one program instead, in one kernel: the
+launches, not the work, are what such a row costs. It holds the whole row in registers and finds tau by bisection on
+its key's 30 bits (each step one masked sum: is there mass ``top_p * S`` at or above ``tau``'s bits so far with the
+next bit set?), then divides the kept ``e`` by their sum. ``sampling_race`` also draws the exponential race's token
+``argmax q / E`` there, the draw a sampled draft chain makes after each distribution.
+
 The masses are float32 sums in another order than the reference's cumulative sum, so a token whose mass before it
 is within rounding of ``top_p * S`` may fall on the other side (as between any two float implementations). Top-k is
 not done here: the registry sends it to the PyTorch form (``triton_kernels.sampling_probs``).
@@ -28,6 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
+SMALL_VOCAB = 8192  # rows up to this long are one program each, whole in registers (see the module docstring)
+KEY_BITS = 30  # an e in [0, 1] as a non-negative float32's bits: below 2**30 (1.0 is 0x3F800000)
 BLOCK = 512  # tokens per load (a pass's bucket masses take [BLOCK, BUCKETS] registers)
 MAX_SPLITS = 128  # programs per row
 DIGIT_BITS = 5
@@ -156,10 +164,82 @@ def _normalise_kernel(
         tl.store(out_ptr + row * vocab + offsets, tl.where(kept, e / kept_mass, 0.0), mask=inside)
 
 
-def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float | None) -> torch.Tensor:
-    """logits [..., V] float32 -> the sampling distribution [..., V] at ``temperature`` (> 0) with top-p, if any."""
+@triton.jit
+def _small_row_kernel(
+    logits_ptr, out_ptr, noise_ptr, token_ptr, vocab, temperature, top_p,
+    TOP_P: tl.constexpr, RACE: tl.constexpr, KEY_BITS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One row whole (BLOCK >= vocab): e, top-p's threshold key by bisection, q = the kept e / their sum; with RACE
+    also the token ``argmax_v q(v) / E(v)`` on the row's exponentials (the first of tied maxima, as ``argmax``)."""
+    row = tl.program_id(0).to(tl.int64)
+    offsets = tl.arange(0, BLOCK)
+    inside = offsets < vocab
+    logits = tl.load(logits_ptr + row * vocab + offsets, mask=inside, other=float("-inf")).to(tl.float32)
+    e = tl.exp(tl.math.div_rn(logits - tl.max(logits, axis=0), temperature))  # IEEE: see _digit_pass_kernel
+    e = tl.where(inside, e, 0.0).to(tl.float32)  # [BLOCK] (the interpreter may widen a tiny temperature's quotient)
+    if TOP_P:
+        key = e.to(tl.int32, bitcast=True)
+        target = top_p * tl.sum(e, axis=0)
+        threshold = 0  # the largest key t with M(t) >= top_p * S, bit by bit from the top
+        for bit in tl.static_range(KEY_BITS - 1, -1, -1):
+            candidate = threshold | (1 << bit)
+            reached = tl.sum(tl.where(key >= candidate, e, 0.0), axis=0)  # M(candidate)
+            threshold = tl.where(reached >= target, candidate, threshold)
+        e = tl.where(key >= threshold, e, 0.0)
+    q = tl.math.div_rn(e, tl.sum(e, axis=0))
+    tl.store(out_ptr + row * vocab + offsets, q, mask=inside)
+    if RACE:
+        noise = tl.load(noise_ptr + row * vocab + offsets, mask=inside, other=1.0)
+        token = tl.argmax(tl.math.div_rn(q, noise), axis=0, tie_break_left=True)
+        tl.store(token_ptr + row, token.to(tl.int64))
+
+
+def _small_rows(
+    logits: torch.Tensor, temperature: float, top_p: float, exponentials: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """logits [..., V] (V <= SMALL_VOCAB, any float dtype) -> q [..., V] float32 and, given exponentials [..., V],
+    the race's tokens [...] (int64)."""
     shape, vocab = logits.shape, logits.shape[-1]
     flat = logits.reshape(-1, vocab).contiguous()  # [N, V]
+    rows = flat.shape[0]
+    out = torch.empty(flat.shape, dtype=torch.float32, device=logits.device)
+    race = exponentials is not None
+    noise = exponentials.reshape(rows, vocab).contiguous() if exponentials is not None else out
+    tokens = torch.empty(rows, dtype=torch.long, device=logits.device) if race else None
+    block = max(triton.next_power_of_2(vocab), 16)
+    _small_row_kernel[(rows,)](
+        flat, out, noise, tokens if tokens is not None else out, vocab, temperature, top_p, top_p < 1.0, race,
+        KEY_BITS, block, num_warps=8 if block >= 2048 else 4,
+    )  # fmt: skip
+    return out.reshape(shape), tokens.reshape(shape[:-1]) if tokens is not None else None
+
+
+def sampling_race(
+    logits: torch.Tensor, temperature: float, top_p: float | None, exponentials: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q = ``sampling_probs(logits, ...)`` [..., V] and the token ``argmax_v q(v) / E(v)`` [...] on exponentials
+    [..., V] of Exp(1), which draws v with probability q(v): one kernel for a small vocabulary."""
+    p = float(top_p) if top_p is not None and top_p < 1.0 else 1.0
+    if logits.shape[-1] <= SMALL_VOCAB:
+        q, tokens = _small_rows(logits, temperature, p, exponentials)
+        assert tokens is not None
+        return q, tokens
+    q = sampling_probs(logits.float(), temperature, top_p)
+    return q, (q / exponentials).argmax(dim=-1)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float | None) -> torch.Tensor:
+    """logits [..., V] -> the sampling distribution [..., V] float32 at ``temperature`` (> 0) with top-p, if any."""
+    if logits.shape[-1] <= SMALL_VOCAB:
+        p = float(top_p) if top_p is not None and top_p < 1.0 else 1.0
+        return _small_rows(logits, temperature, p, None)[0]
+    return _large_rows(logits, temperature, top_p)
+
+
+def _large_rows(logits: torch.Tensor, temperature: float, top_p: float | None) -> torch.Tensor:
+    """:func:`sampling_probs` over up to MAX_SPLITS programs a row, in eight kernels (see the module docstring)."""
+    shape, vocab = logits.shape, logits.shape[-1]
+    flat = logits.reshape(-1, vocab).float().contiguous()  # [N, V]
     rows = flat.shape[0]
     splits = min(MAX_SPLITS, triton.cdiv(vocab, BLOCK))
     chunk = triton.cdiv(triton.cdiv(vocab, splits), BLOCK) * BLOCK  # tokens per program, whole loads
