@@ -68,7 +68,7 @@ if [[ " $PARTS " == *" bars "* ]]; then
   timeout -s INT "${LIMIT:-150}" python3 -m specdec.benchmarks.batching --device cuda --dtype bfloat16 \
     --batches 1,4,16,64,128 --repeats 2 --acceptance-rate 0.8 --out "$OUT/batching" 2>&1 | tee "$OUT/batching.log" \
     || status=1
-  timeout -s INT "${LIMIT:-80}" python3 scripts/diag/zoo_sampled.py --device cuda --dtypes bfloat16,float32 2>&1 \
+  timeout -s INT "${LIMIT:-150}" python3 scripts/diag/zoo_sampled.py --device cuda --dtypes bfloat16,float32 2>&1 \
     | tee "$OUT/zoo-sampled.log" || status=1
 fi
 if [[ " $PARTS " == *" suite "* ]]; then

@@ -1,5 +1,5 @@
 """A draft model drafting ahead (``ModelDrafter.draft_ahead``): the next chain queued before the host reads the
-verdict, from the last kept column on the device. Only ever on by itself on CUDA (with ``SPECDEC_DRAFT_AHEAD=1``);
+verdict, from the last kept column on the device. Only ever on by itself on CUDA (unless ``SPECDEC_DRAFT_AHEAD=0``);
 here it is turned on on the CPU's fast path, where the same code runs eagerly. The chains drafted ahead must be the
 chains drafted in place: the same greedy output, the same accepted count at every step, and with the same seed the
 same samples."""

@@ -1,6 +1,6 @@
 """The zoo pair sampled on one device: speculative (K 4) against autoregressive, temperature 0.8, top-p 0.95.
 
-    python scripts/diag/zoo_sampled.py [--device cuda] [--dtypes float32,bfloat16] [--prompts 8] [--max-new-tokens 128]
+    python scripts/diag/zoo_sampled.py [--device cuda] [--dtypes float32,bfloat16] [--prompts 32] [--max-new-tokens 128]
 
 Both runs are warmed up once, then timed in three interleaved rounds over the held-out code prompts (the median
 kept); prints tokens/s of both, the speedup and the acceptance, per dtype. Issue 13 asks the speculative run to
@@ -22,7 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtypes", default="float32", help="comma-separated: float32, bfloat16, float16")
-    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=32, help="held-out prompts (32: all; fewer is noisier)")
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
     prompts = load_prompts()[: args.prompts]

@@ -35,6 +35,7 @@ class Kernels:
     greedy_verify: Callable[..., verification.Verdict]
     speculative_sample_from_noise: Callable[..., verification.Verdict]
     sampling_probs: Callable[..., torch.Tensor]  # logits, temperature, top_k, top_p -> the sampling distribution
+    sampling_race: Callable[..., tuple[torch.Tensor, torch.Tensor]]  # ..., exponentials -> it and the race's token
 
 
 TORCH_KERNELS = Kernels(
@@ -48,6 +49,7 @@ TORCH_KERNELS = Kernels(
     greedy_verify=verification.greedy_verify,
     speculative_sample_from_noise=verification.speculative_sample_from_noise,
     sampling_probs=reference.sampling_probs,
+    sampling_race=reference.sampling_race,
 )
 
 
@@ -69,11 +71,18 @@ def load_triton_kernels() -> Kernels:
 
     gemv_rows = min(int(os.environ.get(ENV_GEMV_ROWS, triton_gemv.MAX_ROWS)), triton_gemv.MAX_ROWS)
 
+    def gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
+        """Whether the fused GEMV takes this product: a row, or a few rows of a small weight (``triton_gemv``)."""
+        rows = x.shape[0]
+        if rows == 1:
+            return gemv_rows >= 1
+        return rows <= gemv_rows and weight.numel() * weight.element_size() <= triton_gemv.MULTI_ROW_MAX_WEIGHT_BYTES
+
     def fused_linear(
         x, weight, bias=None, norm_weight=None, eps=0.0, residual=None, silu_pair=False, *, norm_bias=None,
         gelu=None, transposed=False,
     ):  # fmt: skip
-        if 0 < x.shape[0] <= gemv_rows and not transposed:  # a decoding step's row: one kernel
+        if not transposed and gemv(x, weight):  # a decoding step's row (or a few, of a small model): one kernel
             return triton_gemv.fused_linear(
                 x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu
             )
@@ -94,7 +103,7 @@ def load_triton_kernels() -> Kernels:
         x, weight, bias, norm_weight, eps, positions, cos, sin, cache_k, cache_v, columns, h, h_kv, *,
         norm_bias=None, transposed=False,
     ):  # fmt: skip
-        if 0 < x.shape[0] <= gemv_rows and not transposed:  # one token: one kernel
+        if not transposed and gemv(x, weight):  # one token (or a few, of a small model): one kernel
             return triton_gemv.linear_rope_store(
                 x, weight, bias, norm_weight, eps, positions, cos, sin, cache_k, cache_v, columns, h, h_kv,
                 norm_bias=norm_bias,
@@ -120,6 +129,7 @@ def load_triton_kernels() -> Kernels:
         greedy_verify=tk.greedy_verify,
         speculative_sample_from_noise=tk.speculative_sample_from_noise,
         sampling_probs=tk.sampling_probs,
+        sampling_race=tk.sampling_race,
     )
 
 

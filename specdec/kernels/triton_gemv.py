@@ -19,9 +19,13 @@ reduces it once at the end, so its loads never wait for a reduction (1.03x-1.24x
 after every load: docs/performance.md, ninth session). It computes what ``reference.fused_linear`` computes,
 products in float32 (no TF32) with a different summation order than cuBLAS. With ``SPECDEC_PDL=1`` on Hopper it
 launches as a dependent of the kernel before it (``dependent_launch``) and reads its first weight tile before that
-kernel has finished: a weight must not be the output of the kernel just before the product. More rows (a
-verification, a batch) take the unfused path: a version that tiled rows x outputs x inputs in registers ran 10x
-slower than cuBLAS. Shapes: K inputs, N outputs.
+kernel has finished: a weight must not be the output of the kernel just before the product.
+
+Up to ``MAX_ROWS`` rows (a short verification, a small batch) run as a grid of one-row programs, each computing
+its row exactly as a one-row call would, so a verified token's logits equal its own decoding step's bit for bit.
+Each row reads the weights again, from L2 after the first, which pays where the launches are the cost (a small
+model's weights, ``MULTI_ROW_MAX_WEIGHT_BYTES``); for large weights cuBLAS reads them once (a version that tiled
+rows x outputs x inputs in registers ran 10x slower than cuBLAS there). Shapes: R rows, K inputs, N outputs.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import triton.language as tl
 from specdec.kernels import dependent_launch
 from specdec.kernels.dependent_launch import await_previous
 
-MAX_ROWS = 1  # the kernel takes one row; more (a verification, a batch) take the unfused path: cuBLAS and small kernels
+MAX_ROWS = 8  # rows a call takes (a step's token, a short verification, a small batch)
+MULTI_ROW_MAX_WEIGHT_BYTES = 6 << 20  # ... more than one only for weights up to this size (see the module docstring)
 
 
 NORM_RMS, NORM_LAYER = 1, 2  # the kernel's NORM (0: none)
@@ -52,23 +57,36 @@ def _weight_tile(w_ptr, rows, rows_ok, k0, kk, k_in):
 @triton.jit
 def _fused_linear_kernel(
     x_ptr, w_ptr, bias_ptr, norm_ptr, norm_bias_ptr, residual_ptr, out_ptr, n_out, k_in, eps,
-    positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length,
+    positions_ptr, cos_ptr, sin_ptr, cache_k_ptr, cache_v_ptr, columns_ptr, num_heads, num_kv_heads, max_length, seq,
     NORM: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
     QKV: tl.constexpr, PAIRED: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_X: tl.constexpr,
     PDL: tl.constexpr,
 ):  # fmt: skip
-    """Program p: outputs [p * BLOCK_N, (p + 1) * BLOCK_N) of the row. NORM: the input's RMS norm (1) or layer
+    """Program (p, r): outputs [p * BLOCK_N, (p + 1) * BLOCK_N) of row r (each row's programs compute what a
+    one-row call computes for it: the same instructions, bit for bit). NORM: the input's RMS norm (1) or layer
     norm with its bias (2). ACT: SiLU(gate) * up (1: the weight has 2 n_out rows, gate then up, and the program reads
     the gate rows and the up rows of its outputs), GELU with tanh (2) or erf (3). QKV: the weight is a q/k/v
     projection; its product goes to q (``out``) and into the caches at ``columns[0]`` (what
     ``reference.rope_and_store`` does), as it is (1) or rotated (2: the program reads rows j and j + HEAD_DIM / 2
-    of one head, j in a block of its first half). PAIRED: ACT 1 or QKV 2, two weight rows per output. Each weight
+    of one head, j in a block of its first half; row r is token ``r % seq`` of batch row ``r // seq``: its position,
+    column and cache rows). PAIRED: ACT 1 or QKV 2, two weight rows per output. Each weight
     tile is read one step ahead of its use (the first before the norm's pass over the input), so that no load waits
     for arithmetic; the biases, the residual, the cache column and RoPE's tables are read before the loop (after it,
     each was a round trip at the program's end). PDL: launched as a dependent (``dependent_launch``): the first weight
     tile and the biases are read while the kernel before this one finishes, everything else after it has completed."""
     pid = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    x_ptr += row * k_in
+    if QKV != 0:  # the token's q, position and column, and its batch row's caches
+        out_ptr += row * num_heads * HEAD_DIM
+        positions_ptr += row
+        columns_ptr += row % seq
+        cache_k_ptr += (row // seq) * num_kv_heads * max_length * HEAD_DIM
+        cache_v_ptr += (row // seq) * num_kv_heads * max_length * HEAD_DIM
+    else:
+        out_ptr += row * n_out
+        residual_ptr += row * n_out
     if QKV == 2:
         head = pid // (HEAD_DIM // 2 // BLOCK_N)
         j = (pid % (HEAD_DIM // 2 // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)  # [N] within the head's first half
@@ -252,11 +270,11 @@ def fused_linear(
     gelu: str | None = None,
     tiles: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """x: [1, K] contiguous; weight: [N, K] ([2 N, K] with ``silu_pair``); bias: [N]; norm_weight, norm_bias:
-    [K]; residual: [1, N]. Returns [1, N] in x's dtype: ``reference.fused_linear`` (see there and the module
-    docstring). ``tiles``: (BLOCK_N, BLOCK_K, warps) instead of :func:`blocks`, for sweeps."""
+    """x: [R, K] contiguous (R <= MAX_ROWS); weight: [N, K] ([2 N, K] with ``silu_pair``); bias: [N];
+    norm_weight, norm_bias: [K]; residual: [R, N]. Returns [R, N] in x's dtype: ``reference.fused_linear`` (see
+    there and the module docstring). ``tiles``: (BLOCK_N, BLOCK_K, warps) instead of :func:`blocks`, for sweeps."""
     rows, k_in = x.shape
-    assert rows == MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
+    assert 1 <= rows <= MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
     assert residual is None or residual.is_contiguous()
     assert not (silu_pair and gelu is not None)
     n_out = weight.shape[0] // 2 if silu_pair else weight.shape[0]
@@ -264,10 +282,10 @@ def fused_linear(
     block_n, block_k, warps = tiles or blocks(n_out, k_in, silu_pair)
     act = ACT_SILU_PAIR if silu_pair else GELU[gelu] if gelu is not None else 0
     pdl = dependent_launch.enabled(x.device)
-    _fused_linear_kernel[(triton.cdiv(n_out, block_n),)](
+    _fused_linear_kernel[(triton.cdiv(n_out, block_n), rows)](
         x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x,
         norm_bias if norm_bias is not None else x, residual if residual is not None else x, out, n_out, k_in, eps,
-        x, x, x, x, x, x, 0, 0, 0,
+        x, x, x, x, x, x, 0, 0, 0, 1,
         _norm_kind(norm_weight, norm_bias), bias is not None, act, residual is not None, 0, silu_pair, 2,
         block_n, block_k, _norm_block(k_in), pdl, num_warps=warps, launch_pdl=pdl,
     )  # fmt: skip
@@ -314,17 +332,20 @@ def linear_rope_store(
     norm_bias: torch.Tensor | None = None,
     tiles: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """``reference.linear_rope_store`` for one token: the q/k/v product (with its norm and bias), RoPE (unless the
-    tables are None: learned positions) and the KV write in one kernel. x: [1, D]; weight: [(H + 2 Hkv) Dh, D];
-    positions: [1, 1]; cache_k, cache_v: [1, Hkv, M, Dh] contiguous; columns: [1]. Returns q: [1, 1, H, Dh].
+    """``reference.linear_rope_store`` for up to MAX_ROWS tokens: the q/k/v product (with its norm and bias), RoPE
+    (unless the tables are None: learned positions) and the KV write in one kernel. x: [B * S, D]; weight:
+    [(H + 2 Hkv) Dh, D]; positions: [B, S]; cache_k, cache_v: [B, Hkv, M, Dh] contiguous; columns: [S]. Returns q:
+    [B, S, H, Dh].
     ``tiles``: (BLOCK_N, BLOCK_K, warps) instead of the defaults, for sweeps (with RoPE, BLOCK_N counts pairs of
     rows and must divide Dh / 2)."""
     rows, k_in = x.shape
-    assert rows == MAX_ROWS and x.is_contiguous() and weight.is_contiguous()
-    assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[0] == 1
+    batch, seq = positions.shape
+    assert 1 <= rows <= MAX_ROWS and rows == batch * seq and x.is_contiguous() and weight.is_contiguous()
+    assert cache_k.is_contiguous() and cache_v.is_contiguous() and cache_k.shape[0] == batch
+    assert positions.is_contiguous() and columns.shape == (seq,)
     n_out = weight.shape[0]
     head_dim = n_out // (num_heads + 2 * num_kv_heads)
-    q = torch.empty((1, 1, num_heads, head_dim), dtype=x.dtype, device=x.device)
+    q = torch.empty((batch, seq, num_heads, head_dim), dtype=x.dtype, device=x.device)
     rotate = cos_table is not None and sin_table is not None
     pdl = dependent_launch.enabled(x.device)
     if rotate:  # pairs of rows j, j + Dh / 2 per program
@@ -334,11 +355,11 @@ def linear_rope_store(
     else:  # plain outputs, each routed to q, k or v
         block_n, block_k, warps = tiles or blocks(n_out, k_in, False)
         grid = triton.cdiv(n_out, block_n)
-    _fused_linear_kernel[(grid,)](
+    _fused_linear_kernel[(grid, rows)](
         x, weight, bias if bias is not None else x, norm_weight if norm_weight is not None else x,
         norm_bias if norm_bias is not None else x, x, q, n_out, k_in, eps, positions,
         cos_table if rotate else x, sin_table if rotate else x, cache_k, cache_v, columns, num_heads, num_kv_heads,
-        cache_k.shape[2], _norm_kind(norm_weight, norm_bias), bias is not None, 0, False,
+        cache_k.shape[2], seq, _norm_kind(norm_weight, norm_bias), bias is not None, 0, False,
         QKV_ROTATE if rotate else QKV_STORE, rotate, head_dim, block_n, block_k, _norm_block(k_in),
         pdl, num_warps=warps, launch_pdl=pdl,
     )  # fmt: skip
