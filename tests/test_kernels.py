@@ -95,6 +95,29 @@ def test_the_fused_gemv_computes_the_product_with_its_norm_silu_and_residual(
         assert torch.equal(one, out[r : r + 1])
 
 
+def test_the_registry_sends_a_few_contiguous_rows_of_a_small_weight_to_the_fused_gemv(monkeypatch):
+    """A row always (contiguous), up to MAX_ROWS rows only of a weight up to MULTI_ROW_MAX_WEIGHT_BYTES, and never
+    a strided input: those take the unfused path, with the same result."""
+    from specdec.kernels import load_triton_kernels, triton_gemv
+
+    rows_seen: list[int] = []
+    fused = triton_gemv.fused_linear
+    monkeypatch.setattr(
+        triton_gemv, "fused_linear", lambda x, *a, **k: rows_seen.append(x.shape[0]) or fused(x, *a, **k)
+    )
+    monkeypatch.setattr(triton_gemv, "MULTI_ROW_MAX_WEIGHT_BYTES", 64 * 40 * 4)
+    kernels = load_triton_kernels()
+    g = torch.Generator(DEVICE).manual_seed(3)
+    x = rand(3, 64, dtype=torch.float32, generator=g)
+    small, large = rand(40, 64, dtype=torch.float32, generator=g), rand(41, 64, dtype=torch.float32, generator=g)
+    strided = rand(64, 3, dtype=torch.float32, generator=g).t()  # [3, 64], not contiguous
+    for inputs, weight, expected in [(x, small, [3]), (x, large, []), (x[:1], large, [1]), (strided, small, [])]:
+        rows_seen.clear()
+        out = kernels.fused_linear(inputs, weight)
+        assert rows_seen == expected
+        assert relative_error(out, reference.fused_linear(inputs, weight)) < TOLERANCE[torch.float32]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("k_in", "n_out", "layer_norm", "gelu", "residual"),

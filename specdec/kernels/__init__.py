@@ -71,9 +71,12 @@ def load_triton_kernels() -> Kernels:
 
     gemv_rows = min(int(os.environ.get(ENV_GEMV_ROWS, triton_gemv.MAX_ROWS)), triton_gemv.MAX_ROWS)
 
-    def gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
-        """Whether the fused GEMV takes this product: a row, or a few rows of a small weight (``triton_gemv``)."""
+    def gemv(x: torch.Tensor, weight: torch.Tensor, *others: torch.Tensor | None) -> bool:
+        """Whether the fused GEMV takes this product: a row, or a few rows of a small weight (``triton_gemv``), with
+        x and ``others`` (a residual, positions) contiguous as it reads them (else the unfused path copes)."""
         rows = x.shape[0]
+        if not (x.is_contiguous() and all(t is None or t.is_contiguous() for t in others)):
+            return False
         if rows == 1:
             return gemv_rows >= 1
         return rows <= gemv_rows and weight.numel() * weight.element_size() <= triton_gemv.MULTI_ROW_MAX_WEIGHT_BYTES
@@ -82,7 +85,7 @@ def load_triton_kernels() -> Kernels:
         x, weight, bias=None, norm_weight=None, eps=0.0, residual=None, silu_pair=False, *, norm_bias=None,
         gelu=None, transposed=False,
     ):  # fmt: skip
-        if not transposed and gemv(x, weight):  # a decoding step's row (or a few, of a small model): one kernel
+        if not transposed and gemv(x, weight, residual):  # a decoding step's row (or a few, of a small model)
             return triton_gemv.fused_linear(
                 x, weight, bias, norm_weight, eps, residual, silu_pair, norm_bias=norm_bias, gelu=gelu
             )
@@ -103,7 +106,7 @@ def load_triton_kernels() -> Kernels:
         x, weight, bias, norm_weight, eps, positions, cos, sin, cache_k, cache_v, columns, h, h_kv, *,
         norm_bias=None, transposed=False,
     ):  # fmt: skip
-        if not transposed and gemv(x, weight):  # one token (or a few, of a small model): one kernel
+        if not transposed and gemv(x, weight, positions):  # one token (or a few, of a small model): one kernel
             return triton_gemv.linear_rope_store(
                 x, weight, bias, norm_weight, eps, positions, cos, sin, cache_k, cache_v, columns, h, h_kv,
                 norm_bias=norm_bias,
