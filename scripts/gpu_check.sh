@@ -26,8 +26,11 @@
 # them on PYTHONPATH before this part.
 # PARTS=batching (issue 14): continuous batching (requests joining a running slot batch) on the CUDA fast path in
 # float32 (tests/test_gpu_continuous_batching.py).
-# PARTS=ahead (issue 13): draft models drafting ahead (SPECDEC_DRAFT_AHEAD=1), the speculative exactness tests on CUDA
-# with it on and the zoo pair sampled with it off and on (scripts/diag/zoo_sampled.py, two rounds).
+# PARTS=ahead (issue 13): draft models drafting ahead (SPECDEC_DRAFT_AHEAD=1, the default), the speculative exactness
+# tests on CUDA with it on and the zoo pair sampled with it off and on (scripts/diag/zoo_sampled.py, two rounds).
+# PARTS=zoo (issue 13): what the zoo pair's sampled step is made of: the one-program sampling kernel's digit widths
+# and warps (scripts/diag/sampling_cost.py --small), then the zoo pair sampled by default, with the one-row GEMV only
+# (SPECDEC_GEMV_ROWS=1) and without drafting ahead (SPECDEC_DRAFT_AHEAD=0), in turn, two rounds.
 # PARTS=hfdiag (issue 11): the hf-compile crash's reproduction and its candidate mitigations
 # (scripts/diag/hf_compile_bisect.py full,recapture,empty-cache), a line per variant in $OUT/hfdiag.log.
 # Logs and JSON go to $OUT (default results/gpu). Each part stops itself (SIGINT) before the call's limit and keeps
@@ -128,6 +131,18 @@ if [[ " $PARTS " == *" ahead "* ]]; then
     for on in 0 1; do
       SPECDEC_DRAFT_AHEAD=$on timeout -s INT "${LIMIT:-60}" python3 scripts/diag/zoo_sampled.py --device cuda \
         --dtypes bfloat16 2>&1 | sed "s/^/round $round, ahead $on: /" | tee -a "$OUT/ahead-zoo.log" || status=1
+    done
+  done
+fi
+if [[ " $PARTS " == *" zoo "* ]]; then
+  timeout -s INT "${LIMIT:-60}" python3 scripts/diag/sampling_cost.py --small 2>&1 | tee "$OUT/sampling-small.log" \
+    || status=1
+  for round in 1 2; do
+    for variant in default SPECDEC_GEMV_ROWS=1 SPECDEC_DRAFT_AHEAD=0; do
+      settings=()
+      [[ $variant != default ]] && settings=("$variant")
+      env "${settings[@]}" timeout -s INT "${LIMIT:-90}" python3 scripts/diag/zoo_sampled.py --device cuda \
+        --dtypes bfloat16 2>&1 | sed "s/^/round $round, $variant: /" | tee -a "$OUT/zoo.log" || status=1
     done
   done
 fi

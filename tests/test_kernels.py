@@ -392,7 +392,7 @@ def test_speculative_sampling_matches_the_reference_given_the_same_noise(tk, voc
 
 @pytest.mark.parametrize("vocab", [8, 50, 5000, 40000, 128256] if DEVICE.type == "cuda" else [8, 50, 3000])
 # the interpreter cannot run the split path's kernels (a loop bounded by program ids): CUDA only
-@pytest.mark.parametrize("path", ["one", "split"] if DEVICE.type == "cuda" else ["one"])
+@pytest.mark.parametrize("path", ["one", "one-2bits", "one-3bits"] + (["split"] if DEVICE.type == "cuda" else []))
 def test_sampling_probs_match_the_reference(tk, vocab, path, monkeypatch):
     """Temperature, top-k and top-p without the softmaxes (and without top-k, top-p's threshold without a sort: one
     program per row of a small vocabulary, many for a large one): the same distribution, ties at top-p's edge.
@@ -403,6 +403,8 @@ def test_sampling_probs_match_the_reference(tk, vocab, path, monkeypatch):
 
     if path == "split":  # every row over many programs (a large vocabulary's path), else as the vocabulary goes
         monkeypatch.setattr(triton_sampling, "SMALL_VOCAB", 0)
+    elif path != "one":  # the one-program path finding several of tau's bits a step
+        monkeypatch.setattr(triton_sampling, "SMALL_DIGIT_BITS", int(path.split("-")[1][0]))
     g = torch.Generator(DEVICE).manual_seed(vocab)
     logits = 3 * torch.randn(4, vocab, generator=g, device=DEVICE)
     logits[1] = logits[1].bfloat16().float()  # coarse values: many tokens tie, some at the edge of top-p

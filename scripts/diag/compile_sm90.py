@@ -7,6 +7,7 @@ ships with it. A variant that fails to compile fails here, before a device call 
     python scripts/diag/compile_sm90.py 1b "" "warps=8,tile_elements=16384,head_tile_elements=16384,stages=0"
     python scripts/diag/compile_sm90.py gemv                      # the decoder's fused GEMV, one product of each kind
     python scripts/diag/compile_sm90.py attention                 # the decode attention at one token of the 1B shape
+    python scripts/diag/compile_sm90.py sampling                  # one-program sampling of 4096 tokens (float32)
 
 No variant: the default shape. "" is the default too. bfloat16 weights, a cache of 1024 columns, one launch with
 barriers (as on the device); ``--dtype float32`` for float32 weights. Needs triton with its NVIDIA backend (the
@@ -30,7 +31,7 @@ from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
 
-from specdec.kernels import triton_gemv, triton_kernels
+from specdec.kernels import triton_gemv, triton_kernels, triton_sampling
 from specdec.kernels.triton_persistent import (
     GELU,
     StepWidths,
@@ -45,9 +46,9 @@ SHAPES = {"gpt2": "gpt2", "1b": "llama-3.2-1b", "8b": "llama-3.1-8b"}
 GELU_OF = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "none"}
 # Pointer arguments that are not the model's dtype (by the kernels' parameter names)
 FLOAT32 = {"max_ptr", "sum_ptr", "acc_ptr", "logits_ptr", "delta_ptr"}
-INT64 = {"ids_ptr", "length_ptr", "positions_ptr", "columns_ptr", "timeline_ptr"}
+INT64 = {"ids_ptr", "length_ptr", "positions_ptr", "columns_ptr", "timeline_ptr", "token_ptr"}
 INT32 = {"counter_ptr", "error_ptr", "arrivals_ptr"}
-FLOAT_SCALARS = {"eps", "scale"}
+FLOAT_SCALARS = {"eps", "scale", "temperature", "top_p"}
 G = triton_gemv
 # The decoder's fused GEMV (not the persistent step): one product of each kind, at the 1B and GPT-2 shapes (and a
 # Qwen2-like q/k/v with biases), compiled with the argument "gemv" among the shapes
@@ -85,6 +86,18 @@ ATTENTION: dict[str, dict[str, int | bool | str]] = {
         PRECISION="tf32",
         PDL=False,
     )
+}
+
+
+# One-program sampling (``triton_sampling._small_row_kernel``) of the zoo's 4096 tokens with top-p and the race: each
+# digit width at the warp counts ``scripts/diag/sampling_cost.py --small`` times (compiled with --dtype fp32)
+SAMPLING: dict[str, tuple[dict[str, int | bool], int]] = {
+    f"4096 tokens, {bits} bits a step, {warps} warps": (
+        dict(TOP_P=True, RACE=True, KEY_BITS=triton_sampling.KEY_BITS, DIGIT_BITS=bits, BLOCK=4096),
+        warps,
+    )
+    for bits in (1, 2, 3)
+    for warps in (4, 8, 16)
 }
 
 
@@ -175,12 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels this compiles")
-    unknown = [name for name in args.shapes.split(",") if name not in (*SHAPES, "gemv", "attention")]
+    unknown = [name for name in args.shapes.split(",") if name not in (*SHAPES, "gemv", "attention", "sampling")]
     if unknown:
-        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}, gemv, attention")
+        parser.error(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}, gemv, attention, sampling")
     failed = 0
     print(f"triton {triton.__version__}, sm_90a, {args.dtype}", flush=True)
     for name in args.shapes.split(","):
+        if name == "sampling":
+            for label, (constants, warps) in SAMPLING.items():
+                try:
+                    summary = compile_sm90(triton_sampling._small_row_kernel, constants, warps, args.dtype)
+                except Exception as error:  # as below
+                    failed += 1
+                    summary = f"FAILED: {_reason(error)}"
+                print(f"{name:9} {label:56} {summary}", flush=True)
+            continue
         if name in ("gemv", "attention"):
             cases = GEMV if name == "gemv" else ATTENTION
             for product, case in cases.items():

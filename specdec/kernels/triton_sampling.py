@@ -20,7 +20,10 @@ division. Without top-p: the maximum, ``e`` with its sum, and the division.
 A row of at most ``SMALL_VOCAB`` tokens (a small model's vocabulary) is one program instead, in one kernel: the
 launches, not the work, are what such a row costs. It holds the whole row in registers and finds tau by bisection on
 its key's 30 bits (each step one masked sum: is there mass ``top_p * S`` at or above ``tau``'s bits so far with the
-next bit set?), then divides the kept ``e`` by their sum. ``sampling_race`` also draws the exponential race's token
+next bit set?), then divides the kept ``e`` by their sum. Each step's sum across the program's warps is a round trip
+through shared memory, so ``digit_bits`` b > 1 finds b bits a step from the masses at all 2**b candidates at once
+(30 / b steps, 2**b times the arithmetic); at b = 1 a row of 4096 tokens took 12.8 us under the profiler on an H200
+(``scripts/diag/sampling_cost.py --small`` times the others). ``sampling_race`` also draws the exponential race's token
 ``argmax q / E`` there, the draw a sampled draft chain makes after each distribution.
 
 The masses are float32 sums in another order than the reference's cumulative sum, so a token whose mass before it
@@ -36,6 +39,7 @@ import triton.language as tl
 
 SMALL_VOCAB = 8192  # rows up to this long are one program each, whole in registers (see the module docstring)
 KEY_BITS = 30  # an e in [0, 1] as a non-negative float32's bits: below 2**30 (1.0 is 0x3F800000)
+SMALL_DIGIT_BITS = 1  # bits of tau found per masked sum in the one-program path: 1 (bisection), 2 or 3
 BLOCK = 512  # tokens per load (a pass's bucket masses take [BLOCK, BUCKETS] registers)
 MAX_SPLITS = 128  # programs per row
 DIGIT_BITS = 5
@@ -167,7 +171,7 @@ def _normalise_kernel(
 @triton.jit
 def _small_row_kernel(
     logits_ptr, out_ptr, noise_ptr, token_ptr, vocab, temperature, top_p,
-    TOP_P: tl.constexpr, RACE: tl.constexpr, KEY_BITS: tl.constexpr, BLOCK: tl.constexpr,
+    TOP_P: tl.constexpr, RACE: tl.constexpr, KEY_BITS: tl.constexpr, DIGIT_BITS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """One row whole (BLOCK >= vocab): e, top-p's threshold key by bisection, q = the kept e / their sum; with RACE
     also the token ``argmax_v q(v) / E(v)`` on the row's exponentials (the first of tied maxima, as ``argmax``)."""
@@ -180,11 +184,20 @@ def _small_row_kernel(
     if TOP_P:
         key = e.to(tl.int32, bitcast=True)
         target = top_p * tl.sum(e, axis=0)
-        threshold = 0  # the largest key t with M(t) >= top_p * S, bit by bit from the top
-        for bit in tl.static_range(KEY_BITS - 1, -1, -1):
-            candidate = threshold | (1 << bit)
-            reached = tl.sum(tl.where(key >= candidate, e, 0.0), axis=0)  # M(candidate)
-            threshold = tl.where(reached >= target, candidate, threshold)
+        threshold = 0  # the largest key t with M(t) >= top_p * S, DIGIT_BITS bits at a time from the top
+        if DIGIT_BITS == 1:
+            for bit in tl.static_range(KEY_BITS - 1, -1, -1):
+                candidate = threshold | (1 << bit)
+                reached = tl.sum(tl.where(key >= candidate, e, 0.0), axis=0)  # M(candidate)
+                threshold = tl.where(reached >= target, candidate, threshold)
+        else:  # KEY_BITS % DIGIT_BITS == 0, so no candidate passes 2**30
+            digits = tl.arange(0, 2**DIGIT_BITS)  # [D]
+            for step in tl.static_range(KEY_BITS // DIGIT_BITS):
+                shift = KEY_BITS - (step + 1) * DIGIT_BITS
+                candidates = threshold | (digits << shift)  # [D]
+                reached = tl.sum(tl.where(key[:, None] >= candidates[None, :], e[:, None], 0.0), axis=0)  # [D]
+                ok = (reached >= target) | (digits == 0)  # digit 0 keeps the bits so far (M non-increasing in t)
+                threshold = threshold | (tl.max(tl.where(ok, digits, 0), axis=0) << shift)
         e = tl.where(key >= threshold, e, 0.0)
     q = tl.math.div_rn(e, tl.sum(e, axis=0))
     tl.store(out_ptr + row * vocab + offsets, q, mask=inside)
@@ -195,10 +208,18 @@ def _small_row_kernel(
 
 
 def _small_rows(
-    logits: torch.Tensor, temperature: float, top_p: float, exponentials: torch.Tensor | None
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    exponentials: torch.Tensor | None,
+    digit_bits: int | None = None,
+    warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """logits [..., V] (V <= SMALL_VOCAB, any float dtype) -> q [..., V] float32 and, given exponentials [..., V],
-    the race's tokens [...] (int64)."""
+    the race's tokens [...] (int64). ``digit_bits`` (dividing 30; default SMALL_DIGIT_BITS) and ``warps``: for
+    sweeps."""
+    digit_bits = digit_bits or SMALL_DIGIT_BITS
+    assert KEY_BITS % digit_bits == 0, f"digit_bits must divide {KEY_BITS}"
     shape, vocab = logits.shape, logits.shape[-1]
     flat = logits.reshape(-1, vocab).contiguous()  # [N, V]
     rows = flat.shape[0]
@@ -209,7 +230,7 @@ def _small_rows(
     block = max(triton.next_power_of_2(vocab), 16)
     _small_row_kernel[(rows,)](
         flat, out, noise, tokens if tokens is not None else out, vocab, temperature, top_p, top_p < 1.0, race,
-        KEY_BITS, block, num_warps=8 if block >= 2048 else 4,
+        KEY_BITS, digit_bits, block, num_warps=warps or (8 if block >= 2048 else 4),
     )  # fmt: skip
     return out.reshape(shape), tokens.reshape(shape[:-1]) if tokens is not None else None
 
