@@ -1,6 +1,7 @@
 """The zoo pair sampled on one device: speculative (K 4) against autoregressive, temperature 0.8, top-p 0.95.
 
-    python scripts/diag/zoo_sampled.py [--device cuda] [--dtypes float32,bfloat16] [--prompts 32] [--max-new-tokens 128] [--seed 0]
+    python scripts/diag/zoo_sampled.py [--device cuda] [--dtypes float32,bfloat16] [--prompts 32]
+                                       [--max-new-tokens 128] [--seed 0]
 
 Both runs are warmed up once, then timed in three interleaved rounds over the held-out code prompts (the median
 kept); prints tokens/s of both, the speedup and the acceptance, per dtype. Issue 13 asks the speculative run to
