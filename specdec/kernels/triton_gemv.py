@@ -67,7 +67,7 @@ def _fused_linear_kernel(
     one-row call computes for it: the same instructions, bit for bit). NORM: the input's RMS norm (1) or layer
     norm with its bias (2). ACT: SiLU(gate) * up (1: the weight has 2 n_out rows, gate then up, and the program reads
     the gate rows and the up rows of its outputs), GELU with tanh (2) or erf (3). QKV: the weight is a q/k/v
-    projection; its product goes to q (``out``) and into the caches at ``columns[0]`` (what
+    projection; its product goes to q (``out``) and into the caches at the token's column (what
     ``reference.rope_and_store`` does), as it is (1) or rotated (2: the program reads rows j and j + HEAD_DIM / 2
     of one head, j in a block of its first half; row r is token ``r % seq`` of batch row ``r // seq``: its position,
     column and cache rows). PAIRED: ACT 1 or QKV 2, two weight rows per output. Each weight
