@@ -28,10 +28,11 @@
 # float32 (tests/test_gpu_continuous_batching.py).
 # PARTS=ahead (issue 13): draft models drafting ahead (SPECDEC_DRAFT_AHEAD=1, the default), the speculative exactness
 # tests on CUDA with it on and the zoo pair sampled with it off and on (scripts/diag/zoo_sampled.py, two rounds).
-# PARTS=zoo (issue 13, its own call, about 6 minutes estimated): what the zoo pair's sampled step is made of: the one-program sampling kernel's digit widths
-# and warps (scripts/diag/sampling_cost.py --small), then the zoo pair sampled by default, with the one-row GEMV only
-# (SPECDEC_GEMV_ROWS=1) and without drafting ahead (SPECDEC_DRAFT_AHEAD=0), in turn, two rounds; then the profile of
-# its speculative and autoregressive steps (scripts/diag/profile_steps.py, bf16) into $OUT/profile.
+# PARTS=zoo (issue 13, its own call, about 6 minutes estimated): what the zoo pair's sampled step is made of: the
+# one-program sampling kernel's digit widths and warps (scripts/diag/sampling_cost.py --small), then the zoo pair
+# sampled by default, with the one-row GEMV only (SPECDEC_GEMV_ROWS=1) and without drafting ahead
+# (SPECDEC_DRAFT_AHEAD=0), in turn, two rounds; then the profile of its speculative and autoregressive steps
+# (scripts/diag/profile_steps.py, bf16) into $OUT/profile.
 # PARTS=hfdiag (issue 11): the hf-compile crash's reproduction and its candidate mitigations
 # (scripts/diag/hf_compile_bisect.py full,recapture,empty-cache), a line per variant in $OUT/hfdiag.log.
 # Logs and JSON go to $OUT (default results/gpu). Each part stops itself (SIGINT) before the call's limit and keeps
