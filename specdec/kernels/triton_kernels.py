@@ -534,5 +534,5 @@ def sampling_race(
     vocabulary); with top-k :func:`sampling_probs` and the race in PyTorch."""
     if not top_k:
         return triton_sampling.sampling_race(logits, temperature, top_p, exponentials)
-    q = sampling_probs(logits.float(), temperature, top_k, top_p)
+    q = sampling_probs(logits, temperature, top_k, top_p)
     return q, (q / exponentials).argmax(dim=-1)

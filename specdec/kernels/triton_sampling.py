@@ -240,25 +240,29 @@ def sampling_race(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q = ``sampling_probs(logits, ...)`` [..., V] and the token ``argmax_v q(v) / E(v)`` [...] on exponentials
     [..., V] of Exp(1), which draws v with probability q(v): one kernel for a small vocabulary."""
-    p = float(top_p) if top_p is not None and top_p < 1.0 else 1.0
     if logits.shape[-1] <= SMALL_VOCAB:
-        q, tokens = _small_rows(logits, temperature, p, exponentials)
+        q, tokens = _small_rows(logits, temperature, _kept_mass(top_p), exponentials)
         assert tokens is not None
         return q, tokens
-    q = sampling_probs(logits.float(), temperature, top_p)
+    q = _large_rows(logits, temperature, _kept_mass(top_p))
     return q, (q / exponentials).argmax(dim=-1)
 
 
 def sampling_probs(logits: torch.Tensor, temperature: float, top_p: float | None) -> torch.Tensor:
     """logits [..., V] -> the sampling distribution [..., V] float32 at ``temperature`` (> 0) with top-p, if any."""
     if logits.shape[-1] <= SMALL_VOCAB:
-        p = float(top_p) if top_p is not None and top_p < 1.0 else 1.0
-        return _small_rows(logits, temperature, p, None)[0]
-    return _large_rows(logits, temperature, top_p)
+        return _small_rows(logits, temperature, _kept_mass(top_p), None)[0]
+    return _large_rows(logits, temperature, _kept_mass(top_p))
 
 
-def _large_rows(logits: torch.Tensor, temperature: float, top_p: float | None) -> torch.Tensor:
-    """:func:`sampling_probs` over up to MAX_SPLITS programs a row, in eight kernels (see the module docstring)."""
+def _kept_mass(top_p: float | None) -> float:
+    """top-p as the kernels take it: 1.0 for no cut."""
+    return float(top_p) if top_p is not None and top_p < 1.0 else 1.0
+
+
+def _large_rows(logits: torch.Tensor, temperature: float, p: float) -> torch.Tensor:
+    """:func:`sampling_probs` over up to MAX_SPLITS programs a row, in eight kernels (see the module docstring);
+    ``p``: ``_kept_mass(top_p)``."""
     shape, vocab = logits.shape, logits.shape[-1]
     flat = logits.reshape(-1, vocab).float().contiguous()  # [N, V]
     rows = flat.shape[0]
@@ -275,7 +279,6 @@ def _large_rows(logits: torch.Tensor, temperature: float, top_p: float | None) -
     e = torch.empty_like(flat)
     out = torch.empty_like(flat)
     grid = (rows, splits)
-    p = float(top_p) if top_p is not None and top_p < 1.0 else 1.0
     top_p_on = p < 1.0
     _max_partials_kernel[grid](flat, maxima, vocab, chunk, padded, BLOCK, num_warps=8)
     common = (vocab, rows, chunk, splits)
